@@ -1,0 +1,116 @@
+"""DeepSpeed JSON configs: find, load, validate, and apply run-time overrides."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the option and what was expected."""
+
+
+def ds_configs_dir() -> Path:
+    """The repository's ``ds_configs/`` folder (next to the package)."""
+    return Path(__file__).resolve().parents[2] / "ds_configs"
+
+
+def resolve_ds_config_path(name_or_path: str | Path) -> Path:
+    """Accept a path to a JSON file or the stem of a file in ``ds_configs/`` (e.g. ``bf16_zero1``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    candidate = ds_configs_dir() / (p.name if p.suffix == ".json" else f"{p.name}.json")
+    if candidate.is_file():
+        return candidate
+    available = sorted(f.stem for f in ds_configs_dir().glob("*.json"))
+    raise ConfigError(f"option ds_config: file {str(name_or_path)!r} not found "
+                      f"(give a JSON path or one of {available})")
+
+
+def load_ds_config(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a DeepSpeed JSON config, with a clear error for a missing or invalid file."""
+    path = resolve_ds_config_path(name_or_path)
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"option ds_config: {path} is not valid JSON (line {e.lineno}, column {e.colno}: "
+                          f"{e.msg})") from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"option ds_config: {path} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def config_precision(cfg: dict[str, Any]) -> str:
+    """The precision a DeepSpeed config enables: 'fp16', 'bf16' or 'fp32'."""
+    if cfg.get("fp16", {}).get("enabled", False):
+        return "fp16"
+    if cfg.get("bf16", {}).get("enabled", False):
+        return "bf16"
+    return "fp32"
+
+
+def build_ds_config(
+    base: dict[str, Any],
+    *,
+    micro_batch_size: int,
+    global_batch_size: int,
+    world_size: int,
+    precision: str | None = None,
+    zero_stage: int | None = None,
+    gradient_clipping: float | None = None,
+    on_gpu: bool | None = None,
+) -> dict[str, Any]:
+    """Return a copy of ``base`` with batch sizes, precision, ZeRO stage and clipping filled in.
+
+    ``global_batch_size`` must equal ``micro_batch_size * gradient_accumulation * world_size``
+    for a whole number of accumulation steps; anything else is refused, naming the options.
+    """
+    if on_gpu is None:
+        on_gpu = torch.cuda.is_available()
+    if micro_batch_size < 1:
+        raise ConfigError(f"option micro_batch_size: must be >= 1, got {micro_batch_size}")
+    if global_batch_size < 1:
+        raise ConfigError(f"option batch_size: must be >= 1, got {global_batch_size}")
+    per_step = micro_batch_size * world_size
+    if global_batch_size % per_step != 0:
+        raise ConfigError(
+            f"option batch_size: global batch {global_batch_size} is not divisible by "
+            f"micro_batch_size x ranks = {micro_batch_size} x {world_size} = {per_step}")
+    cfg = copy.deepcopy(base)
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch_size
+    cfg["gradient_accumulation_steps"] = global_batch_size // per_step
+    cfg["train_batch_size"] = global_batch_size
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"option precision: {precision!r} is not one of {list(PRECISIONS)}")
+        cfg.pop("fp16", None)
+        cfg.pop("bf16", None)
+        if precision == "bf16":
+            cfg["bf16"] = {"enabled": True}
+        elif precision == "fp16":
+            cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
+                           "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
+    if config_precision(cfg) == "fp16" and not on_gpu:
+        raise ConfigError("option precision: fp16 needs a CUDA GPU (DeepSpeed refuses fp16 on CPU); "
+                          "use precision=bf16 or precision=fp32 on CPU")
+    if zero_stage is not None:
+        if zero_stage not in ZERO_STAGES:
+            raise ConfigError(f"option zero_stage: {zero_stage!r} is not one of {list(ZERO_STAGES)}")
+        cfg.setdefault("zero_optimization", {})["stage"] = zero_stage
+    if gradient_clipping is not None:
+        if gradient_clipping < 0:
+            raise ConfigError(f"option gradient_clipping: must be >= 0, got {gradient_clipping}")
+        cfg["gradient_clipping"] = float(gradient_clipping)
+    zero = cfg.get("zero_optimization", {})
+    if zero.get("offload_optimizer") or zero.get("offload_param"):
+        cfg.setdefault("zero_force_ds_cpu_optimizer", False)
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg

@@ -1,0 +1,238 @@
+"""The training loop every stage shares: epochs of exact-resume steps, dev evaluation, best/final export.
+
+A stage supplies its data, a loss function (summed loss per micro-batch), a predict function and a
+metric function; the loop owns the order of events:
+
+    for epoch: for step: train_step -> log -> [evaluate -> export best] -> [checkpoint]
+    end: export final, write summary.json
+
+Everything needed to resume exactly (model, optimizer, scheduler, sampler epoch/position, RNG
+states, best metric, history) lives in ``<output_dir>/checkpoints/<tag>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .distributed import broadcast_object
+from .engine import Engine, LossOutput, atomic_write_text
+from .tracking import Tracker
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class LoopOptions:
+    """Options of the shared training loop (every stage has them, with these names)."""
+
+    epochs: float = 3.0
+    seed: int = 0
+    eval_batch_size: int = 128
+    eval_every_steps: int = 0          # 0: evaluate at the end of each epoch only
+    log_every_steps: int = 10
+    stop_after_steps: int | None = None  # checkpoint and stop after this many steps (resume later)
+    keep_checkpoints: int = 1
+
+
+class StopRequested(Exception):
+    """Raised inside the loop after a checkpoint was written because a stop was requested."""
+
+
+def fetch_rows(dataset: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
+    """Rows of an HF ``Dataset`` (or a list of dicts) as a list of dicts, in the given order."""
+    if len(indices) == 0:
+        return []
+    if isinstance(dataset, list):
+        return [dataset[i] for i in indices]
+    cols = dataset[list(map(int, indices))]
+    keys = list(cols.keys())
+    return [dict(zip(keys, vals, strict=True)) for vals in zip(*(cols[k] for k in keys), strict=True)]
+
+
+def _allreduce_sums(values: dict[str, float], keys: list[str]) -> dict[str, float]:
+    vec = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(vec)
+    return dict(zip(keys, vec.tolist(), strict=True))
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a 'checkpoint at the next step boundary, then stop' request."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _SigtermFlag:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside some Ray workers)
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_loop(
+    *,
+    engine: Engine,
+    train_rows: Any,
+    train_sampler: Any,
+    eval_rows: Any,
+    eval_sampler: Any,
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], LossOutput],
+    predict_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    metric_fn: Callable[[dict[str, np.ndarray]], dict[str, float]],
+    main_metric: str,
+    output_dir: str | Path,
+    tracker: Tracker,
+    options: LoopOptions,
+    export_fn: Callable[[Path, dict[str, Any]], None],
+    higher_is_better: bool = True,
+) -> dict[str, Any]:
+    """Train with exact resume, evaluate on dev, export ``best/`` and ``final/``; return the summary."""
+    output_dir = Path(output_dir)
+    ckpt_root = output_dir / CHECKPOINT_DIR
+    is_main = engine.dist.is_main
+    steps_per_epoch = len(train_sampler)
+    total_steps = engine.total_steps
+    ga = engine.gradient_accumulation_steps
+    dummy = collate(fetch_rows(train_rows, [0]))
+
+    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
+                             "history": [], "finished": False}
+    tag = broadcast_object(Engine.latest_tag(ckpt_root) if is_main else None)
+    if tag is not None:
+        state.update(engine.load_state(ckpt_root, tag)["loop"])
+        if is_main:
+            print(f"[dist-peakd] resumed from {ckpt_root / tag} at step {engine.global_step}", flush=True)
+
+    def evaluate() -> dict[str, float]:
+        eval_sampler.set_epoch(0)
+        batches = (collate(fetch_rows(eval_rows, share)) for share in
+                   tqdm(eval_sampler, desc="eval", disable=not is_main, leave=False))
+        preds = engine.predict(batches, predict_fn)
+        return metric_fn(preds)
+
+    def checkpoint() -> None:
+        tag_name = f"step-{engine.global_step:08d}"
+        engine.save_state(ckpt_root, tag_name, {"loop": state})
+        engine.prune_checkpoints(ckpt_root, keep=[tag_name])
+
+    def is_better(value: float) -> bool:
+        if state["best"] is None:
+            return True
+        return value > state["best"] if higher_is_better else value < state["best"]
+
+    def after_eval(metrics: dict[str, float], epoch_float: float) -> None:
+        record = {"step": engine.global_step, "epoch": round(epoch_float, 4), **metrics}
+        state["history"].append(record)
+        tracker.scalars({f"eval/{k}": v for k, v in metrics.items()}, engine.global_step)
+        if is_main:
+            print(f"[dist-peakd] eval step {engine.global_step}: {json.dumps(metrics)}", flush=True)
+        value = metrics[main_metric]
+        if is_better(value):
+            state["best"], state["best_step"] = value, engine.global_step
+            export_fn(output_dir / "best", {"step": engine.global_step, "metrics": metrics})
+
+    log_keys: list[str] | None = None
+    window: dict[str, float] = {}
+    window_start = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=engine.global_step, desc="train", disable=not is_main,
+               dynamic_ncols=True)
+    with _SigtermFlag() as sigterm:
+        while not state["finished"] and engine.global_step < total_steps:
+            epoch = state["epoch"]
+            train_sampler.set_epoch(epoch)
+            shares = list(train_sampler)
+            global_sizes = [len(b) for b in train_sampler.global_batches(epoch)]
+            for step_in_epoch in range(state["step_in_epoch"], steps_per_epoch):
+                if engine.global_step >= total_steps:
+                    break
+                share = shares[step_in_epoch]
+                global_count = global_sizes[step_in_epoch]
+                micro = [collate(fetch_rows(train_rows, list(chunk))) for chunk in np.array_split(np.asarray(share, dtype=np.int64), ga)]
+                tokens = float(sum(int(m["attention_mask"].sum()) for m in micro))
+                sums = engine.train_step(micro, global_count, loss_fn, dummy_batch=dummy)
+                sums["tokens"] = tokens
+                grad_norm = sums.pop("grad_norm")
+                for k, v in sums.items():
+                    window[k] = window.get(k, 0.0) + v
+                window["steps"] = window.get("steps", 0.0) + 1
+                state["step_in_epoch"] = step_in_epoch + 1
+                bar.update(1)
+                if engine.global_step % options.log_every_steps == 0 or engine.global_step == total_steps:
+                    log_keys = log_keys or sorted(window)
+                    red = _allreduce_sums(window, log_keys)
+                    elapsed = time.perf_counter() - window_start
+                    count = max(1.0, red["count"])
+                    scalars = {f"train/{k}": red[k] / count for k in log_keys
+                               if k not in ("count", "tokens", "steps")}
+                    scalars.update({"train/lr": engine.lr(), "train/grad_norm": grad_norm,
+                                    "train/samples_per_s": red["count"] / elapsed,
+                                    "train/tokens_per_s": red["tokens"] / elapsed})
+                    tracker.scalars(scalars, engine.global_step)
+                    if is_main:
+                        bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+                        with open(output_dir / "train_log.jsonl", "a") as f:
+                            f.write(json.dumps({"step": engine.global_step, **scalars}) + "\n")
+                    window, window_start = {}, time.perf_counter()
+                if options.eval_every_steps and engine.global_step % options.eval_every_steps == 0 \
+                        and state["step_in_epoch"] < steps_per_epoch:
+                    after_eval(evaluate(), epoch + state["step_in_epoch"] / steps_per_epoch)
+                stop_now = broadcast_object(sigterm.requested) or (
+                    options.stop_after_steps is not None and engine.global_step >= options.stop_after_steps)
+                if stop_now:
+                    checkpoint()
+                    tracker.flush()
+                    raise StopRequested(f"stopped after step {engine.global_step}; checkpoint in {ckpt_root}")
+            else:
+                state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+                after_eval(evaluate(), epoch + 1)
+                checkpoint()
+                continue
+            break  # total_steps reached inside an epoch (fractional epochs)
+    bar.close()
+    if not state["history"] or state["history"][-1]["step"] != engine.global_step:
+        after_eval(evaluate(), state["epoch"] + state["step_in_epoch"] / max(1, steps_per_epoch))
+    final_metrics = {k: v for k, v in state["history"][-1].items() if k not in ("step", "epoch")}
+    export_fn(output_dir / "final", {"step": engine.global_step, "metrics": final_metrics})
+    best_record = next(h for h in state["history"] if h["step"] == state["best_step"])
+    summary = {
+        "main_metric": main_metric,
+        "final": {"step": engine.global_step, **final_metrics},
+        "best": {k: v for k, v in best_record.items()},
+        "history": state["history"],
+        "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+    }
+    if not state["finished"]:
+        state["finished"] = True
+        checkpoint()
+    if is_main:
+        atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
+    tracker.flush()
+    return summary
+
+
+def total_train_steps(steps_per_epoch: int, epochs: float) -> int:
+    """Optimizer steps for ``epochs`` (fractional epochs round up to a whole step)."""
+    return max(1, math.ceil(steps_per_epoch * epochs))

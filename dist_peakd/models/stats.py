@@ -1,0 +1,79 @@
+"""Parameter and FLOP accounting for teachers and SPS students (SPS saves parameters, not compute)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .sps import SPSBertForSequenceClassification
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of distinct parameter elements (shared tensors are counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def flops_per_token(
+    hidden: int,
+    intermediate: int,
+    num_effective_layers: int,
+    seq_len: int,
+    num_heads: int | None = None,
+) -> float:
+    """Forward FLOPs per token of a post-LN Transformer encoder (1 multiply-add = 2 FLOPs).
+
+    Per effective layer::
+
+        2 * (4 * H^2 + 2 * H * I)   # Q, K, V, attention-output projections + the two FFN matmuls
+      + 2 * 2 * seq_len * H         # scores q k^T and the probs @ v product
+
+    Embedding lookups, biases, LayerNorms, softmax, activations and the pooler/classifier (run once
+    per sequence, not per token) are ignored. ``num_heads`` does not change the count (the score
+    matmuls total ``seq_len * H`` multiply-adds per token whatever the split); when given it is only
+    checked to divide ``hidden``.
+    """
+    if num_heads is not None and (num_heads < 1 or hidden % num_heads):
+        raise ValueError(f"hidden size {hidden} is not divisible by num_heads={num_heads}")
+    per_layer = 2 * (4 * hidden * hidden + 2 * hidden * intermediate) + 2 * 2 * seq_len * hidden
+    return float(num_effective_layers * per_layer)
+
+
+def _encoder_parameters(model: nn.Module) -> int:
+    base = getattr(model, "base_model", model)
+    encoder = getattr(base, "encoder", None)
+    if isinstance(encoder, nn.Module):
+        return count_parameters(encoder)
+    return sum(p.numel() for name, p in model.named_parameters() if ".encoder." in f".{name}")
+
+
+def model_stats(model: nn.Module, seq_len: int = 128) -> dict[str, Any]:
+    """Size and cost summary of a teacher (HF BERT-family classifier) or an SPS student.
+
+    Keys: ``parameters`` (all, distinct), ``encoder_parameters`` (the transformer layers only),
+    ``num_parameter_layers`` (distinct layers), ``num_effective_layers`` (layers actually run: the
+    schedule length for a student, the layer count for a teacher), ``flops_per_token`` (see
+    :func:`flops_per_token`, over the effective layers) and ``forward_gflops_per_sequence``
+    (``flops_per_token * seq_len / 1e9``).
+    """
+    config = model.config
+    num_param_layers = int(config.num_hidden_layers)
+    if isinstance(model, SPSBertForSequenceClassification):
+        num_effective = model.num_effective_layers
+    else:
+        num_effective = num_param_layers
+    fpt = flops_per_token(
+        hidden=config.hidden_size,
+        intermediate=config.intermediate_size,
+        num_effective_layers=num_effective,
+        seq_len=seq_len,
+        num_heads=config.num_attention_heads,
+    )
+    return {
+        "parameters": count_parameters(model),
+        "encoder_parameters": _encoder_parameters(model),
+        "num_parameter_layers": num_param_layers,
+        "num_effective_layers": num_effective,
+        "flops_per_token": fpt,
+        "forward_gflops_per_sequence": fpt * seq_len / 1e9,
+    }

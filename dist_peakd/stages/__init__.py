@@ -1,0 +1,1 @@
+"""Pipeline stages: one file per stage, each with an explicit ``run(options)``."""

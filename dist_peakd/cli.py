@@ -50,21 +50,34 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _finetune_teacher(opts: Any) -> Any:
-    from .stages import finetune_teacher
-
-    return finetune_teacher.run(opts)
+# (CLI name, module under dist_peakd.stages, options class, one-line description)
+STAGES: list[tuple[str, str, str, str]] = [
+    ("finetune-teacher", "finetune_teacher", "FinetuneTeacherOptions",
+     "Fine-tune the teacher on a GLUE task; exports best/ and final/ in HF format."),
+    ("cache-teacher", "cache_teacher", "CacheTeacherOptions",
+     "Run the fine-tuned teacher once over train and dev; store logits + per-layer [CLS] states."),
+    ("ptp", "ptp", "PTPOptions",
+     "Pretrain the SPS student on teacher-prediction (PTP) labels from the cache."),
+    ("distill", "distill", "DistillOptions",
+     "Distil the SPS student from the teacher cache with KD + Patient-KD."),
+    ("pipeline", "pipeline", "PipelineOptions",
+     "Teacher fine-tune -> cache -> PTP -> distill -> evaluate; skips stages whose output exists."),
+]
 
 
 def stage_commands() -> dict[str, Callable[..., Any]]:
-    """Map of CLI stage name -> command (import light: stage modules load only when run)."""
-    from .stages.finetune_teacher import FinetuneTeacherOptions
+    """Map of CLI stage name -> command (each stage module is imported here, its run() on call)."""
+    import importlib
+    import importlib.util
 
-    return {
-        "finetune-teacher": _stage_command(
-            "finetune-teacher", FinetuneTeacherOptions, _finetune_teacher,
-            "Fine-tune the teacher on a GLUE task; exports best/ and final/ in HF format."),
-    }
+    commands: dict[str, Callable[..., Any]] = {}
+    for cli_name, module_name, options_name, doc in STAGES:
+        full = f"dist_peakd.stages.{module_name}"
+        if importlib.util.find_spec(full) is None:  # stage not written yet
+            continue
+        module = importlib.import_module(full)
+        commands[cli_name] = _stage_command(cli_name, getattr(module, options_name), module.run, doc)
+    return commands
 
 
 def main(argv: list[str] | None = None) -> None:

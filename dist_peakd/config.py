@@ -129,6 +129,12 @@ def build_options(cls: type, config: str | None = None, **overrides: Any) -> Any
     if config:
         values.update(load_config_file(config))
     values.update(overrides)
+    presets = getattr(cls, "PRESETS", {})
+    preset = values.get("preset")
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"option preset: {preset!r} is not one of {sorted(presets)}")
+        values = {**presets[preset], **values}
     unknown = sorted(set(values) - valid)
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {sorted(valid)}")

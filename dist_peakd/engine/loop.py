@@ -107,6 +107,7 @@ def train_loop(
     options: LoopOptions,
     export_fn: Callable[[Path, dict[str, Any]], None],
     higher_is_better: bool = True,
+    extra_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train with exact resume, evaluate on dev, export ``best/`` and ``final/``; return the summary."""
     output_dir = Path(output_dir)
@@ -223,6 +224,7 @@ def train_loop(
         "history": state["history"],
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
+        **(extra_summary or {}),
     }
     if not state["finished"]:
         state["finished"] = True

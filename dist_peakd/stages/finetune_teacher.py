@@ -102,7 +102,7 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
         eval_sampler=eval_sampler(data.dev, opts, dist_info), collate=collator_for(tokenizer),
         loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
         metric_fn=metrics_from_logits(task), main_metric=task.main_metric, output_dir=stage_dir,
-        tracker=tracker, options=opts.loop_options(), export_fn=export)
-    summary["model_stats"] = stats
+        tracker=tracker, options=opts.loop_options(), export_fn=export,
+        extra_summary={"model_stats": stats, "stage_dir": str(stage_dir)})
     tracker.close()
     return summary

@@ -1,0 +1,188 @@
+"""Pea-KD distillation loss: KD + CE + Patient-KD, as per-example fp32 terms.
+
+Every term returns PER-EXAMPLE losses ``[B]`` computed in fp32 (whatever the input dtype), so a
+batch-mean loss is the engine's sum over examples divided by the global batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dist_peakd.engine.engine import LossOutput
+
+KL_REDUCTIONS = ("batchmean", "mean_per_class")
+NORM_EPS = 1e-12
+
+
+def patient_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[tuple[int, int]]:
+    """Patient-KD pairs ``(student effective layer j, teacher layer)``, both 1-based.
+
+    Student layers ``j = 1..E-1`` (the last one is covered by KD) are matched to teacher layer
+    ``j * L / E``. Where that is not an integer it is rounded half up (``floor(j*L/E + 1/2)``,
+    computed exactly with integers) and clamped to ``[1, L]``; several student layers may then share
+    a teacher layer (``E > L``). ``E = 1`` gives ``[]``.
+    """
+    e, lt = int(num_student_layers), int(num_teacher_layers)
+    if e < 1 or e != num_student_layers:
+        raise ValueError(f"num_student_layers must be a positive integer, got {num_student_layers!r}")
+    if lt < 1 or lt != num_teacher_layers:
+        raise ValueError(f"num_teacher_layers must be a positive integer, got {num_teacher_layers!r}")
+    return [(j, min(lt, max(1, (2 * j * lt + e) // (2 * e)))) for j in range(1, e)]
+
+
+# ---------------------------------------------------------------------------- per-example terms
+def kd_per_example(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float,
+                   kl_reduction: str = "batchmean", is_regression: bool = False) -> Tensor:
+    """Per-example KD loss ``[B]`` (fp32; the teacher side is detached).
+
+    Classification: ``T^2 * sum_c p_t (log p_t - log p_s)`` with ``p = softmax(z / T)``, so its batch
+    mean is the batch-mean KL. ``kl_reduction="mean_per_class"`` also divides by the number of
+    classes (the reference code's ``reduction='mean'``). Regression (one output): the squared error
+    between the student and teacher predictions, with no temperature and no ``T^2``.
+    """
+    if kl_reduction not in KL_REDUCTIONS:
+        raise ValueError(f"option kl_reduction: {kl_reduction!r} is not one of {list(KL_REDUCTIONS)}")
+    zs = student_logits.float()
+    zt = teacher_logits.detach().float()
+    if zs.shape != zt.shape:
+        raise ValueError(f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} differ")
+    if is_regression:
+        return (zs.reshape(len(zs), -1) - zt.reshape(len(zt), -1)).pow(2).sum(-1)
+    t = float(temperature)
+    if t <= 0:
+        raise ValueError(f"option temperature must be > 0, got {temperature!r}")
+    kl = F.kl_div(F.log_softmax(zs / t, dim=-1), F.log_softmax(zt / t, dim=-1), reduction="none",
+                  log_target=True).sum(-1)
+    loss = kl * (t * t)
+    if kl_reduction == "mean_per_class":
+        loss = loss / zs.shape[-1]
+    return loss
+
+
+def ce_per_example(student_logits: Tensor, labels: Tensor, *, is_regression: bool = False) -> Tensor:
+    """Per-example task loss ``[B]`` (fp32): cross-entropy with the gold labels, MSE for regression."""
+    zs = student_logits.float()
+    if is_regression:
+        return (zs.reshape(len(zs), -1).squeeze(-1) - labels.detach().float().reshape(-1)).pow(2)
+    return F.cross_entropy(zs, labels.detach().long().reshape(-1), reduction="none")
+
+
+def pt_per_example(student_cls: Sequence[Tensor], teacher_cls: Tensor | Sequence[Tensor],
+                   layer_map: Sequence[tuple[int, int]], *, eps: float = NORM_EPS) -> Tensor:
+    """Per-example Patient-KD loss ``[B]`` (fp32; the teacher side is detached).
+
+    For each example, the mean over (matched layers, hidden dims) of ``(n(h_t) - n(h_s))^2`` with
+    ``n(v) = v / max(||v||_2, eps)``; its batch mean is the spec's mean over (batch, layers, dims).
+
+    Args:
+        student_cls: one ``[B, H]`` [CLS] vector per student effective layer, bottom to top.
+        teacher_cls: ``[B, L_t, H]`` as stored in the teacher cache (any float dtype), or a sequence
+            of ``[B, H]`` tensors.
+        layer_map: 1-based ``(student layer, teacher layer)`` pairs (``patient_layer_map``).
+    """
+    if not layer_map:
+        raise ValueError("pt: empty layer map (nothing to match)")
+    if not torch.is_tensor(teacher_cls):
+        teacher_cls = torch.stack(list(teacher_cls), dim=1)
+    if teacher_cls.dim() != 3:
+        raise ValueError(f"pt: teacher_cls must be [B, L_t, H], got shape {tuple(teacher_cls.shape)}")
+    n_s, n_t = len(student_cls), teacher_cls.shape[1]
+    for j, t in layer_map:
+        if not (1 <= j <= n_s):
+            raise ValueError(f"pt: student layer {j} out of range 1..{n_s}")
+        if not (1 <= t <= n_t):
+            raise ValueError(f"pt: teacher layer {t} out of range 1..{n_t}")
+    hs = torch.stack([student_cls[j - 1].float() for j, _ in layer_map], dim=1)  # [B, M, H]
+    ht = teacher_cls.detach()[:, [t - 1 for _, t in layer_map]].float().to(hs.device)
+    if hs.shape[-1] != ht.shape[-1]:
+        raise ValueError(f"pt: student hidden size {hs.shape[-1]} != teacher hidden size {ht.shape[-1]}; "
+                         "Patient-KD here has no projection, so the sizes must match")
+    if hs.shape[0] != ht.shape[0]:
+        raise ValueError(f"pt: student batch {hs.shape[0]} != teacher batch {ht.shape[0]}")
+    diff = F.normalize(ht, p=2.0, dim=-1, eps=eps) - F.normalize(hs, p=2.0, dim=-1, eps=eps)
+    return diff.pow(2).mean(dim=(1, 2))
+
+
+LOSS_TERMS: dict[str, Callable[..., Tensor]] = {
+    "kd": kd_per_example,
+    "ce": ce_per_example,
+    "pt": pt_per_example,
+}
+
+
+# ---------------------------------------------------------------------------- combined loss
+@dataclass
+class DistillLossConfig:
+    """Weights of ``alpha*KD + (1-alpha)*CE + beta*PT``; paper setting alpha 0.7, T 10, beta 100.
+
+    ``kl_reduction``: ``"batchmean"`` (correct batch-mean KL, default) or ``"mean_per_class"``
+    (also divides by the number of classes, exactly as the reference code).
+    """
+
+    alpha: float = 0.7
+    temperature: float = 10.0
+    beta: float = 100.0
+    kl_reduction: str = "batchmean"
+
+    def validate(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"option temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"option alpha must be in [0, 1], got {self.alpha!r}")
+        if not self.beta >= 0:
+            raise ValueError(f"option beta must be >= 0, got {self.beta!r}")
+        if self.kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"option kl_reduction: {self.kl_reduction!r} is not one of {list(KL_REDUCTIONS)}")
+
+
+def distillation_loss(student_logits: Tensor, student_cls: Sequence[Tensor] | None,
+                      teacher_logits: Tensor | None, teacher_cls: Tensor | None, labels: Tensor,
+                      layer_map: Sequence[tuple[int, int]], cfg: DistillLossConfig,
+                      is_regression: bool = False) -> LossOutput:
+    """Pea-KD loss of one micro-batch: ``total = sum_i [alpha*kd_i + (1-alpha)*ce_i + beta*pt_i]``.
+
+    All terms are computed in fp32. Every term is reported in ``terms`` (detached per-term sums),
+    even with weight 0; a term with weight 0 never enters ``total`` (so it cannot turn it NaN) and is
+    computed without grad. KD is not computed (reported 0) when ``alpha == 0`` and ``teacher_logits``
+    is None; PT is not computed (reported 0) when ``beta == 0`` or ``layer_map`` is empty.
+    """
+    cfg.validate()
+    zs = student_logits.float()
+    batch = zs.shape[0]
+    zero = zs.new_zeros(batch)
+    w = {"kd": float(cfg.alpha), "ce": 1.0 - float(cfg.alpha), "pt": float(cfg.beta)}
+
+    def term(name: str, fn: Callable[[], Tensor]) -> Tensor:
+        if w[name] == 0.0:
+            with torch.no_grad():
+                return fn()
+        return fn()
+
+    per: dict[str, Tensor] = {}
+    if teacher_logits is None:
+        if w["kd"] != 0.0:
+            raise ValueError(f"teacher_logits is required when alpha = {cfg.alpha} > 0")
+        per["kd"] = zero.detach()
+    else:
+        per["kd"] = term("kd", lambda: kd_per_example(zs, teacher_logits, temperature=cfg.temperature,
+                                                      kl_reduction=cfg.kl_reduction,
+                                                      is_regression=is_regression))
+    per["ce"] = term("ce", lambda: ce_per_example(zs, labels, is_regression=is_regression))
+    if w["pt"] == 0.0 or not layer_map:
+        per["pt"] = zero.detach()
+    else:
+        if student_cls is None or teacher_cls is None:
+            raise ValueError(f"student_cls and teacher_cls are required when beta = {cfg.beta} > 0")
+        per["pt"] = pt_per_example(student_cls, teacher_cls, layer_map)
+
+    total = zero
+    for name, values in per.items():
+        if w[name] != 0.0:
+            total = total + w[name] * values
+    return LossOutput(total=total.sum(), terms={k: v.detach().sum() for k, v in per.items()},
+                      count=batch, weights=w)

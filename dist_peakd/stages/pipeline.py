@@ -1,0 +1,189 @@
+"""The whole method in one command: teacher fine-tune -> cache -> PTP -> distill -> evaluate.
+
+Each stage is skipped when its valid output already exists (its ``summary.json``, written last and
+atomically, with the same options), so rerunning the command resumes where it stopped; a stage that
+was interrupted resumes from its own checkpoint. Ends with a teacher-vs-student table (metric,
+parameters, FLOPs/token, latency) printed and written to ``<output_dir>/<task>/pipeline_summary.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RunOptions
+from ..engine import ConfigError, barrier, broadcast_object, init_distributed
+from ..engine.engine import atomic_write_text
+from . import cache_teacher, distill, finetune_teacher, ptp
+from .distill import DistillOptions
+
+# Named presets: applied under the user's own options (the command line always wins).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's settings stay the defaults; this preset makes MRPC finish in < 30 min on 2 CPU cores.
+    "cpu-fast": {"max_length": 64, "teacher_epochs": 2.0, "ptp_epochs": 1.0, "epochs": 2.0,
+                 "lr": 5e-5, "eval_batch_size": 128},
+}
+
+# Options that do not change a stage's result (ignored when deciding whether an output is reusable).
+NON_RESULT_OPTIONS = {"stop_after_steps", "log_every_steps", "cache_dir", "output_dir", "rebuild",
+                      "eval_batch_size", "cache_batch_size", "preset", "latency_batch_size", "latency_repeats"}
+
+
+@dataclass
+class PipelineOptions(DistillOptions):
+    """All distillation options plus the earlier stages' epochs/lr and a named preset."""
+
+    preset: str | None = None
+    teacher_epochs: float = 3.0
+    teacher_lr: float = 5e-5
+    ptp_epochs: float = 2.0
+    ptp_lr: float = 2e-5
+    threshold_rule: str = "median"
+    latency_batch_size: int = 32
+    latency_repeats: int = 10
+
+    PRESETS = PRESETS
+
+    def validate(self) -> None:
+        super().validate()
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"option preset: {self.preset!r} is not one of {sorted(PRESETS)}")
+        if self.threshold_rule not in ("median", "paper"):
+            raise ConfigError(f"option threshold_rule: {self.threshold_rule!r} is not one of ['median', 'paper']")
+
+
+def _subset(opts: PipelineOptions, cls: type, **overrides: Any) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in dataclasses.asdict(opts).items() if k in names}
+    values.update(overrides)
+    sub = cls(**values)
+    sub.validate()
+    return sub
+
+
+def _result_options(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in NON_RESULT_OPTIONS}
+
+
+def _finished(stage_dir: Path, stage_opts: RunOptions) -> bool:
+    """True when the stage's summary exists and was made with the same result-relevant options."""
+    summary, saved = stage_dir / "summary.json", stage_dir / "config.json"
+    if not summary.is_file():
+        return False
+    if saved.is_file():
+        before = _result_options(json.loads(saved.read_text()))
+        now = _result_options(json.loads(json.dumps(dataclasses.asdict(stage_opts), default=str)))
+        diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if diff:
+            raise ConfigError(
+                f"{stage_dir} was made with other options ({', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in diff)}); "
+                "use another --output_dir or delete that folder to redo the stage")
+    return True
+
+
+def _run_stage(name: str, stage_dir: Path, stage_opts: RunOptions, runner: Any, log: list[str]) -> dict[str, Any]:
+    done = broadcast_object(_finished(stage_dir, stage_opts) if init_distributed().is_main else None)
+    if done:
+        log.append(f"{name}: reused {stage_dir}")
+        return json.loads((stage_dir / "summary.json").read_text())
+    t0 = time.perf_counter()
+    result = runner(stage_opts)
+    log.append(f"{name}: ran in {time.perf_counter() - t0:.1f} s")
+    return result
+
+
+@torch.no_grad()
+def measure_latency(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> float:
+    """Median forward latency in milliseconds for one batch (after one warm-up pass)."""
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    model(**inputs)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _markdown(rows: list[dict[str, Any]], metric_names: list[str], header: str) -> str:
+    cols = ["model", *[f"{m} (final)" for m in metric_names], *[f"{m} (best)" for m in metric_names],
+            "parameters", "encoder layers (param/effective)", "GFLOPs/seq", "latency ms/batch"]
+    lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        vals = [r["model"], *[f"{100 * r['final'][m]:.2f}" for m in metric_names],
+                *[f"{100 * r['best'][m]:.2f}" for m in metric_names], f"{r['parameters']:,}",
+                f"{r['num_parameter_layers']}/{r['num_effective_layers']}", f"{r['gflops_per_sequence']:.2f}",
+                f"{r['latency_ms']:.1f}"]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(opts: PipelineOptions) -> dict[str, Any]:
+    """Run (or resume) every stage for one task and write the summary table."""
+    from ..data import get_task
+    from ..models import load_student, load_teacher, model_stats
+    from .common import collator_for, load_tokenizer, prepare_data
+
+    t_start = time.perf_counter()
+    dist_info = init_distributed()
+    task = get_task(opts.task)
+    task_dir = opts.task_dir()
+    log: list[str] = []
+    teacher_opts = _subset(opts, finetune_teacher.FinetuneTeacherOptions, epochs=opts.teacher_epochs,
+                           lr=opts.teacher_lr)
+    teacher_summary = _run_stage("teacher", task_dir / finetune_teacher.STAGE, teacher_opts,
+                                 finetune_teacher.run, log)
+    cache_opts = _subset(opts, cache_teacher.CacheTeacherOptions)
+    t0 = time.perf_counter()
+    cache_summary = cache_teacher.run(cache_opts)
+    log.append(f"cache: {'reused' if cache_summary.get('skipped') else 'built'} in {time.perf_counter() - t0:.1f} s")
+    use_ptp = opts.use_ptp and not task.is_regression
+    if use_ptp:
+        ptp_opts = _subset(opts, ptp.PTPOptions, epochs=opts.ptp_epochs, lr=opts.ptp_lr)
+        _run_stage("ptp", task_dir / ptp_opts.stage_name(), ptp_opts, ptp.run, log)
+    distill_opts = _subset(opts, DistillOptions, use_ptp=use_ptp)
+    student_summary = _run_stage("distill", task_dir / distill_opts.stage_name(), distill_opts, distill.run, log)
+
+    result: dict[str, Any] = {}
+    if dist_info.is_main:
+        tokenizer = load_tokenizer(opts.backbone)
+        data = prepare_data(_subset(opts, RunOptions), tokenizer, need_train=False)
+        dev_rows = [data.dev[i] for i in range(min(opts.latency_batch_size, len(data.dev)))]
+        batch = collator_for(tokenizer)(dev_rows)
+        teacher = load_teacher(task_dir / "teacher" / "best", num_labels=task.num_labels).to(dist_info.device)
+        student = load_student(Path(student_summary["stage_dir"]) / "final").to(dist_info.device)
+        rows = []
+        for name, model, summ in (("teacher", teacher, teacher_summary), ("student", student, student_summary)):
+            stats = model_stats(model, seq_len=opts.max_length)
+            rows.append({"model": name, "final": summ["final"], "best": summ["best"],
+                         "parameters": stats["parameters"], "encoder_parameters": stats["encoder_parameters"],
+                         "num_parameter_layers": stats["num_parameter_layers"],
+                         "num_effective_layers": stats["num_effective_layers"],
+                         "flops_per_token": stats["flops_per_token"],
+                         "gflops_per_sequence": stats["forward_gflops_per_sequence"],
+                         "latency_ms": measure_latency(model, batch, opts.latency_repeats)})
+        result = {"task": task.name, "metrics": list(task.metrics), "rows": rows, "stages": log,
+                  "wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(dist_info.device),
+                  "world_size": dist_info.world_size, "latency_batch": len(dev_rows),
+                  "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str))}
+        header = (f"## dist-peakd pipeline: {task.name} (k={opts.k}, {opts.variant}, PTP {'on' if use_ptp else 'off'}; "
+                  f"{result['wall_time_s']} s on {dist_info.world_size} x {dist_info.device})")
+        md = _markdown(rows, list(task.metrics), header)
+        atomic_write_text(task_dir / "pipeline_summary.json", json.dumps(result, indent=2))
+        atomic_write_text(task_dir / "pipeline_summary.md", md)
+        print(md, flush=True)
+    barrier()
+    return result

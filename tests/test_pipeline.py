@@ -68,7 +68,7 @@ def test_pipeline_rerun_reuses_every_stage(tiny_pipeline, tiny_bert, glue_dir):
 
 def test_pipeline_refuses_a_stage_made_with_other_options(tiny_pipeline, tiny_bert, glue_dir):
     out, _ = tiny_pipeline
-    with pytest.raises(ConfigError, match=r"teacher was made with other options \(epochs: 1.0 -> 2.0"):
+    with pytest.raises(ConfigError, match=r"teacher was made with other options \(epochs: 1(\.0)? -> 2"):
         run_pipeline(_pipeline_opts(out, str(tiny_bert), glue_dir, teacher_epochs=2))
 
 

@@ -165,9 +165,11 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
 
     decision: dict[str, Any] = {}
     if dist_info.is_main:
-        expected = expected_identity(opts, data, tokenizer, teacher_dir)
-        decision = _decide(cache_dir, expected, opts.rebuild)
-        decision["expected"] = expected
+        try:
+            expected = expected_identity(opts, data, tokenizer, teacher_dir)
+            decision = {**_decide(cache_dir, expected, opts.rebuild), "expected": expected}
+        except Exception as e:  # every rank raises the same error instead of waiting for rank 0
+            decision = {"action": "error", "error": e}
     decision = broadcast_object(decision)  # type: ignore[assignment]
     if decision["action"] == "error":
         raise decision["error"]
@@ -194,11 +196,12 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     splits = {"train": data.train, data.dev_split: data.dev}
     n_steps = sum(-(-len(rows) // opts.cache_batch_size) for rows in splits.values())
     bar = tqdm(total=n_steps, desc="cache-teacher", disable=not dist_info.is_main)
+    infer_start = time.perf_counter()
     records = {name: _build_split(engine, rows, name, cache_dir, opts, dist_info, collate, dims, bar)
                for name, rows in splits.items()}
     bar.close()
-    infer_s = time.perf_counter() - start
     gathered = all_gather_objects(records)  # also a barrier: every shard is on disk
+    infer_s = time.perf_counter() - infer_start
     summary: dict[str, Any] = {}
     if dist_info.is_main:
         manifest = build_manifest(
@@ -216,11 +219,11 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
         cache = TeacherCache.open(cache_dir, expected, verify="checksum")
         total_rows = sum(v["rows"] for v in manifest["splits"].values())
         summary = _summary_of(cache, False, build_s=round(build_s, 3), inference_s=round(infer_s, 3),
-                              rows_per_s=round(total_rows / max(build_s, 1e-9), 1),
+                              rows_per_s=round(total_rows / max(infer_s, 1e-9), 1),
                               verify_s=round(time.perf_counter() - v0, 3), precision=engine.precision)
         atomic_write_text(cache_dir / "summary.json", json.dumps(summary, indent=2, default=str))
         print(f"[dist-peakd] cached {total_rows} rows ({', '.join(f'{k}: {v}' for k, v in summary['rows'].items())}) "
-              f"in {build_s:.1f} s ({summary['rows_per_s']} rows/s) on {dist_info.world_size} rank(s); "
+              f"in {build_s:.1f} s (teacher pass {infer_s:.1f} s, {summary['rows_per_s']} rows/s) on {dist_info.world_size} rank(s); "
               f"teacher dev {json.dumps(summary['teacher_dev_metrics'])}", flush=True)
     summary = broadcast_object(summary)  # type: ignore[assignment]
     barrier()

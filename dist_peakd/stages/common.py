@@ -21,6 +21,12 @@ from ..data import (
 from ..engine import DistInfo
 
 
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def resolve_backbone(name: str) -> str:
     """``minilm`` (the default) -> the embedded all-MiniLM-L6-v2 folder; anything else unchanged."""
     if name == DEFAULT_BACKBONE:

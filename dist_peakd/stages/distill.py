@@ -12,6 +12,7 @@ Ablations are options: ``alpha=0 beta=0`` (no KD), ``beta=0`` (KD), ``variant=no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,16 @@ import torch
 from ..config import RunOptions, save_resolved_config
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
 from ..engine import ConfigError, Engine, LossOutput, Tracker, init_distributed, seed_everything
-from ..engine.loop import train_loop, total_train_steps
+from ..engine.loop import total_train_steps, train_loop
 from ..models import build_student, load_student, model_stats
 from .common import collator_for, eval_sampler, load_tokenizer, prepare_data, resolve_backbone, train_sampler
 from .finetune_teacher import logits_predict, metrics_from_logits
-from .student_common import cache_dir_for, check_k_against_backbone, expected_cache_identity, validate_student_options
+from .student_common import (
+    cache_dir_for,
+    check_k_against_backbone,
+    expected_cache_identity,
+    validate_student_options,
+)
 
 
 @dataclass
@@ -75,8 +81,11 @@ class DistillOptions(RunOptions):
         return self.teacher_dir or str(self.task_dir() / "teacher" / "best")
 
 
-def run(opts: DistillOptions) -> dict[str, Any]:
-    """Distil, evaluate on dev, export best/ and final/ students; returns the summary."""
+def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Distil, evaluate on dev, export best/ and final/ students; returns the summary.
+
+    ``on_eval(step, metrics)`` is called on every rank after each dev evaluation (sweeps report to Ray Tune).
+    """
     from ..cache import TeacherCache
 
     dist_info = init_distributed()
@@ -142,6 +151,7 @@ def run(opts: DistillOptions) -> dict[str, Any]:
         options=opts.loop_options(), export_fn=export,
         extra_summary={"model_stats": stats, "stage_dir": str(stage_dir), "layer_map": layer_map,
                        "loss_weights": {"kd": loss_cfg.alpha, "ce": 1 - loss_cfg.alpha, "pt": loss_cfg.beta},
-                       "teacher_dev_metrics": cache.manifest.get("teacher_dev_metrics")})
+                       "teacher_dev_metrics": cache.manifest.get("teacher_dev_metrics")},
+        on_eval=on_eval)
     tracker.close()
     return summary

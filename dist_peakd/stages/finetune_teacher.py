@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..config import RunOptions, save_resolved_config
 from ..engine import Engine, LossOutput, Tracker, init_distributed, seed_everything
-from ..engine.loop import train_loop, total_train_steps
+from ..engine.loop import total_train_steps, train_loop
 from ..metrics import compute_metrics
 from ..models import load_teacher, model_stats
 from .common import collator_for, eval_sampler, load_tokenizer, prepare_data, resolve_backbone, train_sampler

@@ -21,10 +21,15 @@ import torch.nn.functional as F
 from ..config import RunOptions, save_resolved_config
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
 from ..engine import ConfigError, Engine, LossOutput, Tracker, init_distributed, seed_everything
-from ..engine.loop import train_loop, total_train_steps
+from ..engine.loop import total_train_steps, train_loop
 from ..models import build_student, model_stats
 from .common import collator_for, eval_sampler, load_tokenizer, prepare_data, resolve_backbone, train_sampler
-from .student_common import cache_dir_for, check_k_against_backbone, expected_cache_identity, validate_student_options
+from .student_common import (
+    cache_dir_for,
+    check_k_against_backbone,
+    expected_cache_identity,
+    validate_student_options,
+)
 
 NUM_PTP_CLASSES = 4
 

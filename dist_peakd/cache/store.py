@@ -1,0 +1,505 @@
+"""On-disk teacher cache: per-rank ``.npy`` shards plus a JSON manifest, read memory-mapped.
+
+Format decision: plain NumPy ``.npy`` files opened with ``numpy.load(mmap_mode="r")``.
+
+* Random access by row is what distillation needs (a shuffled batch of example ids per step); a
+  memory-mapped ``.npy`` is a fixed header followed by a C-ordered array, so fancy-indexing rows
+  reads just those pages from the OS page cache, zero-copy until the gather, for any row count
+  (QQP/MNLI-size caches never have to fit in RAM).
+* No extra dependency (NumPy is already required) and the files are readable by any tool.
+* safetensors can memory-map too, but partial, row-wise reads of a tensor are not as simple
+  (``safe_open(...).get_slice`` gives contiguous slices, not an arbitrary row gather); Arrow/
+  Parquet are organised in row groups (columnar chunks) and a nested ``[L, H]`` float16 column per
+  row is awkward and decoded per group.
+
+Layout::
+
+    <cache_dir>/manifest.json
+    <cache_dir>/<split>/shard-<rank:05d>-of-<world:05d>/ids.npy     int64   [n]
+                                                      /logits.npy  float32 [n, C]
+                                                      /cls.npy     float16 [n, L, H]
+
+Each shard directory is written under a temporary name and renamed into place (atomic); the
+manifest is written last (temp file + rename) by rank 0 once every shard exists, so a cache without
+``manifest.json`` is incomplete and never valid. The manifest records each file's size and sha256;
+:meth:`TeacherCache.open` always checks sizes and, with ``verify="checksum"`` (the default), hashes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FILES = ("ids.npy", "logits.npy", "cls.npy")
+DTYPES = {"ids": "int64", "logits": "float32", "cls": "float16"}
+#: Manifest fields that identify what a cache was built from (compared by :meth:`TeacherCache.open`).
+IDENTITY_FIELDS = ("teacher_fingerprint", "tokenizer_fingerprint", "max_length", "data_fingerprint", "task")
+#: Files whose bytes define a teacher (weights in any HF layout + the config).
+_WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+                    "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
+_CHUNK = 1 << 22
+
+
+class CacheMismatchError(ValueError):
+    """The cache was built from something other than what this run expects.
+
+    ``differences`` holds ``(field, found_in_cache, expected)`` for every differing field.
+    """
+
+    def __init__(self, cache_dir: str | Path, differences: Sequence[tuple[str, Any, Any]]) -> None:
+        self.cache_dir = str(cache_dir)
+        self.differences = list(differences)
+        parts = [f"field {f!r} differs: cache has {found!r}, this run expects {exp!r}"
+                 for f, found, exp in self.differences]
+        super().__init__(f"teacher cache {cache_dir}: " + "; ".join(parts)
+                         + "; rerun cache-teacher with --rebuild")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable: rank 0 broadcasts it to the others
+        return (type(self), (self.cache_dir, self.differences))
+
+
+class CacheCorruptError(ValueError):
+    """A cache file is missing, truncated, has the wrong row count or fails its checksum.
+
+    ``path`` is the offending file.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"teacher cache file {path}: {problem}; rerun cache-teacher with --rebuild")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem))
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def teacher_fingerprint(teacher_dir: str | Path) -> str:
+    """sha256 over the teacher folder's weight file(s) and ``config.json`` (file names + bytes).
+
+    Reads files only, never instantiates the model. Raises ``FileNotFoundError`` naming the folder
+    when it has no ``config.json`` or no weight file.
+    """
+    folder = Path(teacher_dir)
+    config = folder / "config.json"
+    weights = sorted({p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    if not config.is_file() or not weights:
+        raise FileNotFoundError(
+            f"teacher folder {folder} needs config.json and weights (model.safetensors or "
+            f"pytorch_model.bin); found {sorted(p.name for p in folder.iterdir()) if folder.is_dir() else 'nothing'}")
+    h = hashlib.sha256()
+    for path in [config, *weights]:
+        h.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+    return h.hexdigest()
+
+
+def shard_name(rank: int, world_size: int) -> str:
+    return f"shard-{rank:05d}-of-{world_size:05d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ShardWriter:
+    """Stream one rank's rows of a split into a shard without holding them in RAM.
+
+    The shard's example ids are known up front (the sampler fixes each rank's share), so the files
+    are pre-allocated as memory-mapped ``.npy`` in a temporary sibling directory and every
+    :meth:`add` writes its rows at their id-sorted position. :meth:`commit` checks every row was
+    written, fsyncs, hashes and renames the directory into place (atomic) and returns the record
+    ``{"path", "rows", "sha256": {file: hex}, "bytes": {file: int}}`` (``path`` relative to
+    ``cache_dir``). [CLS] states are stored as float16 (an overflow is refused), logits as float32.
+    """
+
+    def __init__(self, cache_dir: str | Path, split: str, rank: int, world_size: int, ids: Any,
+                 num_labels: int, num_layers: int, hidden_size: int) -> None:
+        ids_a = np.sort(_numpy(ids).astype(np.int64).reshape(-1), kind="stable")
+        if len(ids_a) > 1 and (np.diff(ids_a) == 0).any():
+            raise ValueError(f"shard {split!r} rank {rank}: duplicate example ids")
+        self.split, self.rank = split, rank
+        self.rel = Path(split) / shard_name(rank, world_size)
+        self.final = Path(cache_dir) / self.rel
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.final.with_name(f".tmp-{self.final.name}-{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        n = len(ids_a)
+        self.ids = ids_a
+        self._written = np.zeros(n, dtype=bool)
+        self._arrays: dict[str, np.ndarray] = {}
+        for name, dtype, shape in (("ids.npy", np.int64, (n,)), ("logits.npy", np.float32, (n, num_labels)),
+                                   ("cls.npy", np.float16, (n, num_layers, hidden_size))):
+            if n == 0:
+                np.save(self.tmp / name, np.zeros(shape, dtype), allow_pickle=False)
+            else:
+                self._arrays[name] = np.lib.format.open_memmap(self.tmp / name, mode="w+", dtype=dtype,
+                                                               shape=shape)
+        if n:
+            self._arrays["ids.npy"][:] = ids_a
+
+    def add(self, ids: Any, logits: Any, cls: Any) -> None:
+        """Write rows: ``ids`` [b], ``logits`` [b, C], ``cls`` [b, L, H] (tensors or arrays)."""
+        ids_a = _numpy(ids).astype(np.int64).reshape(-1)
+        if len(ids_a) == 0:
+            return
+        logits_a = _numpy(logits).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):
+            cls_a = _numpy(cls).astype(np.float16)
+        if logits_a.shape[0] != len(ids_a) or cls_a.shape[0] != len(ids_a):
+            raise ValueError(f"shard {self.split!r} rank {self.rank}: {len(ids_a)} ids but logits "
+                             f"{logits_a.shape} and cls {cls_a.shape}")
+        if not np.isfinite(cls_a).all():
+            raise ValueError(f"shard {self.split!r} rank {self.rank}: [CLS] states overflow float16 "
+                             f"(|x| > 65504) or are not finite")
+        pos = np.minimum(np.searchsorted(self.ids, ids_a), len(self.ids) - 1)
+        if not (self.ids[pos] == ids_a).all():
+            raise KeyError(f"shard {self.split!r} rank {self.rank}: ids {ids_a[self.ids[pos] != ids_a][:10].tolist()} "
+                           "are not in this shard's id list")
+        if self._written[pos].any() or len(np.unique(pos)) != len(pos):
+            raise ValueError(f"shard {self.split!r} rank {self.rank}: an example id was written twice")
+        self._arrays["logits.npy"][pos] = logits_a
+        self._arrays["cls.npy"][pos] = cls_a
+        self._written[pos] = True
+
+    def commit(self) -> dict[str, Any]:
+        """Finish the shard (all rows must have been added); returns its manifest record."""
+        if not self._written.all():
+            missing = self.ids[~self._written]
+            raise ValueError(f"shard {self.split!r} rank {self.rank}: {len(missing)} row(s) never written, "
+                             f"e.g. ids {missing[:10].tolist()}")
+        for arr in self._arrays.values():
+            arr.flush()  # type: ignore[attr-defined]
+        self._arrays.clear()
+        record: dict[str, Any] = {"path": self.rel.as_posix(), "rows": len(self.ids), "sha256": {}, "bytes": {}}
+        for name in FILES:
+            path = self.tmp / name
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            record["sha256"][name] = file_sha256(path)
+            record["bytes"][name] = path.stat().st_size
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.replace(self.tmp, self.final)
+        _fsync_dir(self.final.parent)
+        return record
+
+    def abort(self) -> None:
+        """Drop the temporary directory (nothing is published)."""
+        self._arrays.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if torch.is_tensor(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def write_shard(cache_dir: str | Path, split: str, rank: int, world_size: int, ids: Any, logits: Any,
+                cls: Any) -> dict[str, Any]:
+    """Write one rank's rows of ``split`` in one go (any row order; stored sorted by id).
+
+    ``ids`` int [n], ``logits`` [n, C] (stored float32), ``cls`` [n, L, H] (stored float16).
+    Atomic (temporary directory + rename); returns the shard record (see :class:`ShardWriter`).
+    """
+    logits_a, cls_a = _numpy(logits), _numpy(cls)
+    if logits_a.ndim != 2 or cls_a.ndim != 3:
+        raise ValueError(f"write_shard: expected logits [n, C] and cls [n, L, H], got {logits_a.shape}, "
+                         f"{cls_a.shape}")
+    writer = ShardWriter(cache_dir, split, rank, world_size, ids, logits_a.shape[1], cls_a.shape[1],
+                         cls_a.shape[2])
+    try:
+        writer.add(ids, logits_a, cls_a)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def write_manifest(cache_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically (temp file, fsync, rename); call last, after every shard."""
+    path = Path(cache_dir) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(dict(manifest), f, indent=2, sort_keys=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def build_manifest(*, identity: Mapping[str, Any], splits: Mapping[str, Sequence[Mapping[str, Any]]],
+                   num_labels: int, num_layers: int, hidden_size: int, teacher_dir: str | Path,
+                   world_size: int, teacher_dev_metrics: Mapping[str, float] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """Assemble a manifest from the identity fields and each split's shard records."""
+    return {
+        "format_version": FORMAT_VERSION,
+        **{k: identity[k] for k in IDENTITY_FIELDS},
+        "teacher_dir": str(Path(teacher_dir).resolve()),
+        "splits": {name: {"rows": int(sum(r["rows"] for r in recs)),
+                          "shards": sorted((dict(r) for r in recs), key=lambda r: r["path"])}
+                   for name, recs in splits.items()},
+        "num_labels": int(num_labels),
+        "num_layers": int(num_layers),
+        "hidden_size": int(hidden_size),
+        "dtypes": dict(DTYPES),
+        "shapes": {"ids": [], "logits": [int(num_labels)], "cls": [int(num_layers), int(hidden_size)]},
+        "teacher_dev_metrics": dict(teacher_dev_metrics or {}),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "world_size": int(world_size),
+        **extra,
+    }
+
+
+def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
+    """The parsed manifest; ``CacheCorruptError`` naming the file when it is missing or unreadable."""
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        raise CacheCorruptError(path, "missing (no cache here, or its build never finished)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CacheCorruptError(path, f"unreadable ({e})") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise CacheCorruptError(path, "not a teacher-cache manifest (no 'splits' mapping)")
+    return manifest
+
+
+def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(field, found, expected)`` for each field of ``expected`` the manifest does not match.
+
+    ``expected`` uses manifest key names (e.g. :data:`IDENTITY_FIELDS`, ``num_labels``), plus
+    ``rows``: ``{split: row_count}`` compared as fields ``rows[<split>]``. The format version is
+    always checked.
+    """
+    diffs: list[tuple[str, Any, Any]] = []
+    if manifest.get("format_version") != FORMAT_VERSION:
+        diffs.append(("format_version", manifest.get("format_version"), FORMAT_VERSION))
+    for key, want in expected.items():
+        if key == "rows":
+            for split, n in want.items():
+                found = manifest["splits"].get(split, {}).get("rows")
+                if found != n:
+                    diffs.append((f"rows[{split}]", found, n))
+        elif manifest.get(key) != want:
+            diffs.append((key, manifest.get(key), want))
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------- reading
+def _load(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:  # e.g. a bad header
+        raise CacheCorruptError(path, f"not a readable .npy file ({e})") from e
+
+
+class CacheSplit:
+    """One split of the cache: rows addressable by example id, memory-mapped.
+
+    ``ids`` is every example id of the split, sorted. :meth:`lookup` gathers rows for any ids in
+    the order given through a position index ``id -> (shard, row)``; only those rows are read.
+    """
+
+    def __init__(self, name: str, shards: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        self.name = name
+        self._shards = list(shards)
+        all_ids = np.concatenate([s[0] for s in self._shards]) if self._shards else np.zeros(0, np.int64)
+        shard_of = np.concatenate([np.full(len(s[0]), i, np.int32) for i, s in enumerate(self._shards)]) \
+            if self._shards else np.zeros(0, np.int32)
+        row_of = np.concatenate([np.arange(len(s[0]), dtype=np.int64) for s in self._shards]) \
+            if self._shards else np.zeros(0, np.int64)
+        order = np.argsort(all_ids, kind="stable")
+        self.ids: np.ndarray = np.asarray(all_ids[order], dtype=np.int64)
+        if len(self.ids) > 1 and (np.diff(self.ids) == 0).any():
+            dup = int(self.ids[1:][np.diff(self.ids) == 0][0])
+            raise ValueError(f"teacher cache split {name!r}: example id {dup} appears in two shards")
+        self._shard = shard_of[order]
+        self._row = row_of[order]
+        first = self._shards[0] if self._shards else None
+        self.num_labels = int(first[1].shape[1]) if first is not None else 0
+        self.cls_shape = tuple(int(x) for x in first[2].shape[1:]) if first is not None else (0, 0)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, example_id: int) -> bool:
+        pos = np.searchsorted(self.ids, example_id)
+        return bool(pos < len(self.ids) and self.ids[pos] == example_id)
+
+    def positions(self, example_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(shard, row)`` arrays for ``example_ids``; ``KeyError`` naming the unknown id(s)."""
+        q = np.asarray(example_ids.cpu() if torch.is_tensor(example_ids) else example_ids, dtype=np.int64)
+        q = q.reshape(-1)
+        pos = np.minimum(np.searchsorted(self.ids, q), max(len(self.ids) - 1, 0))
+        found = (self.ids[pos] == q) if len(self.ids) else np.zeros(len(q), bool)
+        if not found.all():
+            missing = q[~found]
+            raise KeyError(f"example id(s) {missing[:10].tolist()} not in teacher cache split {self.name!r} "
+                           f"({len(self.ids)} rows{', ids ' + str(self.ids[0]) + '..' + str(self.ids[-1]) if len(self.ids) else ''})")
+        return self._shard[pos], self._row[pos]
+
+    def _gather(self, which: int, example_ids: Any) -> np.ndarray:
+        shard, row = self.positions(example_ids)
+        template = self._shards[0][which] if self._shards else np.zeros((0,), np.float32)
+        out = np.empty((len(row), *template.shape[1:]), dtype=template.dtype)
+        for s in np.unique(shard):
+            mask = shard == s
+            rows = row[mask]
+            srt = np.argsort(rows, kind="stable")  # read each shard front to back
+            block = self._shards[int(s)][which][rows[srt]]
+            dest = np.flatnonzero(mask)[srt]
+            out[dest] = block
+        return out
+
+    def lookup(self, example_ids: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher logits ``float32 [B, C]`` and [CLS] states ``float16 [B, L, H]`` for ``example_ids``.
+
+        Rows come back in the order of ``example_ids`` (a list, NumPy array or tensor of ints).
+        """
+        return torch.from_numpy(self._gather(1, example_ids)), torch.from_numpy(self._gather(2, example_ids))
+
+    def logits(self) -> torch.Tensor:
+        """All rows' logits ``float32 [n, C]``, sorted by example id (aligned with :attr:`ids`)."""
+        return torch.from_numpy(self._gather(1, self.ids))
+
+
+class TeacherCache:
+    """A validated teacher cache; open with :meth:`open`, then :meth:`split`."""
+
+    def __init__(self, cache_dir: str | Path, manifest: Mapping[str, Any]) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.manifest = dict(manifest)
+        self._splits: dict[str, CacheSplit] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.manifest["num_labels"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.manifest["num_layers"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.manifest["hidden_size"])
+
+    @property
+    def teacher_dev_metrics(self) -> dict[str, float]:
+        return dict(self.manifest.get("teacher_dev_metrics", {}))
+
+    # ------------------------------------------------------------------ open / verify
+    @classmethod
+    def open(cls, cache_dir: str | Path, expected: Mapping[str, Any] | None = None,
+             verify: str = "checksum") -> TeacherCache:
+        """Read the manifest, compare it with ``expected`` and verify every shard file.
+
+        ``expected``: manifest fields to match (usually :data:`IDENTITY_FIELDS` and ``rows``:
+        ``{split: n}``); every differing field is reported in one :class:`CacheMismatchError`.
+        ``verify``: ``"size"`` checks existence and byte size of every file (cheap), ``"checksum"``
+        also re-hashes every file (reads the whole cache once). Problems with files raise
+        :class:`CacheCorruptError` naming the file.
+        """
+        if verify not in ("size", "checksum"):
+            raise ValueError(f"verify must be 'size' or 'checksum', got {verify!r}")
+        cache_dir = Path(cache_dir)
+        manifest = read_manifest(cache_dir)
+        diffs = manifest_differences(manifest, expected or {})
+        if diffs:
+            raise CacheMismatchError(cache_dir, diffs)
+        cache = cls(cache_dir, manifest)
+        try:
+            cache.verify(checksum=verify == "checksum")
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CacheCorruptError(cache_dir / MANIFEST, f"malformed manifest ({e!r})") from e
+        return cache
+
+    def verify(self, checksum: bool = True) -> None:
+        """Check every shard file: exists, recorded size, sha256 (when ``checksum``), header shape/rows."""
+        for split, info in self.manifest["splits"].items():
+            total = 0
+            for rec in info["shards"]:
+                shard_dir = self.cache_dir / rec["path"]
+                for name in FILES:
+                    path = shard_dir / name
+                    if not path.is_file():
+                        raise CacheCorruptError(path, "missing")
+                    size = path.stat().st_size
+                    if size != rec["bytes"][name]:
+                        raise CacheCorruptError(path, f"has {size} bytes, manifest says {rec['bytes'][name]} "
+                                                      "(truncated or rewritten)")
+                    if checksum and file_sha256(path) != rec["sha256"][name]:
+                        raise CacheCorruptError(path, "sha256 differs from the manifest (corrupted bytes)")
+                self._open_shard(rec)  # .npy headers: row counts, shapes, dtypes (cheap)
+                total += int(rec["rows"])
+            if total != info["rows"]:
+                raise CacheCorruptError(self.cache_dir / MANIFEST,
+                                        f"split {split!r} lists {info['rows']} rows but its shards hold {total}")
+
+    # ------------------------------------------------------------------ access
+    def split(self, name: str) -> CacheSplit:
+        """The memory-mapped split ``name`` (opened once; shapes and row counts checked)."""
+        if name not in self._splits:
+            if name not in self.manifest["splits"]:
+                raise KeyError(f"teacher cache {self.cache_dir} has no split {name!r}; it has {self.splits}")
+            self._splits[name] = CacheSplit(name, [self._open_shard(rec)
+                                                   for rec in self.manifest["splits"][name]["shards"]])
+        return self._splits[name]
+
+    def _open_shard(self, rec: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        d = self.cache_dir / rec["path"]
+        n = int(rec["rows"])
+        expect = {"ids.npy": ((n,), np.int64), "logits.npy": ((n, self.num_labels), np.float32),
+                  "cls.npy": ((n, self.num_layers, self.hidden_size), np.float16)}
+        arrays = []
+        for name in FILES:
+            path = d / name
+            if not path.is_file():
+                raise CacheCorruptError(path, "missing")
+            arr = _load(path)
+            shape, dtype = expect[name]
+            if arr.shape[:1] != shape[:1]:
+                raise CacheCorruptError(path, f"has {arr.shape[0]} rows, manifest says {n}")
+            if arr.shape != shape or arr.dtype != dtype:
+                raise CacheCorruptError(path, f"has shape {arr.shape} {arr.dtype}, expected {shape} "
+                                              f"{np.dtype(dtype)}")
+            arrays.append(arr)
+        return arrays[0], arrays[1], arrays[2]

@@ -2,14 +2,21 @@
 
 Every stage takes the same shared options (see ``dist_peakd.config.RunOptions``) plus its own, from the
 command line and/or a YAML/JSON file given with ``--config``; the command line wins. Run it directly
-(one process), or under ``deepspeed``/``torchrun``: ``deepspeed --num_gpus 2 -m dist_peakd.cli <stage> ...``.
+(one process), or under ``deepspeed``/``torchrun``: ``deepspeed --num_gpus 2 -m dist_peakd.cli <stage> ...``;
+``launchers/`` has the single-node, multi-node, SLURM and Ray recipes.
+
+``main`` checks the arguments before fire sees them: ``--help``/``-h`` print our own help (every option
+with its default), and an unknown option, a short flag or a stray word is refused with exit status 2
+*before* any work starts (fire alone would run the stage first and complain about leftovers after).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,30 +24,164 @@ from typing import Any
 from .config import build_options
 from .engine.ds_config import ConfigError
 
+# One line per option for --help (an option missing here is listed with its type and default only).
+OPTION_HELP: dict[str, str] = {
+    "config": "YAML/JSON file holding any of these options (the command line wins)",
+    "task": "GLUE task: cola, sst2, mrpc, stsb, rte, qnli",
+    "output_dir": "runs go to <output_dir>/<task>/<stage>/ (shared storage for multi-node)",
+    "glue_dir": "GLUE TSV folder (default $DIST_PEAKD_GLUE_DIR, else ../shared/glue)",
+    "hub_dataset": "read the task from the HF hub instead (e.g. nyu-mll/glue)",
+    "backbone": "BERT checkpoint folder or hub id; 'minilm' = embedded all-MiniLM-L6-v2",
+    "max_length": "truncate sequences to this many tokens",
+    "cache_dir": "tokenization cache (default <output_dir>/.token_cache)",
+    "max_train_examples": "use only the first N training examples",
+    "max_eval_examples": "use only the first N dev examples",
+    "seed": "random seed (sampling, init, dropout)",
+    "ds_config": "DeepSpeed config: a ds_configs/ file stem or a path",
+    "precision": "fp32 | bf16 | fp16 (overrides the ds_config)",
+    "zero_stage": "ZeRO stage 0-3 (overrides the ds_config)",
+    "batch_size": "global batch size (all ranks, all accumulation steps)",
+    "micro_batch_size": "per-rank micro-batch (default batch_size / ranks)",
+    "gradient_clipping": "max gradient norm (None: no clipping)",
+    "lr": "peak learning rate (AdamW, linear warmup then decay)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_ratio": "fraction of the steps spent warming up",
+    "epochs": "training epochs (fractions allowed)",
+    "eval_batch_size": "global evaluation batch size",
+    "eval_every_steps": "also evaluate every N steps (0: end of each epoch only)",
+    "log_every_steps": "log train scalars every N steps",
+    "stop_after_steps": "checkpoint and stop after N steps (rerun to resume)",
+    "save_every_steps": "also checkpoint every N steps (0: at epoch ends and on SIGTERM only)",
+    "keep_checkpoints": "newest complete checkpoints kept",
+    "nan_policy": "non-finite loss: stop (exit, naming step and term) | skip the step",
+    "export_choice": "which of best/final becomes the stage's model",
+    "teacher_dir": "fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)",
+    "rebuild": "delete an existing teacher cache and build it again",
+    "cache_batch_size": "global inference batch of the teacher-cache pass",
+    "teacher_cache_dir": "teacher cache folder (default <output_dir>/<task>/teacher_cache)",
+    "k": "student depth (encoder layers taken from the backbone)",
+    "variant": "none | share | shuffle (Shuffled Parameter Sharing)",
+    "use_ptp": "start from the PTP-pretrained encoder",
+    "ptp_dir": "PTP encoder folder (default <output_dir>/<task>/ptp-k<k>-<variant>/best)",
+    "threshold_rule": "PTP confidence thresholds: median | paper",
+    "alpha": "KD weight (1 - alpha goes to the hard-label CE)",
+    "temperature": "KD softmax temperature",
+    "beta": "Patient-KD weight",
+    "kl_reduction": "batchmean | mean_per_class",
+    "run_name": "stage folder name (default derived from k/variant/alpha/T/beta/seed)",
+    "preset": "named option preset applied under the command line (e.g. cpu-fast)",
+    "teacher_epochs": "epochs of the teacher fine-tune",
+    "teacher_lr": "learning rate of the teacher fine-tune",
+    "ptp_epochs": "epochs of PTP pretraining",
+    "ptp_lr": "learning rate of PTP pretraining",
+    "latency_batch_size": "batch size of the latency measurement",
+    "latency_repeats": "timed forward passes of the latency measurement",
+    "space": "search space: JSON/YAML text or mapping (overrides space_file keys)",
+    "space_file": "YAML/JSON file with the search space",
+    "num_samples": "grid: repeats of the grid; random/optuna: number of trials",
+    "search": "grid | random | optuna",
+    "scheduler": "asha | fifo",
+    "metric": "metric to optimise (default: the task's main metric)",
+    "mode": "max | min",
+    "scope": "rank trials by their final metric (last) or best-on-dev (all)",
+    "grace_period": "ASHA: evaluations before a trial can be stopped",
+    "reduction_factor": "ASHA: keep the top 1/reduction_factor at each rung",
+    "workers_per_trial": "ranks (Ray Train workers) per trial",
+    "cpus_per_worker": "CPUs reserved per worker",
+    "gpus_per_worker": "GPUs reserved per worker",
+    "trial_backend": "auto | function | ray_train",
+    "max_concurrent_trials": "default: as many as the resources allow",
+    "max_failures": "retries of a trial that raised",
+    "address": "Ray cluster address (None: start a local Ray instance)",
+    "num_cpus": "CPUs of a local Ray instance (default: all)",
+    "sweep_name": "sweep folder name (default: a timestamp)",
+    "resume": "continue the interrupted sweep <sweep_name>",
+    "resume_errored": "with --resume: run errored trials again too",
+    "stop_after_trials": "stop (resumably) once this many trials ended in this run",
+}
+
+
+class UsageError(ValueError):
+    """A command line that names no stage, an unknown option or a stray argument."""
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def _option_line(name: str, default: Any, type_name: str = "") -> str:
+    head = f"  --{name}={default!r}"
+    help_ = OPTION_HELP.get(name, "")
+    return f"{head:<36} {type_name:<12} {help_}".rstrip()
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def coerce_values(options_cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Undo fire's guesses where they contradict an option's type.
+
+    fire reads ``--use_ptp false`` as the (truthy) string 'false' and ``--run_name 123`` as an int;
+    booleans accept true/false/yes/no/on/off/1/0 in any case, text options get their text back.
+    """
+    types = {f.name: _type_name(f).replace(" ", "") for f in dataclasses.fields(options_cls)}
+    out = dict(values)
+    for name, value in values.items():
+        kind = types.get(name, "")
+        if value is None:
+            continue
+        if kind in ("bool", "bool|None"):
+            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+                out[name] = value.strip().lower() in _TRUE
+            elif isinstance(value, int) and value in (0, 1):
+                out[name] = bool(value)
+            else:
+                raise ConfigError(f"option {name}: expected true or false, got {value!r}")
+        elif kind in ("str", "str|None") and not isinstance(value, str):
+            out[name] = ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+        elif kind in ("int", "int|None"):
+            if isinstance(value, float) and value.is_integer():
+                out[name] = int(value)
+            elif isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"option {name}: expected an integer, got {value!r}")
+        elif kind in ("float", "float|None"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"option {name}: expected a number, got {value!r}")
+            out[name] = float(value)
+    return out
+
 
 def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], doc: str) -> Callable[..., Any]:
     """A fire-friendly function whose signature lists every option of ``options_cls`` with its default."""
 
     def command(config: str | None = None, **kwargs: Any) -> None:
         try:
-            opts = build_options(options_cls, config, **kwargs)
+            opts = build_options(options_cls, config, **coerce_values(options_cls, kwargs))
         except ConfigError as e:
             print(f"dist-peakd {name}: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        result = runner(opts)
+        from .engine.faults import run_guarded  # failures -> one-line message + documented exit code
+
+        result = run_guarded(name, runner, opts)
         if result is not None and _is_main_process():
             printable = {k: v for k, v in result.items() if k != "history"} if isinstance(result, dict) else result
             print(json.dumps(printable, indent=2, default=str))
 
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")]
-    lines = [doc.strip(), "", "Options (defaults):", "  --config=None  YAML/JSON file holding any of the options below"]
     for f in dataclasses.fields(options_cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type))
-        lines.append(f"  --{f.name}={default!r}")
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_default_of(f),
+                                        annotation=f.type))
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__name__ = name.replace("-", "_")
-    command.__doc__ = "\n".join(lines)
+    command.__doc__ = stage_help(name, options_cls, doc)
     return command
 
 
@@ -62,32 +203,164 @@ STAGES: list[tuple[str, str, str, str]] = [
      "Distil the SPS student from the teacher cache with KD + Patient-KD."),
     ("pipeline", "pipeline", "PipelineOptions",
      "Teacher fine-tune -> cache -> PTP -> distill -> evaluate; skips stages whose output exists."),
+    ("sweep", "sweep", "SweepOptions",
+     "Ray Tune sweep of distillation trials (temperature, alpha, depth, ...) sharing one teacher cache."),
 ]
 
 
-def stage_commands() -> dict[str, Callable[..., Any]]:
-    """Map of CLI stage name -> command (each stage module is imported here, its run() on call)."""
+def _stage_modules() -> list[tuple[str, Any, type, str]]:
+    """(CLI name, module, options class, description) of every stage whose module exists."""
     import importlib
     import importlib.util
 
-    commands: dict[str, Callable[..., Any]] = {}
+    found = []
     for cli_name, module_name, options_name, doc in STAGES:
         full = f"dist_peakd.stages.{module_name}"
         if importlib.util.find_spec(full) is None:  # stage not written yet
             continue
         module = importlib.import_module(full)
-        commands[cli_name] = _stage_command(cli_name, getattr(module, options_name), module.run, doc)
-    return commands
+        found.append((cli_name, module, getattr(module, options_name), doc))
+    return found
+
+
+def stage_options() -> dict[str, type]:
+    """Map of CLI stage name -> its options dataclass."""
+    return {name: cls for name, _, cls, _ in _stage_modules()}
+
+
+def stage_commands() -> dict[str, Callable[..., Any]]:
+    """Map of CLI stage name -> command (each stage module is imported here, its run() on call)."""
+    return {name: _stage_command(name, cls, module.run, doc) for name, module, cls, doc in _stage_modules()}
+
+
+# ---------------------------------------------------------------------------------------------- help
+_CONFIG_NOTE = ("Options come from --config FILE (a YAML/JSON mapping of option names to values) and the\n"
+                "command line, which wins; --name value or --name=value; booleans also --name / --noname.\n"
+                "The resolved options are saved with the outputs (config.json in each stage folder).")
+
+
+def stage_help(name: str, options_cls: type, doc: str) -> str:
+    """Help of one stage: every option with its default (the stage's own defaults), type and meaning."""
+    from .config import RunOptions
+
+    shared = {f.name for f in dataclasses.fields(RunOptions)}
+    fields = dataclasses.fields(options_cls)
+    lines = [f"usage: dist-peakd {name} [--config FILE] [--option value ...]", "", doc.strip(), "",
+             "Options (--name=default):", _option_line("config", None, "str | None")]
+    lines += [_option_line(f.name, _default_of(f), _type_name(f)) for f in fields if f.name in shared]
+    own = [f for f in fields if f.name not in shared]
+    if own:
+        lines += ["", f"{name} options:"]
+        lines += [_option_line(f.name, _default_of(f), _type_name(f)) for f in own]
+    lines += ["", _CONFIG_NOTE]
+    return "\n".join(lines)
+
+
+def main_help() -> str:
+    """Help of ``dist-peakd``: the stages, the shared options with defaults, each stage's own options."""
+    from .config import RunOptions
+
+    modules = _stage_modules()
+    shared_fields = dataclasses.fields(RunOptions)
+    shared = {f.name: _default_of(f) for f in shared_fields}
+    width = max(len(n) for n, *_ in modules) + 2
+    lines = ["usage: dist-peakd <stage> [--config FILE] [--option value ...]",
+             "       dist-peakd <stage> --help      (every option of a stage with its default)", "",
+             "Pea-KD distillation of BERT classifiers; every stage runs in a DeepSpeed engine.", "",
+             "Stages:"]
+    lines += [f"  {name:<{width}}{doc}" for name, _, _, doc in modules]
+    missing = [n for n, *_ in STAGES if n not in {m[0] for m in modules}]
+    if missing:
+        lines.append(f"  (not available in this installation: {', '.join(missing)})")
+    lines += ["", "Options every stage takes (--name=default):", _option_line("config", None, "str | None")]
+    lines += [_option_line(f.name, _default_of(f), _type_name(f)) for f in shared_fields]
+    lines += ["", "Stage options (--name=default) and the shared defaults a stage changes:"]
+    for name, _, cls, _ in modules:
+        fields = dataclasses.fields(cls)
+        own = [f"--{f.name}={_default_of(f)!r}" for f in fields if f.name not in shared]
+        changed = [f"--{f.name}={_default_of(f)!r}" for f in fields
+                   if f.name in shared and _default_of(f) != shared[f.name]]
+        text = " ".join(own) or "(none)"
+        if changed:
+            text += "; defaults: " + " ".join(changed)
+        lines.append(f"  {name}: {text}")
+    lines += ["", _CONFIG_NOTE,
+              "Several ranks or nodes: launchers/single_node.sh, multi_node_hostfile.sh, multi_node_no_ssh.sh,",
+              "slurm.sbatch, ray_cluster.sh (README, 'Scaling out')."]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ argument check
+def _is_flag(arg: str) -> bool:
+    """fire's notion of a flag: ``--x`` or ``-x...`` (a negative number is a value)."""
+    return arg.startswith("--") or re.match(r"^-[a-zA-Z]", arg) is not None
+
+
+def check_args(stage: str, args: list[str], options_cls: type) -> None:
+    """Refuse (``UsageError``) what fire would not map onto an option of ``options_cls``.
+
+    Mirrors fire's parsing: ``--name value``, ``--name=value``, a bare ``--flag`` before another flag or
+    at the end (True), ``--noflag`` (False), hyphens and underscores alike; a bare ``--`` ends the check
+    (fire's own flags follow it). Short flags are refused: fire would bind ``-x`` to whichever option
+    happens to start with x in *this* stage.
+    """
+    valid = ["config", *(f.name for f in dataclasses.fields(options_cls))]
+
+    def refuse(message: str) -> None:
+        listing = " ".join(f"--{v}" for v in valid)
+        raise UsageError(f"{message}\nvalid options of {stage}: {listing}\n(see dist-peakd {stage} --help)")
+
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return
+        if not _is_flag(arg):
+            refuse(f"unexpected argument {arg!r}: options are given as --name value")
+        if not arg.startswith("--"):
+            refuse(f"short option {arg!r} is not supported: spell the option out (--name value)")
+        key, eq, _ = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        bool_syntax = not eq and (i + 1 == len(args) or _is_flag(args[i + 1]))
+        if key not in valid and not (bool_syntax and key.startswith("no") and key[2:] in valid):
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            refuse(f"unknown option --{key}{hint}")
+        i += 1 if (eq or bool_syntax) else 2
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``dist-peakd`` console script and of ``python -m dist_peakd.cli``."""
     import fire
 
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     # The deepspeed launcher appends --local_rank=N; LOCAL_RANK is in the environment anyway.
     argv = [a for a in argv if not a.startswith("--local_rank")]
-    fire.Fire(stage_commands(), command=argv, name="dist-peakd")
+    if not argv or argv[0] in ("-h", "--help") or argv == ["help"]:
+        print(main_help())
+        return
+    if argv[0] == "help":  # `dist-peakd help <stage>`
+        argv = [argv[1], "--help"]
+    stage = argv[0].replace("_", "-")
+    commands = stage_commands()
+    if stage not in commands:
+        known = [name for name, *_ in STAGES]
+        why = "is not available in this installation" if stage in known else "is not a stage"
+        print(f"dist-peakd: error: {argv[0]!r} {why}; stages: {', '.join(commands)}\n(see dist-peakd --help)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    options_cls = stage_options()[stage]
+    rest = argv[1:]
+    ours = rest[:rest.index("--")] if "--" in rest else rest
+    if "--help" in ours or "-h" in ours:
+        print(commands[stage].__doc__)
+        return
+    try:
+        check_args(stage, rest, options_cls)
+    except UsageError as e:
+        print(f"dist-peakd {stage}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    fire.Fire(commands, command=[stage, *rest], name="dist-peakd")
 
 
 if __name__ == "__main__":

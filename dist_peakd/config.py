@@ -39,12 +39,15 @@ class RunOptions:
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    nan_policy: str = "stop"  # non-finite loss: "stop" (exit 3, naming step and term) or "skip" the step
     # loop
     epochs: float = 3.0
     eval_batch_size: int = 128
     eval_every_steps: int = 0
     log_every_steps: int = 10
     stop_after_steps: int | None = None
+    save_every_steps: int = 0  # also checkpoint every N steps (0: at epoch ends and on SIGTERM only)
+    keep_checkpoints: int = 2  # newest complete checkpoints kept; a corrupted newest falls back
 
     def engine_options(self) -> EngineOptions:
         names = {f.name for f in fields(EngineOptions)}
@@ -78,6 +81,12 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"option {name}: must be >= 1 when given, got {value}")
+        if self.nan_policy not in ("stop", "skip"):
+            raise ConfigError(f"option nan_policy: {self.nan_policy!r} is not one of ['stop', 'skip']")
+        if self.save_every_steps < 0:
+            raise ConfigError(f"option save_every_steps: must be >= 0, got {self.save_every_steps}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"option keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
 
 
     def _validate_engine(self) -> None:
@@ -97,6 +106,14 @@ class RunOptions:
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size != 0:
             raise ConfigError(f"option batch_size: global batch {self.batch_size} is not divisible by "
                               f"micro_batch_size {self.micro_batch_size}")
+        # The launcher sets WORLD_SIZE before the process starts: check micro x ranks now, not at engine build.
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        micro = self.micro_batch_size or max(1, self.batch_size // world)
+        if world > 1 and self.batch_size % (micro * world) != 0:
+            raise ConfigError(f"option batch_size: global batch {self.batch_size} is not divisible by "
+                              f"micro_batch_size x ranks = {micro} x {world} = {micro * world}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +43,9 @@ HUB_SPLIT_ALIASES = {
 }
 
 GLUE_DIR_ENV = "DIST_PEAKD_GLUE_DIR"
+
+#: A regression score as written in the files: a plain ASCII decimal number (optional exponent).
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
 def default_glue_dir() -> Path:
@@ -189,10 +193,10 @@ def _parse_tsv(task: GlueTask, path: Path, split: str, data: bytes) -> dict[str,
             labels.append(math.nan if task.is_regression else -1)
         elif task.is_regression:
             raw = row[il]
-            try:
-                score = float(raw)
-            except ValueError:
-                raise LabelError(path, lineno, raw, valid) from None
+            # float() alone would also take '0_1' (= 1.0), non-ASCII digits and surrounding spaces
+            if not _DECIMAL.fullmatch(raw):
+                raise LabelError(path, lineno, raw, valid)
+            score = float(raw)
             if not (math.isfinite(score) and 0.0 <= score <= 5.0):
                 raise LabelError(path, lineno, raw, valid)
             labels.append(score)

@@ -66,7 +66,71 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     rank = dist.get_rank()
     world = dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count() or 1)))
+    _register_peers(rank, world)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=_device_for(local_rank))
+
+
+# rank -> (hostname, pid, process start time); filled once per process group by init_distributed.
+_PEERS: dict[int, tuple[str, int, float]] = {}
+
+
+def _register_peers(rank: int, world: int) -> None:
+    """Exchange (host, pid) of every rank once, so a survivor can later say which peer is gone."""
+    if _PEERS and len(_PEERS) == world:
+        return
+    me = (socket.gethostname(), os.getpid(), _start_time(os.getpid()))
+    peers = [me] if world == 1 else all_gather_objects(me)
+    _PEERS.clear()
+    _PEERS.update({r: tuple(p) for r, p in enumerate(peers)})  # type: ignore[misc]
+
+
+def _start_time(pid: int) -> float:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:
+        return 0.0
+
+
+def lost_peers() -> tuple[list[int], list[int]]:
+    """(ranks on this host whose process has exited, ranks on other hosts that cannot be checked)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - deepspeed depends on psutil
+        psutil = None
+    host = socket.gethostname()
+    gone, unknown = [], []
+    for rank, (peer_host, pid, started) in sorted(_PEERS.items()):
+        if pid == os.getpid():
+            continue
+        if peer_host != host or psutil is None:
+            unknown.append(rank)
+            continue
+        try:
+            proc = psutil.Process(pid)
+            alive = proc.status() != psutil.STATUS_ZOMBIE and (not started or abs(proc.create_time() - started) < 1)
+        except psutil.Error:
+            alive = False
+        if not alive:
+            gone.append(rank)
+    return gone, unknown
+
+
+def describe_lost_peers() -> str:
+    """A sentence naming the ranks that are gone (used in the exit message after a failed collective)."""
+    if not _PEERS:
+        return "the peer ranks are unknown (process group never initialised)"
+    gone, unknown = lost_peers()
+    parts = []
+    if gone:
+        parts.append("rank(s) " + ", ".join(f"{r} (pid {_PEERS[r][1]})" for r in gone)
+                     + " on this host are no longer running")
+    if unknown:
+        parts.append(f"rank(s) {unknown} on other hosts could not be checked")
+    if not parts:
+        return "every peer process on this host is still running (a timeout or a network failure?)"
+    return "; ".join(parts)
 
 
 def barrier() -> None:

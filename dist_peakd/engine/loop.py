@@ -3,11 +3,19 @@
 A stage supplies its data, a loss function (summed loss per micro-batch), a predict function and a
 metric function; the loop owns the order of events:
 
-    for epoch: for step: train_step -> log -> [evaluate -> export best] -> [checkpoint]
+    for epoch: for step: train_step -> log -> [evaluate -> export best] -> [checkpoint] -> [stop?]
     end: export final, write summary.json
 
 Everything needed to resume exactly (model, optimizer, scheduler, sampler epoch/position, RNG
-states, best metric, history) lives in ``<output_dir>/checkpoints/<tag>``.
+states, best metric, history) lives in ``<output_dir>/checkpoints/<tag>``. Checkpoints are written at
+the end of every epoch, every ``save_every_steps`` steps, and on a stop request; the newest
+``keep_checkpoints`` complete ones are kept, and a resume takes the newest intact one (a corrupted
+one is reported, set aside as ``.corrupt-<tag>``, and the previous one is used).
+
+SIGTERM on any rank (the deepspeed launcher forwards it to every rank, one after the other) becomes
+"checkpoint at the next step boundary, then raise :class:`Preempted`": the ranks agree on the
+request with an all-reduce MAX after every step, so all of them take part in the checkpoint even
+when the signal reached only one.
 """
 
 from __future__ import annotations
@@ -28,7 +36,10 @@ from tqdm.auto import tqdm
 
 from .distributed import broadcast_object
 from .engine import Engine, LossOutput, atomic_write_text
+from .faults import CheckpointCorruptError, Preempted, StopRequested, inject_faults
 from .tracking import Tracker
+
+__all__ = ["CHECKPOINT_DIR", "LoopOptions", "Preempted", "StopRequested", "total_train_steps", "train_loop"]
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -43,11 +54,8 @@ class LoopOptions:
     eval_every_steps: int = 0          # 0: evaluate at the end of each epoch only
     log_every_steps: int = 10
     stop_after_steps: int | None = None  # checkpoint and stop after this many steps (resume later)
-    keep_checkpoints: int = 1
-
-
-class StopRequested(Exception):
-    """Raised inside the loop after a checkpoint was written because a stop was requested."""
+    save_every_steps: int = 0          # 0: checkpoint at epoch ends (and on stop requests) only
+    keep_checkpoints: int = 2          # newest complete checkpoints kept (a corrupted one falls back)
 
 
 def fetch_rows(dataset: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
@@ -59,6 +67,17 @@ def fetch_rows(dataset: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
     cols = dataset[list(map(int, indices))]
     keys = list(cols.keys())
     return [dict(zip(keys, vals, strict=True)) for vals in zip(*(cols[k] for k in keys), strict=True)]
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is set on at least one (all-reduce MAX)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    vec = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(vec, op=dist.ReduceOp.MAX)
+    return bool(int(vec.item()))
 
 
 def _allreduce_sums(values: dict[str, float], keys: list[str]) -> dict[str, float]:
@@ -108,8 +127,13 @@ def train_loop(
     export_fn: Callable[[Path, dict[str, Any]], None],
     higher_is_better: bool = True,
     extra_summary: dict[str, Any] | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train with exact resume, evaluate on dev, export ``best/`` and ``final/``; return the summary."""
+    """Train with exact resume, evaluate on dev, export ``best/`` and ``final/``; return the summary.
+
+    ``on_eval(step, metrics)``, when given, is called on every rank after each evaluation (after the
+    ``best/`` export), e.g. to report metrics to a hyperparameter tuner.
+    """
     output_dir = Path(output_dir)
     ckpt_root = output_dir / CHECKPOINT_DIR
     is_main = engine.dist.is_main
@@ -120,7 +144,19 @@ def train_loop(
 
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
                              "history": [], "finished": False}
-    tag = broadcast_object(Engine.latest_tag(ckpt_root) if is_main else None)
+    choice: Any = None
+    if is_main:
+        try:
+            tag, warnings = Engine.select_checkpoint(ckpt_root, quarantine=True)
+            for w in warnings:
+                print(f"[dist-peakd] warning: {w}", flush=True)
+            choice = ("ok", tag)
+        except CheckpointCorruptError as e:
+            choice = ("corrupt", e)
+    status, value = broadcast_object(choice)
+    if status == "corrupt":
+        raise value
+    tag = value
     if tag is not None:
         state.update(engine.load_state(ckpt_root, tag)["loop"])
         if is_main:
@@ -133,10 +169,11 @@ def train_loop(
         preds = engine.predict(batches, predict_fn)
         return metric_fn(preds)
 
-    def checkpoint() -> None:
+    def checkpoint() -> Path:
         tag_name = f"step-{engine.global_step:08d}"
-        engine.save_state(ckpt_root, tag_name, {"loop": state})
-        engine.prune_checkpoints(ckpt_root, keep=[tag_name])
+        path = engine.save_state(ckpt_root, tag_name, {"loop": state})
+        engine.prune_checkpoints(ckpt_root, keep=max(1, options.keep_checkpoints))
+        return path
 
     def is_better(value: float) -> bool:
         if state["best"] is None:
@@ -153,6 +190,8 @@ def train_loop(
         if is_better(value):
             state["best"], state["best_step"] = value, engine.global_step
             export_fn(output_dir / "best", {"step": engine.global_step, "metrics": metrics})
+        if on_eval is not None:
+            on_eval(engine.global_step, metrics)
 
     log_keys: list[str] | None = None
     window: dict[str, float] = {}
@@ -186,25 +225,34 @@ def train_loop(
                     elapsed = time.perf_counter() - window_start
                     count = max(1.0, red["count"])
                     scalars = {f"train/{k}": red[k] / count for k in log_keys
-                               if k not in ("count", "tokens", "steps")}
+                               if k not in ("count", "tokens", "steps", "skipped")}
                     scalars.update({"train/lr": engine.lr(), "train/grad_norm": grad_norm,
                                     "train/samples_per_s": red["count"] / elapsed,
-                                    "train/tokens_per_s": red["tokens"] / elapsed})
+                                    "train/tokens_per_s": red["tokens"] / elapsed,
+                                    "train/skipped_steps": float(engine.skipped_steps)})
                     tracker.scalars(scalars, engine.global_step)
                     if is_main:
-                        bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+                        bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}")
                         with open(output_dir / "train_log.jsonl", "a") as f:
                             f.write(json.dumps({"step": engine.global_step, **scalars}) + "\n")
                     window, window_start = {}, time.perf_counter()
                 if options.eval_every_steps and engine.global_step % options.eval_every_steps == 0 \
                         and state["step_in_epoch"] < steps_per_epoch:
                     after_eval(evaluate(), epoch + state["step_in_epoch"] / steps_per_epoch)
-                stop_now = broadcast_object(sigterm.requested) or (
+                inject_faults(engine.dist.rank, engine.global_step, lambda: sigterm.requested)
+                preempted = _any_rank(sigterm.requested)
+                stop_now = preempted or (
                     options.stop_after_steps is not None and engine.global_step >= options.stop_after_steps)
                 if stop_now:
-                    checkpoint()
+                    path = checkpoint()
                     tracker.flush()
-                    raise StopRequested(f"stopped after step {engine.global_step}; checkpoint in {ckpt_root}")
+                    if preempted:
+                        raise Preempted(f"preempted (SIGTERM) after step {engine.global_step}; checkpoint at {path}",
+                                        path)
+                    raise StopRequested(f"stopped after step {engine.global_step}; checkpoint at {path}", path)
+                if options.save_every_steps and engine.global_step % options.save_every_steps == 0 \
+                        and state["step_in_epoch"] < steps_per_epoch and engine.global_step < total_steps:
+                    checkpoint()
             else:
                 state["epoch"], state["step_in_epoch"] = epoch + 1, 0
                 after_eval(evaluate(), epoch + 1)
@@ -224,6 +272,7 @@ def train_loop(
         "history": state["history"],
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
+        "skipped_steps": engine.skipped_steps,
         **(extra_summary or {}),
     }
     if not state["finished"]:

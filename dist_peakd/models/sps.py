@@ -347,6 +347,9 @@ def load_student(
         ModelConfigError: the folder is not an ``sps-bert`` checkpoint.
     """
     _check_attn(attn_implementation)
+    from .teacher import _verify_if_export
+
+    _verify_if_export(path)
     config = AutoConfig.from_pretrained(str(path))
     if not isinstance(config, SPSBertConfig):
         raise ModelConfigError(

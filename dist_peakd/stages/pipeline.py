@@ -22,6 +22,7 @@ from ..config import RunOptions
 from ..engine import ConfigError, barrier, broadcast_object, init_distributed
 from ..engine.engine import atomic_write_text
 from . import cache_teacher, distill, finetune_teacher, ptp
+from .common import options_differences
 from .distill import DistillOptions
 
 # Named presets: applied under the user's own options (the command line always wins).
@@ -30,11 +31,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-fast": {"max_length": 64, "teacher_epochs": 2.0, "ptp_epochs": 1.0, "epochs": 2.0,
                  "lr": 5e-5, "eval_batch_size": 128},
 }
-
-# Options that do not change a stage's result (ignored when deciding whether an output is reusable).
-NON_RESULT_OPTIONS = {"stop_after_steps", "log_every_steps", "cache_dir", "output_dir", "rebuild",
-                      "eval_batch_size", "cache_batch_size", "preset", "latency_batch_size", "latency_repeats"}
-
 
 @dataclass
 class PipelineOptions(DistillOptions):
@@ -68,23 +64,14 @@ def _subset(opts: PipelineOptions, cls: type, **overrides: Any) -> Any:
     return sub
 
 
-def _result_options(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in NON_RESULT_OPTIONS}
-
-
 def _finished(stage_dir: Path, stage_opts: RunOptions) -> bool:
     """True when the stage's summary exists and was made with the same result-relevant options."""
-    summary, saved = stage_dir / "summary.json", stage_dir / "config.json"
-    if not summary.is_file():
+    if not (stage_dir / "summary.json").is_file():
         return False
-    if saved.is_file():
-        before = _result_options(json.loads(saved.read_text()))
-        now = _result_options(json.loads(json.dumps(dataclasses.asdict(stage_opts), default=str)))
-        diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-        if diff:
-            raise ConfigError(
-                f"{stage_dir} was made with other options ({', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in diff)}); "
-                "use another --output_dir or delete that folder to redo the stage")
+    diffs = options_differences(stage_dir, stage_opts)
+    if diffs:
+        raise ConfigError(f"{stage_dir} was made with other options ({', '.join(diffs)}); "
+                          "use another --output_dir or delete that folder to redo the stage")
     return True
 
 

@@ -18,12 +18,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import RunOptions, save_resolved_config
+from ..config import RunOptions
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
 from ..engine import ConfigError, Engine, LossOutput, Tracker, init_distributed, seed_everything
 from ..engine.loop import total_train_steps, train_loop
 from ..models import build_student, model_stats
-from .common import collator_for, eval_sampler, load_tokenizer, prepare_data, resolve_backbone, train_sampler
+from .common import (
+    claim_stage_dir,
+    collator_for,
+    eval_sampler,
+    load_tokenizer,
+    prepare_data,
+    resolve_backbone,
+    train_sampler,
+)
 from .student_common import (
     cache_dir_for,
     check_k_against_backbone,
@@ -85,6 +93,7 @@ def run(opts: PTPOptions) -> dict[str, Any]:
     backbone = resolve_backbone(opts.backbone)
     check_k_against_backbone(opts.k, backbone)
     stage_dir = opts.task_dir() / opts.stage_name()
+    claim_stage_dir(stage_dir, opts)
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
     task = data.task
@@ -109,7 +118,6 @@ def run(opts: PTPOptions) -> dict[str, Any]:
     engine = Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
     tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
     if dist_info.is_main:
-        save_resolved_config(opts, stage_dir / "config.json")
         tracker.config({**opts.__dict__, "stage": "ptp", "world_size": dist_info.world_size,
                         "precision_resolved": engine.precision, "total_steps": total})
         tracker.text("ptp", "```\n" + json.dumps(ptp_info, indent=2) + "\n```")

@@ -1,0 +1,272 @@
+"""What a sweep trial runs: the distillation stage, in the trial's process or on Ray Train workers.
+
+* ``backend="function"``: the Tune trial itself calls :func:`dist_peakd.stages.distill.run` (a world of
+  one DeepSpeed engine in the trial's actor).
+* ``backend="ray_train"``: the trial is a driver that fits a ``TorchTrainer``; each of its workers
+  calls ``distill.run`` and the project's ``init_distributed`` picks up the process group Ray Train
+  created (gloo on CPU, NCCL on GPU). Rank 0's metrics reach Tune through ``TuneReportCallback``.
+
+Either way the trial reports ``{dev metrics, step, best_<metric>, world_size}`` after every dev
+evaluation (the loop's ``on_eval`` hook), so a scheduler such as ASHA can stop it early. Each trial
+writes into ``<output_dir>/<task>/sweep-<name>/trial-<trial id>/``: the distillation run (``tb/``,
+``summary.json``, ...) and ``trial.json`` (config, attempts, errors). A trial restarted (retry or
+``--resume``) without a distillation checkpoint starts from a clean folder; with one, the run resumes
+from it; a run that already finished (``summary.json``) is never run again: its evaluations are
+reported to Tune from the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cluster import RENDEZVOUS_VARS
+
+TRIAL_RECORD = "trial.json"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Everything a trial needs besides its sampled config (picklable, sent to every trial)."""
+
+    base: dict[str, Any]          # fixed DistillOptions values (absolute paths), run_name excluded
+    sweep_name: str
+    sweep_dir: str                # absolute: <output_dir>/<task>/sweep-<name>
+    metric: str
+    mode: str = "max"
+    backend: str = "function"     # "function" | "ray_train"
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run_name(self, trial_id: str) -> str:
+        return f"sweep-{self.sweep_name}/{trial_dirname_for(trial_id)}"
+
+    def run_dir(self, trial_id: str) -> Path:
+        return Path(self.sweep_dir) / trial_dirname_for(trial_id)
+
+    def resources(self) -> dict[str, float]:
+        """Resources of the Tune trial itself (the run for ``function``, the driver for ``ray_train``)."""
+        if self.backend == "function":
+            return {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker}
+        return {"CPU": min(1.0, self.cpus_per_worker), "GPU": 0.0}
+
+    def cpus_per_trial(self) -> float:
+        if self.backend == "function":
+            return self.cpus_per_worker
+        return self.resources()["CPU"] + self.workers * self.cpus_per_worker
+
+
+def trial_dirname_for(trial_id: str) -> str:
+    return f"trial-{trial_id}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's ``trial_dirname_creator``: ``trial-<trial id>`` (the same name as the run folder)."""
+    return trial_dirname_for(trial.trial_id)
+
+
+def _field_types() -> dict[str, str]:
+    from ..stages.distill import DistillOptions
+
+    return {f.name: str(f.type) for f in dataclasses.fields(DistillOptions)}
+
+
+def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampled values -> plain Python values of the option's type (numpy scalars, 2.0 for an int, ...)."""
+    types = _field_types()
+    out: dict[str, Any] = {}
+    for name, value in config.items():
+        if hasattr(value, "item") and not isinstance(value, str | bytes):
+            value = value.item()
+        t = types.get(name, "")
+        if t.startswith("int") and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif t.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        out[name] = value
+    return out
+
+
+def trial_values(settings: TrialSettings, config: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
+    """The trial's DistillOptions values: the fixed ones, its sampled config on top, its run name."""
+    return {**settings.base, **coerce_config(config), "run_name": settings.run_name(trial_id)}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def begin_trial(run_dir: Path, trial_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Count the attempt in ``trial.json``; clear a previous attempt's files when nothing can resume."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record_path = run_dir / TRIAL_RECORD
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {
+        "trial_id": trial_id, "config": coerce_config(config), "attempts": 0, "errors": []}
+    ckpt = run_dir / "checkpoints"
+    if not (ckpt.is_dir() and any(ckpt.iterdir())):
+        for child in run_dir.iterdir():
+            if child.name != TRIAL_RECORD:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    record["attempts"] += 1
+    record["started_at"] = _now()
+    record.setdefault("first_started_at", record["started_at"])
+    _write_json(record_path, record)
+    return record
+
+
+def record_failure(run_dir: Path, record: dict[str, Any], exc: BaseException) -> None:
+    """Append the error to ``trial.json`` and write the traceback to ``error.txt``."""
+    message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+    record["errors"].append({"attempt": record["attempts"], "at": _now(), "error": message})
+    _write_json(run_dir / TRIAL_RECORD, record)
+    (run_dir / "error.txt").write_text("".join(traceback.format_exception(exc)))
+
+
+class EvalReporter:
+    """The loop's ``on_eval`` hook: dev metrics + running best -> ``report_fn`` (Tune or Ray Train)."""
+
+    def __init__(self, metric: str, mode: str, report_fn: Callable[[dict[str, Any]], None],
+                 extra: dict[str, Any] | None = None) -> None:
+        self.metric, self.mode, self.report_fn = metric, mode, report_fn
+        self.extra = dict(extra or {})
+        self.best: float | None = None
+        self.reports = 0
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.metric)
+        if value is not None and (self.best is None or (value > self.best if self.mode == "max" else value < self.best)):
+            self.best = float(value)
+        self.report_fn({**metrics, "step": int(step), f"best_{self.metric}": self.best, **self.extra})
+        self.reports += 1
+
+    def replay(self, summary: dict[str, Any]) -> None:
+        """Report a finished run's evaluations again (a resumed sweep re-registers it without rerunning)."""
+        for record in summary["history"]:
+            self(int(record["step"]), {k: v for k, v in record.items() if k not in ("step", "epoch")})
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Report the final metrics once if the run had nothing left to evaluate (it was already done)."""
+        if self.reports == 0:
+            final = {k: v for k, v in summary["final"].items() if k != "step"}
+            self.best = summary["best"].get(self.metric)
+            self.report_fn({**final, "step": int(summary["final"]["step"]), f"best_{self.metric}": self.best,
+                            **self.extra})
+            self.reports += 1
+
+
+def finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run that already ended (it is never run twice), else None."""
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fresh_world_of_one() -> None:
+    """Without a process group yet, forget inherited rendezvous variables: init picks a free port."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        for k in RENDEZVOUS_VARS:
+            os.environ.pop(k, None)
+
+
+def _options(values: dict[str, Any]) -> Any:
+    from ..stages.distill import DistillOptions
+
+    opts = DistillOptions(**values)
+    opts.validate()
+    return opts
+
+
+def function_trial(config: dict[str, Any], settings: TrialSettings) -> None:
+    """A Tune function trainable: one distillation run in this process."""
+    from ray import tune
+
+    from ..stages import distill
+
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = settings.run_dir(trial_id)
+    reporter = EvalReporter(settings.metric, settings.mode, tune.report, {"world_size": 1})
+    done = finished_summary(run_dir)
+    if done is not None:
+        return reporter.replay(done)
+    record = begin_trial(run_dir, trial_id, config)
+    try:
+        opts = _options(trial_values(settings, config, trial_id))
+        _fresh_world_of_one()
+        reporter.finish(distill.run(opts, on_eval=reporter))
+    except Exception as e:  # SystemExit (Tune stopping the trial) passes through
+        record_failure(run_dir, record, e)
+        raise
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of a ``ray_train`` trial: one rank of the distillation run."""
+    import ray.train
+
+    from ..stages import distill
+
+    ctx = ray.train.get_context()
+    reporter = EvalReporter(config["metric"], config["mode"], ray.train.report,
+                            {"world_size": ctx.get_world_size()})
+    reporter.finish(distill.run(_options(config["values"]), on_eval=reporter))
+
+
+def ray_train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
+    """A Tune trial that fits a ``TorchTrainer`` of ``settings.workers`` DeepSpeed workers."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = settings.run_dir(trial_id)
+    done = finished_summary(run_dir)
+    if done is not None:
+        return EvalReporter(settings.metric, settings.mode, tune.report,
+                            {"world_size": settings.workers}).replay(done)
+    record = begin_trial(run_dir, trial_id, config)
+    try:
+        values = trial_values(settings, config, trial_id)
+        _options(values)  # a bad config fails here, before any worker starts
+        use_gpu = settings.gpus_per_worker > 0
+        resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if use_gpu else {})}
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"values": values, "metric": settings.metric, "mode": settings.mode},
+            scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
+                                                   resources_per_worker=resources),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=ray.train.RunConfig(
+                name=f"{trial_dirname_for(trial_id)}-attempt{record['attempts']}",
+                storage_path=str(Path(settings.sweep_dir) / "ray_train"),
+                callbacks=[TuneReportCallback()],
+                failure_config=ray.train.FailureConfig(max_failures=0)),  # Tune retries the whole trial
+        )
+        trainer.fit()
+    except Exception as e:
+        record_failure(run_dir, record, e)
+        raise
+
+
+def make_trainable(settings: TrialSettings) -> Any:
+    """The Tune trainable for these settings, with its resources attached."""
+    from ray import tune
+
+    fn = function_trial if settings.backend == "function" else ray_train_trial
+    return tune.with_resources(tune.with_parameters(fn, settings=settings), settings.resources())

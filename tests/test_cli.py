@@ -1,0 +1,155 @@
+"""The `dist-peakd` command line: help completeness, one option vocabulary, config files, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dist_peakd import cli
+from dist_peakd.config import RunOptions
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, type]:
+    return cli.stage_options()
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def test_every_written_stage_is_a_command(stages):
+    import importlib.util
+
+    written = [name for name, module, *_ in cli.STAGES
+               if importlib.util.find_spec(f"dist_peakd.stages.{module}") is not None]
+    assert list(stages) == written and list(cli.stage_commands()) == written
+    assert {"finetune-teacher", "cache-teacher", "ptp", "distill", "pipeline"} <= set(stages)
+
+
+def test_console_script_help_lists_every_stage_and_option(stages):
+    exe = Path(sys.executable).parent / "dist-peakd"
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    for name, cls in stages.items():
+        assert f"\n  {name} " in text, name
+        for f in dataclasses.fields(cls):
+            assert f"--{f.name}" in text, (name, f.name)
+            if f.name not in RunOptions.__dataclass_fields__:
+                assert f"--{f.name}={_default(f)!r}" in text, (name, f.name)  # stage options with defaults
+    for f in dataclasses.fields(RunOptions):
+        assert f"--{f.name}={_default(f)!r}" in text, f.name
+    assert "--config=None" in text
+
+
+@pytest.mark.parametrize("how", [["--help"], ["-h"], ["help"]])
+def test_stage_help_lists_every_option_with_its_default(stages, capsys, how):
+    for name, cls in stages.items():
+        argv = ["help", name] if how == ["help"] else [name, *how]
+        cli.main(argv)
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: dist-peakd {name} ")
+        assert "--config=None" in text
+        for f in dataclasses.fields(cls):
+            assert f"\n  --{f.name}={_default(f)!r} " in text, (name, f.name)  # the stage's own default
+
+
+def test_option_names_are_the_same_in_every_stage(stages):
+    shared = {f.name: f.type for f in dataclasses.fields(RunOptions)}
+    seen: dict[str, tuple[str, object]] = {}
+    for name, cls in stages.items():
+        assert issubclass(cls, RunOptions), name
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        assert {k: fields[k] for k in shared} == shared, name  # every shared option, same type
+        for option, typ in fields.items():  # an option spelled the same means the same type everywhere
+            first = seen.setdefault(option, (name, typ))
+            assert first[1] == typ, f"--{option}: {first[0]} says {first[1]}, {name} says {typ}"
+            assert option == option.lower() and "-" not in option
+
+
+@pytest.fixture()
+def captured(monkeypatch):
+    """Replace distill's run() to capture the resolved options instead of training."""
+    from dist_peakd.stages import distill
+
+    seen = []
+    monkeypatch.setattr(distill, "run", lambda opts: seen.append(opts))
+    return seen
+
+
+def test_config_file_then_command_line(tmp_path, captured):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: rte\nlr: 1.0e-3\nk: 2\nuse_ptp: false\nalpha: 0.5\nmax_train_examples: 64\n"
+                   "run_name: from-yaml\n")
+    cli.main(["distill", "--config", str(cfg), "--lr", "5e-4", "--alpha=0.9", "--run_name", "123",
+              "--temperature", "4", "--seed", "3"])
+    opts = captured[-1]
+    assert (opts.task, opts.k, opts.use_ptp, opts.max_train_examples) == ("rte", 2, False, 64)  # from the file
+    assert (opts.lr, opts.alpha, opts.seed) == (5e-4, 0.9, 3)  # the command line wins
+    assert opts.run_name == "123" and isinstance(opts.temperature, float)  # types follow the options
+    assert opts.epochs == 4.0 and opts.beta == 100.0  # untouched defaults
+    js = tmp_path / "run.json"
+    js.write_text(json.dumps({"task": "sst2", "use_ptp": False, "batch_size": 16}))
+    cli.main(["distill", "--config", str(js), "--use_ptp"])
+    assert (captured[-1].task, captured[-1].batch_size, captured[-1].use_ptp) == ("sst2", 16, True)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--use_ptp", "false"], False), (["--use_ptp=False"], False), (["--nouse_ptp"], False),
+    (["--use-ptp", "no"], False), (["--use_ptp"], True), (["--use_ptp", "1"], True), ([], True)])
+def test_boolean_spellings(captured, args, expected):
+    cli.main(["distill", *args])
+    assert captured[-1].use_ptp is expected
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["distill", "--foo", "1"], "unknown option --foo"),
+    (["distill", "--temprature", "4"], "did you mean --temperature?"),
+    (["distill", "-a", "0.5"], "short option '-a' is not supported"),
+    (["distill", "mrpc"], "unexpected argument 'mrpc'"),
+    (["distill", "--use_ptp", "maybe"], "option use_ptp: expected true or false"),
+    (["distill", "--batch_size", "eight"], "option batch_size: expected an integer"),
+    (["distill", "--lr", "fast"], "option lr: expected a number"),
+])
+def test_bad_options_are_refused_before_anything_runs(captured, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    if "option " not in message:  # argument errors list the stage's valid options
+        from dist_peakd.stages.distill import DistillOptions
+
+        listing = err.split("valid options of distill:")[1]
+        for f in dataclasses.fields(DistillOptions):
+            assert f"--{f.name}" in listing
+    assert captured == []
+
+
+def test_unknown_option_in_config_file_is_refused(tmp_path, captured, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("lr: 1.0e-3\nlearning_rate: 2\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["distill", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "learning_rate" in err and "valid options" in err and "'temperature'" in err
+    assert captured == []
+
+
+def test_unknown_stage_and_launcher_arguments(captured, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["distil", "--k", "2"])
+    assert e.value.code == 2 and "'distil' is not a stage" in capsys.readouterr().err
+    cli.main(["--local_rank=1", "distill", "--k", "2"])  # what the deepspeed launcher adds
+    cli.main(["distill", "--local_rank=0", "--k", "3"])
+    assert [o.k for o in captured] == [2, 3]
+    cli.main(["finetune_teacher", "--help"])  # underscores name the stage too
+    assert capsys.readouterr().out.startswith("usage: dist-peakd finetune-teacher")

@@ -68,7 +68,28 @@ def main() -> None:
     p.add_argument("--time_budget_s", type=float, default=None, help="stop starting new runs after this")
     p.add_argument("--out_json", default=None)
     p.add_argument("--out_md", default=str(REPO / "docs" / "RESULTS.md"))
+    p.add_argument("--phase", choices=["all", "teacher", "students", "report"], default="all",
+                   help="teacher: teachers + caches only; students: students only (teachers must exist), "
+                        "e.g. one process per seed in parallel; report: merge --inputs into the report")
+    p.add_argument("--inputs", default=None, help="with --phase report: comma-separated JSON files to merge")
     args = p.parse_args()
+    if args.phase == "report":
+        parts = [json.loads(Path(f).read_text()) for f in args.inputs.split(",")]
+        report = parts[0] | {"runs": [r for part in parts for r in part["runs"]],
+                             "stopped_early": any(part["stopped_early"] for part in parts),
+                             "wall_time_s": max(part["wall_time_s"] for part in parts),
+                             "command": " | ".join(part["command"] for part in parts)}
+        teacher_runs = {(r["task"], r["variant"], r["seed"]) for r in report["runs"] if r["variant"] == "teacher"}
+        seen, runs = set(), []
+        for r in report["runs"]:  # each teacher once
+            key = (r["task"], r["variant"], r["seed"])
+            if key in teacher_runs and key in seen:
+                continue
+            seen.add(key)
+            runs.append(r)
+        report["runs"] = runs
+        write_outputs(report, args)
+        return
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if args.device == "cuda" else "cpu")
     precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
     ds_config = args.ds_config or ("bf16_zero0" if args.device == "cuda" else "fp32_zero0")
@@ -91,15 +112,19 @@ def main() -> None:
     for task in args.tasks.split(","):
         base = work / "base"
         t0 = time.perf_counter()
-        teacher = finetune_teacher.run(build_options(finetune_teacher.FinetuneTeacherOptions, **common, task=task,
-                                                     output_dir=str(base), seed=0, epochs=args.teacher_epochs,
-                                                     lr=args.teacher_lr))
+        if args.phase == "students":
+            teacher = json.loads((base / task / "teacher" / "summary.json").read_text())
+        else:
+            teacher = finetune_teacher.run(build_options(
+                finetune_teacher.FinetuneTeacherOptions, **common, task=task, output_dir=str(base), seed=0,
+                epochs=args.teacher_epochs, lr=args.teacher_lr))
+            cache_teacher.run(build_options(cache_teacher.CacheTeacherOptions, **common, task=task,
+                                            output_dir=str(base)))
         runs.append({"task": task, "variant": "teacher", "seed": 0, "final": teacher["final"], "best": teacher["best"],
                      "model_stats": teacher["model_stats"], "wall_s": time.perf_counter() - t0})
-        cache_teacher.run(build_options(cache_teacher.CacheTeacherOptions, **common, task=task, output_dir=str(base)))
         teacher_dir = str(base / task / "teacher" / "best")
         cache_dir = str(base / task / "teacher_cache")
-        for seed in map(int, args.seeds.split(",")):
+        for seed in ([] if args.phase == "teacher" else map(int, args.seeds.split(","))):
             seed_dir = work / f"seed{seed}"
             for name in args.variants.split(","):
                 if out_of_time():
@@ -131,6 +156,17 @@ def main() -> None:
                                                                                   "ds_config": ds_config},
               "environment": environment(args.device), "runs": runs, "stopped_early": stopped_early,
               "wall_time_s": round(time.perf_counter() - t_start, 1)}
+    if args.phase == "teacher":
+        return
+    if args.phase == "students":
+        out_json = Path(args.out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(report, indent=2, default=str))
+        return
+    write_outputs(report, args)
+
+
+def write_outputs(report: dict, args: argparse.Namespace) -> None:
     out_json = Path(args.out_json or REPO / "docs" / "bench" / f"accuracy-{args.device}.json")
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(report, indent=2, default=str))

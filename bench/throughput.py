@@ -66,7 +66,7 @@ def prepare_teacher(args: argparse.Namespace, work: Path) -> Path:
 def common_options(args: argparse.Namespace, work: Path) -> dict:
     return dict(task="mrpc", output_dir=str(work / "runs"), glue_dir=args.glue_dir, backbone=str(work / "backbone"),
                 max_length=128, batch_size=args.batch_size, seed=0, cache_dir=str(work / "tok"),
-                precision="bf16" if args.device == "cuda" else "fp32", ds_config=args.ds_config)
+                precision=args.precision, ds_config=args.ds_config)
 
 
 def peak_memory_mb(device: str) -> float:
@@ -172,21 +172,28 @@ def timed_windows(step, batches, args: argparse.Namespace, device) -> list[float
 # ------------------------------------------------------------------------------ product stages c, d
 def product_distill(args: argparse.Namespace, work: Path) -> dict:
     """Variant c: the real ``distill`` stage; samples/s per logging window from its train_log.jsonl."""
+    import math
+    import shutil
+
     from dist_peakd.config import build_options
     from dist_peakd.stages import distill
 
-    steps = args.warmup_steps + args.windows * args.window_steps
+    warmup = math.ceil(args.warmup_steps / args.window_steps) * args.window_steps  # windows start aligned
+    steps = warmup + args.windows * args.window_steps
+    run_name = f"bench-distill-{args.ds_config}"
+    shutil.rmtree(work / "runs" / "mrpc" / run_name, ignore_errors=True)
+    epochs = math.ceil(steps * args.batch_size / 3668) + 1  # MRPC train rows; evals are not timed
     opts = build_options(distill.DistillOptions, **common_options(args, work), use_ptp=False, k=3,
-                         variant="shuffle", log_every_steps=args.window_steps, epochs=1.0,
-                         run_name="bench-distill", stop_after_steps=steps, eval_batch_size=256)
+                         variant="shuffle", log_every_steps=args.window_steps, epochs=float(epochs),
+                         run_name=run_name, stop_after_steps=steps, eval_batch_size=256)
     from dist_peakd.engine.loop import StopRequested
 
     try:
         distill.run(opts)
     except StopRequested:
         pass
-    log = [json.loads(x) for x in (Path(opts.output_dir) / "mrpc" / "bench-distill" / "train_log.jsonl").read_text().splitlines()]
-    rates = [r["train/samples_per_s"] for r in log if r["step"] > args.warmup_steps]
+    log = [json.loads(x) for x in (Path(opts.output_dir) / "mrpc" / run_name / "train_log.jsonl").read_text().splitlines()]
+    rates = [r["train/samples_per_s"] for r in log if r["step"] > warmup]
     return {"samples_per_s": statistics.median(rates), "windows": rates, "peak_memory_mb": peak_memory_mb(args.device),
             "engine": "deepspeed", "ds_config": args.ds_config}
 
@@ -233,6 +240,7 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--window_steps", type=int, default=None)
     p.add_argument("--ds_config", default=None)
+    p.add_argument("--precision", default=None, help="override the ds_config's precision (default: as in the file)")
     p.add_argument("--glue_dir", default=None)
     p.add_argument("--variants", default="d,a,b,c")
     p.add_argument("--work_dir", default=None)
@@ -247,7 +255,7 @@ def main() -> None:
     args.cache_batch_size = args.cache_batch_size or (512 if gpu else 128)
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (20 if gpu else 2)
     args.window_steps = args.window_steps or (20 if gpu else 3)
-    args.ds_config = args.ds_config or ("bf16_zero0" if gpu else "fp32_zero0")
+    args.ds_config = args.ds_config or ("autocast_bf16_zero0" if gpu else "fp32_zero0")
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if gpu else "cpu")
     if args.variant:
         run_variant(args)
@@ -263,7 +271,7 @@ def main() -> None:
         result_file = work / f"result-{variant}.json"
         cmd = [sys.executable, __file__, "--variant", variant, "--result_file", str(result_file)]
         for key in ("device", "shape", "batch_size", "cache_batch_size", "warmup_steps", "windows", "window_steps",
-                    "ds_config", "glue_dir", "work_dir"):
+                    "ds_config", "precision", "glue_dir", "work_dir"):
             value = getattr(args, key)
             if value is not None:
                 cmd += [f"--{key}", str(value)]

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast")
 ZERO_STAGES = (0, 1, 2, 3)
 
 
@@ -49,11 +49,18 @@ def load_ds_config(name_or_path: str | Path) -> dict[str, Any]:
 
 
 def config_precision(cfg: dict[str, Any]) -> str:
-    """The precision a DeepSpeed config enables: 'fp16', 'bf16' or 'fp32'."""
+    """The precision a DeepSpeed config enables: 'fp16', 'bf16', 'bf16-autocast' or 'fp32'.
+
+    'bf16-autocast' is DeepSpeed's ``torch_autocast`` section: fp32 weights and optimizer, bf16 matmuls
+    (like ``torch.autocast`` in a plain loop), without DeepSpeed's bf16 optimizer wrapper.
+    """
     if cfg.get("fp16", {}).get("enabled", False):
         return "fp16"
     if cfg.get("bf16", {}).get("enabled", False):
         return "bf16"
+    autocast = cfg.get("torch_autocast", {})
+    if autocast.get("enabled", False) and str(autocast.get("dtype", "bfloat16")) in ("bfloat16", "bf16", "torch.bfloat16"):
+        return "bf16-autocast"
     return "fp32"
 
 
@@ -93,7 +100,10 @@ def build_ds_config(
             raise ConfigError(f"option precision: {precision!r} is not one of {list(PRECISIONS)}")
         cfg.pop("fp16", None)
         cfg.pop("bf16", None)
-        if precision == "bf16":
+        cfg.pop("torch_autocast", None)
+        if precision == "bf16-autocast":
+            cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+        elif precision == "bf16":
             cfg["bf16"] = {"enabled": True}
         elif precision == "fp16":
             cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,

@@ -83,8 +83,42 @@ def _any_rank(flag: bool) -> bool:
 def _allreduce_sums(values: dict[str, float], keys: list[str]) -> dict[str, float]:
     vec = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+            vec = vec.to(torch.device("cuda", torch.cuda.current_device()))
         dist.all_reduce(vec)
+        vec = vec.cpu()
     return dict(zip(keys, vec.tolist(), strict=True))
+
+
+class _Prefetcher:
+    """Prepares the next steps' batches in one background thread while the current step runs.
+
+    Batch preparation (Arrow reads, collation, teacher-cache lookups, pinning) is pure data work with
+    no randomness, so doing it ahead changes nothing but the wall time.
+    """
+
+    DEPTH = 2
+
+    def __init__(self, make: Callable[[int], Any], start: int, stop: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._make, self._stop = make, stop
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dist-peakd-prefetch")
+        self._futures: dict[int, Any] = {}
+        for i in range(start, min(stop, start + self.DEPTH)):
+            self._futures[i] = self._pool.submit(make, i)
+
+    def get(self, i: int) -> Any:
+        future = self._futures.pop(i, None) or self._pool.submit(self._make, i)
+        nxt = i + self.DEPTH
+        if nxt < self._stop and nxt not in self._futures:
+            self._futures[nxt] = self._pool.submit(self._make, nxt)
+        return future.result()
+
+    def close(self) -> None:
+        for f in self._futures.values():
+            f.cancel()
+        self._pool.shutdown(wait=True)
 
 
 class _SigtermFlag:
@@ -127,6 +161,7 @@ def train_loop(
     export_fn: Callable[[Path, dict[str, Any]], None],
     higher_is_better: bool = True,
     extra_summary: dict[str, Any] | None = None,
+    batch_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train with exact resume, evaluate on dev, export ``best/`` and ``final/``; return the summary.
@@ -193,9 +228,30 @@ def train_loop(
         if on_eval is not None:
             on_eval(engine.global_step, metrics)
 
+    pin = engine.device.type == "cuda"
+
+    def prepare(share: Sequence[int]) -> tuple[list[dict[str, torch.Tensor]], float]:
+        """This rank's micro-batches for one step (collated, hooked, pinned) and its token count."""
+        micro = [collate(fetch_rows(train_rows, list(chunk)))
+                 for chunk in np.array_split(np.asarray(share, dtype=np.int64), ga)]
+        tokens = float(sum(int(m["attention_mask"].sum()) for m in micro))
+        if batch_hook is not None:
+            micro = [batch_hook(m) if m["input_ids"].shape[0] else m for m in micro]
+        if pin:
+            micro = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in m.items()} for m in micro]
+        return micro, tokens
+
     log_keys: list[str] | None = None
     window: dict[str, float] = {}
     window_start = time.perf_counter()
+    paused = [0.0]  # seconds of evaluation/checkpointing inside the current logging window
+
+    def timed(fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            paused[0] += time.perf_counter() - t0
     bar = tqdm(total=total_steps, initial=engine.global_step, desc="train", disable=not is_main,
                dynamic_ncols=True)
     with _SigtermFlag() as sigterm:
@@ -204,60 +260,63 @@ def train_loop(
             train_sampler.set_epoch(epoch)
             shares = list(train_sampler)
             global_sizes = [len(b) for b in train_sampler.global_batches(epoch)]
-            for step_in_epoch in range(state["step_in_epoch"], steps_per_epoch):
-                if engine.global_step >= total_steps:
-                    break
-                share = shares[step_in_epoch]
-                global_count = global_sizes[step_in_epoch]
-                micro = [collate(fetch_rows(train_rows, list(chunk))) for chunk in np.array_split(np.asarray(share, dtype=np.int64), ga)]
-                tokens = float(sum(int(m["attention_mask"].sum()) for m in micro))
-                sums = engine.train_step(micro, global_count, loss_fn, dummy_batch=dummy)
-                sums["tokens"] = tokens
-                grad_norm = sums.pop("grad_norm")
-                for k, v in sums.items():
-                    window[k] = window.get(k, 0.0) + v
-                window["steps"] = window.get("steps", 0.0) + 1
-                state["step_in_epoch"] = step_in_epoch + 1
-                bar.update(1)
-                if engine.global_step % options.log_every_steps == 0 or engine.global_step == total_steps:
-                    log_keys = log_keys or sorted(window)
-                    red = _allreduce_sums(window, log_keys)
-                    elapsed = time.perf_counter() - window_start
-                    count = max(1.0, red["count"])
-                    scalars = {f"train/{k}": red[k] / count for k in log_keys
-                               if k not in ("count", "tokens", "steps", "skipped")}
-                    scalars.update({"train/lr": engine.lr(), "train/grad_norm": grad_norm,
-                                    "train/samples_per_s": red["count"] / elapsed,
-                                    "train/tokens_per_s": red["tokens"] / elapsed,
-                                    "train/skipped_steps": float(engine.skipped_steps)})
-                    tracker.scalars(scalars, engine.global_step)
-                    if is_main:
-                        bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}")
-                        with open(output_dir / "train_log.jsonl", "a") as f:
-                            f.write(json.dumps({"step": engine.global_step, **scalars}) + "\n")
-                    window, window_start = {}, time.perf_counter()
-                if options.eval_every_steps and engine.global_step % options.eval_every_steps == 0 \
-                        and state["step_in_epoch"] < steps_per_epoch:
-                    after_eval(evaluate(), epoch + state["step_in_epoch"] / steps_per_epoch)
-                inject_faults(engine.dist.rank, engine.global_step, lambda: sigterm.requested)
-                preempted = _any_rank(sigterm.requested)
-                stop_now = preempted or (
-                    options.stop_after_steps is not None and engine.global_step >= options.stop_after_steps)
-                if stop_now:
-                    path = checkpoint()
-                    tracker.flush()
-                    if preempted:
-                        raise Preempted(f"preempted (SIGTERM) after step {engine.global_step}; checkpoint at {path}",
-                                        path)
-                    raise StopRequested(f"stopped after step {engine.global_step}; checkpoint at {path}", path)
-                if options.save_every_steps and engine.global_step % options.save_every_steps == 0 \
-                        and state["step_in_epoch"] < steps_per_epoch and engine.global_step < total_steps:
-                    checkpoint()
-            else:
-                state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-                after_eval(evaluate(), epoch + 1)
-                checkpoint()
-                continue
+            first_step = state["step_in_epoch"]
+            prefetch = _Prefetcher(lambda i, shares=shares: prepare(shares[i]), first_step, steps_per_epoch)
+            try:
+                for step_in_epoch in range(first_step, steps_per_epoch):
+                    if engine.global_step >= total_steps:
+                        break
+                    global_count = global_sizes[step_in_epoch]
+                    micro, tokens = prefetch.get(step_in_epoch)
+                    sums = engine.train_step(micro, global_count, loss_fn, dummy_batch=dummy)
+                    sums["tokens"] = tokens
+                    grad_norm = sums.pop("grad_norm")
+                    for k, v in sums.items():
+                        window[k] = window.get(k, 0.0) + v
+                    window["steps"] = window.get("steps", 0.0) + 1
+                    state["step_in_epoch"] = step_in_epoch + 1
+                    bar.update(1)
+                    if engine.global_step % options.log_every_steps == 0 or engine.global_step == total_steps:
+                        log_keys = log_keys or sorted(window)
+                        red = _allreduce_sums(window, log_keys)
+                        elapsed = max(1e-9, time.perf_counter() - window_start - paused[0])
+                        count = max(1.0, red["count"])
+                        scalars = {f"train/{k}": red[k] / count for k in log_keys
+                                   if k not in ("count", "tokens", "steps", "skipped")}
+                        scalars.update({"train/lr": engine.lr(), "train/grad_norm": float(grad_norm),
+                                        "train/samples_per_s": red["count"] / elapsed,
+                                        "train/tokens_per_s": red["tokens"] / elapsed,
+                                        "train/skipped_steps": float(engine.skipped_steps)})
+                        tracker.scalars(scalars, engine.global_step)
+                        if is_main:
+                            bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}")
+                            with open(output_dir / "train_log.jsonl", "a") as f:
+                                f.write(json.dumps({"step": engine.global_step, **scalars}) + "\n")
+                        window, window_start, paused[0] = {}, time.perf_counter(), 0.0
+                    if options.eval_every_steps and engine.global_step % options.eval_every_steps == 0 \
+                            and state["step_in_epoch"] < steps_per_epoch:
+                        timed(lambda: after_eval(evaluate(), epoch + state["step_in_epoch"] / steps_per_epoch))  # noqa: B023
+                    inject_faults(engine.dist.rank, engine.global_step, lambda: sigterm.requested)
+                    preempted = _any_rank(sigterm.requested)
+                    stop_now = preempted or (
+                        options.stop_after_steps is not None and engine.global_step >= options.stop_after_steps)
+                    if stop_now:
+                        path = checkpoint()
+                        tracker.flush()
+                        if preempted:
+                            raise Preempted(f"preempted (SIGTERM) after step {engine.global_step}; checkpoint at {path}",
+                                            path)
+                        raise StopRequested(f"stopped after step {engine.global_step}; checkpoint at {path}", path)
+                    if options.save_every_steps and engine.global_step % options.save_every_steps == 0 \
+                            and state["step_in_epoch"] < steps_per_epoch and engine.global_step < total_steps:
+                        timed(checkpoint)
+                else:
+                    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+                    timed(lambda: after_eval(evaluate(), epoch + 1))  # noqa: B023
+                    timed(checkpoint)
+                    continue
+            finally:
+                prefetch.close()
             break  # total_steps reached inside an epoch (fractional epochs)
     bar.close()
     if not state["history"] or state["history"][-1]["step"] != engine.global_step:

@@ -137,8 +137,16 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
                              f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
                              f"Patient-KD map (student, teacher) = {layer_map}")
 
+    def add_teacher_outputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Runs in the loop's prefetch thread: the cached teacher outputs of the batch's examples."""
+        t_logits, t_cls = train_cache.lookup(batch["example_ids"].numpy())
+        return {**batch, "teacher_logits": t_logits, "teacher_cls": t_cls}
+
     def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        t_logits, t_cls = train_cache.lookup(batch["example_ids"].cpu().numpy())
+        if "teacher_logits" in batch:
+            t_logits, t_cls = batch["teacher_logits"], batch["teacher_cls"]
+        else:  # the loop's zero-weight dummy batch
+            t_logits, t_cls = train_cache.lookup(batch["example_ids"].cpu().numpy())
         out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      token_type_ids=batch["token_type_ids"])
         return distillation_loss(out.logits, out.cls_states, t_logits.to(engine.device), t_cls.to(engine.device),
@@ -156,7 +164,7 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
         eval_sampler=eval_sampler(data.dev, opts, dist_info), collate=collator_for(tokenizer),
         loss_fn=loss_fn, predict_fn=logits_predict, metric_fn=metrics_from_logits(task),
         main_metric=task.main_metric, output_dir=stage_dir, tracker=tracker,
-        options=opts.loop_options(), export_fn=export,
+        options=opts.loop_options(), export_fn=export, batch_hook=add_teacher_outputs,
         extra_summary={"model_stats": stats, "stage_dir": str(stage_dir), "layer_map": layer_map,
                        "loss_weights": {"kd": loss_cfg.alpha, "ce": 1 - loss_cfg.alpha, "pt": loss_cfg.beta},
                        "teacher_dev_metrics": cache.manifest.get("teacher_dev_metrics")},

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One prepared GPU session (H100/H200, no network): throughput before/after + the MRPC accuracy matrix.
+# Inputs travel in two git-ignored folders carried with the call:
+#   .whl/     py3.12 wheels of what the GPU image lacks (deepspeed, hjson, pydantic(-core), annotated-types,
+#             typing-inspection, datasets, dill, multiprocess, fire, termcolor)
+#   .devkit/  glue/<TASK>/*.tsv and minilm/ (all-MiniLM-L6-v2 re-saved in fp16, with its tokenizer)
+# Results go to $OUT (the device tool brings them back); bench/ scripts write JSON + Markdown there.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export DIST_PEAKD_MINILM_PATH=$PWD/.devkit/minilm DIST_PEAKD_GLUE_DIR=$PWD/.devkit/glue DS_ACCELERATOR=cuda
+nvidia-smi -L; python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deepspeed.__version__, transformers.__version__)"
+T0=$(date +%s); el() { echo "[gpu_suite] $(( $(date +%s) - T0 )) s: $*"; }
+ACC_BUDGET=${ACC_BUDGET:-110}
+
+el "throughput after (autocast_bf16_zero0: a, b, c, d)"
+timeout 170 python3 bench/throughput.py --device cuda --ds_config autocast_bf16_zero0 --work_dir /tmp/bw \
+  --out_json "$OUT/throughput-cuda-after.json" --no_markdown > "$OUT/throughput.log" 2>&1; echo "rc=$?" >> "$OUT/throughput.log"
+tail -n 14 "$OUT/throughput.log"
+el "throughput before (DeepSpeed bf16 section, ZeRO-1: c only)"
+timeout 80 python3 bench/throughput.py --device cuda --ds_config bf16_zero1 --variants c --work_dir /tmp/bw \
+  --out_json "$OUT/throughput-cuda-before.json" --no_markdown >> "$OUT/throughput.log" 2>&1; echo "rc=$?" >> "$OUT/throughput.log"
+tail -n 8 "$OUT/throughput.log"
+
+el "accuracy: MRPC teacher + cache"
+A="--device cuda --tasks mrpc --work_dir /tmp/acc --ds_config autocast_bf16_zero0 --precision bf16-autocast"
+timeout 100 python3 bench/accuracy.py $A --phase teacher > "$OUT/accuracy.log" 2>&1 || echo "teacher phase failed" >> "$OUT/accuracy.log"
+el "accuracy: students, three seeds in parallel (budget ${ACC_BUDGET} s each)"
+V=peakd,kd,pkd,sps_shuffle_pkd,no_kd,sps_share_pkd,ptp_pkd
+for s in 0 1 2; do
+  timeout $((ACC_BUDGET + 60)) python3 bench/accuracy.py $A --phase students --seeds $s --variants $V \
+    --time_budget_s "$ACC_BUDGET" --out_json /tmp/acc/seed$s.json > /tmp/acc-seed$s.log 2>&1 &
+done
+wait
+el "accuracy: report"
+python3 bench/accuracy.py $A --phase report --inputs /tmp/acc/seed0.json,/tmp/acc/seed1.json,/tmp/acc/seed2.json \
+  --out_md "$OUT/RESULTS.md" --out_json "$OUT/accuracy-cuda.json" >> "$OUT/accuracy.log" 2>&1
+for s in 0 1 2; do echo "== seed $s"; grep -h "\[accuracy\]\|Error\|error" /tmp/acc-seed$s.log | cut -c1-200; done >> "$OUT/accuracy.log"
+tail -n 40 "$OUT/accuracy.log"
+el "done"

@@ -246,9 +246,18 @@ def main() -> None:
     p.add_argument("--work_dir", default=None)
     p.add_argument("--out_json", default=None)
     p.add_argument("--no_markdown", action="store_true")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="append the Markdown table of an earlier run's JSON report (e.g. one from the GPU machine)")
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result_file", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.render:
+        md = markdown(json.loads(Path(args.render).read_text()))
+        print(md)
+        if not args.no_markdown:
+            with open(REPO / "docs" / "BENCHMARKS.md", "a") as f:
+                f.write("\n" + md)
+        return
     gpu = args.device == "cuda"
     args.shape = args.shape or ("bert-base" if gpu else "minilm")
     args.batch_size = args.batch_size or (128 if gpu else 32)

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fsutil import file_sha256, fsync_path
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = ("ids.npy", "logits.npy", "cls.npy")
@@ -48,7 +50,6 @@ IDENTITY_FIELDS = ("teacher_fingerprint", "tokenizer_fingerprint", "max_length",
 #: Files whose bytes define a teacher (weights in any HF layout + the config).
 _WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
                     "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
-_CHUNK = 1 << 22
 
 
 class CacheMismatchError(ValueError):
@@ -85,14 +86,6 @@ class CacheCorruptError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def teacher_fingerprint(teacher_dir: str | Path) -> str:
     """sha256 over the teacher folder's weight file(s) and ``config.json`` (file names + bytes).
@@ -116,18 +109,6 @@ def teacher_fingerprint(teacher_dir: str | Path) -> str:
 def shard_name(rank: int, world_size: int) -> str:
     return f"shard-{rank:05d}-of-{world_size:05d}"
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class ShardWriter:
@@ -210,7 +191,7 @@ class ShardWriter:
         if self.final.exists():
             shutil.rmtree(self.final)
         os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_path(self.final.parent)
         return record
 
     def abort(self) -> None:
@@ -256,7 +237,7 @@ def write_manifest(cache_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     return path
 
 

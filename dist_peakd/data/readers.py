@@ -29,6 +29,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict, DatasetInfo, Features, Value
 
+from ..fsutil import file_sha256
 from .errors import GLUE_LAYOUT, DataError, DataLayoutError, EncodingError, LabelError, MalformedRowError
 from .tasks import GlueTask, get_task
 
@@ -220,15 +221,6 @@ def read_glue_tsv(task: str | GlueTask, path: str | Path, split: str) -> dict[st
     task = get_task(task)
     path = Path(path)
     return _parse_tsv(task, path, HUB_SPLIT_ALIASES.get(split, split), _read_bytes(path))
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _hub_select(task: GlueTask, hub_id: str, raw: DatasetDict, splits: Sequence[str] | None) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fsutil import file_sha256, fsync_path
 from .distributed import DistInfo, all_gather_objects, barrier, broadcast_object, init_distributed
 from .ds_config import ConfigError, build_ds_config, config_precision, load_ds_config
 from .faults import ArtifactCorruptError, ArtifactWriteError, CheckpointCorruptError
@@ -107,27 +107,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- file manifests
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def file_manifest(folder: str | Path, exclude: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """``{relative path: {"bytes", "sha256"}}`` of every file under ``folder`` (each fsynced first)."""
     folder = Path(folder)
@@ -137,8 +116,8 @@ def file_manifest(folder: str | Path, exclude: Iterable[str] = ()) -> dict[str, 
         rel = path.relative_to(folder).as_posix()
         if rel in skip:
             continue
-        _fsync_path(path)
-        out[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        fsync_path(path)
+        out[rel] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     return out
 
 
@@ -154,7 +133,7 @@ def manifest_problems(folder: str | Path, files: dict[str, dict[str, Any]]) -> l
         size = path.stat().st_size
         if size != rec["bytes"]:
             problems.append((path, f"has {size} bytes, expected {rec['bytes']} (truncated or rewritten)"))
-        elif _sha256(path) != rec["sha256"]:
+        elif file_sha256(path) != rec["sha256"]:
             problems.append((path, "sha256 differs from the recorded one (corrupted bytes)"))
     return problems
 
@@ -211,7 +190,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)
 
 
 def checkpoint_problems(folder: str | Path) -> list[tuple[Path, str]]:

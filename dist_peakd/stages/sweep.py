@@ -62,6 +62,8 @@ class SweepOptions(DistillOptions):
     """Distillation options (fixed for every trial unless swept) plus the search, resources and cluster.
 
     Trials report after every dev evaluation: ``eval_every_steps`` > 0 gives ASHA more than one rung per epoch.
+    It applies to the trials only: the shared teacher and PTP stages evaluate once per epoch (as the
+    pipeline does by default), so a sweep can reuse a pipeline's teacher, cache and PTP encoders.
     """
 
     # what to search
@@ -242,7 +244,7 @@ def prepare_shared_stages(opts: SweepOptions, dims: dict[str, Any]) -> tuple[lis
             log.append(f"teacher: given ({opts.teacher_dir})")
         else:
             teacher_opts = _subset(opts, finetune_teacher.FinetuneTeacherOptions, epochs=opts.teacher_epochs,
-                                   lr=opts.teacher_lr)
+                                   lr=opts.teacher_lr, eval_every_steps=0)
             _run_stage("teacher", task_dir / finetune_teacher.STAGE, teacher_opts, finetune_teacher.run, log)
         t0 = time.perf_counter()
         summary = cache_teacher.run(_subset(opts, cache_teacher.CacheTeacherOptions))
@@ -251,7 +253,8 @@ def prepare_shared_stages(opts: SweepOptions, dims: dict[str, Any]) -> tuple[lis
     use_ptp = any(ptp_flags) and not task.is_regression
     if use_ptp and not opts.ptp_dir:
         for k, variant in itertools.product(values_of("k", dims, opts.k), values_of("variant", dims, opts.variant)):
-            ptp_opts = _subset(opts, ptp.PTPOptions, k=k, variant=variant, epochs=opts.ptp_epochs, lr=opts.ptp_lr)
+            ptp_opts = _subset(opts, ptp.PTPOptions, k=k, variant=variant, epochs=opts.ptp_epochs, lr=opts.ptp_lr,
+                               eval_every_steps=0)
             _run_stage(f"ptp k={k} {variant}", task_dir / ptp_opts.stage_name(), ptp_opts, ptp.run, log)
     return log, use_ptp
 

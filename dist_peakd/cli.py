@@ -54,7 +54,6 @@ OPTION_HELP: dict[str, str] = {
     "save_every_steps": "also checkpoint every N steps (0: at epoch ends and on SIGTERM only)",
     "keep_checkpoints": "newest complete checkpoints kept",
     "nan_policy": "non-finite loss: stop (exit, naming step and term) | skip the step",
-    "export_choice": "which of best/final becomes the stage's model",
     "teacher_dir": "fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)",
     "rebuild": "delete an existing teacher cache and build it again",
     "cache_batch_size": "global inference batch of the teacher-cache pass",

@@ -34,19 +34,14 @@ STAGE = "teacher"
 
 @dataclass
 class FinetuneTeacherOptions(RunOptions):
-    """Teacher fine-tuning options (the shared ones plus the checkpoint to pick)."""
+    """Teacher fine-tuning options: the shared ones with the teacher's own lr/epoch defaults.
+
+    Both ``best/`` (best dev metric) and ``final/`` are exported; later stages read ``teacher/best`` by
+    default and ``--teacher_dir <...>/teacher/final`` picks the final one.
+    """
 
     lr: float = 5e-5
     epochs: float = 3.0
-    export_choice: str = "best"  # which of best/final becomes <stage>/model
-
-    def validate(self) -> None:
-        super().validate()
-        if self.export_choice not in ("best", "final"):
-            from ..engine import ConfigError
-
-            raise ConfigError(f"option export_choice: {self.export_choice!r} is not one of ['best', 'final']")
-
 
 def classification_loss(task_is_regression: bool):
     """CE (sum over the micro-batch) for classification, MSE for regression; computed in fp32."""

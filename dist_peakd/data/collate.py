@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -53,29 +54,30 @@ class DynamicPaddingCollator:
         regression = self.is_regression
         if regression is None:
             regression = bool(rows) and self._label_is_float(rows[0]["label"])
-        ids = [list(map(int, r["input_ids"])) for r in rows]
+        ids = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
         length = self._target_length(max((len(x) for x in ids), default=0))
         n = len(rows)
-        input_ids = torch.full((n, length), self.pad_token_id, dtype=torch.long)
-        token_type_ids = torch.zeros((n, length), dtype=torch.long)
-        attention_mask = torch.zeros((n, length), dtype=torch.long)
+        # filled in numpy (one slice assignment per row), handed to torch without a copy
+        input_ids = np.full((n, length), self.pad_token_id, dtype=np.int64)
+        token_type_ids = np.zeros((n, length), dtype=np.int64)
+        attention_mask = np.zeros((n, length), dtype=np.int64)
         for i, (r, seq) in enumerate(zip(rows, ids, strict=True)):
             k = len(seq)
             if k:
-                input_ids[i, :k] = torch.tensor(seq, dtype=torch.long)
+                input_ids[i, :k] = seq
                 attention_mask[i, :k] = 1
                 tt = r.get("token_type_ids")
                 if tt is not None:
                     if len(tt) != k:
                         raise ValueError(f"row {i}: token_type_ids has {len(tt)} entries, input_ids {k}")
-                    token_type_ids[i, :k] = torch.as_tensor(list(map(int, tt)), dtype=torch.long)
+                    token_type_ids[i, :k] = np.asarray(tt, dtype=np.int64)
         label_dtype = torch.float32 if regression else torch.long
         labels = torch.tensor([float(r["label"]) if regression else int(r["label"]) for r in rows], dtype=label_dtype)
         example_ids = torch.tensor([int(r["idx"]) for r in rows], dtype=torch.long)
         return {
-            "input_ids": input_ids,
-            "token_type_ids": token_type_ids,
-            "attention_mask": attention_mask,
+            "input_ids": torch.from_numpy(input_ids),
+            "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
             "labels": labels,
             "example_ids": example_ids,
         }

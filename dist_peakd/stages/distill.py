@@ -21,23 +21,17 @@ import torch
 
 from ..config import RunOptions
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
-from ..engine import ConfigError, Engine, LossOutput, Tracker, init_distributed, seed_everything
+from ..engine import ConfigError, Engine, LossOutput, Tracker, seed_everything
 from ..engine.loop import total_train_steps, train_loop
 from ..models import build_student, load_student, model_stats
 from .common import (
-    claim_stage_dir,
     collator_for,
     eval_sampler,
-    load_tokenizer,
-    prepare_data,
-    resolve_backbone,
     train_sampler,
 )
 from .finetune_teacher import logits_predict, metrics_from_logits
 from .student_common import (
-    cache_dir_for,
-    check_k_against_backbone,
-    expected_cache_identity,
+    open_student_run,
     validate_student_options,
 )
 
@@ -94,20 +88,10 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
 
     ``on_eval(step, metrics)`` is called on every rank after each dev evaluation (sweeps report to Ray Tune).
     """
-    from ..cache import TeacherCache
-
-    dist_info = init_distributed()
-    seed_everything(opts.seed)
-    backbone = resolve_backbone(opts.backbone)
-    check_k_against_backbone(opts.k, backbone)
-    stage_dir = opts.task_dir() / opts.stage_name()
-    claim_stage_dir(stage_dir, opts)
-    tokenizer = load_tokenizer(opts.backbone)
-    data = prepare_data(opts, tokenizer)
+    run_ = open_student_run(opts, opts.teacher_folder())
+    dist_info, backbone, stage_dir, tokenizer, data, cache = (
+        run_.dist_info, run_.backbone, run_.stage_dir, run_.tokenizer, run_.data, run_.cache)
     task = data.task
-    cache = TeacherCache.open(cache_dir_for(opts, opts.teacher_cache_dir),
-                              expected=expected_cache_identity(opts, data, opts.teacher_folder()),
-                              verify="size")
     train_cache = cache.split("train")
     num_teacher_layers = int(cache.manifest["num_layers"])
 

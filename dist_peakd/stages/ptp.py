@@ -20,22 +20,16 @@ import torch.nn.functional as F
 
 from ..config import RunOptions
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
-from ..engine import ConfigError, Engine, LossOutput, Tracker, init_distributed, seed_everything
+from ..engine import ConfigError, Engine, LossOutput, Tracker, seed_everything
 from ..engine.loop import total_train_steps, train_loop
 from ..models import build_student, model_stats
 from .common import (
-    claim_stage_dir,
     collator_for,
     eval_sampler,
-    load_tokenizer,
-    prepare_data,
-    resolve_backbone,
     train_sampler,
 )
 from .student_common import (
-    cache_dir_for,
-    check_k_against_backbone,
-    expected_cache_identity,
+    open_student_run,
     validate_student_options,
 )
 
@@ -86,23 +80,16 @@ def build_ptp_targets(cache_split: Any, dataset: Any, thresholds: Any | None, ru
 
 def run(opts: PTPOptions) -> dict[str, Any]:
     """Label from the cache, pretrain the 4-way student, keep the lowest-dev-PTP-loss encoder."""
-    from ..cache import TeacherCache
+    from ..data import get_task
 
-    dist_info = init_distributed()
-    seed_everything(opts.seed)
-    backbone = resolve_backbone(opts.backbone)
-    check_k_against_backbone(opts.k, backbone)
-    stage_dir = opts.task_dir() / opts.stage_name()
-    claim_stage_dir(stage_dir, opts)
-    tokenizer = load_tokenizer(opts.backbone)
-    data = prepare_data(opts, tokenizer)
-    task = data.task
-    if task.is_regression:
-        raise ConfigError(f"option task: PTP is defined for classification tasks only; {task.name} is regression "
-                          "(run distill with --use_ptp=False)")
+    if get_task(opts.task).is_regression:
+        raise ConfigError(f"option task: PTP is defined for classification tasks only; {get_task(opts.task).name} "
+                          "is regression (run distill with --use_ptp=False)")
     teacher_dir = opts.teacher_dir or str(opts.task_dir() / "teacher" / "best")
-    cache = TeacherCache.open(cache_dir_for(opts, opts.teacher_cache_dir),
-                              expected=expected_cache_identity(opts, data, teacher_dir), verify="size")
+    run_ = open_student_run(opts, teacher_dir)
+    dist_info, backbone, stage_dir, tokenizer, data, cache = (
+        run_.dist_info, run_.backbone, run_.stage_dir, run_.tokenizer, run_.data, run_.cache)
+    task = data.task
     train_ptp, thresholds, train_hist = build_ptp_targets(cache.split("train"), data.train, None,
                                                          opts.threshold_rule, task.name)
     dev_ptp, _, dev_hist = build_ptp_targets(cache.split(data.dev_split), data.dev, thresholds,

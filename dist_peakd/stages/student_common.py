@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,35 @@ def check_k_against_backbone(k: int, backbone_path: str) -> None:
     layers = AutoConfig.from_pretrained(backbone_path).num_hidden_layers
     if k > layers:
         raise ConfigError(f"option k: student depth {k} exceeds the backbone's {layers} layers ({backbone_path})")
+
+
+@dataclass
+class StudentRun:
+    """What both student stages (PTP, distill) start from."""
+
+    dist_info: Any
+    backbone: str
+    stage_dir: Path
+    tokenizer: Any
+    data: TaskData
+    cache: Any
+
+
+def open_student_run(opts: Any, teacher_dir: str | None) -> StudentRun:
+    """The shared preamble of the student stages: init, seed, depth check, stage-folder claim, data,
+    and the teacher cache verified against this run (sizes; checksums are the cache stage's job)."""
+    from ..cache import TeacherCache
+    from ..engine import init_distributed, seed_everything
+    from .common import claim_stage_dir, load_tokenizer, prepare_data, resolve_backbone
+
+    dist_info = init_distributed()
+    seed_everything(opts.seed)
+    backbone = resolve_backbone(opts.backbone)
+    check_k_against_backbone(opts.k, backbone)
+    stage_dir = opts.task_dir() / opts.stage_name()
+    claim_stage_dir(stage_dir, opts)
+    tokenizer = load_tokenizer(opts.backbone)
+    data = prepare_data(opts, tokenizer)
+    cache = TeacherCache.open(cache_dir_for(opts, opts.teacher_cache_dir),
+                              expected=expected_cache_identity(opts, data, teacher_dir), verify="size")
+    return StudentRun(dist_info, backbone, stage_dir, tokenizer, data, cache)

@@ -5,7 +5,15 @@
 #             typing-inspection, datasets, dill, multiprocess, fire, termcolor)
 #   .devkit/  glue/<TASK>/*.tsv and minilm/ (all-MiniLM-L6-v2 re-saved in fp16, with its tokenizer)
 # Results go to $OUT (the device tool brings them back); bench/ scripts write JSON + Markdown there.
+#
+#   bash bench/gpu_suite.sh                  # throughput before/after + the MRPC matrix (3 seeds)  ~12 min
+#   bash bench/gpu_suite.sh sst2-teacher     # SST-2 teacher + cache into runs/gpu_acc              (not yet run)
+#   bash bench/gpu_suite.sh sst2-students    # SST-2 KD and Pea-KD, 3 seeds, 6 processes at once    (not yet run)
+# The two SST-2 calls must follow each other while the machine is warm (runs/ is kept between calls);
+# merge the result into the MRPC report here with
+#   python bench/accuracy.py --phase report --inputs docs/bench/accuracy-cuda.json,<fetched>/accuracy-cuda-sst2.json
 set -uo pipefail
+SUITE=${1:-default}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed"; exit 1; }
@@ -14,6 +22,27 @@ export DIST_PEAKD_MINILM_PATH=$PWD/.devkit/minilm DIST_PEAKD_GLUE_DIR=$PWD/.devk
 nvidia-smi -L; python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deepspeed.__version__, transformers.__version__)"
 T0=$(date +%s); el() { echo "[gpu_suite] $(( $(date +%s) - T0 )) s: $*"; }
 ACC_BUDGET=${ACC_BUDGET:-110}
+A2="--device cuda --tasks sst2 --work_dir runs/gpu_acc --ds_config autocast_bf16_zero0 --precision bf16-autocast"
+if [ "$SUITE" = sst2-teacher ]; then
+  el "SST-2 teacher + cache"
+  python3 bench/accuracy.py $A2 --phase teacher > "$OUT/sst2-teacher.log" 2>&1; echo "rc=$?" >> "$OUT/sst2-teacher.log"
+  grep -h "eval step\|cached\|Error\|rc=" "$OUT/sst2-teacher.log" | cut -c1-300; el "done"; exit 0
+fi
+if [ "$SUITE" = sst2-students ]; then
+  el "SST-2 students: KD and Pea-KD x seeds 0,1,2, one process each, all at once"
+  parts=()
+  for s in 0 1 2; do for v in kd peakd; do
+    python3 bench/accuracy.py $A2 --phase students --seeds $s --variants $v --out_json runs/gpu_acc/$v$s.json \
+      > "runs/gpu_acc/$v$s.log" 2>&1 &
+    parts+=("runs/gpu_acc/$v$s.json")
+  done; done
+  wait
+  present=$(for f in "${parts[@]}"; do [ -f "$f" ] && printf '%s,' "$f"; done); present=${present%,}
+  python3 bench/accuracy.py $A2 --phase report --inputs "$present" --label "SST-2" \
+    --out_md "$OUT/RESULTS-sst2.md" --out_json "$OUT/accuracy-cuda-sst2.json" > "$OUT/sst2-students.log" 2>&1
+  for f in runs/gpu_acc/*.log; do echo "== $f"; grep -h "\[accuracy\]\|Error" "$f" | cut -c1-200; done >> "$OUT/sst2-students.log"
+  tail -n 30 "$OUT/sst2-students.log"; el "done"; exit 0
+fi
 
 el "throughput after (autocast_bf16_zero0: a, b, c, d)"
 timeout 170 python3 bench/throughput.py --device cuda --ds_config autocast_bf16_zero0 --work_dir /tmp/bw \

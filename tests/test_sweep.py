@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,14 @@ def test_a_trial_larger_than_the_cluster_is_refused(ray_cluster, tmp_path, tiny_
     with pytest.raises(ConfigError, match=r"one trial needs 4 CPUs .* the Ray cluster has 2 CPUs"):
         run_sweep(opts)
     assert not (tmp_path / "mrpc" / "teacher").exists()  # refused before any stage ran
+
+
+def test_local_instance_runs_workers_at_the_callers_priority(ray_cluster):
+    """Ray's default worker niceness (15) starves trials beside any other busy process: a local instance uses 0."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)

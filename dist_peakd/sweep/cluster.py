@@ -10,7 +10,10 @@
   encoders from it and write their run folders into it.
 
 ``RAY_AUTH_MODE=disabled`` and ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` are set unless already set (no
-auth token written under ``~/.ray``; a local instance binds 127.0.0.1). The rendezvous variables of
+auth token written under ``~/.ray``; a local instance binds 127.0.0.1). A local instance runs its workers
+at the caller's priority (``RAY_worker_niceness=0`` unless set; Ray's default, nice 15, let any other busy
+process on the machine starve the trials: measured 3x slower per step beside one other job on 2 cores).
+The rendezvous variables of
 any process group of this process (RANK, WORLD_SIZE, MASTER_PORT, ...) are hidden from a local
 instance, so that its workers never inherit them.
 """
@@ -27,6 +30,8 @@ RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MAST
 FORWARDED_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR",
                   "TOKENIZERS_PARALLELISM", "DIST_PEAKD_GLUE_DIR", "TORCH_EXTENSIONS_DIR",
                   "DIST_PEAKD_COLLECTIVE_TIMEOUT")
+#: Ray's setting for the niceness of the worker processes of an instance it starts (Ray's default: 15).
+WORKER_NICENESS_VAR = "RAY_worker_niceness"
 #: Object store size of a local instance: trials exchange only small metrics.
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
 
@@ -55,6 +60,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         return False
     with without_rendezvous_env():
         if address is None:
+            os.environ.setdefault(WORKER_NICENESS_VAR, "0")  # read by the raylet this call starts
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
                      include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
         else:  # the cluster's workers do not inherit this process's environment

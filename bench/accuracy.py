@@ -198,7 +198,8 @@ ORIENTATION_MRPC_F1: dict[str, tuple[float, float]] = {
 def write_outputs(report: dict, args: argparse.Namespace) -> None:
     """Write this run's JSON, then the Markdown + PNG: with the default ``--out_md`` (docs/RESULTS.md) they show
     every report in docs/bench/accuracy-*.json (e.g. the GPU matrix and the CPU subset), else this run only."""
-    out_json = Path(args.out_json or REPO / "docs" / "bench" / f"accuracy-{args.device}.json")
+    device = "cpu" if "CPU" in report["environment"]["device"] else "cuda"  # a merged report: its parts' device
+    out_json = Path(args.out_json or REPO / "docs" / "bench" / f"accuracy-{device}.json")
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(report, indent=2, default=str))
     out_md = Path(args.out_md)

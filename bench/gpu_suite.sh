@@ -12,6 +12,7 @@
 # The two SST-2 calls must follow each other while the machine is warm (runs/ is kept between calls);
 # merge the result into the MRPC report here with
 #   python bench/accuracy.py --phase report --inputs docs/bench/accuracy-cuda.json,<fetched>/accuracy-cuda-sst2.json
+# (it rewrites docs/bench/accuracy-cuda.json with both tasks and re-renders docs/RESULTS.md)
 set -uo pipefail
 SUITE=${1:-default}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench import _common as bench_common  # noqa: E402
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -173,7 +174,7 @@ def main() -> None:
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "label": args.label, "command": shlex.join(["python", *sys.argv]),
               "settings": vars(args) | {"precision": precision, "ds_config": ds_config},
-              "environment": environment(args.device), "runs": runs, "stopped_early": stopped_early,
+              "environment": bench_common.environment(args.device), "runs": runs, "stopped_early": stopped_early,
               "wall_time_s": round(time.perf_counter() - t_start, 1)}
     if args.phase == "teacher":
         return
@@ -221,14 +222,6 @@ def render_outputs(reports: list[dict], out_md: Path) -> None:
     tmp.replace(out_md)
     plot(reports, out_md.with_suffix(".png"))
     print(md)
-
-
-def environment(device: str) -> dict:
-    import deepspeed
-    import torch
-
-    name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()} CPU x {os.cpu_count()}"
-    return {"device": name, "torch": torch.__version__, "deepspeed": deepspeed.__version__}
 
 
 def commands_of(report: dict) -> list[str]:

@@ -26,7 +26,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -35,6 +34,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import _common as bench_common  # noqa: E402
 
 
 def cli(args: argparse.Namespace, stage: str, *extra: str) -> list[str]:
@@ -124,10 +126,10 @@ def main() -> None:
 
     metric = get_task(args.task).main_metric
     per_trial = []
-    for pipe in pipelines:
+    for i, pipe in enumerate(pipelines):
         row = next(r for r in results["rows"]
                    if float(r["temperature"]) == pipe["temperature"] and float(r["alpha"]) == pipe["alpha"])
-        (pipe_run,) = (work / "pipelines" / f"trial{pipelines.index(pipe)}" / args.task).glob("distill-*")
+        (pipe_run,) = (work / "pipelines" / f"trial{i}" / args.task).glob("distill-*")
         pipe_loss, sweep_loss = train_losses(pipe_run), train_losses(Path(row["run_dir"]))
         if not pipe_loss or set(pipe_loss) != set(sweep_loss):
             raise SystemExit(f"the arms logged different steps: {sorted(pipe_loss)} vs {sorted(sweep_loss)}")
@@ -139,7 +141,7 @@ def main() -> None:
     pipelines_total = sum(pp["wall_s"] for pp in pipelines)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *sys.argv]), "environment": environment(args.device),
+        "command": shlex.join(["python", *sys.argv]), "environment": bench_common.environment(args.device, "ray"),
         "settings": vars(args), "metric": metric, "trials": len(trials),
         "pipelines_total_s": round(pipelines_total, 1), "sweep_total_s": round(sweep_wall, 1),
         "ratio_pipelines_over_sweep": round(pipelines_total / sweep_wall, 2),
@@ -149,22 +151,7 @@ def main() -> None:
         "per_trial": per_trial,
     }
     out_json = Path(args.out_json or REPO / "docs" / "bench" / f"sweep-reuse-{args.device}.json")
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    print(md)
-    if not args.no_markdown:
-        with open(REPO / "docs" / "BENCHMARKS.md", "a") as f:
-            f.write("\n" + md)
-
-
-def environment(device: str) -> dict:
-    import deepspeed
-    import ray
-    import torch
-
-    name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()} CPU x {os.cpu_count()}"
-    return {"device": name, "torch": torch.__version__, "deepspeed": deepspeed.__version__, "ray": ray.__version__}
+    bench_common.write_report(report, out_json, markdown(report), not args.no_markdown)
 
 
 def markdown(report: dict) -> str:

@@ -31,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import _common as bench_common  # noqa: E402
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -219,14 +221,10 @@ def run_variant(args: argparse.Namespace) -> None:
 
 
 def environment(args: argparse.Namespace) -> dict:
-    import deepspeed
     import torch
-    import transformers
 
-    dev = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{platform.processor() or platform.machine()} CPU x {os.cpu_count()}"
-    return {"device": dev, "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads()}
+    return bench_common.environment(args.device, "transformers") | {"python": platform.python_version(),
+                                                              "torch_threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -252,11 +250,7 @@ def main() -> None:
     p.add_argument("--result_file", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.render:
-        md = markdown(json.loads(Path(args.render).read_text()))
-        print(md)
-        if not args.no_markdown:
-            with open(REPO / "docs" / "BENCHMARKS.md", "a") as f:
-                f.write("\n" + md)
+        bench_common.append_markdown(markdown(json.loads(Path(args.render).read_text())), not args.no_markdown)
         return
     gpu = args.device == "cuda"
     args.shape = args.shape or ("bert-base" if gpu else "minilm")
@@ -302,13 +296,7 @@ def main() -> None:
     if "b" in results and "c" in results:
         report["ratio_c_over_b"] = results["c"]["samples_per_s"] / results["b"]["samples_per_s"]
     out_json = Path(args.out_json or REPO / "docs" / "bench" / f"throughput-{args.device}.json")
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    print(md)
-    if not args.no_markdown:
-        with open(REPO / "docs" / "BENCHMARKS.md", "a") as f:
-            f.write("\n" + md)
+    bench_common.write_report(report, out_json, markdown(report), not args.no_markdown)
 
 
 def markdown(report: dict) -> str:

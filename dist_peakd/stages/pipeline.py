@@ -33,8 +33,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 @dataclass
-class PipelineOptions(DistillOptions):
-    """All distillation options plus the earlier stages' epochs/lr and a named preset."""
+class EarlierStagesOptions(DistillOptions):
+    """Distillation options plus the teacher/PTP stages' epochs and lr and a named preset: what a command
+    that runs those stages before distilling (``pipeline``, ``sweep``) accepts."""
 
     preset: str | None = None
     teacher_epochs: float = 3.0
@@ -42,8 +43,6 @@ class PipelineOptions(DistillOptions):
     ptp_epochs: float = 2.0
     ptp_lr: float = 2e-5
     threshold_rule: str = "median"
-    latency_batch_size: int = 32
-    latency_repeats: int = 10
 
     PRESETS = PRESETS
 
@@ -53,6 +52,14 @@ class PipelineOptions(DistillOptions):
             raise ConfigError(f"option preset: {self.preset!r} is not one of {sorted(PRESETS)}")
         if self.threshold_rule not in ("median", "paper"):
             raise ConfigError(f"option threshold_rule: {self.threshold_rule!r} is not one of ['median', 'paper']")
+
+
+@dataclass
+class PipelineOptions(EarlierStagesOptions):
+    """All distillation options, the earlier stages' epochs/lr, a named preset, and the latency probe."""
+
+    latency_batch_size: int = 32
+    latency_repeats: int = 10
 
 
 def _subset(opts: PipelineOptions, cls: type, **overrides: Any) -> Any:

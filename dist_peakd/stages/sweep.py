@@ -46,7 +46,7 @@ from typing import Any
 from ..engine import ConfigError
 from ..engine.engine import atomic_write_text
 from .distill import DistillOptions
-from .pipeline import PRESETS
+from .pipeline import EarlierStagesOptions
 
 #: ASHA's cap on evaluations per trial: never reached in practice (a run stops when its epochs end).
 ASHA_MAX_T = 10_000
@@ -58,7 +58,7 @@ NON_RESULT_OPTIONS = frozenset({
 
 
 @dataclass
-class SweepOptions(DistillOptions):
+class SweepOptions(EarlierStagesOptions):
     """Distillation options (fixed for every trial unless swept) plus the search, resources and cluster.
 
     Trials report after every dev evaluation: ``eval_every_steps`` > 0 gives ASHA more than one rung per epoch.
@@ -91,28 +91,16 @@ class SweepOptions(DistillOptions):
     resume: bool = False               # continue the interrupted sweep <sweep_name>
     resume_errored: bool = False       # with --resume: run errored trials again too
     stop_after_trials: int | None = None  # stop (resumably) once this many trials ended in this run
-    # the earlier stages (as in the pipeline)
-    preset: str | None = None
-    teacher_epochs: float = 3.0
-    teacher_lr: float = 5e-5
-    ptp_epochs: float = 2.0
-    ptp_lr: float = 2e-5
-    threshold_rule: str = "median"
-
-    PRESETS = PRESETS
 
     def validate(self) -> None:
         super().validate()
         from ..data import get_task
 
         choices = {"search": ("grid", "random", "optuna"), "scheduler": ("asha", "fifo"), "mode": ("max", "min"),
-                   "scope": ("last", "all"), "trial_backend": ("auto", "function", "ray_train"),
-                   "threshold_rule": ("median", "paper")}
+                   "scope": ("last", "all"), "trial_backend": ("auto", "function", "ray_train")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name}: {getattr(self, name)!r} is not one of {list(allowed)}")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"option preset: {self.preset!r} is not one of {sorted(PRESETS)}")
         for name in ("num_samples", "workers_per_trial", "grace_period", "max_concurrent_trials", "num_cpus",
                      "stop_after_trials"):
             value = getattr(self, name)

@@ -88,8 +88,8 @@ def plain_loop(args: argparse.Namespace, work: Path, variant: str) -> dict:
     from dist_peakd.cache import TeacherCache
     from dist_peakd.config import build_options
     from dist_peakd.data import DynamicPaddingCollator, LengthGroupedBatchSampler
+    from dist_peakd.data.rows import fetch_rows
     from dist_peakd.distill import DistillLossConfig, distillation_loss, patient_layer_map
-    from dist_peakd.engine.loop import fetch_rows
     from dist_peakd.engine.optim import build_optimizer
     from dist_peakd.models import build_student, load_teacher, teacher_forward
     from dist_peakd.stages.common import load_tokenizer, prepare_data
@@ -188,7 +188,7 @@ def product_distill(args: argparse.Namespace, work: Path) -> dict:
     opts = build_options(distill.DistillOptions, **common_options(args, work), use_ptp=False, k=3,
                          variant="shuffle", log_every_steps=args.window_steps, epochs=float(epochs),
                          run_name=run_name, stop_after_steps=steps, eval_batch_size=256)
-    from dist_peakd.engine.loop import StopRequested
+    from dist_peakd.errors import StopRequested
 
     try:
         distill.run(opts)

@@ -21,87 +21,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .config import build_options
-from .engine.ds_config import ConfigError
+from .config import build_options, option_meta
+from .errors import ConfigError, UsageError
 
-# One line per option for --help (an option missing here is listed with its type and default only).
-OPTION_HELP: dict[str, str] = {
-    "config": "YAML/JSON file holding any of these options (the command line wins)",
-    "task": "GLUE task: cola, sst2, mrpc, stsb, rte, qnli",
-    "output_dir": "runs go to <output_dir>/<task>/<stage>/ (shared storage for multi-node)",
-    "glue_dir": "GLUE TSV folder (default $DIST_PEAKD_GLUE_DIR, else ../shared/glue)",
-    "hub_dataset": "read the task from the HF hub instead (e.g. nyu-mll/glue)",
-    "backbone": "BERT checkpoint folder or hub id; 'minilm' = embedded all-MiniLM-L6-v2",
-    "max_length": "truncate sequences to this many tokens",
-    "cache_dir": "tokenization cache (default <output_dir>/.token_cache)",
-    "max_train_examples": "use only the first N training examples",
-    "max_eval_examples": "use only the first N dev examples",
-    "seed": "random seed (sampling, init, dropout)",
-    "ds_config": "DeepSpeed config: a ds_configs/ file stem or a path",
-    "precision": "fp32 | bf16 | fp16 (overrides the ds_config)",
-    "zero_stage": "ZeRO stage 0-3 (overrides the ds_config)",
-    "batch_size": "global batch size (all ranks, all accumulation steps)",
-    "micro_batch_size": "per-rank micro-batch (default batch_size / ranks)",
-    "gradient_clipping": "max gradient norm (None: no clipping)",
-    "lr": "peak learning rate (AdamW, linear warmup then decay)",
-    "weight_decay": "AdamW weight decay",
-    "warmup_ratio": "fraction of the steps spent warming up",
-    "epochs": "training epochs (fractions allowed)",
-    "eval_batch_size": "global evaluation batch size",
-    "eval_every_steps": "also evaluate every N steps (0: end of each epoch only)",
-    "log_every_steps": "log train scalars every N steps",
-    "stop_after_steps": "checkpoint and stop after N steps (rerun to resume)",
-    "save_every_steps": "also checkpoint every N steps (0: at epoch ends and on SIGTERM only)",
-    "keep_checkpoints": "newest complete checkpoints kept",
-    "nan_policy": "non-finite loss: stop (exit, naming step and term) | skip the step",
-    "teacher_dir": "fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)",
-    "rebuild": "delete an existing teacher cache and build it again",
-    "cache_batch_size": "global inference batch of the teacher-cache pass",
-    "teacher_cache_dir": "teacher cache folder (default <output_dir>/<task>/teacher_cache)",
-    "k": "student depth (encoder layers taken from the backbone)",
-    "variant": "none | share | shuffle (Shuffled Parameter Sharing)",
-    "use_ptp": "start from the PTP-pretrained encoder",
-    "ptp_dir": "PTP encoder folder (default <output_dir>/<task>/ptp-k<k>-<variant>/best)",
-    "threshold_rule": "PTP confidence thresholds: median | paper",
-    "alpha": "KD weight (1 - alpha goes to the hard-label CE)",
-    "temperature": "KD softmax temperature",
-    "beta": "Patient-KD weight",
-    "kl_reduction": "batchmean | mean_per_class",
-    "run_name": "stage folder name (default derived from k/variant/alpha/T/beta/seed)",
-    "preset": "named option preset applied under the command line (e.g. cpu-fast)",
-    "teacher_epochs": "epochs of the teacher fine-tune",
-    "teacher_lr": "learning rate of the teacher fine-tune",
-    "ptp_epochs": "epochs of PTP pretraining",
-    "ptp_lr": "learning rate of PTP pretraining",
-    "latency_batch_size": "batch size of the latency measurement",
-    "latency_repeats": "timed forward passes of the latency measurement",
-    "space": "search space: JSON/YAML text or mapping (overrides space_file keys)",
-    "space_file": "YAML/JSON file with the search space",
-    "num_samples": "grid: repeats of the grid; random/optuna: number of trials",
-    "search": "grid | random | optuna",
-    "scheduler": "asha | fifo",
-    "metric": "metric to optimise (default: the task's main metric)",
-    "mode": "max | min",
-    "scope": "rank trials by their final metric (last) or best-on-dev (all)",
-    "grace_period": "ASHA: evaluations before a trial can be stopped",
-    "reduction_factor": "ASHA: keep the top 1/reduction_factor at each rung",
-    "workers_per_trial": "ranks (Ray Train workers) per trial",
-    "cpus_per_worker": "CPUs reserved per worker",
-    "gpus_per_worker": "GPUs reserved per worker",
-    "trial_backend": "auto | function | ray_train",
-    "max_concurrent_trials": "default: as many as the resources allow",
-    "max_failures": "retries of a trial that raised",
-    "address": "Ray cluster address (None: start a local Ray instance)",
-    "num_cpus": "CPUs of a local Ray instance (default: all)",
-    "sweep_name": "sweep folder name (default: a timestamp)",
-    "resume": "continue the interrupted sweep <sweep_name>",
-    "resume_errored": "with --resume: run errored trials again too",
-    "stop_after_trials": "stop (resumably) once this many trials ended in this run",
-}
-
-
-class UsageError(ValueError):
-    """A command line that names no stage, an unknown option or a stray argument."""
+#: ``--config`` is the one option that is not a field of an options class (it fills them).
+CONFIG_HELP = "YAML/JSON file holding any of these options (the command line wins)"
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -116,10 +40,14 @@ def _type_name(f: dataclasses.Field) -> str:
     return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
 
 
-def _option_line(name: str, default: Any, type_name: str = "") -> str:
+def _option_line(name: str, default: Any, type_name: str = "", help_: str = "") -> str:
     head = f"  --{name}={default!r}"
-    help_ = OPTION_HELP.get(name, "")
     return f"{head:<36} {type_name:<12} {help_}".rstrip()
+
+
+def _field_line(cls: type, f: dataclasses.Field) -> str:
+    """``--name=default  type  help`` of one option (its help from the field that declared it)."""
+    return _option_line(f.name, _default_of(f), _type_name(f), option_meta(cls, f.name)["help"])
 
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
@@ -167,7 +95,7 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
         except ConfigError as e:
             print(f"dist-peakd {name}: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        from .engine.faults import run_guarded  # failures -> one-line message + documented exit code
+        from .guard import run_guarded  # failures -> one-line message + documented exit code
 
         result = run_guarded(name, runner, opts)
         if result is not None and _is_main_process():
@@ -245,12 +173,12 @@ def stage_help(name: str, options_cls: type, doc: str) -> str:
     shared = {f.name for f in dataclasses.fields(RunOptions)}
     fields = dataclasses.fields(options_cls)
     lines = [f"usage: dist-peakd {name} [--config FILE] [--option value ...]", "", doc.strip(), "",
-             "Options (--name=default):", _option_line("config", None, "str | None")]
-    lines += [_option_line(f.name, _default_of(f), _type_name(f)) for f in fields if f.name in shared]
+             "Options (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP)]
+    lines += [_field_line(options_cls, f) for f in fields if f.name in shared]
     own = [f for f in fields if f.name not in shared]
     if own:
         lines += ["", f"{name} options:"]
-        lines += [_option_line(f.name, _default_of(f), _type_name(f)) for f in own]
+        lines += [_field_line(options_cls, f) for f in own]
     lines += ["", _CONFIG_NOTE]
     return "\n".join(lines)
 
@@ -271,8 +199,8 @@ def main_help() -> str:
     missing = [n for n, *_ in STAGES if n not in {m[0] for m in modules}]
     if missing:
         lines.append(f"  (not available in this installation: {', '.join(missing)})")
-    lines += ["", "Options every stage takes (--name=default):", _option_line("config", None, "str | None")]
-    lines += [_option_line(f.name, _default_of(f), _type_name(f)) for f in shared_fields]
+    lines += ["", "Options every stage takes (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP)]
+    lines += [_field_line(RunOptions, f) for f in shared_fields]
     lines += ["", "Stage options (--name=default) and the shared defaults a stage changes:"]
     for name, _, cls, _ in modules:
         fields = dataclasses.fields(cls)

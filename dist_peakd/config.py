@@ -1,53 +1,107 @@
-"""Run options as plain dataclasses: the CLI and config files fill them; every stage shares the names."""
+"""Run options as plain dataclasses: the CLI and config files fill them; every stage shares the names.
+
+Each option is declared once, with its default, its help line and whether it changes a stage's
+result (:func:`option`); ``--help``, the "same options?" check of a stage folder and a sweep's
+``--resume`` all read that metadata::
+
+    temperature: float = option(10.0, help="KD softmax temperature")
+    eval_batch_size: int = option(128, help="global evaluation batch size", result=False)
+
+A subclass that only changes a default (``lr: float = 5e-5``) keeps the help and result flag of the
+class that declared the option (:func:`option_meta` looks them up along the MRO).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .engine.ds_config import ConfigError
+from .artifacts import atomic_write_text
+from .engine.ds_config import PRECISIONS, ZERO_STAGES, config_precision, load_ds_config
 from .engine.engine import EngineOptions
-from .engine.loop import LoopOptions
+from .engine.nonfinite import NAN_POLICIES
+from .engine.trainer import LoopOptions
+from .errors import ConfigError
+from .layout import RunLayout
 
 DEFAULT_BACKBONE = "minilm"
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, result: bool = True) -> Any:
+    """A dataclass field with its ``--help`` line and whether its value changes a stage's result.
+
+    ``result=False`` marks options that only change how a run goes, not what it produces (logging,
+    checkpoint cadence, where caches live, resources): a stage folder or a sweep made with other
+    values of them is still the same run and is resumed or reused.
+    """
+    return field(default=default, metadata={"help": help, "result": result})
+
+
+def option_meta(cls: type, name: str) -> dict[str, Any]:
+    """``{"help", "result"}`` of option ``name`` of ``cls``, from the nearest class that declared it."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and "help" in f.metadata:
+            return dict(f.metadata)
+    return {"help": "", "result": True}
+
+
+def non_result_options(cls: type) -> frozenset[str]:
+    """Names of the options of ``cls`` that do not change a result (``option(..., result=False)``)."""
+    return frozenset(f.name for f in fields(cls) if not option_meta(cls, f.name)["result"])
+
+
+def result_differences(before: dict[str, Any], opts: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """``"name: old -> new"`` for every result-relevant option whose value differs from ``before``
+    (a saved ``dataclasses.asdict`` of the same options class)."""
+    skip = non_result_options(type(opts)) | ignore
+    now = json.loads(json.dumps(dataclasses.asdict(opts), default=str))
+    keys = sorted((set(before) | set(now)) - skip)
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
 
 
 @dataclass
 class RunOptions:
     """Options every stage accepts (same names everywhere)."""
 
-    task: str = "mrpc"
-    output_dir: str = "runs"
-    glue_dir: str | None = None
-    hub_dataset: str | None = None
-    backbone: str = DEFAULT_BACKBONE
-    max_length: int = 128
-    cache_dir: str | None = None
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-    seed: int = 0
+    task: str = option("mrpc", help="GLUE task: cola, sst2, mrpc, stsb, rte, qnli")
+    output_dir: str = option("runs", help="runs go to <output_dir>/<task>/<stage>/ (shared storage for multi-node)",
+                             result=False)
+    glue_dir: str | None = option(None, help="GLUE TSV folder (default $DIST_PEAKD_GLUE_DIR, else ../shared/glue)")
+    hub_dataset: str | None = option(None, help="read the task from the HF hub instead (e.g. nyu-mll/glue)")
+    backbone: str = option(DEFAULT_BACKBONE, help="BERT checkpoint folder or hub id; 'minilm' = embedded "
+                                                  "all-MiniLM-L6-v2")
+    max_length: int = option(128, help="truncate sequences to this many tokens")
+    cache_dir: str | None = option(None, help="tokenization cache (default <output_dir>/.token_cache)", result=False)
+    max_train_examples: int | None = option(None, help="use only the first N training examples")
+    max_eval_examples: int | None = option(None, help="use only the first N dev examples")
+    seed: int = option(0, help="random seed (sampling, init, dropout)")
     # engine
-    ds_config: str = "fp32_zero0"
-    precision: str | None = None
-    zero_stage: int | None = None
-    batch_size: int = 32
-    micro_batch_size: int | None = None
-    gradient_clipping: float | None = 1.0
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    nan_policy: str = "stop"  # non-finite loss: "stop" (exit 3, naming step and term) or "skip" the step
+    ds_config: str = option("fp32_zero0", help="DeepSpeed config: a ds_configs/ file stem or a path")
+    precision: str | None = option(None, help="fp32 | bf16 | fp16 (overrides the ds_config)")
+    zero_stage: int | None = option(None, help="ZeRO stage 0-3 (overrides the ds_config)")
+    batch_size: int = option(32, help="global batch size (all ranks, all accumulation steps)")
+    micro_batch_size: int | None = option(None, help="per-rank micro-batch (default batch_size / ranks)")
+    gradient_clipping: float | None = option(1.0, help="max gradient norm (None: no clipping)")
+    lr: float = option(2e-5, help="peak learning rate (AdamW, linear warmup then decay)")
+    weight_decay: float = option(0.01, help="AdamW weight decay")
+    warmup_ratio: float = option(0.1, help="fraction of the steps spent warming up")
+    nan_policy: str = option("stop", help="non-finite loss: stop (exit 3, naming step and term) | skip the step")
     # loop
-    epochs: float = 3.0
-    eval_batch_size: int = 128
-    eval_every_steps: int = 0
-    log_every_steps: int = 10
-    stop_after_steps: int | None = None
-    save_every_steps: int = 0  # also checkpoint every N steps (0: at epoch ends and on SIGTERM only)
-    keep_checkpoints: int = 2  # newest complete checkpoints kept; a corrupted newest falls back
+    epochs: float = option(3.0, help="training epochs (fractions allowed)")
+    eval_batch_size: int = option(128, help="global evaluation batch size", result=False)
+    eval_every_steps: int = option(0, help="also evaluate every N steps (0: end of each epoch only)")
+    log_every_steps: int = option(10, help="log train scalars every N steps", result=False)
+    stop_after_steps: int | None = option(None, help="checkpoint and stop after N steps (rerun to resume)",
+                                          result=False)
+    save_every_steps: int = option(0, help="also checkpoint every N steps (0: at epoch ends and on SIGTERM only)",
+                                   result=False)
+    keep_checkpoints: int = option(2, help="newest complete checkpoints kept; a corrupted newest falls back",
+                                   result=False)
 
     def engine_options(self) -> EngineOptions:
         names = {f.name for f in fields(EngineOptions)}
@@ -57,15 +111,16 @@ class RunOptions:
         names = {f.name for f in fields(LoopOptions)}
         return LoopOptions(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
-    def task_dir(self) -> Path:
-        from .data import get_task
+    def layout(self) -> RunLayout:
+        """Every path this run reads or writes (:mod:`dist_peakd.layout`)."""
+        return RunLayout.of(self)
 
-        return Path(self.output_dir) / get_task(self.task).name
+    def task_dir(self) -> Path:
+        return self.layout().task_dir
 
     def validate(self) -> None:
         """Refuse bad values before any work starts, naming the option."""
-        positive = ("max_length", "batch_size", "eval_batch_size", "log_every_steps")
-        for name in positive:
+        for name in ("max_length", "batch_size", "eval_batch_size", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"option {name}: must be >= 1, got {getattr(self, name)}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
@@ -81,18 +136,15 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"option {name}: must be >= 1 when given, got {value}")
-        if self.nan_policy not in ("stop", "skip"):
-            raise ConfigError(f"option nan_policy: {self.nan_policy!r} is not one of ['stop', 'skip']")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"option nan_policy: {self.nan_policy!r} is not one of {list(NAN_POLICIES)}")
         if self.save_every_steps < 0:
             raise ConfigError(f"option save_every_steps: must be >= 0, got {self.save_every_steps}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"option keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
 
-
     def _validate_engine(self) -> None:
         import torch
-
-        from .engine.ds_config import PRECISIONS, ZERO_STAGES, config_precision, load_ds_config
 
         base = load_ds_config(self.ds_config)
         if self.precision is not None and self.precision not in PRECISIONS:
@@ -107,8 +159,6 @@ class RunOptions:
             raise ConfigError(f"option batch_size: global batch {self.batch_size} is not divisible by "
                               f"micro_batch_size {self.micro_batch_size}")
         # The launcher sets WORLD_SIZE before the process starts: check micro x ranks now, not at engine build.
-        import os
-
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)
         micro = self.micro_batch_size or max(1, self.batch_size // world)
         if world > 1 and self.batch_size % (micro * world) != 0:
@@ -162,7 +212,5 @@ def build_options(cls: type, config: str | None = None, **overrides: Any) -> Any
 
 def save_resolved_config(opts: Any, path: Path) -> None:
     """Write the resolved options as JSON (temp file + rename)."""
-    from .engine.engine import atomic_write_text
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(dataclasses.asdict(opts), indent=2, default=str))

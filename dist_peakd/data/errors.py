@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import DataError
+
 GLUE_LAYOUT = "<glue_dir>/<FOLDER>/{train,dev,test}.tsv (MNLI: train, dev_matched, dev_mismatched, test_matched, test_mismatched)"
-
-
-class DataError(ValueError):
-    """Base class of every data-layer error."""
 
 
 class UnknownTaskError(DataError):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dist_peakd.engine.engine import LossOutput
+from ..loss_output import LossOutput
 
 KL_REDUCTIONS = ("batchmean", "mean_per_class")
 NORM_EPS = 1e-12
@@ -129,6 +129,9 @@ class DistillLossConfig:
     beta: float = 100.0
     kl_reduction: str = "batchmean"
 
+    def __post_init__(self) -> None:
+        self.validate()  # once, when the run's loss is configured (not once per micro-batch)
+
     def validate(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"option temperature must be > 0, got {self.temperature!r}")
@@ -146,12 +149,11 @@ def distillation_loss(student_logits: Tensor, student_cls: Sequence[Tensor] | No
                       is_regression: bool = False) -> LossOutput:
     """Pea-KD loss of one micro-batch: ``total = sum_i [alpha*kd_i + (1-alpha)*ce_i + beta*pt_i]``.
 
-    All terms are computed in fp32. Every term is reported in ``terms`` (detached per-term sums),
+    ``cfg`` was validated when it was made. All terms are computed in fp32. Every term is reported in ``terms`` (detached per-term sums),
     even with weight 0; a term with weight 0 never enters ``total`` (so it cannot turn it NaN) and is
     computed without grad. KD is not computed (reported 0) when ``alpha == 0`` and ``teacher_logits``
     is None; PT is not computed (reported 0) when ``beta == 0`` or ``layer_map`` is empty.
     """
-    cfg.validate()
     zs = student_logits.float()
     batch = zs.shape[0]
     zero = zs.new_zeros(batch)

@@ -1,8 +1,11 @@
-"""Engine facade over DeepSpeed shared by every stage."""
+"""The engine layer: a thin DeepSpeed facade, its checkpoints and exports, and the trainer every stage uses."""
 
+from ..errors import ConfigError, NonFiniteLossError
+from ..loss_output import LossOutput
 from .distributed import DistInfo, all_gather_objects, barrier, broadcast_object, init_distributed
-from .ds_config import ConfigError, build_ds_config, load_ds_config, resolve_ds_config_path
-from .engine import Engine, EngineOptions, LossOutput, NonFiniteLossError, seed_everything
+from .ds_config import build_ds_config, load_ds_config, resolve_ds_config_path
+from .engine import Engine, EngineOptions
+from .rng import seed_everything
 from .tracking import Tracker
 
 __all__ = [

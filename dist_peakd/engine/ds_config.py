@@ -9,12 +9,10 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
+
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast")
 ZERO_STAGES = (0, 1, 2, 3)
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the option and what was expected."""
 
 
 def ds_configs_dir() -> Path:

@@ -1,7 +1,7 @@
-"""Errors raised when a model cannot be built or loaded as asked."""
+"""Errors raised when a model cannot be built or loaded as asked (defined in :mod:`dist_peakd.errors`)."""
 
 from __future__ import annotations
 
+from ..errors import ModelConfigError
 
-class ModelConfigError(ValueError):
-    """An invalid model request: bad ``k``, unknown SPS variant, or a checkpoint of the wrong family."""
+__all__ = ["ModelConfigError"]

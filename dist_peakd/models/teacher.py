@@ -80,6 +80,6 @@ def teacher_forward(
 def _verify_if_export(path_or_id: str | Path) -> None:
     """A dist-peakd export folder is checked against its file manifest (names a corrupted file)."""
     if Path(path_or_id).is_dir():
-        from ..engine.engine import verify_export
+        from ..artifacts import verify_export
 
         verify_export(path_or_id)

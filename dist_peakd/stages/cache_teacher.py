@@ -22,21 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cache.store import (
-    IDENTITY_FIELDS,
-    MANIFEST,
-    CacheCorruptError,
-    CacheMismatchError,
-    ShardWriter,
-    TeacherCache,
-    build_manifest,
-    teacher_fingerprint,
-    write_manifest,
-)
-from ..config import RunOptions, save_resolved_config
+from ..artifacts import atomic_write_text
+from ..cache.store import IDENTITY_FIELDS, MANIFEST, TeacherCache, teacher_fingerprint
+from ..cache.writer import ShardWriter, build_manifest, write_manifest
+from ..config import RunOptions, option, save_resolved_config
 from ..data import LengthGroupedBatchSampler, tokenizer_fingerprint
+from ..data.rows import fetch_rows
 from ..engine import (
-    ConfigError,
     DistInfo,
     Engine,
     all_gather_objects,
@@ -45,35 +37,30 @@ from ..engine import (
     init_distributed,
     seed_everything,
 )
-from ..engine.engine import atomic_write_text
-from ..engine.loop import fetch_rows
+from ..errors import CacheCorruptError, CacheMismatchError, ConfigError
+from ..layout import TEACHER_CACHE
 from ..metrics import compute_metrics
 from ..models import load_teacher, teacher_forward
 from .common import TaskData, collator_for, load_tokenizer, prepare_data, quiet_environment
 
-STAGE = "teacher_cache"
+STAGE = TEACHER_CACHE
 
 
 @dataclass
 class CacheTeacherOptions(RunOptions):
     """Teacher-cache options: the shared ones plus the teacher folder, rebuild flag and batch size."""
 
-    teacher_dir: str | None = None  # default <output_dir>/<task>/teacher/best
-    rebuild: bool = False           # delete an existing cache (valid or not) and build it again
-    cache_batch_size: int = 256     # global inference batch (split over the ranks)
+    teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
+    teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
+    rebuild: bool = option(False, help="delete an existing teacher cache (valid or not) and build it again",
+                           result=False)
+    cache_batch_size: int = option(256, help="global inference batch of the teacher-cache pass (split over the "
+                                             "ranks)", result=False)
 
     def validate(self) -> None:
         super().validate()
         if self.cache_batch_size < 1:
             raise ConfigError(f"option cache_batch_size: must be >= 1, got {self.cache_batch_size}")
-
-    def resolved_teacher_dir(self) -> Path:
-        return Path(self.teacher_dir) if self.teacher_dir else self.task_dir() / "teacher" / "best"
-
-
-def cache_dir_for(opts: RunOptions) -> Path:
-    """Where the teacher cache of this run's task lives: ``<output_dir>/<task>/teacher_cache``."""
-    return opts.task_dir() / STAGE
 
 
 def expected_identity(opts: RunOptions, data: TaskData, tokenizer: Any, teacher_dir: str | Path) -> dict[str, Any]:
@@ -149,20 +136,9 @@ def _build_split(engine: Engine, rows: Any, split: str, cache_dir: Path, opts: C
         raise
 
 
-def run(opts: CacheTeacherOptions) -> dict[str, Any]:
-    """Build (or reuse) the teacher cache; returns a summary (rows, timing, teacher dev metrics)."""
-    quiet_environment()
-    dist_info = init_distributed()
-    seed_everything(opts.seed)
-    cache_dir = cache_dir_for(opts)
-    teacher_dir = opts.resolved_teacher_dir()
-    if not (teacher_dir / "config.json").is_file():
-        raise FileNotFoundError(f"teacher folder {teacher_dir} not found (no config.json); run "
-                                "finetune-teacher first or pass --teacher_dir")
-    tokenizer = load_tokenizer(str(teacher_dir))
-    data = prepare_data(opts, tokenizer)
-    task = data.task
-
+def _decision(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Path, data: TaskData, tokenizer: Any,
+              teacher_dir: Path) -> dict[str, Any]:
+    """Rank 0 decides (skip / build / error) and every rank gets the same decision."""
     decision: dict[str, Any] = {}
     if dist_info.is_main:
         try:
@@ -173,21 +149,15 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     decision = broadcast_object(decision)  # type: ignore[assignment]
     if decision["action"] == "error":
         raise decision["error"]
-    if decision["action"] == "skip":
-        summary = decision["summary"]
-        if dist_info.is_main:
-            print(f"[dist-peakd] teacher cache {cache_dir} is valid and matches this run: skipped "
-                  f"(verified in {summary['verify_s']} s)", flush=True)
-        return summary
-    expected = decision["expected"]
+    return decision
 
-    start = time.perf_counter()
-    if dist_info.is_main:
-        _clear(cache_dir)
-        save_resolved_config(opts, cache_dir / "config.json")
-    barrier()
-    model = load_teacher(teacher_dir, num_labels=task.num_labels)
-    dims = (task.num_labels, int(model.config.num_hidden_layers), int(model.config.hidden_size))
+
+def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Path, data: TaskData, tokenizer: Any,
+                  teacher_dir: Path) -> tuple[dict[str, Any], tuple[int, int, int], str, float]:
+    """Every rank runs the teacher over its share of each split into its shards; returns every rank's
+    shard records per split, the cache dimensions, the precision and the pass's wall time."""
+    model = load_teacher(teacher_dir, num_labels=data.task.num_labels)
+    dims = (data.task.num_labels, int(model.config.num_hidden_layers), int(model.config.hidden_size))
     # inference only: the batch options just have to satisfy DeepSpeed's batch arithmetic
     engine_opts = dataclasses.replace(opts.engine_options(), batch_size=dist_info.world_size, micro_batch_size=1)
     engine = Engine(model, engine_opts, total_steps=1, dist_info=dist_info, train=False)
@@ -196,35 +166,75 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     splits = {"train": data.train, data.dev_split: data.dev}
     n_steps = sum(-(-len(rows) // opts.cache_batch_size) for rows in splits.values())
     bar = tqdm(total=n_steps, desc="cache-teacher", disable=not dist_info.is_main)
-    infer_start = time.perf_counter()
+    start = time.perf_counter()
     records = {name: _build_split(engine, rows, name, cache_dir, opts, dist_info, collate, dims, bar)
                for name, rows in splits.items()}
     bar.close()
     gathered = all_gather_objects(records)  # also a barrier: every shard is on disk
-    infer_s = time.perf_counter() - infer_start
+    return {name: [g[name] for g in gathered] for name in splits}, dims, engine.precision, time.perf_counter() - start
+
+
+def _write_manifest(cache_dir: Path, expected: dict[str, Any], shards: dict[str, Any], dims: tuple[int, int, int],
+                    teacher_dir: Path, data: TaskData, world_size: int, precision: str) -> dict[str, Any]:
+    """Rank 0: the manifest, with the teacher's dev metrics computed from the cached dev logits."""
+    manifest = build_manifest(
+        identity=expected, splits=shards, num_labels=dims[0], num_layers=dims[1], hidden_size=dims[2],
+        teacher_dir=teacher_dir, world_size=world_size, dev_split=data.dev_split, precision=precision)
+    dev = TeacherCache(cache_dir, manifest).split(data.dev_split)
+    label_of = dict(zip(map(int, data.dev["idx"]), data.dev["label"], strict=True))
+    labels = np.asarray([label_of[int(i)] for i in dev.ids])
+    manifest["teacher_dev_metrics"] = compute_metrics(data.task, dev.logits().numpy(), labels)
+    write_manifest(cache_dir, manifest)
+    return manifest
+
+
+def run(opts: CacheTeacherOptions) -> dict[str, Any]:
+    """Build (or reuse) the teacher cache; returns a summary (rows, timing, teacher dev metrics)."""
+    quiet_environment()
+    dist_info = init_distributed()
+    seed_everything(opts.seed)
+    layout = opts.layout()
+    cache_dir, teacher_dir = layout.teacher_cache, layout.teacher
+    if not (teacher_dir / "config.json").is_file():
+        raise FileNotFoundError(f"teacher folder {teacher_dir} not found (no config.json); run "
+                                "finetune-teacher first or pass --teacher_dir")
+    tokenizer = load_tokenizer(str(teacher_dir))
+    data = prepare_data(opts, tokenizer)
+    decision = _decision(opts, dist_info, cache_dir, data, tokenizer, teacher_dir)
+    if decision["action"] == "skip":
+        summary = decision["summary"]
+        if dist_info.is_main:
+            print(f"[dist-peakd] teacher cache {cache_dir} is valid and matches this run: skipped "
+                  f"(verified in {summary['verify_s']} s)", flush=True)
+        return summary
+    start = time.perf_counter()
+    if dist_info.is_main:
+        _clear(cache_dir)
+        save_resolved_config(opts, cache_dir / "config.json")
+    barrier()
+    shards, dims, precision, infer_s = _teacher_pass(opts, dist_info, cache_dir, data, tokenizer, teacher_dir)
     summary: dict[str, Any] = {}
     if dist_info.is_main:
-        manifest = build_manifest(
-            identity=expected, splits={name: [g[name] for g in gathered] for name in splits},  # type: ignore[index]
-            num_labels=dims[0], num_layers=dims[1], hidden_size=dims[2], teacher_dir=teacher_dir,
-            world_size=dist_info.world_size, dev_split=data.dev_split, precision=engine.precision)
-        draft = TeacherCache(cache_dir, manifest)
-        dev = draft.split(data.dev_split)
-        label_of = dict(zip(map(int, data.dev["idx"]), data.dev["label"], strict=True))
-        labels = np.asarray([label_of[int(i)] for i in dev.ids])
-        manifest["teacher_dev_metrics"] = compute_metrics(task, dev.logits().numpy(), labels)
-        write_manifest(cache_dir, manifest)
-        build_s = time.perf_counter() - start
-        v0 = time.perf_counter()
-        cache = TeacherCache.open(cache_dir, expected, verify="checksum")
-        total_rows = sum(v["rows"] for v in manifest["splits"].values())
-        summary = _summary_of(cache, False, build_s=round(build_s, 3), inference_s=round(infer_s, 3),
-                              rows_per_s=round(total_rows / max(infer_s, 1e-9), 1),
-                              verify_s=round(time.perf_counter() - v0, 3), precision=engine.precision)
-        atomic_write_text(cache_dir / "summary.json", json.dumps(summary, indent=2, default=str))
-        print(f"[dist-peakd] cached {total_rows} rows ({', '.join(f'{k}: {v}' for k, v in summary['rows'].items())}) "
-              f"in {build_s:.1f} s (teacher pass {infer_s:.1f} s, {summary['rows_per_s']} rows/s) on {dist_info.world_size} rank(s); "
-              f"teacher dev {json.dumps(summary['teacher_dev_metrics'])}", flush=True)
+        manifest = _write_manifest(cache_dir, decision["expected"], shards, dims, teacher_dir, data,
+                                   dist_info.world_size, precision)
+        summary = _verified_summary(cache_dir, decision["expected"], manifest, time.perf_counter() - start,
+                                    infer_s, precision, dist_info.world_size)
     summary = broadcast_object(summary)  # type: ignore[assignment]
     barrier()
+    return summary
+
+
+def _verified_summary(cache_dir: Path, expected: dict[str, Any], manifest: dict[str, Any], build_s: float,
+                      infer_s: float, precision: str, world_size: int) -> dict[str, Any]:
+    """Rank 0: reopen the new cache with checksums, write and print its summary."""
+    v0 = time.perf_counter()
+    cache = TeacherCache.open(cache_dir, expected, verify="checksum")
+    total_rows = sum(v["rows"] for v in manifest["splits"].values())
+    summary = _summary_of(cache, False, build_s=round(build_s, 3), inference_s=round(infer_s, 3),
+                          rows_per_s=round(total_rows / max(infer_s, 1e-9), 1),
+                          verify_s=round(time.perf_counter() - v0, 3), precision=precision)
+    atomic_write_text(cache_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    print(f"[dist-peakd] cached {total_rows} rows ({', '.join(f'{k}: {v}' for k, v in summary['rows'].items())}) "
+          f"in {build_s:.1f} s (teacher pass {infer_s:.1f} s, {summary['rows_per_s']} rows/s) on {world_size} "
+          f"rank(s); teacher dev {json.dumps(summary['teacher_dev_metrics'])}", flush=True)
     return summary

@@ -1,14 +1,16 @@
-"""Small builders shared by the stages: backbone path, tokenized data, samplers, collator."""
+"""Small builders the stage recipes share: stage folder, backbone, tokenized data, samplers, engine, tracker."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_BACKBONE, RunOptions
+from ..config import DEFAULT_BACKBONE, RunOptions, result_differences, save_resolved_config
 from ..data import (
     DynamicPaddingCollator,
     GlueTask,
@@ -18,7 +20,9 @@ from ..data import (
     load_glue,
     tokenize_dataset,
 )
-from ..engine import DistInfo
+from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
+from ..engine.trainer import TrainData, total_train_steps
+from ..errors import ConfigError
 
 
 def _rank() -> int:
@@ -27,27 +31,12 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-# Options that do not change a stage's result: a stage folder made with other values of these is
-# still the same run (resume, reuse).
-NON_RESULT_OPTIONS = frozenset({
-    "stop_after_steps", "log_every_steps", "cache_dir", "output_dir", "rebuild", "eval_batch_size",
-    "cache_batch_size", "preset", "latency_batch_size", "latency_repeats", "config", "save_every_steps",
-    "keep_checkpoints"})
-
-
 def options_differences(stage_dir: Path, opts: Any) -> list[str]:
     """Result-relevant options whose value differs from the ones saved in ``stage_dir/config.json``."""
-    import dataclasses
-    import json
-
     saved = stage_dir / "config.json"
     if not saved.is_file():
         return []
-    before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in NON_RESULT_OPTIONS}
-    now = json.loads(json.dumps(dataclasses.asdict(opts), default=str))
-    now = {k: v for k, v in now.items() if k not in NON_RESULT_OPTIONS}
-    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-            if before.get(k) != now.get(k)]
+    return result_differences(json.loads(saved.read_text()), opts)
 
 
 def claim_stage_dir(stage_dir: Path, opts: Any) -> None:
@@ -56,15 +45,20 @@ def claim_stage_dir(stage_dir: Path, opts: Any) -> None:
     Decided on rank 0 and shared with every rank, before any expensive work; a matching folder is
     resumed (or reused) as is.
     """
-    from ..config import save_resolved_config
-    from ..engine import ConfigError, broadcast_object
-
     diffs = broadcast_object(options_differences(stage_dir, opts) if _rank() == 0 else None)
     if diffs:
         raise ConfigError(f"{stage_dir} was made with other options ({', '.join(diffs)}); "
                           "use another --output_dir / --run_name, or delete that folder to redo the stage")
     if _rank() == 0:
         save_resolved_config(opts, stage_dir / "config.json")
+
+
+def start_stage(opts: RunOptions, stage_dir: Path) -> DistInfo:
+    """The first steps of every training stage: join the process group, seed, claim the stage folder."""
+    dist_info = init_distributed()
+    seed_everything(opts.seed)
+    claim_stage_dir(stage_dir, opts)
+    return dist_info
 
 
 def resolve_backbone(name: str) -> str:
@@ -115,8 +109,7 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True) -> T
         n = min(opts.max_eval_examples, len(dsd[dev_split]))
         dsd[dev_split] = dsd[dev_split].select(range(n))
     fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
-    cache_dir = Path(opts.cache_dir) if opts.cache_dir else Path(opts.output_dir) / ".token_cache"
-    tokenized, hit = tokenize_dataset(dsd, tokenizer, opts.max_length, cache_dir, fp)
+    tokenized, hit = tokenize_dataset(dsd, tokenizer, opts.max_length, opts.layout().token_cache, fp)
     return TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
                     dev_split=dev_split, fingerprint=fp, cache_hit=hit)
 
@@ -135,6 +128,38 @@ def eval_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGrou
 
 def collator_for(tokenizer: Any) -> DynamicPaddingCollator:
     return DynamicPaddingCollator(pad_token_id=tokenizer.pad_token_id or 0)
+
+
+def trainer_data(data: TaskData, tokenizer: Any, opts: RunOptions, dist_info: DistInfo) -> TrainData:
+    """The train/dev rows, their samplers (length-grouped, split over the ranks) and the collator."""
+    return TrainData(train_rows=data.train, train_sampler=train_sampler(data.train, opts, dist_info),
+                     eval_rows=data.dev, eval_sampler=eval_sampler(data.dev, opts, dist_info),
+                     collate=collator_for(tokenizer))
+
+
+def build_engine(model: Any, opts: RunOptions, batches: TrainData, dist_info: DistInfo) -> Engine:
+    """The DeepSpeed engine for ``opts.epochs`` of ``batches``; reseeds first (distinct dropout per rank)."""
+    seed_everything(opts.seed + 1000 * dist_info.rank)
+    total = total_train_steps(len(batches.train_sampler), opts.epochs)
+    return Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
+
+
+def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any]) -> Tracker:
+    """TensorBoard under ``stage_dir/tb`` (rank 0 only), with the run's full config recorded."""
+    tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
+    if dist_info.is_main:
+        tracker.config(config)
+    return tracker
+
+
+def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any]
+                   ) -> Callable[[Path, dict[str, Any]], None]:
+    """The trainer's ``export_fn``: an HF folder with ``dist_peakd.json`` = head + the export's info + tail."""
+
+    def export(path: Path, info: dict[str, Any]) -> None:
+        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": {**head, **info, **tail}})
+
+    return export
 
 
 def quiet_environment() -> None:

@@ -14,44 +14,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import RunOptions
+from ..config import RunOptions, option
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
-from ..engine import ConfigError, Engine, LossOutput, Tracker, seed_everything
-from ..engine.loop import total_train_steps, train_loop
+from ..engine.hooks import EvalCallback
+from ..engine.trainer import Objective, Trainer
+from ..errors import ConfigError
+from ..layout import RunLayout
+from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
-from .common import (
-    collator_for,
-    eval_sampler,
-    train_sampler,
-)
+from .common import build_engine, open_tracker, stage_exporter, trainer_data
 from .finetune_teacher import logits_predict, metrics_from_logits
-from .student_common import (
-    open_student_run,
-    validate_student_options,
-)
+from .student_common import StudentRun, open_student_run, validate_student_options
 
 
 @dataclass
 class DistillOptions(RunOptions):
     """Distillation options: student shape, loss weights, where the cache and PTP encoder are."""
 
-    k: int = 3
-    variant: str = "shuffle"
-    use_ptp: bool = True
-    ptp_dir: str | None = None
-    teacher_cache_dir: str | None = None
-    teacher_dir: str | None = None
-    alpha: float = 0.7
-    temperature: float = 10.0
-    beta: float = 100.0
-    kl_reduction: str = "batchmean"
+    k: int = option(3, help="student depth (encoder layers taken from the backbone)")
+    variant: str = option("shuffle", help="none | share | shuffle (Shuffled Parameter Sharing)")
+    use_ptp: bool = option(True, help="start from the PTP-pretrained encoder")
+    ptp_dir: str | None = option(None, help="PTP encoder folder (default <output_dir>/<task>/ptp-k<k>-<variant>/best)")
+    teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
+    teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
+    alpha: float = option(0.7, help="KD weight (1 - alpha goes to the hard-label CE)")
+    temperature: float = option(10.0, help="KD softmax temperature")
+    beta: float = option(100.0, help="Patient-KD weight")
+    kl_reduction: str = option("batchmean", help="batchmean | mean_per_class")
     epochs: float = 4.0
-    run_name: str | None = None
+    run_name: str | None = option(None, help="stage folder name (default derived from k/variant/alpha/T/beta/seed)")
 
     def validate(self) -> None:
         super().validate()
@@ -70,17 +65,54 @@ class DistillOptions(RunOptions):
         return DistillLossConfig(alpha=self.alpha, temperature=self.temperature, beta=self.beta,
                                  kl_reduction=self.kl_reduction)
 
+    def loss_weights(self) -> dict[str, float]:
+        return {"kd": self.alpha, "ce": 1 - self.alpha, "pt": self.beta}
+
     def stage_name(self) -> str:
         if self.run_name:
             return self.run_name
         ptp = "-ptp" if self.use_ptp else ""
         return f"distill-k{self.k}-{self.variant}{ptp}-a{self.alpha:g}-T{self.temperature:g}-b{self.beta:g}-s{self.seed}"
 
-    def ptp_encoder_dir(self) -> Path:
-        return Path(self.ptp_dir) if self.ptp_dir else self.task_dir() / f"ptp-k{self.k}-{self.variant}" / "best"
 
-    def teacher_folder(self) -> str:
-        return self.teacher_dir or str(self.task_dir() / "teacher" / "best")
+def build_distill_student(opts: DistillOptions, layout: RunLayout, run_: StudentRun) -> torch.nn.Module:
+    """The student: the PTP encoder of this shape with a fresh head, or the backbone's bottom k layers."""
+    num_labels = run_.data.task.num_labels
+    if not opts.use_ptp:
+        return build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=num_labels)
+    ptp_dir = layout.ptp_encoder(opts.k, opts.variant)
+    if not (ptp_dir / "config.json").is_file():
+        raise FileNotFoundError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` "
+                                f"with the same k/variant first, or pass --use_ptp=False)")
+    model = load_student(ptp_dir, num_labels=num_labels)
+    if model.config.num_hidden_layers != opts.k or model.config.sps_variant != opts.variant:
+        raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={model.config.num_hidden_layers}, "
+                          f"variant={model.config.sps_variant}; this run asks k={opts.k}, variant={opts.variant}")
+    return model
+
+
+def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_cfg: DistillLossConfig,
+                      device: torch.device) -> Objective:
+    """KD + CE + Patient-KD against the cached teacher outputs, looked up by example id."""
+    task, train_cache = run_.data.task, run_.cache.split("train")
+
+    def add_teacher_outputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Runs in the trainer's prefetch thread: the cached teacher outputs of the batch's examples."""
+        t_logits, t_cls = train_cache.lookup(batch["example_ids"].numpy())
+        return {**batch, "teacher_logits": t_logits, "teacher_cls": t_cls}
+
+    def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        if "teacher_logits" in batch:
+            t_logits, t_cls = batch["teacher_logits"], batch["teacher_cls"]
+        else:  # the trainer's zero-weight dummy batch
+            t_logits, t_cls = train_cache.lookup(batch["example_ids"].cpu().numpy())
+        out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     token_type_ids=batch["token_type_ids"])
+        return distillation_loss(out.logits, out.cls_states, t_logits.to(device), t_cls.to(device),
+                                 batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression)
+
+    return Objective(loss_fn=loss_fn, predict_fn=logits_predict, metric_fn=metrics_from_logits(task),
+                     main_metric=task.main_metric, batch_hook=add_teacher_outputs)
 
 
 def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
@@ -88,70 +120,27 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
 
     ``on_eval(step, metrics)`` is called on every rank after each dev evaluation (sweeps report to Ray Tune).
     """
-    run_ = open_student_run(opts, opts.teacher_folder())
-    dist_info, backbone, stage_dir, tokenizer, data, cache = (
-        run_.dist_info, run_.backbone, run_.stage_dir, run_.tokenizer, run_.data, run_.cache)
-    task = data.task
-    train_cache = cache.split("train")
-    num_teacher_layers = int(cache.manifest["num_layers"])
-
-    if opts.use_ptp:
-        ptp_dir = opts.ptp_encoder_dir()
-        if not (ptp_dir / "config.json").is_file():
-            raise FileNotFoundError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` "
-                                    f"with the same k/variant first, or pass --use_ptp=False)")
-        model = load_student(ptp_dir, num_labels=task.num_labels)
-        if model.config.num_hidden_layers != opts.k or model.config.sps_variant != opts.variant:
-            raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={model.config.num_hidden_layers}, "
-                              f"variant={model.config.sps_variant}; this run asks k={opts.k}, variant={opts.variant}")
-    else:
-        model = build_student(backbone, k=opts.k, variant=opts.variant, num_labels=task.num_labels)
-    layer_map = patient_layer_map(model.num_effective_layers, num_teacher_layers)
-    loss_cfg = opts.loss_config()
-    seed_everything(opts.seed + 1000 * dist_info.rank)
-    sampler = train_sampler(data.train, opts, dist_info)
-    total = total_train_steps(len(sampler), opts.epochs)
-    engine = Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
-    tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
-    if dist_info.is_main:
-        tracker.config({**opts.__dict__, "stage": "distill", "world_size": dist_info.world_size,
-                        "loss_weights": {"kd": loss_cfg.alpha, "ce": 1 - loss_cfg.alpha, "pt": loss_cfg.beta},
-                        "layer_map": layer_map, "precision_resolved": engine.precision, "total_steps": total})
-        tracker.text("loss", f"weights kd={loss_cfg.alpha} ce={1 - loss_cfg.alpha} pt={loss_cfg.beta}; "
-                             f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
-                             f"Patient-KD map (student, teacher) = {layer_map}")
-
-    def add_teacher_outputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Runs in the loop's prefetch thread: the cached teacher outputs of the batch's examples."""
-        t_logits, t_cls = train_cache.lookup(batch["example_ids"].numpy())
-        return {**batch, "teacher_logits": t_logits, "teacher_cls": t_cls}
-
-    def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        if "teacher_logits" in batch:
-            t_logits, t_cls = batch["teacher_logits"], batch["teacher_cls"]
-        else:  # the loop's zero-weight dummy batch
-            t_logits, t_cls = train_cache.lookup(batch["example_ids"].cpu().numpy())
-        out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"])
-        return distillation_loss(out.logits, out.cls_states, t_logits.to(engine.device), t_cls.to(engine.device),
-                                 batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression)
-
+    layout = opts.layout()
+    run_ = open_student_run(opts, layout)
+    model = build_distill_student(opts, layout, run_)
+    layer_map = patient_layer_map(model.num_effective_layers, run_.cache.num_layers)
+    loss_cfg, weights = opts.loss_config(), opts.loss_weights()
+    batches = trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info)
+    engine = build_engine(model, opts, batches, run_.dist_info)
+    tracker = open_tracker(run_.stage_dir, run_.dist_info, {
+        **opts.__dict__, "stage": "distill", "world_size": run_.dist_info.world_size, "loss_weights": weights,
+        "layer_map": layer_map, "precision_resolved": engine.precision, "total_steps": engine.total_steps})
+    tracker.text("loss", f"weights kd={weights['kd']} ce={weights['ce']} pt={weights['pt']}; "
+                         f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
+                         f"Patient-KD map (student, teacher) = {layer_map}")
     stats = model_stats(engine.module, seq_len=opts.max_length)
-
-    def export(path: Path, info: dict[str, Any]) -> None:
-        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": {
-            "stage": "distill", "task": task.name, **info, "model_stats": stats,
-            "options": {k: v for k, v in opts.__dict__.items()}}})
-
-    summary = train_loop(
-        engine=engine, train_rows=data.train, train_sampler=sampler, eval_rows=data.dev,
-        eval_sampler=eval_sampler(data.dev, opts, dist_info), collate=collator_for(tokenizer),
-        loss_fn=loss_fn, predict_fn=logits_predict, metric_fn=metrics_from_logits(task),
-        main_metric=task.main_metric, output_dir=stage_dir, tracker=tracker,
-        options=opts.loop_options(), export_fn=export, batch_hook=add_teacher_outputs,
-        extra_summary={"model_stats": stats, "stage_dir": str(stage_dir), "layer_map": layer_map,
-                       "loss_weights": {"kd": loss_cfg.alpha, "ce": 1 - loss_cfg.alpha, "pt": loss_cfg.beta},
-                       "teacher_dev_metrics": cache.manifest.get("teacher_dev_metrics")},
-        on_eval=on_eval)
+    export = stage_exporter(engine, tokenizer=run_.tokenizer, head={"stage": "distill", "task": run_.data.task.name},
+                            tail={"model_stats": stats, "options": dict(opts.__dict__)})
+    trainer = Trainer(
+        engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device), run_.stage_dir, tracker,
+        opts.loop_options(), export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
+        extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "layer_map": layer_map,
+                       "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics")})
+    summary = trainer.fit()
     tracker.close()
     return summary

@@ -7,7 +7,6 @@ Outputs under ``<output_dir>/<task>/teacher/``: ``best/`` and ``final/`` (HF for
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,21 +14,23 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunOptions
-from ..engine import Engine, LossOutput, Tracker, init_distributed, seed_everything
-from ..engine.loop import total_train_steps, train_loop
+from ..engine.trainer import Objective, Trainer
+from ..layout import TEACHER_STAGE
+from ..loss_output import LossOutput
 from ..metrics import compute_metrics
 from ..models import load_teacher, model_stats
 from .common import (
-    claim_stage_dir,
-    collator_for,
-    eval_sampler,
+    build_engine,
     load_tokenizer,
+    open_tracker,
     prepare_data,
     resolve_backbone,
-    train_sampler,
+    stage_exporter,
+    start_stage,
+    trainer_data,
 )
 
-STAGE = "teacher"
+STAGE = TEACHER_STAGE
 
 
 @dataclass
@@ -42,6 +43,7 @@ class FinetuneTeacherOptions(RunOptions):
 
     lr: float = 5e-5
     epochs: float = 3.0
+
 
 def classification_loss(task_is_regression: bool):
     """CE (sum over the micro-batch) for classification, MSE for regression; computed in fp32."""
@@ -74,38 +76,29 @@ def metrics_from_logits(task: Any):
     return metric_fn
 
 
+def classification_objective(task: Any) -> Objective:
+    """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics."""
+    return Objective(loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
+                     metric_fn=metrics_from_logits(task), main_metric=task.main_metric)
+
+
 def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict."""
-    dist_info = init_distributed()
-    seed_everything(opts.seed)
-    stage_dir = opts.task_dir() / STAGE
-    claim_stage_dir(stage_dir, opts)
+    stage_dir = opts.layout().teacher_stage
+    dist_info = start_stage(opts, stage_dir)
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
-    task = data.task
-    model = load_teacher(resolve_backbone(opts.backbone), num_labels=task.num_labels)
-    seed_everything(opts.seed + 1000 * dist_info.rank)  # distinct dropout streams per rank
-    sampler = train_sampler(data.train, opts, dist_info)
-    total = total_train_steps(len(sampler), opts.epochs)
-    engine = Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
-    tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
-    if dist_info.is_main:
-        cfg = {**opts.__dict__, "stage": STAGE, "world_size": dist_info.world_size,
-               "gradient_accumulation_steps": engine.gradient_accumulation_steps,
-               "precision_resolved": engine.precision, "total_steps": total}
-        tracker.config(cfg)
+    model = load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels)
+    batches = trainer_data(data, tokenizer, opts, dist_info)
+    engine = build_engine(model, opts, batches, dist_info)
+    tracker = open_tracker(stage_dir, dist_info, {
+        **opts.__dict__, "stage": STAGE, "world_size": dist_info.world_size,
+        "gradient_accumulation_steps": engine.gradient_accumulation_steps,
+        "precision_resolved": engine.precision, "total_steps": engine.total_steps})
     stats = model_stats(engine.module, seq_len=opts.max_length)
-
-    def export(path: Path, info: dict[str, Any]) -> None:
-        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": {
-            "stage": STAGE, "task": task.name, **info, "model_stats": stats}})
-
-    summary = train_loop(
-        engine=engine, train_rows=data.train, train_sampler=sampler, eval_rows=data.dev,
-        eval_sampler=eval_sampler(data.dev, opts, dist_info), collate=collator_for(tokenizer),
-        loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
-        metric_fn=metrics_from_logits(task), main_metric=task.main_metric, output_dir=stage_dir,
-        tracker=tracker, options=opts.loop_options(), export_fn=export,
-        extra_summary={"model_stats": stats, "stage_dir": str(stage_dir)})
+    export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name}, {"model_stats": stats})
+    trainer = Trainer(engine, batches, classification_objective(data.task), stage_dir, tracker,
+                      opts.loop_options(), export, extra_summary={"model_stats": stats, "stage_dir": str(stage_dir)})
+    summary = trainer.fit()
     tracker.close()
     return summary

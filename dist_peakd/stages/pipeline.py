@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from ..config import RunOptions
-from ..engine import ConfigError, barrier, broadcast_object, init_distributed
-from ..engine.engine import atomic_write_text
+from ..artifacts import atomic_write_text
+from ..config import RunOptions, option
+from ..engine import barrier, broadcast_object, init_distributed
+from ..errors import ConfigError
 from . import cache_teacher, distill, finetune_teacher, ptp
 from .common import options_differences
 from .distill import DistillOptions
@@ -37,12 +38,13 @@ class EarlierStagesOptions(DistillOptions):
     """Distillation options plus the teacher/PTP stages' epochs and lr and a named preset: what a command
     that runs those stages before distilling (``pipeline``, ``sweep``) accepts."""
 
-    preset: str | None = None
-    teacher_epochs: float = 3.0
-    teacher_lr: float = 5e-5
-    ptp_epochs: float = 2.0
-    ptp_lr: float = 2e-5
-    threshold_rule: str = "median"
+    preset: str | None = option(None, help="named option preset applied under the command line (e.g. cpu-fast)",
+                                result=False)
+    teacher_epochs: float = option(3.0, help="epochs of the teacher fine-tune")
+    teacher_lr: float = option(5e-5, help="learning rate of the teacher fine-tune")
+    ptp_epochs: float = option(2.0, help="epochs of PTP pretraining")
+    ptp_lr: float = option(2e-5, help="learning rate of PTP pretraining")
+    threshold_rule: str = option("median", help="PTP confidence thresholds: median | paper")
 
     PRESETS = PRESETS
 
@@ -58,8 +60,8 @@ class EarlierStagesOptions(DistillOptions):
 class PipelineOptions(EarlierStagesOptions):
     """All distillation options, the earlier stages' epochs/lr, a named preset, and the latency probe."""
 
-    latency_batch_size: int = 32
-    latency_repeats: int = 10
+    latency_batch_size: int = option(32, help="batch size of the latency measurement", result=False)
+    latency_repeats: int = option(10, help="timed forward passes of the latency measurement", result=False)
 
 
 def _subset(opts: PipelineOptions, cls: type, **overrides: Any) -> Any:
@@ -125,59 +127,99 @@ def _markdown(rows: list[dict[str, Any]], metric_names: list[str], header: str) 
     return "\n".join(lines) + "\n"
 
 
+def run_teacher_stages(opts: EarlierStagesOptions, log: list[str], **teacher_overrides: Any
+                       ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Fine-tune the teacher (unless ``--teacher_dir`` gives one) and cache it; each reused when done.
+
+    Returns the fine-tune's summary (None for a given teacher) and the cache stage's summary.
+    """
+    layout = opts.layout()
+    teacher_summary = None
+    if layout.teacher_is_given:
+        log.append(f"teacher: given ({layout.teacher})")
+    else:
+        teacher_opts = _subset(opts, finetune_teacher.FinetuneTeacherOptions, epochs=opts.teacher_epochs,
+                               lr=opts.teacher_lr, **teacher_overrides)
+        teacher_summary = _run_stage("teacher", layout.teacher_stage, teacher_opts, finetune_teacher.run, log)
+    t0 = time.perf_counter()
+    cache_summary = cache_teacher.run(_subset(opts, cache_teacher.CacheTeacherOptions))
+    log.append(f"cache: {'reused' if cache_summary.get('skipped') else 'built'} in {time.perf_counter() - t0:.1f} s")
+    return teacher_summary, cache_summary
+
+
+def _teacher_metrics(teacher_summary: dict[str, Any] | None, cache_summary: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's final/best dev metrics: from its fine-tune, or (a given teacher) from its cache."""
+    if teacher_summary is not None:
+        return {"final": teacher_summary["final"], "best": teacher_summary["best"]}
+    metrics = dict(cache_summary.get("teacher_dev_metrics") or {})
+    return {"final": metrics, "best": metrics}
+
+
+def _model_row(name: str, model: torch.nn.Module, metrics: dict[str, Any], batch: dict[str, torch.Tensor],
+               opts: PipelineOptions) -> dict[str, Any]:
+    from ..models import model_stats
+
+    stats = model_stats(model, seq_len=opts.max_length)
+    return {"model": name, "final": metrics["final"], "best": metrics["best"],
+            "parameters": stats["parameters"], "encoder_parameters": stats["encoder_parameters"],
+            "num_parameter_layers": stats["num_parameter_layers"],
+            "num_effective_layers": stats["num_effective_layers"],
+            "flops_per_token": stats["flops_per_token"],
+            "gflops_per_sequence": stats["forward_gflops_per_sequence"],
+            "latency_ms": measure_latency(model, batch, opts.latency_repeats)}
+
+
+def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], student_summary: dict[str, Any],
+                                device: torch.device) -> tuple[list[dict[str, Any]], int]:
+    """Rank 0: the teacher-vs-student rows (metrics, size, FLOPs, latency on one dev batch)."""
+    from ..data import get_task
+    from ..models import load_student, load_teacher
+    from .common import collator_for, load_tokenizer, prepare_data
+
+    task = get_task(opts.task)
+    tokenizer = load_tokenizer(opts.backbone)
+    data = prepare_data(_subset(opts, RunOptions), tokenizer, need_train=False)
+    dev_rows = [data.dev[i] for i in range(min(opts.latency_batch_size, len(data.dev)))]
+    batch = collator_for(tokenizer)(dev_rows)
+    teacher_model = load_teacher(opts.layout().teacher, num_labels=task.num_labels).to(device)
+    student_model = load_student(Path(student_summary["stage_dir"]) / "final").to(device)
+    student = {"final": student_summary["final"], "best": student_summary["best"]}
+    rows = [_model_row("teacher", teacher_model, teacher, batch, opts),
+            _model_row("student", student_model, student, batch, opts)]
+    return rows, len(dev_rows)
+
+
 def run(opts: PipelineOptions) -> dict[str, Any]:
     """Run (or resume) every stage for one task and write the summary table."""
     from ..data import get_task
-    from ..models import load_student, load_teacher, model_stats
-    from .common import collator_for, load_tokenizer, prepare_data
 
     t_start = time.perf_counter()
     dist_info = init_distributed()
     task = get_task(opts.task)
-    task_dir = opts.task_dir()
+    layout = opts.layout()
     log: list[str] = []
-    teacher_opts = _subset(opts, finetune_teacher.FinetuneTeacherOptions, epochs=opts.teacher_epochs,
-                           lr=opts.teacher_lr)
-    teacher_summary = _run_stage("teacher", task_dir / finetune_teacher.STAGE, teacher_opts,
-                                 finetune_teacher.run, log)
-    cache_opts = _subset(opts, cache_teacher.CacheTeacherOptions)
-    t0 = time.perf_counter()
-    cache_summary = cache_teacher.run(cache_opts)
-    log.append(f"cache: {'reused' if cache_summary.get('skipped') else 'built'} in {time.perf_counter() - t0:.1f} s")
+    teacher_summary, cache_summary = run_teacher_stages(opts, log)
     use_ptp = opts.use_ptp and not task.is_regression
     if use_ptp:
         ptp_opts = _subset(opts, ptp.PTPOptions, epochs=opts.ptp_epochs, lr=opts.ptp_lr)
-        _run_stage("ptp", task_dir / ptp_opts.stage_name(), ptp_opts, ptp.run, log)
+        _run_stage("ptp", layout.stage_dir(ptp_opts.stage_name()), ptp_opts, ptp.run, log)
     distill_opts = _subset(opts, DistillOptions, use_ptp=use_ptp)
-    student_summary = _run_stage("distill", task_dir / distill_opts.stage_name(), distill_opts, distill.run, log)
-
+    student_summary = _run_stage("distill", layout.stage_dir(distill_opts.stage_name()), distill_opts,
+                                 distill.run, log)
     result: dict[str, Any] = {}
     if dist_info.is_main:
-        tokenizer = load_tokenizer(opts.backbone)
-        data = prepare_data(_subset(opts, RunOptions), tokenizer, need_train=False)
-        dev_rows = [data.dev[i] for i in range(min(opts.latency_batch_size, len(data.dev)))]
-        batch = collator_for(tokenizer)(dev_rows)
-        teacher = load_teacher(task_dir / "teacher" / "best", num_labels=task.num_labels).to(dist_info.device)
-        student = load_student(Path(student_summary["stage_dir"]) / "final").to(dist_info.device)
-        rows = []
-        for name, model, summ in (("teacher", teacher, teacher_summary), ("student", student, student_summary)):
-            stats = model_stats(model, seq_len=opts.max_length)
-            rows.append({"model": name, "final": summ["final"], "best": summ["best"],
-                         "parameters": stats["parameters"], "encoder_parameters": stats["encoder_parameters"],
-                         "num_parameter_layers": stats["num_parameter_layers"],
-                         "num_effective_layers": stats["num_effective_layers"],
-                         "flops_per_token": stats["flops_per_token"],
-                         "gflops_per_sequence": stats["forward_gflops_per_sequence"],
-                         "latency_ms": measure_latency(model, batch, opts.latency_repeats)})
+        rows, latency_batch = compare_teacher_and_student(opts, _teacher_metrics(teacher_summary, cache_summary),
+                                                          student_summary, dist_info.device)
         result = {"task": task.name, "metrics": list(task.metrics), "rows": rows, "stages": log,
+                  "teacher_dir": str(layout.teacher), "student_dir": str(Path(student_summary["stage_dir"]) / "final"),
                   "wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(dist_info.device),
-                  "world_size": dist_info.world_size, "latency_batch": len(dev_rows),
+                  "world_size": dist_info.world_size, "latency_batch": latency_batch,
                   "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str))}
         header = (f"## dist-peakd pipeline: {task.name} (k={opts.k}, {opts.variant}, PTP {'on' if use_ptp else 'off'}; "
                   f"{result['wall_time_s']} s on {dist_info.world_size} x {dist_info.device})")
         md = _markdown(rows, list(task.metrics), header)
-        atomic_write_text(task_dir / "pipeline_summary.json", json.dumps(result, indent=2))
-        atomic_write_text(task_dir / "pipeline_summary.md", md)
+        atomic_write_text(layout.pipeline_summary("json"), json.dumps(result, indent=2))
+        atomic_write_text(layout.pipeline_summary("md"), md)
         print(md, flush=True)
     barrier()
     return result

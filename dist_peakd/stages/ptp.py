@@ -11,27 +11,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import RunOptions
+from ..config import RunOptions, option
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
-from ..engine import ConfigError, Engine, LossOutput, Tracker, seed_everything
-from ..engine.loop import total_train_steps, train_loop
+from ..engine.trainer import Objective, Trainer
+from ..errors import ConfigError
+from ..layout import ptp_stage_name
+from ..loss_output import LossOutput
 from ..models import build_student, model_stats
-from .common import (
-    collator_for,
-    eval_sampler,
-    train_sampler,
-)
-from .student_common import (
-    open_student_run,
-    validate_student_options,
-)
+from .common import build_engine, open_tracker, stage_exporter, trainer_data
+from .student_common import StudentRun, open_student_run, validate_student_options
 
 NUM_PTP_CLASSES = 4
 
@@ -40,11 +34,11 @@ NUM_PTP_CLASSES = 4
 class PTPOptions(RunOptions):
     """PTP options: the student shape (same as the distillation stage's) and the threshold rule."""
 
-    k: int = 3
-    variant: str = "shuffle"
-    teacher_cache_dir: str | None = None
-    teacher_dir: str | None = None
-    threshold_rule: str = "median"
+    k: int = option(3, help="student depth (encoder layers taken from the backbone)")
+    variant: str = option("shuffle", help="none | share | shuffle (Shuffled Parameter Sharing)")
+    teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
+    teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
+    threshold_rule: str = option("median", help="PTP confidence thresholds: median | paper")
     epochs: float = 2.0
 
     def validate(self) -> None:
@@ -54,7 +48,7 @@ class PTPOptions(RunOptions):
             raise ConfigError(f"option threshold_rule: {self.threshold_rule!r} is not one of ['median', 'paper']")
 
     def stage_name(self) -> str:
-        return f"ptp-k{self.k}-{self.variant}"
+        return ptp_stage_name(self.k, self.variant)
 
 
 def _labels_by_id(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -78,41 +72,12 @@ def build_ptp_targets(cache_split: Any, dataset: Any, thresholds: Any | None, ru
     return by_id, thresholds, ptp_histogram(ptp)
 
 
-def run(opts: PTPOptions) -> dict[str, Any]:
-    """Label from the cache, pretrain the 4-way student, keep the lowest-dev-PTP-loss encoder."""
-    from ..data import get_task
-
-    if get_task(opts.task).is_regression:
-        raise ConfigError(f"option task: PTP is defined for classification tasks only; {get_task(opts.task).name} "
-                          "is regression (run distill with --use_ptp=False)")
-    teacher_dir = opts.teacher_dir or str(opts.task_dir() / "teacher" / "best")
-    run_ = open_student_run(opts, teacher_dir)
-    dist_info, backbone, stage_dir, tokenizer, data, cache = (
-        run_.dist_info, run_.backbone, run_.stage_dir, run_.tokenizer, run_.data, run_.cache)
-    task = data.task
-    train_ptp, thresholds, train_hist = build_ptp_targets(cache.split("train"), data.train, None,
-                                                         opts.threshold_rule, task.name)
-    dev_ptp, _, dev_hist = build_ptp_targets(cache.split(data.dev_split), data.dev, thresholds,
-                                             opts.threshold_rule, task.name)
-    ptp_info = {"thresholds": {"t1": thresholds.t1, "t2": thresholds.t2, "rule": thresholds.rule,
-                               "n_correct": thresholds.n_correct, "n_wrong": thresholds.n_wrong},
-                "histogram": {"train": train_hist, data.dev_split: dev_hist}}
-
-    model = build_student(backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES)
-    seed_everything(opts.seed + 1000 * dist_info.rank)
-    sampler = train_sampler(data.train, opts, dist_info)
-    total = total_train_steps(len(sampler), opts.epochs)
-    engine = Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
-    tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
-    if dist_info.is_main:
-        tracker.config({**opts.__dict__, "stage": "ptp", "world_size": dist_info.world_size,
-                        "precision_resolved": engine.precision, "total_steps": total})
-        tracker.text("ptp", "```\n" + json.dumps(ptp_info, indent=2) + "\n```")
-        print(f"[dist-peakd] PTP thresholds and histogram: {json.dumps(ptp_info)}", flush=True)
+def ptp_objective(run_: StudentRun, train_ptp: np.ndarray, dev_ptp: np.ndarray, device: torch.device) -> Objective:
+    """4-way CE against the PTP labels of the examples; dev scored by PTP loss (lower is better)."""
     train_targets = torch.from_numpy(train_ptp)
 
     def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        targets = train_targets[batch["example_ids"].cpu()].to(engine.device)
+        targets = train_targets[batch["example_ids"].cpu()].to(device)
         out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      token_type_ids=batch["token_type_ids"])
         loss = F.cross_entropy(out.logits.float(), targets, reduction="sum")
@@ -129,17 +94,47 @@ def run(opts: PTPOptions) -> dict[str, Any]:
         return {"ptp_loss": float(F.cross_entropy(logits, targets)),
                 "ptp_accuracy": float((logits.argmax(-1) == targets).float().mean())}
 
+    return Objective(loss_fn=loss_fn, predict_fn=predict_fn, metric_fn=metric_fn, main_metric="ptp_loss",
+                     higher_is_better=False)
+
+
+def ptp_targets(opts: PTPOptions, run_: StudentRun) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Train and dev PTP labels by example id (thresholds from train) and what to record about them."""
+    data, cache = run_.data, run_.cache
+    train_ptp, thresholds, train_hist = build_ptp_targets(cache.split("train"), data.train, None,
+                                                          opts.threshold_rule, data.task.name)
+    dev_ptp, _, dev_hist = build_ptp_targets(cache.split(data.dev_split), data.dev, thresholds,
+                                             opts.threshold_rule, data.task.name)
+    info = {"thresholds": {"t1": thresholds.t1, "t2": thresholds.t2, "rule": thresholds.rule,
+                           "n_correct": thresholds.n_correct, "n_wrong": thresholds.n_wrong},
+            "histogram": {"train": train_hist, data.dev_split: dev_hist}}
+    return train_ptp, dev_ptp, info
+
+
+def run(opts: PTPOptions) -> dict[str, Any]:
+    """Label from the cache, pretrain the 4-way student, keep the lowest-dev-PTP-loss encoder."""
+    from ..data import get_task
+
+    if get_task(opts.task).is_regression:
+        raise ConfigError(f"option task: PTP is defined for classification tasks only; {get_task(opts.task).name} "
+                          "is regression (run distill with --use_ptp=False)")
+    run_ = open_student_run(opts, opts.layout())
+    train_ptp, dev_ptp, ptp_info = ptp_targets(opts, run_)
+    model = build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES)
+    batches = trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info)
+    engine = build_engine(model, opts, batches, run_.dist_info)
+    tracker = open_tracker(run_.stage_dir, run_.dist_info, {
+        **opts.__dict__, "stage": "ptp", "world_size": run_.dist_info.world_size,
+        "precision_resolved": engine.precision, "total_steps": engine.total_steps})
+    tracker.text("ptp", "```\n" + json.dumps(ptp_info, indent=2) + "\n```")
+    if run_.dist_info.is_main:
+        print(f"[dist-peakd] PTP thresholds and histogram: {json.dumps(ptp_info)}", flush=True)
     stats = model_stats(engine.module, seq_len=opts.max_length)
-
-    def export(path: Path, info: dict[str, Any]) -> None:
-        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": {
-            "stage": "ptp", "task": task.name, **info, **ptp_info, "model_stats": stats}})
-
-    summary = train_loop(
-        engine=engine, train_rows=data.train, train_sampler=sampler, eval_rows=data.dev,
-        eval_sampler=eval_sampler(data.dev, opts, dist_info), collate=collator_for(tokenizer),
-        loss_fn=loss_fn, predict_fn=predict_fn, metric_fn=metric_fn, main_metric="ptp_loss",
-        output_dir=stage_dir, tracker=tracker, options=opts.loop_options(), export_fn=export,
-        higher_is_better=False, extra_summary={**ptp_info, "stage_dir": str(stage_dir), "model_stats": stats})
+    export = stage_exporter(engine, run_.tokenizer, {"stage": "ptp", "task": run_.data.task.name},
+                            {**ptp_info, "model_stats": stats})
+    trainer = Trainer(engine, batches, ptp_objective(run_, train_ptp, dev_ptp, engine.device), run_.stage_dir,
+                      tracker, opts.loop_options(), export,
+                      extra_summary={**ptp_info, "stage_dir": str(run_.stage_dir), "model_stats": stats})
+    summary = trainer.fit()
     tracker.close()
     return summary

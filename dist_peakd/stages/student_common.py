@@ -1,4 +1,4 @@
-"""Pieces the student stages (PTP and distillation) share: cache identity, student building."""
+"""Pieces the student stages (PTP and distillation) share: cache identity, the shared preamble."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunOptions
-from ..engine.ds_config import ConfigError
+from ..errors import ConfigError
+from ..layout import RunLayout
 from ..models import VARIANTS
 from .common import TaskData
 
 
-def cache_dir_for(opts: RunOptions, teacher_cache_dir: str | None) -> Path:
-    return Path(teacher_cache_dir) if teacher_cache_dir else opts.task_dir() / "teacher_cache"
-
-
-def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str | None = None) -> dict[str, Any]:
+def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str | Path | None = None
+                            ) -> dict[str, Any]:
     """What a cache must match to serve this run: task, data (incl. slices), max length, row counts,
     and the teacher's weights when its folder is known."""
     from ..cache import teacher_fingerprint
@@ -60,7 +58,7 @@ class StudentRun:
     cache: Any
 
 
-def open_student_run(opts: Any, teacher_dir: str | None) -> StudentRun:
+def open_student_run(opts: Any, layout: RunLayout) -> StudentRun:
     """The shared preamble of the student stages: init, seed, depth check, stage-folder claim, data,
     and the teacher cache verified against this run (sizes; checksums are the cache stage's job)."""
     from ..cache import TeacherCache
@@ -71,10 +69,10 @@ def open_student_run(opts: Any, teacher_dir: str | None) -> StudentRun:
     seed_everything(opts.seed)
     backbone = resolve_backbone(opts.backbone)
     check_k_against_backbone(opts.k, backbone)
-    stage_dir = opts.task_dir() / opts.stage_name()
+    stage_dir = layout.stage_dir(opts.stage_name())
     claim_stage_dir(stage_dir, opts)
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
-    cache = TeacherCache.open(cache_dir_for(opts, opts.teacher_cache_dir),
-                              expected=expected_cache_identity(opts, data, teacher_dir), verify="size")
+    cache = TeacherCache.open(layout.teacher_cache, expected=expected_cache_identity(opts, data, layout.teacher),
+                              verify="size")
     return StudentRun(dist_info, backbone, stage_dir, tokenizer, data, cache)

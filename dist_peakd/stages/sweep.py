@@ -30,31 +30,22 @@ command with ``--resume`` to finish it; finished trials are not run again.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import itertools
 import json
 import os
-import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import ConfigError
-from ..engine.engine import atomic_write_text
+from ..artifacts import atomic_write_text
+from ..config import option, result_differences
+from ..errors import ConfigError
+from . import distill
 from .distill import DistillOptions
-from .pipeline import EarlierStagesOptions
-
-#: ASHA's cap on evaluations per trial: never reached in practice (a run stops when its epochs end).
-ASHA_MAX_T = 10_000
-#: Options that may change between a sweep and its ``--resume`` (they do not change any trial's result).
-NON_RESULT_OPTIONS = frozenset({
-    "resume", "resume_errored", "address", "num_cpus", "max_concurrent_trials", "stop_after_trials",
-    "max_failures", "log_every_steps", "eval_batch_size", "cache_dir", "output_dir", "preset", "sweep_name",
-})
+from .pipeline import EarlierStagesOptions, run_teacher_stages
 
 
 @dataclass
@@ -67,30 +58,34 @@ class SweepOptions(EarlierStagesOptions):
     """
 
     # what to search
-    space: Any = None                  # JSON/YAML text or mapping (syntax above); overrides space_file keys
-    space_file: str | None = None      # YAML/JSON file with the space
-    num_samples: int | None = None     # grid: repeats of the grid (default 1); random/optuna: trials (default 8)
-    search: str = "grid"               # grid | random | optuna (optuna must be installed)
-    scheduler: str = "asha"            # asha | fifo
-    metric: str | None = None          # default: the task's main metric (MRPC: f1)
-    mode: str = "max"                  # max | min
-    scope: str = "last"                # best trial by its final metric (last) or best-on-dev (all)
-    grace_period: int = 1              # ASHA: evaluations before a trial can be stopped
-    reduction_factor: float = 2.0      # ASHA: keep the top 1/reduction_factor at each rung
+    space: Any = option(None, help="search space: JSON/YAML text or mapping (overrides space_file keys)")
+    space_file: str | None = option(None, help="YAML/JSON file with the search space")
+    num_samples: int | None = option(None, help="grid: repeats of the grid (default 1); random/optuna: number of "
+                                                "trials (default 8)")
+    search: str = option("grid", help="grid | random | optuna (optuna must be installed)")
+    scheduler: str = option("asha", help="asha | fifo")
+    metric: str | None = option(None, help="metric to optimise (default: the task's main metric)")
+    mode: str = option("max", help="max | min")
+    scope: str = option("last", help="rank trials by their final metric (last) or best-on-dev (all)")
+    grace_period: int = option(1, help="ASHA: evaluations before a trial can be stopped")
+    reduction_factor: float = option(2.0, help="ASHA: keep the top 1/reduction_factor at each rung")
     # how each trial runs
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    trial_backend: str = "auto"        # auto (function if workers_per_trial == 1 else ray_train) | function | ray_train
-    max_concurrent_trials: int | None = None  # default: as many as the resources allow
-    max_failures: int = 1              # retries of a trial that raised
+    workers_per_trial: int = option(1, help="ranks (Ray Train workers) per trial")
+    cpus_per_worker: float = option(1.0, help="CPUs reserved per worker")
+    gpus_per_worker: float = option(0.0, help="GPUs reserved per worker")
+    trial_backend: str = option("auto", help="auto (function if workers_per_trial == 1 else ray_train) | function "
+                                             "| ray_train")
+    max_concurrent_trials: int | None = option(None, help="default: as many as the resources allow", result=False)
+    max_failures: int = option(1, help="retries of a trial that raised", result=False)
     # the cluster and the sweep's bookkeeping
-    address: str | None = None         # Ray address; None: start a local instance (see dist_peakd.sweep.cluster)
-    num_cpus: int | None = None        # CPUs of a local instance (default: all)
-    sweep_name: str | None = None      # default: a timestamp (with --resume: the latest sweep of the task)
-    resume: bool = False               # continue the interrupted sweep <sweep_name>
-    resume_errored: bool = False       # with --resume: run errored trials again too
-    stop_after_trials: int | None = None  # stop (resumably) once this many trials ended in this run
+    address: str | None = option(None, help="Ray cluster address (None: start a local Ray instance)", result=False)
+    num_cpus: int | None = option(None, help="CPUs of a local Ray instance (default: all)", result=False)
+    sweep_name: str | None = option(None, help="sweep folder name (default: a timestamp; with --resume: the "
+                                               "latest sweep of the task)", result=False)
+    resume: bool = option(False, help="continue the interrupted sweep <sweep_name>", result=False)
+    resume_errored: bool = option(False, help="with --resume: run errored trials again too", result=False)
+    stop_after_trials: int | None = option(None, help="stop (resumably) once this many trials ended in this run",
+                                           result=False)
 
     def validate(self) -> None:
         super().validate()
@@ -151,6 +146,15 @@ class SweepOptions(EarlierStagesOptions):
         return self.num_samples or (1 if self.search == "grid" else 8)
 
 
+    def tuner_spec(self) -> Any:
+        from ..sweep.tuner import TunerSpec
+
+        return TunerSpec(metric=self.resolved_metric(), mode=self.mode, search=self.search, scheduler=self.scheduler,
+                         num_samples=self.samples(), grace_period=self.grace_period,
+                         reduction_factor=self.reduction_factor, max_concurrent_trials=self.max_concurrent_trials,
+                         max_failures=self.max_failures, seed=self.seed, resume_errored=self.resume_errored)
+
+
 # ------------------------------------------------------------------------------------------- helpers
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
@@ -160,27 +164,25 @@ def _sweep_name(opts: SweepOptions) -> str:
     if opts.sweep_name:
         return str(opts.sweep_name)
     if opts.resume:
-        states = sorted(opts.task_dir().glob("sweep-*/tune"), key=lambda p: p.stat().st_mtime)
+        states = opts.layout().sweep_states()
         if not states:
             raise ConfigError(f"option resume: no sweep to resume under {opts.task_dir()} (give --sweep_name)")
         return states[-1].parent.name.removeprefix("sweep-")
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def _check_sweep_state(opts: SweepOptions, sweep_dir: Path, tune_dir: Path, dims: dict[str, Any]) -> bool:
+def _check_sweep_state(opts: SweepOptions, sweep_dir: Path, dims: dict[str, Any]) -> bool:
     """Refuse to mix two sweeps in one folder; on resume, refuse changed options. True: restore Tune state."""
     from ..sweep.space import describe
 
     saved_path = sweep_dir / "sweep.json"
     now = {"options": _jsonable(dataclasses.asdict(opts)), "space": _jsonable(describe(dims))}
-    exists = (tune_dir / "tuner.pkl").is_file()
+    exists = (sweep_dir / "tune" / "tuner.pkl").is_file()
     if exists and not opts.resume:
         raise ConfigError(f"sweep {sweep_dir} exists: pass --resume to continue it, or choose another --sweep_name")
     if exists and saved_path.is_file():
         before = json.loads(saved_path.read_text())
-        keys = sorted((set(before["options"]) | set(now["options"])) - NON_RESULT_OPTIONS - {"space", "space_file"})
-        changes = [f"{k}: {before['options'].get(k)!r} -> {now['options'].get(k)!r}" for k in keys
-                   if before["options"].get(k) != now["options"].get(k)]
+        changes = result_differences(before["options"], opts, ignore=frozenset({"space", "space_file"}))
         if before["space"] != now["space"]:
             changes.append(f"space: {before['space']} -> {now['space']}")
         if changes:
@@ -219,207 +221,75 @@ def prepare_shared_stages(opts: SweepOptions, dims: dict[str, Any]) -> tuple[lis
     """
     from ..data import get_task
     from ..sweep.space import values_of
-    from . import cache_teacher, finetune_teacher, ptp
+    from . import ptp
     from .pipeline import _run_stage, _subset
 
-    task = get_task(opts.task)
-    task_dir = opts.task_dir()
+    task, layout = get_task(opts.task), opts.layout()
     log: list[str] = []
     if opts.teacher_cache_dir:
         log.append(f"teacher + cache: given ({opts.teacher_cache_dir})")
     else:
-        if opts.teacher_dir:
-            log.append(f"teacher: given ({opts.teacher_dir})")
-        else:
-            teacher_opts = _subset(opts, finetune_teacher.FinetuneTeacherOptions, epochs=opts.teacher_epochs,
-                                   lr=opts.teacher_lr, eval_every_steps=0)
-            _run_stage("teacher", task_dir / finetune_teacher.STAGE, teacher_opts, finetune_teacher.run, log)
-        t0 = time.perf_counter()
-        summary = cache_teacher.run(_subset(opts, cache_teacher.CacheTeacherOptions))
-        log.append(f"cache: {'reused' if summary.get('skipped') else 'built'} in {time.perf_counter() - t0:.1f} s")
-    ptp_flags = values_of("use_ptp", dims, opts.use_ptp)
-    use_ptp = any(ptp_flags) and not task.is_regression
+        run_teacher_stages(opts, log, eval_every_steps=0)
+    use_ptp = any(values_of("use_ptp", dims, opts.use_ptp)) and not task.is_regression
     if use_ptp and not opts.ptp_dir:
         for k, variant in itertools.product(values_of("k", dims, opts.k), values_of("variant", dims, opts.variant)):
             ptp_opts = _subset(opts, ptp.PTPOptions, k=k, variant=variant, epochs=opts.ptp_epochs, lr=opts.ptp_lr,
                                eval_every_steps=0)
-            _run_stage(f"ptp k={k} {variant}", task_dir / ptp_opts.stage_name(), ptp_opts, ptp.run, log)
+            _run_stage(f"ptp k={k} {variant}", layout.ptp_stage(k, variant), ptp_opts, ptp.run, log)
     return log, use_ptp
 
 
-@contextlib.contextmanager
-def _tune_environment() -> Iterator[None]:
-    """During ``fit``: SIGTERM acts as Ctrl+C (Tune saves its state and returns); no Tune TensorBoard logs."""
-    import threading
+def _check_depths(opts: SweepOptions, dims: dict[str, Any]) -> None:
+    from ..sweep.space import values_of
+    from .common import resolve_backbone
+    from .student_common import check_k_against_backbone
 
-    previous = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        old_term = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    try:
-        yield
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-        if previous is None:
-            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
-        else:
-            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = previous
+    backbone = resolve_backbone(opts.backbone)
+    for k in values_of("k", dims, opts.k):
+        check_k_against_backbone(int(k), backbone)
 
 
-def _make_tuner(opts: SweepOptions, trainable: Any, dims: dict[str, Any], metric: str, sweep_dir: Path,
-                restore: bool) -> Any:
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from ..sweep.callbacks import StopAfterTrials
-    from ..sweep.space import to_tune
-    from ..sweep.trainable import trial_dirname
-
-    tune_dir = sweep_dir / "tune"
-    if restore:
-        return tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=opts.resume_errored)
-    if opts.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg, max_concurrent = OptunaSearch(seed=opts.seed), opts.max_concurrent_trials
-    else:  # Tune ignores max_concurrent_trials for a generator instance: give it to the generator
-        search_alg = BasicVariantGenerator(max_concurrent=opts.max_concurrent_trials or 0, random_state=opts.seed)
-        max_concurrent = None
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=ASHA_MAX_T, grace_period=opts.grace_period,
-                               reduction_factor=opts.reduction_factor)
-                 if opts.scheduler == "asha" else FIFOScheduler())
-    return tune.Tuner(
-        trainable,
-        param_space=to_tune(dims),
-        tune_config=tune.TuneConfig(metric=metric, mode=opts.mode, search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=opts.samples(), max_concurrent_trials=max_concurrent,
-                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(sweep_dir),
-                                  failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                                  callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), StopAfterTrials()],
-                                  verbose=1),
-    )
-
-
-def _check_resources(settings: Any, local: bool) -> None:
-    """Refuse a trial that can never fit a local instance (on a joined cluster, which may autoscale: warn)."""
-    import ray
-
-    total = ray.cluster_resources()
-    cpus, gpus = settings.cpus_per_trial(), settings.workers * settings.gpus_per_worker
-    if cpus > total.get("CPU", 0) or gpus > total.get("GPU", 0):
-        error = ConfigError(f"one trial needs {cpus:g} CPUs and {gpus:g} GPUs (workers_per_trial={settings.workers}, "
-                          f"cpus_per_worker={settings.cpus_per_worker:g}, gpus_per_worker={settings.gpus_per_worker:g}"
-                          f"{', plus its driver' if settings.backend == 'ray_train' else ''}) but the Ray cluster has "
-                          f"{total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; lower cpus_per_worker "
-                          "(fractions are fine, e.g. 0.5) or workers_per_trial")
-        if local:
-            raise error
-        print(f"[dist-peakd] warning: {error} (trials wait until the cluster grows)", flush=True)
-
-
-def _trial_states(tune_dir: Path) -> list[Any]:
-    from ray.tune import ExperimentAnalysis
-
-    from ..sweep.results import TrialState
-
-    analysis = ExperimentAnalysis(str(tune_dir))
-    return [TrialState(trial_id=t.trial_id, status=t.status, config=dict(t.config), last_result=dict(t.last_result))
-            for t in analysis.trials]
-
-
-def write_results(opts: SweepOptions, sweep_dir: Path, dims: dict[str, Any], metric: str, log: list[str],
-                  wall_s: float) -> dict[str, Any]:
-    """results.{csv,md,json} and the plots in the sweep folder; returns the result summary."""
+def _report(opts: SweepOptions, dims: dict[str, Any]) -> Any:
     from ..data import get_task
-    from ..sweep.results import best_row, collect_rows, plot_results, to_csv, to_markdown
+    from ..sweep.report import SweepReport
     from ..sweep.space import grid_size
 
     task = get_task(opts.task)
-    swept = list(dims)
-    rows = collect_rows(sweep_dir, _trial_states(sweep_dir / "tune"), dataclasses.asdict(opts), swept, metric,
-                        list(task.metrics))
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped", "errored", "unfinished")}
-    expected = opts.samples() * grid_size(dims)
-    not_started = max(0, expected - len(rows))
-    best = best_row(rows, metric, opts.mode, opts.scope)
-    best_info = None
-    if best is not None:
-        best_info = {"trial": best["trial"], "config": {k: best[k] for k in swept},
-                     f"{metric}_final": best[f"{metric}_final"], f"{metric}_best": best[f"{metric}_best"],
-                     "run_dir": best["run_dir"]}
-    header = (f"## dist-peakd sweep {sweep_dir.name.removeprefix('sweep-')} ({task.name}, {opts.search} search, {opts.scheduler}; "
-              f"{len(rows)} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-              + (f"; {not_started} not started yet" if not_started else "") + ")")
-    md = to_markdown(rows, header)
-    atomic_write_text(sweep_dir / "results.csv", to_csv(rows))
-    atomic_write_text(sweep_dir / "results.md", md)
-    loguniform = [n for n, d in dims.items() if d.kind == "loguniform"]
-    plots = plot_results(rows, sweep_dir, metric, swept, log_scale=loguniform)
-    result = {
-        "sweep_dir": str(sweep_dir), "task": task.name, "metric": metric, "mode": opts.mode, "scope": opts.scope,
-        "best": best_info, "num_trials": len(rows), "status_counts": counts, "not_started": not_started,
-        "interrupted": counts["unfinished"] > 0 or not_started > 0, "stages": log, "wall_time_s": round(wall_s, 1),
-        "results": {ext: str(sweep_dir / f"results.{ext}") for ext in ("csv", "md", "json")},
-        "plots": [str(p) for p in plots],
-    }
-    atomic_write_text(sweep_dir / "results.json", json.dumps({**result, "rows": rows}, indent=2, default=str))
-    print(md, flush=True)
-    if best_info:
-        value = best_info[f"{metric}_{'final' if opts.scope == 'last' else 'best'}"]
-        print(f"[dist-peakd] best trial {best_info['trial']}: {metric} = {value:.4f} "
-              f"({'final' if opts.scope == 'last' else 'best on dev'}) with {json.dumps(best_info['config'])}",
-              flush=True)
-    if result["interrupted"]:
-        name = sweep_dir.name.removeprefix("sweep-")
-        print(f"[dist-peakd] the sweep was interrupted ({counts['unfinished']} trial(s) unfinished, {not_started} "
-              f"not started): rerun the same command with --resume --sweep_name {name}", flush=True)
-    return result
+    return SweepReport(task=task.name, task_metrics=list(task.metrics), metric=opts.resolved_metric(), mode=opts.mode,
+                       scope=opts.scope, search=opts.search, scheduler=opts.scheduler,
+                       expected_trials=opts.samples() * grid_size(dims), fixed=dataclasses.asdict(opts))
 
 
 def run(opts: SweepOptions) -> dict[str, Any]:
     """Build the shared stages, run the Tune sweep (resuming if asked), write the results; returns the summary."""
-    from ..sweep.callbacks import RUNTIME
     from ..sweep.cluster import init_ray, shutdown_ray
-    from ..sweep.space import values_of
+    from ..sweep.report import write_results
     from ..sweep.trainable import TrialSettings, make_trainable
-    from .common import quiet_environment, resolve_backbone
-    from .student_common import check_k_against_backbone
+    from ..sweep.tuner import check_resources, make_tuner, run_tuner
+    from .common import quiet_environment
 
     t_start = time.perf_counter()
     quiet_environment()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("run the sweep as one process (not under deepspeed/torchrun); "
                           "each trial gets its own ranks with --workers_per_trial")
-    dims = opts.dimensions()
-    metric = opts.resolved_metric()
-    name = _sweep_name(opts)
-    sweep_dir = (opts.task_dir() / f"sweep-{name}").resolve()
-    backbone = resolve_backbone(opts.backbone)
-    for k in values_of("k", dims, opts.k):
-        check_k_against_backbone(int(k), backbone)
-    restore = _check_sweep_state(opts, sweep_dir, sweep_dir / "tune", dims)
+    dims, name = opts.dimensions(), _sweep_name(opts)
+    sweep_dir = opts.layout().sweep_dir(name).resolve()
+    _check_depths(opts, dims)
+    restore = _check_sweep_state(opts, sweep_dir, dims)
     started = init_ray(opts.address, opts.num_cpus)
     try:
-        backend = opts.backend()
-        probe = TrialSettings(base={}, sweep_name=name, sweep_dir=str(sweep_dir), metric=metric, backend=backend,
-                              workers=opts.workers_per_trial, cpus_per_worker=opts.cpus_per_worker,
-                              gpus_per_worker=opts.gpus_per_worker)
-        _check_resources(probe, local=opts.address is None)
+        settings = TrialSettings(base={}, sweep_name=name, sweep_dir=str(sweep_dir), metric=opts.resolved_metric(),
+                                 mode=opts.mode, backend=opts.backend(), workers=opts.workers_per_trial,
+                                 cpus_per_worker=opts.cpus_per_worker, gpus_per_worker=opts.gpus_per_worker,
+                                 options_type=DistillOptions, trial_fn=distill.run)
+        check_resources(settings, local=opts.address is None)
         log, use_ptp = prepare_shared_stages(opts, dims)
-        settings = dataclasses.replace(probe, base=_trial_base(opts, use_ptp), mode=opts.mode)
-        print(f"[dist-peakd] sweep {sweep_dir}: {'resuming' if restore else 'starting'}; trials: {backend}, "
+        settings = dataclasses.replace(settings, base=_trial_base(opts, use_ptp))
+        print(f"[dist-peakd] sweep {sweep_dir}: {'resuming' if restore else 'starting'}; trials: {settings.backend}, "
               f"{opts.workers_per_trial} worker(s) each; shared stages: {'; '.join(log)}", flush=True)
-        RUNTIME["stop_after_trials"] = opts.stop_after_trials
-        tuner = _make_tuner(opts, make_trainable(settings), dims, metric, sweep_dir, restore)
-        with _tune_environment():
-            tuner.fit()
-        return write_results(opts, sweep_dir, dims, metric, log, time.perf_counter() - t_start)
+        run_tuner(make_tuner(opts.tuner_spec(), make_trainable(settings), dims, sweep_dir, restore),
+                  opts.stop_after_trials)
+        return write_results(_report(opts, dims), sweep_dir, dims, log, time.perf_counter() - t_start)
     finally:
-        RUNTIME["stop_after_trials"] = None
         shutdown_ray(started)

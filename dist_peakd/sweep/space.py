@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.ds_config import ConfigError
+from ..errors import ConfigError
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SEARCHES = ("grid", "random", "optuna")

@@ -1,9 +1,13 @@
-"""What a sweep trial runs: the distillation stage, in the trial's process or on Ray Train workers.
+"""What a sweep trial runs: the stage's trial function, in the trial's process or on Ray Train workers.
 
-* ``backend="function"``: the Tune trial itself calls :func:`dist_peakd.stages.distill.run` (a world of
+The stage hands over its trial function and options type in :class:`TrialSettings` (the sweep of
+``dist-peakd sweep`` passes :func:`dist_peakd.stages.distill.run` and ``DistillOptions``); nothing here
+imports a stage.
+
+* ``backend="function"``: the Tune trial itself calls ``trial_fn(options, on_eval=...)`` (a world of
   one DeepSpeed engine in the trial's actor).
 * ``backend="ray_train"``: the trial is a driver that fits a ``TorchTrainer``; each of its workers
-  calls ``distill.run`` and the project's ``init_distributed`` picks up the process group Ray Train
+  calls ``trial_fn`` and the project's ``init_distributed`` picks up the process group Ray Train
   created (gloo on CPU, NCCL on GPU). Rank 0's metrics reach Tune through ``TuneReportCallback``.
 
 Either way the trial reports ``{dev metrics, step, best_<metric>, world_size}`` after every dev
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import atomic_write_json
 from .cluster import RENDEZVOUS_VARS
 
 TRIAL_RECORD = "trial.json"
@@ -37,7 +42,7 @@ TRIAL_RECORD = "trial.json"
 class TrialSettings:
     """Everything a trial needs besides its sampled config (picklable, sent to every trial)."""
 
-    base: dict[str, Any]          # fixed DistillOptions values (absolute paths), run_name excluded
+    base: dict[str, Any]          # fixed values of options_type (absolute paths), run_name excluded
     sweep_name: str
     sweep_dir: str                # absolute: <output_dir>/<task>/sweep-<name>
     metric: str
@@ -47,6 +52,14 @@ class TrialSettings:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    options_type: type | None = None   # the trial's options dataclass (validated before the run)
+    trial_fn: Callable[..., dict[str, Any]] | None = None  # trial_fn(options, on_eval=fn) -> summary
+
+    def options(self, values: dict[str, Any]) -> Any:
+        """The trial's validated options (a bad sampled config fails here, naming the option)."""
+        opts = self.options_type(**values)
+        opts.validate()
+        return opts
 
     def run_name(self, trial_id: str) -> str:
         return f"sweep-{self.sweep_name}/{trial_dirname_for(trial_id)}"
@@ -75,15 +88,9 @@ def trial_dirname(trial: Any) -> str:
     return trial_dirname_for(trial.trial_id)
 
 
-def _field_types() -> dict[str, str]:
-    from ..stages.distill import DistillOptions
-
-    return {f.name: str(f.type) for f in dataclasses.fields(DistillOptions)}
-
-
-def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
+def coerce_config(config: Mapping[str, Any], options_type: type | None = None) -> dict[str, Any]:
     """Sampled values -> plain Python values of the option's type (numpy scalars, 2.0 for an int, ...)."""
-    types = _field_types()
+    types = {f.name: str(f.type) for f in dataclasses.fields(options_type)} if options_type else {}
     out: dict[str, Any] = {}
     for name, value in config.items():
         if hasattr(value, "item") and not isinstance(value, str | bytes):
@@ -99,25 +106,24 @@ def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def trial_values(settings: TrialSettings, config: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
     """The trial's DistillOptions values: the fixed ones, its sampled config on top, its run name."""
-    return {**settings.base, **coerce_config(config), "run_name": settings.run_name(trial_id)}
+    return {**settings.base, **coerce_config(config, settings.options_type), "run_name": settings.run_name(trial_id)}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def begin_trial(run_dir: Path, trial_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+def begin_trial(run_dir: Path, trial_id: str, config: Mapping[str, Any], options_type: type | None = None
+                ) -> dict[str, Any]:
     """Count the attempt in ``trial.json``; clear a previous attempt's files when nothing can resume."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record_path = run_dir / TRIAL_RECORD
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {
-        "trial_id": trial_id, "config": coerce_config(config), "attempts": 0, "errors": []}
+    record = _read_json(record_path) if record_path.is_file() else {
+        "trial_id": trial_id, "config": coerce_config(config, options_type), "attempts": 0, "errors": []}
     ckpt = run_dir / "checkpoints"
     if not (ckpt.is_dir() and any(ckpt.iterdir())):
         for child in run_dir.iterdir():
@@ -126,7 +132,7 @@ def begin_trial(run_dir: Path, trial_id: str, config: Mapping[str, Any]) -> dict
     record["attempts"] += 1
     record["started_at"] = _now()
     record.setdefault("first_started_at", record["started_at"])
-    _write_json(record_path, record)
+    atomic_write_json(record_path, record)
     return record
 
 
@@ -134,7 +140,7 @@ def record_failure(run_dir: Path, record: dict[str, Any], exc: BaseException) ->
     """Append the error to ``trial.json`` and write the traceback to ``error.txt``."""
     message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
     record["errors"].append({"attempt": record["attempts"], "at": _now(), "error": message})
-    _write_json(run_dir / TRIAL_RECORD, record)
+    atomic_write_json(run_dir / TRIAL_RECORD, record)
     (run_dir / "error.txt").write_text("".join(traceback.format_exception(exc)))
 
 
@@ -173,7 +179,7 @@ class EvalReporter:
 def finished_summary(run_dir: Path) -> dict[str, Any] | None:
     """The summary of a run that already ended (it is never run twice), else None."""
     path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_json(path) if path.is_file() else None
 
 
 def _fresh_world_of_one() -> None:
@@ -185,19 +191,9 @@ def _fresh_world_of_one() -> None:
             os.environ.pop(k, None)
 
 
-def _options(values: dict[str, Any]) -> Any:
-    from ..stages.distill import DistillOptions
-
-    opts = DistillOptions(**values)
-    opts.validate()
-    return opts
-
-
 def function_trial(config: dict[str, Any], settings: TrialSettings) -> None:
-    """A Tune function trainable: one distillation run in this process."""
+    """A Tune function trainable: one run of the trial function in this process."""
     from ray import tune
-
-    from ..stages import distill
 
     trial_id = tune.get_context().get_trial_id()
     run_dir = settings.run_dir(trial_id)
@@ -205,26 +201,25 @@ def function_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     done = finished_summary(run_dir)
     if done is not None:
         return reporter.replay(done)
-    record = begin_trial(run_dir, trial_id, config)
+    record = begin_trial(run_dir, trial_id, config, settings.options_type)
     try:
-        opts = _options(trial_values(settings, config, trial_id))
+        opts = settings.options(trial_values(settings, config, trial_id))
         _fresh_world_of_one()
-        reporter.finish(distill.run(opts, on_eval=reporter))
+        reporter.finish(settings.trial_fn(opts, on_eval=reporter))
     except Exception as e:  # SystemExit (Tune stopping the trial) passes through
         record_failure(run_dir, record, e)
         raise
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """``train_loop_per_worker`` of a ``ray_train`` trial: one rank of the distillation run."""
+    """``train_loop_per_worker`` of a ``ray_train`` trial: one rank of the trial function's run."""
     import ray.train
 
-    from ..stages import distill
-
+    settings: TrialSettings = config["settings"]
     ctx = ray.train.get_context()
-    reporter = EvalReporter(config["metric"], config["mode"], ray.train.report,
+    reporter = EvalReporter(settings.metric, settings.mode, ray.train.report,
                             {"world_size": ctx.get_world_size()})
-    reporter.finish(distill.run(_options(config["values"]), on_eval=reporter))
+    reporter.finish(settings.trial_fn(settings.options(config["values"]), on_eval=reporter))
 
 
 def ray_train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -240,15 +235,15 @@ def ray_train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     if done is not None:
         return EvalReporter(settings.metric, settings.mode, tune.report,
                             {"world_size": settings.workers}).replay(done)
-    record = begin_trial(run_dir, trial_id, config)
+    record = begin_trial(run_dir, trial_id, config, settings.options_type)
     try:
         values = trial_values(settings, config, trial_id)
-        _options(values)  # a bad config fails here, before any worker starts
+        settings.options(values)  # a bad config fails here, before any worker starts
         use_gpu = settings.gpus_per_worker > 0
         resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if use_gpu else {})}
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"values": values, "metric": settings.metric, "mode": settings.mode},
+            train_loop_config={"values": values, "settings": settings},
             scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
                                                    resources_per_worker=resources),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

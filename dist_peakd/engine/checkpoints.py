@@ -1,0 +1,216 @@
+"""Exact checkpoints of an :class:`~dist_peakd.engine.engine.Engine`: save, select, load, prune.
+
+Layout under a checkpoint root (``<stage>/checkpoints``)::
+
+    <tag>/            DeepSpeed's files (model, optimizer, scheduler) + rng_rank<r>.pt + COMPLETE
+    latest            the tag of the newest complete checkpoint (replaced last)
+
+``COMPLETE`` (written last, by rank 0) records the global step and the size and sha256 of every
+file; a folder without it is an interrupted save and never a candidate. A resume takes the newest
+intact checkpoint: a corrupted one is reported and set aside as ``.corrupt-<tag>``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..artifacts import atomic_write_text, file_manifest, manifest_problems, publish_dir
+from ..errors import ArtifactWriteError, CheckpointCorruptError
+from .distributed import barrier
+from .rng import rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+LATEST_FILE = "latest"
+COMPLETE_FILE = "COMPLETE"
+
+
+# ------------------------------------------------------------------------------------ inspect
+def checkpoint_problems(folder: str | Path) -> list[tuple[Path, str]]:
+    """Problems of one checkpoint folder: no COMPLETE marker, or files that fail their size/sha256."""
+    folder = Path(folder)
+    marker = folder / COMPLETE_FILE
+    if not marker.is_file():
+        return [(marker, "missing (the checkpoint was never completed)")]
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError) as e:
+        return [(marker, f"unreadable ({e})")]
+    if not isinstance(record, dict):
+        return [(marker, "not a checkpoint record")]
+    files = record.get("files")
+    if files is None:  # written by an older version: no file list to check
+        return []
+    return manifest_problems(folder, files)
+
+
+def _checkpoint_step(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / COMPLETE_FILE).read_text()).get("global_step", -1))
+    except (OSError, ValueError, AttributeError):
+        return -1
+
+
+def complete_checkpoints(root: str | Path) -> list[str]:
+    """Tags under ``root`` that have a COMPLETE marker, newest (highest step, then mtime) first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    tags = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / COMPLETE_FILE).is_file()]
+    tags.sort(key=lambda p: (_checkpoint_step(p), (p / COMPLETE_FILE).stat().st_mtime), reverse=True)
+    return [p.name for p in tags]
+
+
+def _candidates(root: Path) -> tuple[list[str], list[str]]:
+    """Complete tags, the one named by ``latest`` first, and a warning when ``latest`` is stale."""
+    latest = root / LATEST_FILE
+    named = latest.read_text().strip() if latest.is_file() else None
+    candidates = complete_checkpoints(root)
+    if named in candidates:
+        return [named] + [t for t in candidates if t != named], []
+    if named:
+        return candidates, [f"{latest} names {root / named}, which has no COMPLETE marker (an interrupted "
+                            "save); using the newest complete checkpoint instead"]
+    return candidates, []
+
+
+def _quarantine(root: Path, bad_tags: Iterable[str], chosen: str) -> None:
+    for bad_tag in bad_tags:
+        target = root / f".corrupt-{bad_tag}"
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(root / bad_tag, target)
+    atomic_write_text(root / LATEST_FILE, chosen)
+
+
+def select_checkpoint(root: str | Path, quarantine: bool = False) -> tuple[str | None, list[str]]:
+    """The newest intact checkpoint under ``root`` and warnings about corrupted newer ones.
+
+    Tries the tag in ``root/latest`` first, then every other complete tag, newest first; each is
+    checked against the sizes and sha256 recorded in its COMPLETE marker. Folders without a
+    COMPLETE marker (an interrupted save) and ``.tmp-*`` folders are never candidates. With ``quarantine``,
+    corrupted ones are renamed ``.corrupt-<tag>`` (kept for inspection, never loaded again) and
+    ``latest`` is pointed at the chosen tag. Raises :class:`CheckpointCorruptError` naming the
+    bad files when checkpoints exist but none is intact; returns ``(None, [])`` when none exist.
+    """
+    root = Path(root)
+    candidates, warnings = _candidates(root)
+    bad: list[tuple[str, list[tuple[Path, str]]]] = []
+    for tag in candidates:
+        problems = checkpoint_problems(root / tag)
+        if not problems:
+            if bad and quarantine:
+                _quarantine(root, [t for t, _ in bad], tag)
+            return tag, warnings
+        bad.append((tag, problems))
+        warnings.append(f"checkpoint {root / tag} is corrupted: "
+                        + "; ".join(f"{path}: {problem}" for path, problem in problems)
+                        + (" -- falling back to an older checkpoint" if tag != candidates[-1] else ""))
+    if bad:
+        path, problem = bad[0][1][0]
+        raise CheckpointCorruptError(path, f"{problem}; no intact checkpoint under {root} ("
+                                     + "; ".join(warnings) + "); delete the folder to start over")
+    return None, []
+
+
+# ------------------------------------------------------------------------------------ save / load
+def save_checkpoint(engine: Engine, root: str | Path, tag: str, client_state: dict[str, Any]) -> Path:
+    """Save model, optimizer, scheduler, per-rank RNG and ``client_state`` under ``root/tag``.
+
+    Every rank writes into ``root/.tmp-tag``; rank 0 then records the size and sha256 of every
+    file in ``.tmp-tag/COMPLETE``, renames the folder to ``tag`` (replacing an older one of the
+    same name without a gap) and replaces ``root/latest`` last, so an interrupted or failed save
+    never hides the previous good checkpoint. A failed write (e.g. ENOSPC) raises
+    :class:`ArtifactWriteError` naming the path; nothing of it becomes visible. Collective.
+    """
+    root = Path(root)
+    tmp_tag = f".tmp-{tag}"
+    tmp = root / tmp_tag
+    is_main = engine.dist.is_main
+    if is_main:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ArtifactWriteError(e.errno, f"cannot create checkpoint folder {root}: {e.strerror}",
+                                     str(root)) from e
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    state = dict(client_state, global_step=engine.global_step)
+    try:
+        engine.ds.save_checkpoint(str(root), tag=tmp_tag, client_state=state, save_latest=False)
+        torch.save(rng_state(), tmp / f"rng_rank{engine.dist.rank}.pt")
+    except Exception as e:  # ENOSPC surfaces as OSError, or RuntimeError from torch's zip writer
+        _abandon(tmp, is_main)
+        raise _write_error(e, f"writing checkpoint {root / tag} failed ({type(e).__name__}: {e}); nothing "
+                              f"was published and {root / LATEST_FILE} still names the previous checkpoint",
+                           tmp) from e
+    barrier()
+    if is_main:
+        _publish(root, tag, tmp, engine.global_step)
+    barrier()
+    return root / tag
+
+
+def _publish(root: Path, tag: str, tmp: Path, global_step: int) -> None:
+    """Rank 0: COMPLETE marker with every file's size and sha256, then the folder, then ``latest``."""
+    try:
+        record = {"global_step": global_step, "tag": tag, "files": file_manifest(tmp)}
+        atomic_write_text(tmp / COMPLETE_FILE, json.dumps(record, indent=1))
+        publish_dir(tmp, root / tag)
+        atomic_write_text(root / LATEST_FILE, tag)
+    except Exception as e:
+        _abandon(tmp, True)
+        raise _write_error(e, f"finishing checkpoint {root / tag} failed ({type(e).__name__}: {e}); "
+                              f"{root / LATEST_FILE} still names the previous checkpoint", tmp) from e
+
+
+def _write_error(e: Exception, message: str, tmp: Path) -> ArtifactWriteError:
+    return ArtifactWriteError(getattr(e, "errno", None) or errno.EIO, message, str(tmp))
+
+
+def _abandon(tmp: Path, is_main: bool) -> None:
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_checkpoint(engine: Engine, root: str | Path, tag: str | None = None) -> dict[str, Any]:
+    """Restore everything :func:`save_checkpoint` wrote (newest intact tag by default); returns the client state."""
+    root = Path(root)
+    if tag is None:
+        tag, warnings = select_checkpoint(root)
+        for w in warnings:
+            print(f"[dist-peakd] warning: {w}", file=sys.stderr, flush=True)
+    if tag is None:
+        raise FileNotFoundError(f"no complete checkpoint under {root} (missing {root / LATEST_FILE})")
+    path, client_state = engine.ds.load_checkpoint(str(root), tag=tag)
+    if path is None:
+        raise FileNotFoundError(f"DeepSpeed could not load checkpoint {root / tag}")
+    rng_file = root / tag / f"rng_rank{engine.dist.rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    engine.global_step = int(client_state.get("global_step", 0))
+    return client_state
+
+
+def prune_checkpoints(root: str | Path, keep: int, is_main: bool = True) -> None:
+    """Rank 0: keep the ``keep`` newest complete checkpoints under ``root``; delete the other tags and
+    leftovers of interrupted saves (``.tmp-*``, ``.old-*``)."""
+    root = Path(root)
+    if not is_main or not root.is_dir():
+        return
+    keep_set = set(complete_checkpoints(root)[:max(1, keep)])
+    for child in root.iterdir():
+        if not child.is_dir():
+            continue
+        leftover = child.name.startswith((".tmp-", ".old-"))
+        if leftover or (not child.name.startswith(".") and child.name not in keep_set):
+            shutil.rmtree(child, ignore_errors=True)

@@ -1,0 +1,80 @@
+"""The trainer's logging window: sums over the steps since the last log, reduced over ranks, written out.
+
+Every ``log_every_steps`` steps the summed loss terms are all-reduced and divided by the examples
+seen, then written as ``train/*`` scalars to TensorBoard and (rank 0) as one line of
+``train_log.jsonl``. Throughput excludes the time spent evaluating and checkpointing (:meth:`paused`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .tracking import Tracker
+
+#: Window entries that are counters, not loss terms (never divided into a train/<term> scalar).
+COUNTERS = ("count", "tokens", "steps", "skipped")
+
+
+def allreduce_sums(values: dict[str, float], keys: list[str]) -> dict[str, float]:
+    """``values[k]`` summed over ranks for every ``k`` in ``keys`` (float64; missing keys count 0)."""
+    vec = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+            vec = vec.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(vec)
+        vec = vec.cpu()
+    return dict(zip(keys, vec.tolist(), strict=True))
+
+
+class TrainLog:
+    """Accumulates each step's sums; :meth:`write` turns the window into scalars and starts a new one."""
+
+    def __init__(self, path: Path, tracker: Tracker, is_main: bool) -> None:
+        self.path, self.tracker, self.is_main = Path(path), tracker, is_main
+        self.keys: list[str] | None = None  # fixed at the first write: every rank reduces the same vector
+        self._reset()
+
+    def _reset(self) -> None:
+        self.window: dict[str, float] = {}
+        self.started = time.perf_counter()
+        self.paused_s = 0.0
+
+    def add(self, sums: dict[str, Any]) -> None:
+        for k, v in sums.items():
+            self.window[k] = self.window.get(k, 0.0) + v
+        self.window["steps"] = self.window.get("steps", 0.0) + 1
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time inside is not counted in the window's throughput (evaluation, checkpoints)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - t0
+
+    def write(self, step: int, lr: float, grad_norm: Any, skipped_steps: int) -> dict[str, float]:
+        """Reduce the window over ranks, log its scalars at ``step``, start a new window (collective)."""
+        self.keys = self.keys or sorted(self.window)
+        red = allreduce_sums(self.window, self.keys)
+        elapsed = max(1e-9, time.perf_counter() - self.started - self.paused_s)
+        count = max(1.0, red["count"])
+        scalars = {f"train/{k}": red[k] / count for k in self.keys if k not in COUNTERS}
+        scalars.update({"train/lr": lr, "train/grad_norm": float(grad_norm),
+                        "train/samples_per_s": red["count"] / elapsed,
+                        "train/tokens_per_s": red["tokens"] / elapsed,
+                        "train/skipped_steps": float(skipped_steps)})
+        self.tracker.scalars(scalars, step)
+        if self.is_main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._reset()
+        return scalars

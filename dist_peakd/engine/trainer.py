@@ -1,0 +1,301 @@
+"""The trainer every stage uses: epochs of exact-resume steps, dev evaluation, best/final export.
+
+A stage supplies its data (:class:`TrainData`), what it trains for (:class:`Objective`: loss, predict,
+metric) and an export function; the trainer owns the order of events::
+
+    fit:         resume -> train_epoch ... -> finish
+    train_epoch: for each step: train_step -> [evaluate] -> hooks.on_step_end -> maybe_checkpoint
+                 at its end: evaluate -> checkpoint
+    finish:      [evaluate] -> export final/ -> summary.json
+
+Everything needed to resume exactly (model, optimizer, scheduler, epoch and position in it, RNG
+states, best metric, history) lives in ``<output_dir>/checkpoints/<tag>`` (:mod:`.checkpoints`).
+Checkpoints are written at the end of every epoch, every ``save_every_steps`` steps and on a stop
+request (``stop_after_steps``, or SIGTERM on any rank: :mod:`.preemption`); the newest
+``keep_checkpoints`` complete ones are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..artifacts import atomic_write_text
+from ..data.rows import fetch_rows
+from ..errors import CheckpointCorruptError, Preempted, StopRequested
+from .checkpoints import prune_checkpoints, select_checkpoint
+from .distributed import broadcast_object
+from .engine import Engine, LossFn
+from .hooks import plugin_hooks
+from .preemption import SigtermFlag, any_rank
+from .prefetch import Prefetcher
+from .tracking import Tracker
+from .train_log import TrainLog
+
+CHECKPOINT_DIR = "checkpoints"
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class LoopOptions:
+    """Options of the trainer (every stage has them, with these names)."""
+
+    epochs: float = 3.0
+    seed: int = 0
+    eval_batch_size: int = 128
+    eval_every_steps: int = 0          # 0: evaluate at the end of each epoch only
+    log_every_steps: int = 10
+    stop_after_steps: int | None = None  # checkpoint and stop after this many steps (resume later)
+    save_every_steps: int = 0          # 0: checkpoint at epoch ends (and on stop requests) only
+    keep_checkpoints: int = 2          # newest complete checkpoints kept (a corrupted one falls back)
+
+
+@dataclass
+class TrainData:
+    """The rows and samplers of the train and dev splits, and the collator that makes batches of rows."""
+
+    train_rows: Any
+    train_sampler: Any
+    eval_rows: Any
+    eval_sampler: Any
+    collate: Callable[[list[dict[str, Any]]], Batch]
+
+
+@dataclass
+class Objective:
+    """What a stage trains for.
+
+    ``loss_fn(model, batch)`` returns the micro-batch's summed :class:`~dist_peakd.loss_output.LossOutput`;
+    ``predict_fn(model, batch)`` per-example dev outputs; ``metric_fn(gathered outputs)`` the dev
+    metrics, of which ``main_metric`` picks ``best/``. ``batch_hook`` (optional) adds to each train
+    micro-batch in the prefetch thread (e.g. the cached teacher outputs of its examples).
+    """
+
+    loss_fn: LossFn
+    predict_fn: Callable[[nn.Module, Batch], Batch]
+    metric_fn: Callable[[dict[str, np.ndarray]], dict[str, float]]
+    main_metric: str
+    higher_is_better: bool = True
+    batch_hook: Callable[[Batch], Batch] | None = None
+
+
+def total_train_steps(steps_per_epoch: int, epochs: float) -> int:
+    """Optimizer steps for ``epochs`` (fractional epochs round up to a whole step)."""
+    return max(1, math.ceil(steps_per_epoch * epochs))
+
+
+class Trainer:
+    """Train ``engine`` on ``data`` for ``objective``; :meth:`fit` returns the summary.
+
+    ``export_fn(folder, info)`` writes ``best/`` and ``final/``; ``hooks`` (and those of
+    ``DIST_PEAKD_PLUGINS``, see :mod:`.hooks`) are called on every rank.
+    """
+
+    def __init__(self, engine: Engine, data: TrainData, objective: Objective, output_dir: str | Path,
+                 tracker: Tracker, options: LoopOptions, export_fn: Callable[[Path, dict[str, Any]], None],
+                 extra_summary: dict[str, Any] | None = None, hooks: Iterable[Any] = ()) -> None:
+        self.engine, self.data, self.objective = engine, data, objective
+        self.output_dir = Path(output_dir)
+        self.ckpt_root = self.output_dir / CHECKPOINT_DIR
+        self.tracker, self.options, self.export_fn = tracker, options, export_fn
+        self.extra_summary = dict(extra_summary or {})
+        self.hooks = [*hooks, *plugin_hooks()]
+        self.is_main = engine.dist.is_main
+        self.steps_per_epoch = len(data.train_sampler)
+        self.total_steps = engine.total_steps
+        self.dummy = data.collate(fetch_rows(data.train_rows, [0]))  # the zero-weight batch of an empty share
+        self.state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
+                                      "history": [], "finished": False}
+        self.stop_signal = SigtermFlag()
+        self.log = TrainLog(self.output_dir / "train_log.jsonl", tracker, self.is_main)
+        self._bar: Any = None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Resume (if a checkpoint exists), train the remaining steps, finish; returns the summary."""
+        self.resume()
+        self.log = TrainLog(self.output_dir / "train_log.jsonl", self.tracker, self.is_main)
+        self._bar = tqdm(total=self.total_steps, initial=self.engine.global_step, desc="train",
+                         disable=not self.is_main, dynamic_ncols=True)
+        try:
+            with self.stop_signal:
+                while self._steps_left() and self.train_epoch():
+                    pass
+        finally:
+            self._bar.close()
+        return self.finish()
+
+    def _steps_left(self) -> bool:
+        return not self.state["finished"] and self.engine.global_step < self.total_steps
+
+    def train_epoch(self) -> bool:
+        """Train the rest of the current epoch; True when it ran to its end (evaluated and checkpointed),
+        False when the run's last step came first (a fractional epoch)."""
+        epoch = self.state["epoch"]
+        sampler = self.data.train_sampler
+        sampler.set_epoch(epoch)
+        shares = list(sampler)
+        global_sizes = [len(b) for b in sampler.global_batches(epoch)]
+        first = self.state["step_in_epoch"]
+        prefetch = Prefetcher(lambda i: self._prepare(shares[i]), first, self.steps_per_epoch)
+        try:
+            for step in range(first, self.steps_per_epoch):
+                if self.engine.global_step >= self.total_steps:
+                    return False
+                micro, tokens = prefetch.get(step)
+                self.train_step(micro, tokens, global_sizes[step])
+                self.state["step_in_epoch"] = step + 1
+                self._after_step(epoch)
+        finally:
+            prefetch.close()
+        self.state["epoch"], self.state["step_in_epoch"] = epoch + 1, 0
+        with self.log.paused():
+            self._record_eval(self.evaluate(), epoch + 1)
+            self.checkpoint()
+        return True
+
+    def train_step(self, micro: list[Batch], tokens: float, global_count: int) -> None:
+        """One optimizer step over this rank's micro-batches of a global batch of ``global_count``; log."""
+        sums = self.engine.train_step(micro, global_count, self.objective.loss_fn, dummy_batch=self.dummy)
+        sums["tokens"] = tokens
+        grad_norm = sums.pop("grad_norm")
+        self.log.add(sums)
+        self._bar.update(1)
+        step = self.engine.global_step
+        if step % self.options.log_every_steps == 0 or step == self.total_steps:
+            scalars = self.log.write(step, self.engine.lr(), grad_norm, self.engine.skipped_steps)
+            if self.is_main:
+                self._bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}")
+
+    def _after_step(self, epoch: int) -> None:
+        opts, step = self.options, self.engine.global_step
+        mid_epoch = self.state["step_in_epoch"] < self.steps_per_epoch
+        if opts.eval_every_steps and step % opts.eval_every_steps == 0 and mid_epoch:
+            with self.log.paused():
+                self._record_eval(self.evaluate(), epoch + self.state["step_in_epoch"] / self.steps_per_epoch)
+        for hook in self.hooks:
+            if hasattr(hook, "on_step_end"):
+                hook.on_step_end(self)
+        self.maybe_checkpoint()
+
+    def maybe_checkpoint(self) -> None:
+        """After a step: on a stop request checkpoint and raise (:class:`Preempted` for SIGTERM on any
+        rank, :class:`StopRequested` for ``stop_after_steps``); every ``save_every_steps`` checkpoint."""
+        opts, step = self.options, self.engine.global_step
+        preempted = any_rank(self.stop_signal.requested)
+        if preempted or (opts.stop_after_steps is not None and step >= opts.stop_after_steps):
+            path = self.checkpoint()
+            self.tracker.flush()
+            if preempted:
+                raise Preempted(f"preempted (SIGTERM) after step {step}; checkpoint at {path}", path)
+            raise StopRequested(f"stopped after step {step}; checkpoint at {path}", path)
+        mid_epoch = self.state["step_in_epoch"] < self.steps_per_epoch
+        if opts.save_every_steps and step % opts.save_every_steps == 0 and mid_epoch and step < self.total_steps:
+            with self.log.paused():
+                self.checkpoint()
+
+    def _prepare(self, share: list[int]) -> tuple[list[Batch], float]:
+        """This rank's micro-batches for one step (collated, hooked, pinned) and its token count."""
+        parts = np.array_split(np.asarray(share, dtype=np.int64), self.engine.gradient_accumulation_steps)
+        micro = [self.data.collate(fetch_rows(self.data.train_rows, list(chunk))) for chunk in parts]
+        tokens = float(sum(int(m["attention_mask"].sum()) for m in micro))
+        hook = self.objective.batch_hook
+        if hook is not None:
+            micro = [hook(m) if m["input_ids"].shape[0] else m for m in micro]
+        if self.engine.device.type == "cuda":
+            micro = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in m.items()} for m in micro]
+        return micro, tokens
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, float]:
+        """The dev metrics of the current weights (every rank predicts its share; gathered by id)."""
+        sampler = self.data.eval_sampler
+        sampler.set_epoch(0)
+        batches = (self.data.collate(fetch_rows(self.data.eval_rows, share)) for share in
+                   tqdm(sampler, desc="eval", disable=not self.is_main, leave=False))
+        return self.objective.metric_fn(self.engine.predict(batches, self.objective.predict_fn))
+
+    def _record_eval(self, metrics: dict[str, float], epoch: float) -> None:
+        """History, TensorBoard, a new ``best/`` when the main metric improved, then the hooks."""
+        step = self.engine.global_step
+        self.state["history"].append({"step": step, "epoch": round(epoch, 4), **metrics})
+        self.tracker.scalars({f"eval/{k}": v for k, v in metrics.items()}, step)
+        if self.is_main:
+            print(f"[dist-peakd] eval step {step}: {json.dumps(metrics)}", flush=True)
+        if self._is_better(metrics[self.objective.main_metric]):
+            self.state["best"], self.state["best_step"] = metrics[self.objective.main_metric], step
+            self.export_fn(self.output_dir / "best", {"step": step, "metrics": metrics})
+        for hook in self.hooks:
+            if hasattr(hook, "on_eval"):
+                hook.on_eval(step, metrics)
+
+    def _is_better(self, value: float) -> bool:
+        best = self.state["best"]
+        if best is None:
+            return True
+        return value > best if self.objective.higher_is_better else value < best
+
+    # ------------------------------------------------------------------ checkpoints
+    def resume(self) -> None:
+        """Load the newest intact checkpoint, if any (rank 0 chooses, every rank loads the same tag)."""
+        choice: Any = None
+        if self.is_main:
+            try:
+                tag, warnings = select_checkpoint(self.ckpt_root, quarantine=True)
+                for w in warnings:
+                    print(f"[dist-peakd] warning: {w}", flush=True)
+                choice = ("ok", tag)
+            except CheckpointCorruptError as e:
+                choice = ("corrupt", e)
+        status, tag = broadcast_object(choice)
+        if status == "corrupt":
+            raise tag
+        if tag is not None:
+            self.state.update(self.engine.load_state(self.ckpt_root, tag)["loop"])
+            if self.is_main:
+                print(f"[dist-peakd] resumed from {self.ckpt_root / tag} at step {self.engine.global_step}",
+                      flush=True)
+
+    def checkpoint(self) -> Path:
+        """Save the engine and the loop state as ``step-<global step>``; keep the newest ones."""
+        tag = f"step-{self.engine.global_step:08d}"
+        path = self.engine.save_state(self.ckpt_root, tag, {"loop": self.state})
+        prune_checkpoints(self.ckpt_root, keep=max(1, self.options.keep_checkpoints), is_main=self.is_main)
+        return path
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the last weights (unless just done), export ``final/``, write ``summary.json``."""
+        step = self.engine.global_step
+        if not self.state["history"] or self.state["history"][-1]["step"] != step:
+            self._record_eval(self.evaluate(),
+                              self.state["epoch"] + self.state["step_in_epoch"] / max(1, self.steps_per_epoch))
+        history = self.state["history"]
+        final_metrics = {k: v for k, v in history[-1].items() if k not in ("step", "epoch")}
+        self.export_fn(self.output_dir / "final", {"step": step, "metrics": final_metrics})
+        summary = {
+            "main_metric": self.objective.main_metric,
+            "final": {"step": step, **final_metrics},
+            "best": dict(next(h for h in history if h["step"] == self.state["best_step"])),
+            "history": history,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "skipped_steps": self.engine.skipped_steps,
+            **self.extra_summary,
+        }
+        if not self.state["finished"]:
+            self.state["finished"] = True
+            self.checkpoint()
+        if self.is_main:
+            atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2))
+        self.tracker.flush()
+        return summary

@@ -248,6 +248,7 @@ def launched(tmp_path_factory, teacher, glue_dir):
 
 
 @pytest.mark.launcher
+@pytest.mark.slow
 def test_two_rank_cache_equals_one_rank_cache(launched):
     dirs, _ = launched
     one, two = TeacherCache.open(dirs[1]), TeacherCache.open(dirs[2])
@@ -272,6 +273,7 @@ def test_two_rank_cache_equals_one_rank_cache(launched):
 
 
 @pytest.mark.launcher
+@pytest.mark.slow
 def test_cached_values_are_the_teachers_eval_outputs(launched, teacher, glue_dir):
     """Spot check against a direct eval-mode forward of the teacher on the same rows."""
     from dist_peakd.models import load_teacher, teacher_forward
@@ -292,6 +294,7 @@ def test_cached_values_are_the_teachers_eval_outputs(launched, teacher, glue_dir
 
 
 @pytest.mark.launcher
+@pytest.mark.slow
 def test_stage_skips_refuses_and_rebuilds(tmp_path, launched, teacher, glue_dir):
     from dist_peakd.config import build_options
     from dist_peakd.stages import cache_teacher

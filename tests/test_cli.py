@@ -34,6 +34,7 @@ def test_every_written_stage_is_a_command(stages):
     assert {"finetune-teacher", "cache-teacher", "ptp", "distill", "pipeline"} <= set(stages)
 
 
+@pytest.mark.slow
 def test_console_script_help_lists_every_stage_and_option(stages):
     exe = Path(sys.executable).parent / "dist-peakd"
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=300)

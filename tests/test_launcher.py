@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.launcher
+pytestmark = [pytest.mark.launcher, pytest.mark.slow]
 
 
 def _launch(num_ranks: int, out: Path, backbone: Path, glue_dir: Path, tok_cache: Path) -> subprocess.CompletedProcess:

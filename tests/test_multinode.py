@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.launcher
+pytestmark = [pytest.mark.launcher, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_DEV, MAXLEN = 48, 24, 40

@@ -82,7 +82,10 @@ def test_distillation_never_instantiates_the_teacher(tiny_pipeline, tiny_bert, g
 
     monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", forbidden)
     monkeypatch.setattr(transformers.BertForSequenceClassification, "__init__", forbidden)
-    monkeypatch.setattr("dist_peakd.models.teacher.load_teacher", forbidden)
+    from dist_peakd.models import load_teacher
+
+    with pytest.raises(AssertionError, match="teacher model was instantiated"):  # the patches do bite
+        load_teacher(out / "mrpc" / "teacher" / "best", num_labels=2)
     opts = build_options(distill.DistillOptions, **SLICE, output_dir=str(out), glue_dir=str(glue_dir),
                          backbone=str(tiny_bert), cache_dir=str(out / "tok"), k=2, epochs=1, lr=1e-3,
                          run_name="no-teacher-check")
@@ -137,3 +140,52 @@ def test_pipeline_on_real_minilm_slice(tmp_path, glue_dir):
     assert 20_000_000 < teacher["parameters"] < 24_000_000
     assert student["parameters"] < teacher["parameters"]
     assert 0.0 < teacher["final"]["f1"] <= 1.0
+
+
+def test_cache_written_with_teacher_cache_dir_is_the_one_the_students_read(tiny_pipeline, tiny_bert, glue_dir,
+                                                                         tmp_path):
+    """cache-teacher --teacher_cache_dir writes there (not <task>/teacher_cache), and ptp/distill given the same
+    folder read it; without it they look in the default place (here: another cache)."""
+    from dist_peakd.stages import cache_teacher, ptp
+    from dist_peakd.stages.cache_teacher import CacheTeacherOptions
+
+    out, _ = tiny_pipeline
+    elsewhere = tmp_path / "my_cache"
+    common = dict(SLICE, output_dir=str(out), glue_dir=str(glue_dir), backbone=str(tiny_bert),
+                  cache_dir=str(out / "tok"), teacher_cache_dir=str(elsewhere))
+    default_manifest = (out / "mrpc" / "teacher_cache" / "manifest.json").stat().st_mtime_ns
+    summary = cache_teacher.run(build_options(CacheTeacherOptions, **common))
+    assert summary["cache_dir"] == str(elsewhere) and not summary["skipped"]
+    assert (elsewhere / "manifest.json").is_file()
+    assert (out / "mrpc" / "teacher_cache" / "manifest.json").stat().st_mtime_ns == default_manifest
+    # mark the new cache so a reader of it can be told apart from a reader of the default one
+    manifest = json.loads((elsewhere / "manifest.json").read_text())
+    manifest["teacher_dev_metrics"] = {"f1": 0.123, "accuracy": 0.456}
+    (elsewhere / "manifest.json").write_text(json.dumps(manifest))
+    student = distill.run(build_options(distill.DistillOptions, **common, k=2, epochs=1, lr=1e-3, use_ptp=False,
+                                        run_name="reads-my-cache"))
+    assert student["teacher_dev_metrics"] == {"f1": 0.123, "accuracy": 0.456}
+    ptp_summary = ptp.run(build_options(ptp.PTPOptions, **dict(common, output_dir=str(tmp_path / "ptp_out")),
+                                        k=2, epochs=1, lr=1e-3))
+    assert sum(ptp_summary["histogram"]["train"].values()) == 48
+    default = distill.run(build_options(distill.DistillOptions, **{**common, "teacher_cache_dir": None}, k=2,
+                                        epochs=1, lr=1e-3, use_ptp=False, run_name="reads-default-cache"))
+    assert default["teacher_dev_metrics"] != {"f1": 0.123, "accuracy": 0.456}
+
+
+def test_pipeline_uses_and_names_the_teacher_given_by_teacher_dir(tmp_path, minilm_path, tiny_bert, glue_dir):
+    """With --teacher_dir the pipeline fine-tunes nothing, caches and compares against THAT teacher."""
+    from conftest import make_tiny_bert
+
+    given = make_tiny_bert(tmp_path / "given_teacher", minilm_path, num_layers=2, seed=7)
+    out = tmp_path / "run"
+    result = run_pipeline(_pipeline_opts(out, str(tiny_bert), glue_dir, teacher_dir=str(given)))
+    assert result["teacher_dir"] == str(given)
+    assert "teacher: given" in result["stages"][0]
+    assert not (out / "mrpc" / "teacher").exists()  # nothing was fine-tuned
+    teacher, student = result["rows"]
+    assert teacher["num_parameter_layers"] == 2  # the given 2-layer teacher, not a fine-tuned 4-layer one
+    cache = json.loads((out / "mrpc" / "teacher_cache" / "manifest.json").read_text())
+    assert cache["num_layers"] == 2 and cache["teacher_dir"] == str(given.resolve())
+    assert teacher["final"] == cache["teacher_dev_metrics"]
+    assert (student["num_parameter_layers"], student["num_effective_layers"]) == (2, 4)

@@ -14,16 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from dist_peakd.artifacts import EXPORT_MANIFEST, file_manifest, verify_export
 from dist_peakd.engine import Engine, EngineOptions, init_distributed
-from dist_peakd.engine.engine import (
-    COMPLETE_FILE,
-    EXPORT_MANIFEST,
-    LATEST_FILE,
-    file_manifest,
-    verify_export,
-)
-from dist_peakd.engine.faults import ArtifactCorruptError, ArtifactWriteError, CheckpointCorruptError
-from dist_peakd.engine.loop import StopRequested
+from dist_peakd.engine.checkpoints import COMPLETE_FILE, LATEST_FILE, select_checkpoint
+from dist_peakd.errors import ArtifactCorruptError, ArtifactWriteError, CheckpointCorruptError, StopRequested
 
 
 def _flip_byte(path: Path, offset: int | None = None) -> None:
@@ -156,13 +150,13 @@ def test_half_written_checkpoints_are_never_selected(tmp_path):
     _fake_checkpoint(root, ".tmp-step-00000006", 6, complete=False)  # a save killed before its rename
     _fake_checkpoint(root, "step-00000008", 8, complete=False)  # a tag folder without COMPLETE
     (root / LATEST_FILE).write_text("step-00000008")
-    tag, warnings = Engine.select_checkpoint(root, quarantine=True)
+    tag, warnings = select_checkpoint(root, quarantine=True)
     assert tag == "step-00000004" and len(warnings) == 1 and "step-00000008, which has no COMPLETE marker" in warnings[0]
     assert (root / "step-00000008").is_dir()  # incomplete, not corrupted: left alone
     (root / LATEST_FILE).unlink()  # killed between the rename and writing `latest`
-    assert Engine.select_checkpoint(root) == ("step-00000004", [])
+    assert select_checkpoint(root) == ("step-00000004", [])
     shutil.rmtree(root / "step-00000004")
-    assert Engine.select_checkpoint(root) == (None, [])  # nothing complete: start from scratch
+    assert select_checkpoint(root) == (None, [])  # nothing complete: start from scratch
 
 
 def test_missing_file_in_checkpoint_is_named(tmp_path):
@@ -170,7 +164,7 @@ def test_missing_file_in_checkpoint_is_named(tmp_path):
     d = _fake_checkpoint(root, "step-00000002", 2)
     (d / "mp_rank_00_model_states.pt").unlink()
     with pytest.raises(CheckpointCorruptError, match="mp_rank_00_model_states.pt: missing"):
-        Engine.select_checkpoint(root)
+        select_checkpoint(root)
 
 
 # ------------------------------------------------------------------------------------------ disk full (row 7)
@@ -204,7 +198,7 @@ def saved_once(tmp_path):
 def _assert_previous_intact(root: Path) -> None:
     assert (root / LATEST_FILE).read_text() == "step-00000001"
     assert sorted(p.name for p in root.iterdir()) == [LATEST_FILE, "step-00000001"]  # nothing half-written
-    assert Engine.select_checkpoint(root) == ("step-00000001", [])
+    assert select_checkpoint(root) == ("step-00000001", [])
     fresh = _tiny_engine()
     assert fresh.load_state(root)["loop"] == {"marker": 1}
     ref = _Tiny()
@@ -233,7 +227,7 @@ def test_disk_full_while_writing_checkpoint(saved_once, monkeypatch, failure):
 
 
 def test_disk_full_while_writing_complete_marker(saved_once, monkeypatch):
-    import dist_peakd.engine.engine as engine_mod
+    import dist_peakd.engine.checkpoints as engine_mod
 
     engine, root = saved_once
     real = engine_mod.atomic_write_text

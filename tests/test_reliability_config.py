@@ -90,6 +90,7 @@ def test_bad_option_is_refused_before_any_work(stage, args, world, needle, tmp_p
     assert not (tmp_path / "tok").exists()
 
 
+@pytest.mark.slow
 def test_refusal_exit_status_through_a_real_process(tmp_path, tiny_bert):
     out = tmp_path / "out"
     env = dict(os.environ, DS_ACCELERATOR="cpu")

@@ -5,19 +5,19 @@ from __future__ import annotations
 import errno
 
 import pytest
+from fault_plugin import Fault, parse_faults
 
 from dist_peakd.cache import CacheCorruptError
 from dist_peakd.data.errors import LabelError
-from dist_peakd.engine import ConfigError, NonFiniteLossError
-from dist_peakd.engine.faults import (
+from dist_peakd.errors import (
     ArtifactCorruptError,
     ArtifactWriteError,
-    Fault,
+    ConfigError,
+    NonFiniteLossError,
     Preempted,
     StopRequested,
-    parse_faults,
-    run_guarded,
 )
+from dist_peakd.guard import run_guarded
 
 
 @pytest.mark.parametrize("exc,code,text", [

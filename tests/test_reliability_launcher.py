@@ -5,7 +5,8 @@
 * SIGTERM (to one rank, or to the launcher) writes a checkpoint on every rank before exiting with
   'preempted, checkpoint at ...'; the rerun resumes from it to the same result as an uninterrupted run.
 
-Faults are injected deterministically with ``DIST_PEAKD_FAULT_INJECT`` (dist_peakd/engine/faults.py).
+Faults are injected deterministically by the test-only trainer plugin ``tests/fault_plugin.py``
+(``DIST_PEAKD_PLUGINS=fault_plugin`` + ``DIST_PEAKD_FAULT_INJECT``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_plugin import plugin_env
 
-from dist_peakd.engine.engine import Engine
+from dist_peakd.engine.checkpoints import select_checkpoint
 
-pytestmark = pytest.mark.launcher
+pytestmark = [pytest.mark.launcher, pytest.mark.slow]
 
 #: A dead rank must end the job within this many seconds (launcher poll 1 s + its 30 s SIGTERM grace;
 #: the collective timeout below is the backstop), plus slack for a loaded 2-core CI machine.
@@ -57,7 +59,7 @@ def _launch(out: Path, backbone: Path, glue_dir: Path, fault: str | None = None,
                DIST_PEAKD_COLLECTIVE_TIMEOUT=str(COLLECTIVE_TIMEOUT_S), PYTHONUNBUFFERED="1")
     env.pop("DIST_PEAKD_FAULT_INJECT", None)
     if fault:
-        env["DIST_PEAKD_FAULT_INJECT"] = fault
+        env.update(plugin_env(fault))
     cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "dist_peakd.cli",
            "finetune-teacher", "--task", "mrpc", "--output_dir", str(out), "--glue_dir", str(glue_dir),
            "--backbone", str(backbone), "--max_length", "40", "--max_train_examples", "48",
@@ -127,7 +129,7 @@ def test_preemption_and_dead_rank_then_rerun_resumes_to_same_result(tmp_path, ti
     first = _launch(out, tiny_bert_nodropout, glue_dir, fault="sigterm:rank=1:step=3")
     assert first.rc == 143, _tail(first)
     assert f"preempted (SIGTERM), checkpoint at {ckpts / 'step-00000003'}" in first.text, _tail(first)
-    assert Engine.select_checkpoint(ckpts) == ("step-00000003", [])
+    assert select_checkpoint(ckpts) == ("step-00000003", [])
     complete = json.loads((ckpts / "step-00000003" / "COMPLETE").read_text())
     assert {"rng_rank0.pt", "rng_rank1.pt"} <= set(complete["files"])  # both ranks took part
 
@@ -136,7 +138,7 @@ def test_preemption_and_dead_rank_then_rerun_resumes_to_same_result(tmp_path, ti
     assert second.rc != 0, _tail(second)
     assert "step-00000003 at step 3" in second.text
     assert f"preempted (SIGTERM), checkpoint at {ckpts / 'step-00000007'}" in second.text, _tail(second)
-    assert Engine.select_checkpoint(ckpts) == ("step-00000007", [])
+    assert select_checkpoint(ckpts) == ("step-00000007", [])
 
     # 3. a rank dies mid-epoch (epoch 2 is steps 7-12; checkpoints every 4 steps)
     killed = _launch(out, tiny_bert_nodropout, glue_dir, fault="sigkill:rank=1:step=9")
@@ -146,7 +148,7 @@ def test_preemption_and_dead_rank_then_rerun_resumes_to_same_result(tmp_path, ti
     assert t_kill is not None, _tail(killed)
     assert killed.ended - t_kill < DEAD_RANK_BOUND_S, f"took {killed.ended - t_kill:.1f} s after the kill"
     assert "rank(s) 1 (pid" in killed.text and "no longer running" in killed.text, _tail(killed)
-    assert Engine.select_checkpoint(ckpts) == ("step-00000008", [])
+    assert select_checkpoint(ckpts) == ("step-00000008", [])
     assert not (_stage(out) / "summary.json").exists()
 
     # 4. the rerun finishes with the uninterrupted run's result

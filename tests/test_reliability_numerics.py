@@ -167,6 +167,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_agree_on_a_nan_seen_by_one_rank(tmp_path):
     import torch.multiprocessing as mp
 

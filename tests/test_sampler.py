@@ -105,52 +105,6 @@ def test_global_batches_independent_of_ranks(group):
     assert [a + b for a, b in zip(*steps, strict=True)] == list(one)
 
 
-def test_resume_mid_epoch_via_state_dict():
-    lengths = _lengths(200)
-    kw = dict(global_batch_size=16, num_replicas=2, rank=1, seed=9)
-    full = LengthGroupedBatchSampler(lengths, **kw)
-    full.set_epoch(2)
-    expected = list(full)
-
-    run = LengthGroupedBatchSampler(lengths, **kw)
-    run.set_epoch(2)
-    it = iter(run)
-    done = [next(it) for _ in range(5)]
-    state = run.state_dict()
-    assert state == {"epoch": 2, "start_step": 5}
-
-    resumed = LengthGroupedBatchSampler(lengths, **kw)
-    resumed.load_state_dict(state)
-    resumed.set_epoch(2)  # the training loop re-selecting the same epoch keeps the offset
-    assert resumed.state_dict() == state
-    rest = list(resumed)
-    assert done + rest == expected
-    assert resumed.state_dict() == {"epoch": 2, "start_step": len(resumed)}
-    assert list(resumed) == expected  # the next pass over the same epoch is complete again
-    resumed.set_epoch(3)
-    assert resumed.state_dict() == {"epoch": 3, "start_step": 0}
-    full.set_epoch(3)
-    assert list(resumed) == list(full)  # a full epoch 3 after the switch
-    assert run.state_dict(consumed_steps=3) == {"epoch": 2, "start_step": 3}
-    full.set_epoch(2)
-    assert list(full.iter_from(12)) == expected[12:]
-
-
-def test_resume_with_pending_offset_dropped_on_new_epoch():
-    s = LengthGroupedBatchSampler(_lengths(50), 8)
-    s.load_state_dict({"epoch": 0, "start_step": 4})
-    s.set_epoch(1)
-    assert len(list(s)) == len(s) == 7
-
-
-def test_resume_rejects_bad_state():
-    s = LengthGroupedBatchSampler(_lengths(50), 8)
-    with pytest.raises(ValueError, match="start_step"):
-        s.load_state_dict({"epoch": 0, "start_step": 8})
-    with pytest.raises(ValueError, match="start_step"):
-        s.iter_from(-1)
-
-
 def _padding(lengths: np.ndarray, batches: list[list[int]]) -> int:
     return int(sum(lengths[b].max() * len(b) - lengths[b].sum() for b in batches if b))
 

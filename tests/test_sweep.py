@@ -17,6 +17,7 @@ import pytest
 
 from dist_peakd.config import build_options
 from dist_peakd.engine import ConfigError
+from dist_peakd.stages.distill import DistillOptions
 from dist_peakd.stages.sweep import SweepOptions
 from dist_peakd.stages.sweep import run as run_sweep
 from dist_peakd.sweep.space import grid_size, load_space, parse_space, to_tune
@@ -99,7 +100,8 @@ def test_sweep_is_a_cli_command():
 
 
 def test_trial_values_and_reporter():
-    assert coerce_config({"k": np.int64(2), "temperature": 4, "alpha": np.float64(0.5), "seed": 1.0}) == \
+    assert coerce_config({"k": np.int64(2), "temperature": 4, "alpha": np.float64(0.5), "seed": 1.0},
+                         DistillOptions) == \
         {"k": 2, "temperature": 4.0, "alpha": 0.5, "seed": 1}
     reports: list[dict] = []
     rep = EvalReporter("f1", "max", reports.append, {"world_size": 1})

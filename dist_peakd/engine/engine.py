@@ -132,10 +132,6 @@ class Engine:
     def device(self) -> torch.device:
         return self.dist.device
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
-
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else 0.0
 

@@ -40,9 +40,10 @@ class TrainLog:
     def __init__(self, path: Path, tracker: Tracker, is_main: bool) -> None:
         self.path, self.tracker, self.is_main = Path(path), tracker, is_main
         self.keys: list[str] | None = None  # fixed at the first write: every rank reduces the same vector
-        self._reset()
+        self.restart()
 
-    def _reset(self) -> None:
+    def restart(self) -> None:
+        """Start a new, empty window now."""
         self.window: dict[str, float] = {}
         self.started = time.perf_counter()
         self.paused_s = 0.0
@@ -76,5 +77,5 @@ class TrainLog:
         if self.is_main:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._reset()
+        self.restart()
         return scalars

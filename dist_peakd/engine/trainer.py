@@ -123,7 +123,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Resume (if a checkpoint exists), train the remaining steps, finish; returns the summary."""
         self.resume()
-        self.log = TrainLog(self.output_dir / "train_log.jsonl", self.tracker, self.is_main)
+        self.log.restart()
         self._bar = tqdm(total=self.total_steps, initial=self.engine.global_step, desc="train",
                          disable=not self.is_main, dynamic_ncols=True)
         try:

@@ -46,8 +46,11 @@ def _option_line(name: str, default: Any, type_name: str = "", help_: str = "") 
 
 
 def _field_line(cls: type, f: dataclasses.Field) -> str:
-    """``--name=default  type  help`` of one option (its help from the field that declared it)."""
-    return _option_line(f.name, _default_of(f), _type_name(f), option_meta(cls, f.name)["help"])
+    """``--name=default  type  help`` of one option (its help from the field that declared it); options
+    that do not change a result are marked (a stage folder made with other values of them is reused)."""
+    meta = option_meta(cls, f.name)
+    help_ = meta["help"] + ("" if meta["result"] else " [not result-relevant]")
+    return _option_line(f.name, _default_of(f), _type_name(f), help_)
 
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
@@ -163,7 +166,8 @@ def stage_commands() -> dict[str, Callable[..., Any]]:
 # ---------------------------------------------------------------------------------------------- help
 _CONFIG_NOTE = ("Options come from --config FILE (a YAML/JSON mapping of option names to values) and the\n"
                 "command line, which wins; --name value or --name=value; booleans also --name / --noname.\n"
-                "The resolved options are saved with the outputs (config.json in each stage folder).")
+                "The resolved options are saved with the outputs (config.json in each stage folder); a stage\n"
+                "folder made with other values of the result-relevant ones is refused, not reused.")
 
 
 def stage_help(name: str, options_cls: type, doc: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# Defined in the self-contained configuration file (shipped inside export folders), so the SPS
+# config raises the same type with or without dist-peakd.
+from .configuration_sps_bert import ModelConfigError
 
-class ModelConfigError(ValueError):
-    """An invalid model request: bad ``k``, unknown SPS variant, or a checkpoint of the wrong family."""
+__all__ = ["ModelConfigError"]

@@ -15,5 +15,5 @@ TORCH_SPEC=${DIST_PEAKD_TORCH_SPEC-$default_torch}
 if [ -n "$TORCH_SPEC" ] && ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "$TORCH_SPEC"
 fi
-.venv/bin/python -m pip install -q -e ".[dev,plots]"
+.venv/bin/python -m pip install -q -e ".[dev,plots,deploy]"
 .venv/bin/python -c "import torch, deepspeed, transformers, datasets; print('env ok: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__)" 2>/dev/null

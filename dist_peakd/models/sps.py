@@ -1,24 +1,20 @@
-"""SPS (Shuffled Parameter Sharing) BERT student, as specified in docs/method.md.
+"""SPS (Shuffled Parameter Sharing) BERT student: builders and loading, as specified in docs/method.md.
 
-The student owns ``k`` BERT parameter layers and runs them along an *effective-layer schedule* of
-``(param_layer, swap_qk)`` pairs. In a swapped pass (``swap_qk=True``) the query is computed with the
-layer's key ``Linear`` and the key with its query ``Linear`` (weights and biases), which transposes
-every head's pre-softmax score matrix. Nothing else changes and no parameters are added: both passes
-use the same tensors, so their gradients accumulate.
+The model itself lives in two self-contained files that every export folder carries verbatim
+(HF custom-code convention, ``auto_map`` in ``config.json``): :mod:`.configuration_sps_bert`
+(``SPSBertConfig``, the schedule rules) and :mod:`.modeling_sps_bert`
+(``SPSBertForSequenceClassification``, the Q/K-swapped layer). This module re-exports them,
+registers ``sps-bert`` with the Auto classes and marks both classes for ``save_pretrained`` to copy
+their code and write ``auto_map``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -26,234 +22,39 @@ from transformers import (
     BertModel,
     PreTrainedConfig,
 )
-from transformers.models.bert.modeling_bert import BertLayer, BertPreTrainedModel
 
+from .configuration_sps_bert import VARIANTS, SPSBertConfig, check_variant, sps_schedule
 from .errors import ModelConfigError
-from .outputs import ClassifierOutput
+from .modeling_sps_bert import (
+    SPSBertForSequenceClassification,
+    SPSSequenceClassifierOutput,
+    attention_scores,
+    sps_layer_forward,
+)
 
 logger = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = ("none", "share", "shuffle")
+__all__ = [
+    "ATTN_IMPLEMENTATIONS",
+    "VARIANTS",
+    "SPSBertConfig",
+    "SPSBertForSequenceClassification",
+    "SPSSequenceClassifierOutput",
+    "attention_scores",
+    "build_student",
+    "load_student",
+    "sps_layer_forward",
+    "sps_schedule",
+]
+
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager")
 STUDENT_BACKBONE_TYPES: tuple[str, ...] = ("bert",)
 
-
-def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise ModelConfigError(f"unknown SPS variant {variant!r}; valid variants: {list(VARIANTS)}")
-
-
-def sps_schedule(k: int, variant: str) -> list[tuple[int, bool]]:
-    """Effective-layer schedule ``[(param_layer, swap_qk), ...]`` (0-based) of a ``k``-layer student.
-
-    - ``none``: ``L1..Lk`` once (a plain k-layer BERT), any ``k >= 1``.
-    - ``share`` / ``shuffle`` (``swap_qk`` is True in the second pass only for ``shuffle``):
-        - ``k <= 3`` (paper): ``L1..Lk`` then ``L1..Lk`` again, same order -> ``2k`` effective layers.
-        - ``k >= 4`` (paper for ``k = 6``; our rule for the other ``k``): ``L1..Lk`` then the **top
-          half** ``L(k - k//2 + 1)..Lk`` reused once, in order -> ``k + k//2`` effective layers.
-          k=4: L1..L4, L3*, L4*; k=5: L1..L5, L4*, L5*; k=6: L1..L6, L4*, L5*, L6* (paper);
-          k=12: L1..L12, L7*..L12*.
-
-    Raises:
-        ModelConfigError: ``k < 1`` or an unknown variant.
-    """
-    _check_variant(variant)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ModelConfigError(f"k (number of student parameter layers) must be an integer >= 1, got {k!r}")
-    first = [(i, False) for i in range(k)]
-    if variant == "none":
-        return first
-    swap = variant == "shuffle"
-    reused = range(k) if k <= 3 else range(k - k // 2, k)
-    return first + [(i, swap) for i in reused]
-
-
-def _normalise_schedule(schedule: Any, num_layers: int) -> list[list[int | bool]]:
-    """Validate a schedule against ``num_layers`` and return it in its JSON form ``[[int, bool], ...]``."""
-    out: list[list[int | bool]] = []
-    try:
-        pairs = [(entry[0], entry[1]) for entry in schedule]
-    except (TypeError, IndexError, KeyError) as err:
-        raise ModelConfigError(f"sps_schedule must be a list of [param_layer, swap_qk] pairs, got {schedule!r}") from err
-    if not pairs:
-        raise ModelConfigError("sps_schedule is empty")
-    for layer, swap in pairs:
-        if isinstance(layer, bool) or int(layer) != layer or not 0 <= int(layer) < num_layers:
-            raise ModelConfigError(
-                f"sps_schedule entry {[layer, swap]!r} refers to a parameter layer outside 0..{num_layers - 1}"
-            )
-        out.append([int(layer), bool(swap)])
-    return out
-
-
-class SPSBertConfig(BertConfig):
-    """``BertConfig`` of an SPS student; ``num_hidden_layers`` is the number of *parameter* layers ``k``.
-
-    Extra fields (saved in ``config.json``): ``sps_variant`` (one of :data:`VARIANTS`) and
-    ``sps_schedule`` (``[[param_layer, swap_qk], ...]``, 0-based; derived from ``num_hidden_layers``
-    and ``sps_variant`` with :func:`sps_schedule` when not given).
-    """
-
-    model_type = "sps-bert"
-
-    sps_variant: str = "shuffle"
-    sps_schedule: list | None = None
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        _check_variant(self.sps_variant)
-        if self.sps_schedule is None:
-            self.sps_schedule = [[i, s] for i, s in sps_schedule(self.num_hidden_layers, self.sps_variant)]
-        else:
-            self.sps_schedule = _normalise_schedule(self.sps_schedule, self.num_hidden_layers)
-        super().__post_init__(**kwargs)
-
-    @property
-    def schedule(self) -> list[tuple[int, bool]]:
-        """The schedule as ``(param_layer, swap_qk)`` tuples."""
-        return [(int(i), bool(s)) for i, s in self.sps_schedule]
-
-
-# --------------------------------------------------------------------------------------------------
-# One effective layer, re-using a BertLayer's submodules
-# --------------------------------------------------------------------------------------------------
-
-
-def _split_heads(x: Tensor, num_heads: int) -> Tensor:
-    """``[B, S, H] -> [B, heads, S, H/heads]``."""
-    b, s, h = x.shape
-    return x.view(b, s, num_heads, h // num_heads).transpose(1, 2)
-
-
-def _qkv(layer: BertLayer, hidden: Tensor, swap_qk: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-head query, key, value of ``layer``; with ``swap_qk`` the query/key Linears swap roles."""
-    attn = layer.attention.self
-    q_lin, k_lin = (attn.key, attn.query) if swap_qk else (attn.query, attn.key)
-    n = attn.num_attention_heads
-    return _split_heads(q_lin(hidden), n), _split_heads(k_lin(hidden), n), _split_heads(attn.value(hidden), n)
-
-
-def attention_scores(layer: BertLayer, hidden: Tensor, swap_qk: bool = False) -> Tensor:
-    """Pre-softmax, unmasked scores ``q k^T / sqrt(d)`` of ``layer`` on ``hidden``: ``[B, heads, S, S]``."""
-    q, k, _ = _qkv(layer, hidden, swap_qk)
-    return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-
-
-def _additive_mask(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """Bool keep-mask ``[B, 1, 1, S]`` -> additive mask in ``dtype`` (0 kept, finfo.min padded)."""
-    if keep is None:
-        return None
-    return (~keep).to(dtype) * torch.finfo(dtype).min
-
-
-def sps_layer_forward(
-    layer: BertLayer,
-    hidden: Tensor,
-    keep_mask: Tensor | None = None,
-    swap_qk: bool = False,
-    use_sdpa: bool = True,
-) -> Tensor:
-    """One post-LN BERT layer computed from ``layer``'s own submodules, optionally with Q/K swapped.
-
-    Args:
-        layer: the parameter layer (a ``BertLayer``).
-        hidden: ``[B, S, H]`` input.
-        keep_mask: bool ``[B, 1, 1, S]``, True for real tokens (None: attend everywhere).
-        swap_qk: compute the query with the key Linear and the key with the query Linear.
-        use_sdpa: ``F.scaled_dot_product_attention`` (default) or the explicit softmax path.
-    """
-    attn = layer.attention.self
-    q, k, v = _qkv(layer, hidden, swap_qk)
-    mask = _additive_mask(keep_mask, q.dtype)
-    p_drop = attn.dropout.p if layer.training else 0.0
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    if use_sdpa:
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop, scale=scale)
-    else:
-        scores = (q @ k.transpose(-1, -2)) * scale
-        if mask is not None:
-            scores = scores + mask
-        probs = F.dropout(scores.softmax(dim=-1), p=p_drop, training=layer.training)
-        ctx = probs @ v
-    b, _, s, _ = ctx.shape
-    ctx = ctx.transpose(1, 2).reshape(b, s, -1)
-
-    so = layer.attention.output
-    attn_out = so.LayerNorm(so.dropout(so.dense(ctx)) + hidden)
-    inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attn_out))
-    out = layer.output
-    return out.LayerNorm(out.dropout(out.dense(inter)) + attn_out)
-
-
-# --------------------------------------------------------------------------------------------------
-# The student
-# --------------------------------------------------------------------------------------------------
-
-
-class SPSBertForSequenceClassification(BertPreTrainedModel):
-    """BERT classifier whose ``k`` encoder layers run along ``config.sps_schedule``.
-
-    Parameter layout is exactly ``BertForSequenceClassification`` with ``k`` layers (``bert.*``,
-    ``classifier.*``), so a ``none`` student equals a k-layer BERT classifier numerically.
-    """
-
-    config_class = SPSBertConfig
-    config: SPSBertConfig
-
-    def __init__(self, config: SPSBertConfig) -> None:
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=True)
-        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(drop)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
-
-    @property
-    def schedule(self) -> list[tuple[int, bool]]:
-        """The effective-layer schedule ``[(param_layer, swap_qk), ...]``."""
-        return self.config.schedule
-
-    @property
-    def num_effective_layers(self) -> int:
-        return len(self.config.sps_schedule)
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-        labels: Tensor | None = None,
-    ) -> ClassifierOutput:
-        """Logits and the [CLS] vector after every effective layer (plus the task loss if ``labels``)."""
-        hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        keep = None
-        if attention_mask is not None:
-            keep = attention_mask[:, None, None, :].to(torch.bool)
-        use_sdpa = getattr(self.config, "_attn_implementation", None) != "eager"
-        use_ckpt = self.training and bool(getattr(self.bert, "gradient_checkpointing", False))
-        layers = self.bert.encoder.layer
-        cls_states: list[Tensor] = []
-        for layer_idx, swap in self.schedule:
-            if use_ckpt:
-                hidden = checkpoint(sps_layer_forward, layers[layer_idx], hidden, keep, swap, use_sdpa,
-                                    use_reentrant=False)
-            else:
-                hidden = sps_layer_forward(layers[layer_idx], hidden, keep, swap, use_sdpa)
-            cls_states.append(hidden[:, 0])
-        pooled = self.bert.pooler(hidden)
-        logits = self.classifier(self.dropout(pooled))
-
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
-        return ClassifierOutput(logits=logits, cls_states=tuple(cls_states), loss=loss)
-
-
 AutoConfig.register(SPSBertConfig.model_type, SPSBertConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(SPSBertConfig, SPSBertForSequenceClassification, exist_ok=True)
+# save_pretrained copies configuration_sps_bert.py / modeling_sps_bert.py and writes auto_map.
+SPSBertConfig.register_for_auto_class("AutoConfig")
+SPSBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,7 +89,7 @@ def build_student(
         ModelConfigError: backbone not of model_type ``bert``; ``k`` outside ``1..backbone layers``;
             unknown ``variant``; unsupported ``attn_implementation``.
     """
-    _check_variant(variant)
+    check_variant(variant)
     _check_attn(attn_implementation)
     if num_labels < 1:
         raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")

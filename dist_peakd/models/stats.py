@@ -6,8 +6,6 @@ from typing import Any
 
 from torch import nn
 
-from .sps import SPSBertForSequenceClassification
-
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of distinct parameter elements (shared tensors are counted once)."""
@@ -55,13 +53,15 @@ def model_stats(model: nn.Module, seq_len: int = 128) -> dict[str, Any]:
     schedule length for a student, the layer count for a teacher), ``flops_per_token`` (see
     :func:`flops_per_token`, over the effective layers) and ``forward_gflops_per_sequence``
     (``flops_per_token * seq_len / 1e9``).
+
+    The plain (unrolled) export of a student is a BERT of ``E`` layers: the same ``flops_per_token``,
+    ``E`` parameter layers and ``E - k`` more layers of parameters than the compact student.
     """
     config = model.config
     num_param_layers = int(config.num_hidden_layers)
-    if isinstance(model, SPSBertForSequenceClassification):
-        num_effective = model.num_effective_layers
-    else:
-        num_effective = num_param_layers
+    # Duck-typed on the config: the class may be the package's or a trust_remote_code copy of it.
+    schedule = getattr(config, "sps_schedule", None)
+    num_effective = len(schedule) if schedule else num_param_layers
     fpt = flops_per_token(
         hidden=config.hidden_size,
         intermediate=config.intermediate_size,

@@ -1,0 +1,208 @@
+"""The export folder's README.md: a Hub model card (YAML metadata with model-index) plus a readable body.
+
+Inputs are plain values and dicts (what the stage summaries hold) so any stage can render it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+FORMATS: tuple[str, ...] = ("compact", "plain", "onnx")
+_LIBRARIES: tuple[str, ...] = ("dist_peakd", "torch", "transformers", "deepspeed", "onnx", "onnxruntime", "onnxscript")
+_METRIC_NAMES = {"accuracy": "Accuracy", "f1": "F1", "mcc": "Matthews correlation", "pearson": "Pearson",
+                 "spearman": "Spearman", "acc_and_f1": "Accuracy and F1"}
+
+
+def library_versions(names: Sequence[str] = _LIBRARIES) -> dict[str, str]:
+    """Installed versions of ``names`` (the ones importable)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = str(importlib.import_module(name).__version__)
+        except (ImportError, AttributeError):
+            continue
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def _metadata(name: str, task: Mapping[str, Any], metrics: Mapping[str, float], base_model: str | None,
+              license_id: str, export_format: str, tags: Sequence[str]) -> str:
+    dataset = {"name": task.get("dataset_name", task["name"]), "type": task.get("dataset_type", task["name"])}
+    for key in ("config", "split"):
+        if task.get(key):
+            dataset[key] = task[key]
+    result = {
+        "task": {"type": "text-classification", "name": "Text Classification"},
+        "dataset": dataset,
+        "metrics": [{"type": k, "value": round(float(v), 6), "name": _METRIC_NAMES.get(k, k)}
+                    for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)],
+    }
+    meta: dict[str, Any] = {
+        "library_name": "onnx" if export_format == "onnx" else "transformers",
+        "license": license_id,
+        "pipeline_tag": "text-classification",
+        "tags": list(tags),
+    }
+    if base_model:
+        meta["base_model"] = base_model
+    if task.get("dataset_type"):
+        meta["datasets"] = [task["dataset_type"]]
+    meta["model-index"] = [{"name": name, "results": [result]}]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _what_it_is(method: Mapping[str, Any]) -> list[str]:
+    if method.get("kind") == "teacher":
+        return [f"A fine-tuned BERT-family classifier (the teacher), from `{method.get('backbone', '?')}`."]
+    lines = [
+        f"A **Pea-KD** student: SPS (Shuffled Parameter Sharing) BERT with k = {method.get('k')} parameter "
+        f"layers run as {method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`; "
+        "a second pass re-uses layers with the query and key projections swapped), "
+        f"{'pretrained with PTP, ' if method.get('ptp') else ''}distilled from the teacher "
+        f"`{method.get('teacher', '?')}` with {method.get('distillation', 'KD + Patient-KD')}.",
+    ]
+    if method.get("schedule") is not None:
+        lines.append(f"Effective-layer schedule `[param_layer, swap_qk]`: `{json.dumps(method['schedule'])}`.")
+    return lines
+
+
+def _metrics_table(dev_metrics: Mapping[str, Mapping[str, float]]) -> list[str]:
+    columns = [c for c in ("final", "best", "teacher") if c in dev_metrics] + \
+              [c for c in dev_metrics if c not in ("final", "best", "teacher")]
+    names = list(dict.fromkeys(k for c in columns for k in dev_metrics[c]))
+    rows = ["| metric | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name in names:
+        rows.append(f"| {name} | " + " | ".join(_fmt(dev_metrics[c].get(name)) for c in columns) + " |")
+    return rows
+
+
+def _cost_table(stats: Mapping[str, Any], teacher_stats: Mapping[str, Any] | None) -> list[str]:
+    keys = [("parameters", "parameters"), ("num_parameter_layers", "parameter layers"),
+            ("num_effective_layers", "effective layers"), ("flops_per_token", "FLOPs / token"),
+            ("forward_gflops_per_sequence", "GFLOPs / sequence")]
+    head = "| | this model |" + (" teacher | ratio |" if teacher_stats else "")
+    rows = [head, "|---|---|" + ("---|---|" if teacher_stats else "")]
+    for key, label in keys:
+        if key not in stats:
+            continue
+        row = f"| {label} | {_fmt(stats[key])} |"
+        if teacher_stats:
+            t = teacher_stats.get(key)
+            ratio = f"{stats[key] / t:.2f}x" if isinstance(t, (int, float)) and t else "-"
+            row += f" {_fmt(t)} | {ratio} |"
+        rows.append(row)
+    if "seq_len" in stats:
+        rows.append(f"\nFLOPs counted at sequence length {stats['seq_len']} (2 FLOPs per multiply-add).")
+    return rows
+
+
+def _latency_table(latency: Sequence[Mapping[str, Any]]) -> list[str]:
+    cols = list(dict.fromkeys(k for row in latency for k in row))
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + \
+           ["| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for row in latency]
+
+
+def _how_to_load(export_format: str, repo: str, example: tuple[str, str]) -> list[str]:
+    a, b = example
+    if export_format == "onnx":
+        return ["```python", "import onnxruntime as ort", "from transformers import AutoTokenizer",
+                f'tok = AutoTokenizer.from_pretrained("{repo}")',
+                f'sess = ort.InferenceSession("{repo}/model.onnx")  # or model_int8.onnx',
+                f'enc = tok("{a}", "{b}", return_tensors="np")',
+                'logits = sess.run(["logits"], {k: v for k, v in enc.items()})[0]', "```"]
+    trust = ", trust_remote_code=True" if export_format == "compact" else ""
+    lines = ["```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
+             f'model = AutoModelForSequenceClassification.from_pretrained("{repo}"{trust})',
+             f'tok = AutoTokenizer.from_pretrained("{repo}"{trust})',
+             'clf = pipeline("text-classification", model=model, tokenizer=tok)',
+             f'clf({{"text": "{a}", "text_pair": "{b}"}}, top_k=None)', "```"]
+    if export_format == "compact":
+        lines += ["", "This folder carries its model code (`modeling_sps_bert.py`, `configuration_sps_bert.py`, "
+                  "`auto_map` in `config.json`), hence `trust_remote_code=True`. A plain "
+                  "`BertForSequenceClassification.from_pretrained` refuses it with an error "
+                  "(`num_hidden_layers` records parameter and effective layers). For runtimes without custom code use the "
+                  "plain export (`--format plain`): a standard `bert` folder of the effective layers, same "
+                  "logits, same compute, more weights on disk."]
+    elif export_format == "plain":
+        lines += ["", "A standard `bert` folder: `BertForSequenceClassification`, ONNX exporters, optimum and "
+                  "other BERT runtimes load it without custom code."]
+    return lines
+
+
+def render_model_card(
+    *,
+    name: str,
+    task: Mapping[str, Any],
+    dev_metrics: Mapping[str, Mapping[str, float]],
+    method: Mapping[str, Any],
+    stats: Mapping[str, Any],
+    command: str,
+    options: Mapping[str, Any],
+    export_format: str = "compact",
+    exported: str = "final",
+    teacher_stats: Mapping[str, Any] | None = None,
+    latency: Sequence[Mapping[str, Any]] | None = None,
+    versions: Mapping[str, str] | None = None,
+    base_model: str | None = None,
+    license_id: str = "apache-2.0",
+    example: tuple[str, str] = ("The cat sat on the mat.", "A cat was sitting on the mat."),
+) -> str:
+    """The README.md of an export folder.
+
+    Args:
+        name: model name (model-index entry and title).
+        task: ``{"name": "mrpc", "dataset_name": "GLUE MRPC", "dataset_type": "nyu-mll/glue",
+            "config": "mrpc", "split": "validation"}`` (only ``name`` required).
+        dev_metrics: ``{"final": {...}, "best": {...}, "teacher": {...}}`` (any subset); the entry named
+            ``exported`` (the checkpoint in this folder) goes into the model-index metadata.
+        method: ``kind`` ("student" or "teacher"), ``teacher``, ``backbone``, ``k``, ``variant``,
+            ``num_effective_layers``, ``schedule``, ``ptp`` (bool), ``distillation`` (text).
+        stats: :func:`dist_peakd.models.model_stats` of this model (plus ``seq_len``); ``teacher_stats``
+            the teacher's, for ratios.
+        command / options: the exact command line and the resolved options that made the model.
+        export_format: one of :data:`FORMATS` (decides the loading instructions).
+        latency: rows of measured latency (e.g. ``{"runtime": "onnxruntime fp32", "batch": 1, "seq": 128,
+            "median_ms": 3.1}``), shown as given.
+        versions: library versions (default: the installed ones).
+    """
+    if export_format not in FORMATS:
+        raise ValueError(f"export_format must be one of {list(FORMATS)}, got {export_format!r}")
+    if exported not in dev_metrics:
+        raise ValueError(f"exported={exported!r} is not a key of dev_metrics {list(dev_metrics)}")
+    kind = method.get("kind", "student")
+    tags = ["dist-peakd", "bert", "text-classification"] + (["knowledge-distillation", "pea-kd", "sps"]
+                                                           if kind == "student" else [])
+    out = [_metadata(name, task, dev_metrics[exported], base_model, license_id, export_format, tags)]
+    out += [f"# {name}", "", *_what_it_is(method), "",
+            f"Task: **{task.get('dataset_name', task['name'])}** (`{task['name']}`). This folder holds the "
+            f"`{exported}` checkpoint, in the **{export_format}** format.", "",
+            "## Dev metrics", "", *_metrics_table(dev_metrics), "",
+            "## Size and compute", "", *_cost_table(stats, teacher_stats), ""]
+    if latency:
+        out += ["## Measured latency", "", *_latency_table(latency), ""]
+    out += ["## How to load", "", *_how_to_load(export_format, f"path/to/{name}", example), "",
+            "## How it was made", "", "```bash", command, "```", "", "Options:", "", "```json",
+            json.dumps(dict(options), indent=2, sort_keys=True, default=str), "```", "",
+            "## Library versions", "",
+            *[f"- {k} {v}" for k, v in (versions if versions is not None else library_versions()).items()], ""]
+    return "\n".join(out)
+
+
+def parse_card_metadata(card: str) -> dict[str, Any]:
+    """The YAML metadata block of a card (for checks and tests)."""
+    if not card.startswith("---\n"):
+        raise ValueError("model card has no YAML metadata block")
+    end = card.index("\n---\n", 4)
+    return yaml.safe_load(card[4:end])

@@ -1,0 +1,124 @@
+"""What every export format shares: loading a model folder, label names, tokenizer files, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..artifacts import publish_dir, verify_export, write_export_manifest
+
+#: Keys transformers writes into tokenizer_config.json from the *loading* call (offline mode, a local
+#: path); they describe the machine that saved the folder, not the tokenizer, and are dropped.
+MACHINE_TOKENIZER_KEYS: tuple[str, ...] = ("local_files_only", "is_local")
+
+
+class ExportError(ValueError):
+    """A model folder cannot be exported as asked (wrong kind of folder, bad labels, failed check)."""
+
+
+def is_sps_config(config: Any) -> bool:
+    """True for an SPS student's config, whichever copy of the class made it (package or remote code)."""
+    return getattr(config, "model_type", None) == "sps-bert" and getattr(config, "sps_schedule", None) is not None
+
+
+def load_model_folder(model_dir: str | Path) -> tuple[nn.Module, Any]:
+    """Load a folder a stage wrote (teacher or SPS student, ``best/`` or ``final/``) in fp32, eval mode.
+
+    Returns ``(model, tokenizer)``; the tokenizer is None when the folder has none.
+
+    Raises:
+        ExportError: the folder has no ``config.json`` or is not a sequence classifier.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..models import load_student  # registers sps-bert with the Auto classes
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(f"model_dir {str(model_dir)!r}: no config.json (expected a folder a stage wrote, "
+                          "e.g. <stage>/final or <stage>/best)")
+    verify_export(model_dir)
+    config = AutoConfig.from_pretrained(str(model_dir))
+    if is_sps_config(config):
+        model = load_student(model_dir)
+    else:
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
+        except ValueError as e:
+            raise ExportError(f"model_dir {str(model_dir)!r} is not a sequence classifier ({e})") from e
+    tokenizer = None
+    if any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return model.eval(), tokenizer
+
+
+def set_label_names(config: Any, label_names: Sequence[str] | None) -> None:
+    """Set ``id2label`` / ``label2id`` from the task's label names (index i = class i).
+
+    ``None`` leaves the config as it is. Raises ExportError when the count differs from ``num_labels``
+    or names repeat.
+    """
+    if label_names is None:
+        return
+    names = [str(n) for n in label_names]
+    if len(names) != config.num_labels:
+        raise ExportError(f"label_names {names} has {len(names)} names, the model has {config.num_labels} outputs")
+    if len(set(names)) != len(names):
+        raise ExportError(f"label_names {names} repeat a name")
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+
+
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Save the tokenizer files, without the machine-specific keys of :data:`MACHINE_TOKENIZER_KEYS`."""
+    tokenizer.save_pretrained(str(folder))
+    clean_tokenizer_config(folder)
+
+
+def clean_tokenizer_config(folder: str | Path) -> None:
+    """Drop :data:`MACHINE_TOKENIZER_KEYS` from ``folder/tokenizer_config.json`` (when present)."""
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    if any(k in data for k in MACHINE_TOKENIZER_KEYS):
+        for key in MACHINE_TOKENIZER_KEYS:
+            data.pop(key, None)
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def fp32_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def write_folder(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Build an export folder beside ``out_dir`` (``.tmp-<name>``), add ``dist_peakd_files.json``, publish.
+
+    ``write(tmp)`` fills the folder. The file manifest (size + sha256 of every file) is written last;
+    the finished folder then replaces ``out_dir`` without a gap. On any error the temporary folder is
+    removed and an existing ``out_dir`` is left untouched.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        write_export_manifest(tmp)
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def write_card(folder: Path, card: str | None) -> None:
+    if card is not None:
+        (folder / "README.md").write_text(card)

@@ -1,0 +1,173 @@
+"""ONNX export (torch.onnx, dynamic batch and sequence axes), onnxruntime verification, int8.
+
+Needs the ``[deploy]`` extra (onnx, onnxscript, onnxruntime); imported lazily so the rest of the
+package works without it. An ONNX folder holds ``model.onnx`` (fp32; ``model_int8.onnx`` too when
+quantized), ``config.json`` (a plain ``bert`` config describing the graph: the unrolled one for an
+SPS student), the tokenizer files, ``README.md`` and ``dist_peakd_files.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .folder import ExportError, is_sps_config, save_tokenizer, set_label_names, write_card, write_folder
+
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model_int8.onnx"
+INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs {module!r}: pip install 'dist-peakd[deploy]' ({e})") from e
+
+
+class _LogitsOnly(nn.Module):
+    """``(input_ids, attention_mask, token_type_ids) -> logits`` of a HF-style classifier."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                          return_dict=True).logits
+
+
+def example_inputs(vocab_size: int, batch: int = 2, seq: int = 16, seed: int = 0) -> dict[str, Tensor]:
+    """A small padded batch to trace with (row 1 is padded after half the sequence)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab_size, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1:, seq // 2:] = 0
+    types = torch.zeros_like(ids)
+    types[:, seq // 4:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def export_onnx_file(model: nn.Module, path: str | Path, opset: int | None = None) -> Path:
+    """Export ``model``'s logits to one ``.onnx`` file (weights inside), batch and sequence dynamic."""
+    _require("onnxscript")
+    model = copy.deepcopy(model).float().cpu().eval()
+    wrapper = _LogitsOnly(model).eval()
+    inputs = example_inputs(model.config.vocab_size)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dims = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
+    kwargs: dict[str, Any] = {"opset_version": opset} if opset is not None else {}
+    with torch.no_grad():
+        torch.onnx.export(wrapper, tuple(inputs[n] for n in INPUT_NAMES), str(path), input_names=list(INPUT_NAMES),
+                          output_names=["logits"], dynamic_shapes=tuple(dims[n] for n in INPUT_NAMES),
+                          dynamo=True, external_data=False, verbose=False, **kwargs)
+    return Path(path)
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> Path:
+    """onnxruntime dynamic quantization: int8 weights of the MatMul/Gemm ops, activations quantized at run time."""
+    _require("onnx")
+    quantization = _require("onnxruntime.quantization")
+    quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8)
+    return Path(dst)
+
+
+class OnnxLogits:
+    """An onnxruntime session of an exported classifier: ``__call__(batch) -> logits`` (numpy fp32)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        ort = _require("onnxruntime")
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: Mapping[str, Any]) -> np.ndarray:
+        feed = {}
+        for name in self.input_names:
+            value = batch[name] if name in batch else np.zeros_like(np.asarray(_np(batch["input_ids"])))
+            feed[name] = np.asarray(_np(value), dtype=np.int64)
+        return self.session.run(["logits"], feed)[0]
+
+
+def _np(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+
+
+def onnx_logits(path: str | Path, batch: Mapping[str, Any]) -> np.ndarray:
+    """Logits of one batch through a fresh onnxruntime session."""
+    return OnnxLogits(path)(batch)
+
+
+def verify_onnx(path: str | Path, model: nn.Module, batches: Iterable[Mapping[str, Tensor]],
+                tolerance: float | None = 1e-4) -> float:
+    """Max abs difference between onnxruntime and PyTorch (fp32, eval) logits over ``batches``.
+
+    Raises ExportError when it exceeds ``tolerance`` (None: only return it).
+    """
+    runner = OnnxLogits(path)
+    model = model.float().cpu().eval()
+    worst = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            feed = {n: batch[n] for n in INPUT_NAMES if n in batch}
+            want = model(**feed, return_dict=True).logits.float().numpy()
+            got = runner(feed)
+            worst = max(worst, float(np.abs(got - want).max()))
+    if tolerance is not None and worst > tolerance:
+        raise ExportError(f"ONNX logits of {str(path)!r} differ from PyTorch by {worst:.3g} > {tolerance:g}")
+    return worst
+
+
+def export_onnx(
+    model: nn.Module,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    label_names: Sequence[str] | None = None,
+    card: str | None = None,
+    quantize: str | None = None,
+    verify_batches: Sequence[Mapping[str, Tensor]] | None = None,
+    opset: int | None = None,
+) -> dict[str, Any]:
+    """Write an ONNX folder for ``model`` (SPS student or plain classifier); optionally int8 too.
+
+    ``verify_batches`` (e.g. real dev rows) are run through onnxruntime and PyTorch before the
+    folder is published; the fp32 graph must agree within 1e-4. Returns ``{"out_dir", "files",
+    "max_abs_diff", "max_abs_diff_int8"}`` (diffs None when no batches were given).
+    """
+    if quantize not in (None, "int8"):
+        raise ExportError(f"quantize must be None or 'int8', got {quantize!r}")
+    from .hf import plain_bert_config
+
+    config = plain_bert_config(model.config) if is_sps_config(model.config) else copy.deepcopy(model.config)
+    set_label_names(config, label_names)
+    result: dict[str, Any] = {"max_abs_diff": None, "max_abs_diff_int8": None}
+
+    def write(tmp: Path) -> None:
+        export_onnx_file(model, tmp / ONNX_FILE, opset=opset)
+        if verify_batches is not None:
+            result["max_abs_diff"] = verify_onnx(tmp / ONNX_FILE, model, verify_batches)
+        if quantize == "int8":
+            quantize_int8(tmp / ONNX_FILE, tmp / ONNX_INT8_FILE)
+            if verify_batches is not None:
+                result["max_abs_diff_int8"] = verify_onnx(tmp / ONNX_INT8_FILE, model, verify_batches, None)
+        config.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, tmp)
+        write_card(tmp, card)
+
+    out = write_folder(out_dir, write)
+    result["out_dir"] = out
+    result["files"] = sorted(p.name for p in out.iterdir())
+    return result

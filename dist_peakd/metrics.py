@@ -1,24 +1,34 @@
-"""GLUE metrics in plain NumPy (no sklearn/scipy).
+"""Metrics by problem in plain NumPy (no sklearn/scipy).
 
-All functions take ``(predictions, labels)`` (every metric here is symmetric in its two arguments)
-and return a Python float. Degenerate cases are defined explicitly instead of producing NaN:
+binary: ``accuracy`` + ``f1`` (of the task's positive class); multi-class: ``accuracy`` +
+``macro_f1``; regression: ``pearson`` + ``spearmanr``; ``matthews`` for CoLA (and on request).
+GLUE tasks report exactly their GLUE metrics (``task.metrics``).
+
+All functions take ``(predictions, labels)`` and return a Python float. Degenerate cases are
+defined explicitly instead of producing NaN:
 
 * ``f1``: no positive prediction and no positive label (``2tp + fp + fn == 0``) -> 0.0 (as
-  sklearn's ``zero_division=0``).
+  sklearn's ``zero_division=0``); ``macro_f1`` averages that over the classes present in the
+  labels or the predictions (as sklearn's ``f1_score(average="macro")``).
 * ``matthews_corrcoef``: constant predictions or constant labels (a zero denominator) -> 0.0 (as
   sklearn).
 * ``pearson`` / ``spearman``: a constant input (zero variance) -> 0.0 instead of NaN; fewer than
   two points -> 0.0.
 * empty inputs, length mismatches and non-finite values raise ``ValueError``.
+
+Those 0.0 values hide a collapsed model, so :func:`metric_report` returns, beside the numeric
+metrics, ``warnings``: one line per suspicious case (constant or nearly constant regression
+predictions, constant labels, a classifier predicting a single class) for the stages to print/log.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .data.tasks import GlueTask, get_task
+from .data.tasks import Task, get_task
 
 
 def _pair(predictions: Any, labels: Any, dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -37,14 +47,24 @@ def accuracy(predictions: Any, labels: Any) -> float:
     return float(np.mean(p == y))
 
 
-def f1(predictions: Any, labels: Any) -> float:
-    """Binary F1 of the positive class 1 (0.0 when there is neither a positive prediction nor label)."""
+def f1(predictions: Any, labels: Any, positive: int = 1) -> float:
+    """F1 of the class ``positive`` (default 1; 0.0 when there is neither a positive prediction nor label)."""
     p, y = _pair(predictions, labels)
-    tp = int(np.sum((p == 1) & (y == 1)))
-    fp = int(np.sum((p == 1) & (y != 1)))
-    fn = int(np.sum((p != 1) & (y == 1)))
+    return _class_f1(p, y, positive)
+
+
+def _class_f1(p: np.ndarray, y: np.ndarray, positive: Any) -> float:
+    tp = int(np.sum((p == positive) & (y == positive)))
+    fp = int(np.sum((p == positive) & (y != positive)))
+    fn = int(np.sum((p != positive) & (y == positive)))
     denom = 2 * tp + fp + fn
     return 0.0 if denom == 0 else 2.0 * tp / denom
+
+
+def macro_f1(predictions: Any, labels: Any) -> float:
+    """Unweighted mean of the per-class F1 over the classes present in labels or predictions."""
+    p, y = _pair(predictions, labels)
+    return float(np.mean([_class_f1(p, y, c) for c in np.unique(np.concatenate([y, p]))]))
 
 
 def matthews_corrcoef(predictions: Any, labels: Any) -> float:
@@ -112,21 +132,76 @@ def spearman(predictions: Any, labels: Any) -> float:
 
 _METRICS = {
     "accuracy": accuracy,
-    "f1": f1,
+    "macro_f1": macro_f1,
     "matthews": matthews_corrcoef,
     "pearson": pearson,
     "spearmanr": spearman,
 }
 
 
-def compute_metrics(task: str | GlueTask, predictions: Any, labels: Any) -> dict[str, float]:
+@dataclass
+class MetricReport:
+    """Numeric metrics (``values``, as :func:`compute_metrics`) and one-line ``warnings`` beside them."""
+
+    values: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+def compute_metrics(task: str | Task, predictions: Any, labels: Any) -> dict[str, float]:
     """The task's metrics (``task.metrics``, in that order) as ``{name: value}``.
 
     Classification: ``predictions`` are class indices, or logits of shape ``(n, num_labels)``
     (arg-maxed); ``labels`` class indices. Regression: floats (shape ``(n,)`` or ``(n, 1)``).
-    Unlabelled rows (label -1 / NaN, i.e. test splits) raise ``ValueError``.
+    ``f1`` is the F1 of ``task.positive_label`` (GLUE: class 1). Unlabelled rows (label -1 / NaN,
+    i.e. test splits) raise ``ValueError``.
+    """
+    return metric_report(task, predictions, labels).values
+
+
+def metric_report(task: str | Task, predictions: Any, labels: Any, rel_tol: float = 1e-3) -> MetricReport:
+    """:func:`compute_metrics` plus :func:`prediction_warnings` (``rel_tol``: see there)."""
+    task = get_task(task)
+    p, y = _prepared(task, predictions, labels)
+    _pair(p, y)
+    positive = 1 if task.positive_index is None else task.positive_index
+    values = {m: _class_f1(p, y, positive) if m == "f1" else _METRICS[m](p, y) for m in task.metrics}
+    return MetricReport(values=values, warnings=_warnings(task, p, y, rel_tol))
+
+
+def prediction_warnings(task: str | Task, predictions: Any, labels: Any, rel_tol: float = 1e-3) -> list[str]:
+    """Warnings on degenerate predictions (inputs as for :func:`compute_metrics`).
+
+    Regression: predictions constant (all equal), or nearly constant (standard deviation below
+    ``rel_tol`` times the labels'), and constant labels: Pearson/Spearman then read 0.0 or noise.
+    Classification (2+ rows): every prediction the same class.
     """
     task = get_task(task)
+    return _warnings(task, *_prepared(task, predictions, labels), rel_tol)
+
+
+def _warnings(task: Task, p: np.ndarray, y: np.ndarray, rel_tol: float) -> list[str]:
+    out: list[str] = []
+    if p.size < 2:
+        return out
+    if task.is_regression:
+        p_std, y_std = float(np.std(p.astype(np.float64))), float(np.std(y.astype(np.float64)))
+        if np.all(p == p[0]):
+            out.append(f"{task.name}: all {p.size} predictions are the same value {float(p[0]):.6g}: the model is "
+                       "collapsed; pearson/spearmanr are undefined and read 0.0")
+        elif p_std < rel_tol * y_std:
+            out.append(f"{task.name}: predictions are nearly constant (std {p_std:.3g} vs the labels' {y_std:.3g}): "
+                       "the model is (nearly) collapsed; pearson/spearmanr are not meaningful")
+        if np.all(y == y[0]):
+            out.append(f"{task.name}: all {y.size} labels are the same value {float(y[0]):.6g}: "
+                       "pearson/spearmanr are undefined and read 0.0")
+    elif np.all(p == p[0]):
+        names = task.id2label()
+        out.append(f"{task.name}: all {p.size} predictions are class {names.get(int(p[0]), p[0])!r}")
+    return out
+
+
+def _prepared(task: Task, predictions: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """1-D predictions and labels: logits arg-maxed, dtypes and ranges checked."""
     p = np.asarray(predictions)
     y = np.asarray(labels)
     if task.is_regression:
@@ -150,4 +225,4 @@ def compute_metrics(task: str | GlueTask, predictions: Any, labels: Any) -> dict
                              f"are -1), got range [{y.min()}, {y.max()}]")
     if p.ndim != 1:
         raise ValueError(f"{task.name}: predictions must be 1-D, got shape {p.shape}")
-    return {m: _METRICS[m](p, y) for m in task.metrics}
+    return p, y

@@ -1,0 +1,152 @@
+"""Own data columns -> the common schema: texts checked, labels inferred and checked, problem decided.
+
+Every refusal is a :class:`~.errors.DataError` naming the split's file (or hub split), the row
+index (0-based data row = the example's ``idx``; CSV/TSV also the file line) and the column.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from datasets import ClassLabel, Value
+
+from .errors import ColumnError, DataValueError
+from .files import RawSplit
+
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.ASCII | re.IGNORECASE)
+_TEXT_DTYPES = ("string", "large_string", "null")
+_FLOAT_DTYPES = ("float16", "float32", "float64", "double", "halffloat", "float")
+
+
+def has_column(raw: RawSplit, column: str) -> bool:
+    return column in raw.rows.column_names
+
+
+def column_values(raw: RawSplit, column: str, option: str) -> list[Any]:
+    """All values of ``column`` (decoded as the split's features say); missing -> :class:`ColumnError`."""
+    if not has_column(raw, column):
+        raise ColumnError(raw.where, column, raw.rows.column_names, option)
+    return raw.rows.select_columns([column]).to_dict()[column]
+
+
+def texts(raw: RawSplit, column: str) -> list[str]:
+    """The text column ``column``: every value a non-blank string."""
+    values = column_values(raw, column, "text_columns")
+    feature = raw.rows.features[column]
+    if not (isinstance(feature, Value) and feature.dtype in _TEXT_DTYPES):
+        raise ColumnError(raw.where, column, raw.rows.column_names, "text_columns",
+                          detail=f"column {column!r} holds {_describe(feature)} values, expected text")
+    for row, value in enumerate(values):
+        if value is None:
+            raise DataValueError(raw.where, row, column, "null text (a missing value)", raw.line(row))
+        if not value.strip():
+            raise DataValueError(raw.where, row, column, f"empty text ({value!r})", raw.line(row))
+    return values
+
+
+def _describe(feature: Any) -> str:
+    return feature.dtype if isinstance(feature, Value) else type(feature).__name__
+
+
+def _class_names(raw: RawSplit, column: str) -> tuple[str, ...] | None:
+    feature = raw.rows.features[column]
+    return tuple(feature.names) if isinstance(feature, ClassLabel) else None
+
+
+def infer_problem(raw: RawSplit, column: str, values: Sequence[Any]) -> str:
+    """``regression`` for float labels (a float column, or decimal strings not all integers), else
+    ``classification`` (the caller picks binary/multiclass from the label count)."""
+    feature = raw.rows.features[column]
+    if isinstance(feature, ClassLabel):
+        return "classification"
+    if isinstance(feature, Value) and feature.dtype in _FLOAT_DTYPES:
+        return "regression"
+    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        present = [v.strip() for v in values if v is not None and v.strip()]
+        if present and all(_DECIMAL.fullmatch(v) for v in present) and not all(_INTEGER.fullmatch(v) for v in present):
+            return "regression"
+    return "classification"
+
+
+def class_values(raw: RawSplit, column: str, values: Sequence[Any]) -> list[str | None]:
+    """Label values as class strings (``None``: missing). Strings are stripped; integral floats and
+    ints become their decimal digits; a ``ClassLabel`` index its class name (-1: missing)."""
+    names = _class_names(raw, column)
+    out: list[str | None] = []
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(None)
+        elif names is not None:
+            out.append(None if v == -1 else names[v] if 0 <= v < len(names) else str(v))
+        elif isinstance(v, str):
+            out.append(v.strip() or None)
+        elif isinstance(v, float) and v.is_integer():
+            out.append(str(int(v)))
+        else:
+            out.append(str(v))
+    return out
+
+
+def sorted_labels(values: Sequence[str | None], raw: RawSplit, column: str) -> tuple[str, ...]:
+    """Distinct labels of the train split, sorted (numerically when all are integers); a ``ClassLabel``
+    keeps its class order."""
+    names = _class_names(raw, column)
+    if names is not None:
+        return names
+    distinct = {v for v in values if v is not None}
+    if distinct and all(_INTEGER.fullmatch(v) for v in distinct):
+        return tuple(sorted(distinct, key=lambda v: (int(v), v)))
+    return tuple(sorted(distinct))
+
+
+def class_ids(raw: RawSplit, column: str, values: Sequence[str | None], labels: Sequence[str], origin: str) -> list[int]:
+    """Class index of every row; a missing label or one outside ``labels`` -> :class:`DataValueError`."""
+    index = {label: i for i, label in enumerate(labels)}
+    out = []
+    for row, v in enumerate(values):
+        if v is None:
+            raise DataValueError(raw.where, row, column, "empty label (a missing value)", raw.line(row))
+        i = index.get(v)
+        if i is None:
+            raise DataValueError(raw.where, row, column, f"label {v!r} is not in the {origin} "
+                                 f"({', '.join(map(repr, labels))})", raw.line(row))
+        out.append(i)
+    return out
+
+
+def scores(raw: RawSplit, column: str, values: Sequence[Any]) -> list[float]:
+    """Regression targets: finite numbers (or decimal strings); null, empty, NaN, inf -> :class:`DataValueError`."""
+    out = []
+    for row, v in enumerate(values):
+        problem = None
+        if v is None or (isinstance(v, str) and not v.strip()):
+            problem = "empty regression target (a missing value)"
+        elif isinstance(v, bool) or not isinstance(v, int | float | str):
+            problem = f"regression target {v!r} is not a number"
+        elif isinstance(v, str):
+            text = v.strip()
+            if _NON_FINITE.fullmatch(text):
+                problem = f"NaN/inf regression target {v!r}"
+            elif not _DECIMAL.fullmatch(text):
+                problem = f"regression target {v!r} is not a number"
+            else:
+                v = float(text)
+        if problem is None and not math.isfinite(float(v)):
+            problem = f"NaN/inf regression target {v!r}"
+        if problem is not None:
+            raise DataValueError(raw.where, row, column, problem, raw.line(row))
+        out.append(float(v))
+    return out
+
+
+def unlabelled(raw: RawSplit, column: str) -> bool:
+    """A test split without labels: no label column, or only missing values in it."""
+    if not has_column(raw, column):
+        return True
+    values = class_values(raw, column, column_values(raw, column, "label_column"))
+    return all(v is None for v in values)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dist_peakd.engine import tracking
 from dist_peakd.engine.tracking import (
     HPARAM_TYPES,
     Tracker,
@@ -119,6 +120,24 @@ def test_experiment_can_be_left_to_another_run_and_rank_nonzero_writes_nothing(t
     silent.scalars({"eval/f1": 0.5}, 1)
     silent.close()
     assert not (tmp_path / "b").exists()
+
+
+def test_defaults_set_by_the_caller_reach_the_stages_tracker(tmp_path):
+    """A sweep trial sets what the stage cannot know (swept options, the teacher's metrics) around the run."""
+    with tracking.defaults(varied=["alpha"], reference={"f1": 0.8}):
+        with tracking.defaults(metric_names=["f1", "accuracy", "loss"]):
+            _write_trial(tmp_path / "a", DISTILL, [{"f1": 0.5, "accuracy": 0.5}])
+        _write_trial(tmp_path / "b", DISTILL, [{"f1": 0.5, "accuracy": 0.5}], varied=["temperature"])
+    _write_trial(tmp_path / "c", DISTILL, [{"f1": 0.5, "accuracy": 0.5}])
+    tags = {n: [m.name.tag for m in _hparams(tmp_path / n)["experiment"].metric_infos] for n in "abc"}
+    assert tags["a"] == ["eval/f1", "best/f1", "eval/accuracy", "eval/loss", "reference/teacher_f1"]
+    assert tags["b"] == ["eval/f1", "best/f1", "eval/accuracy", "reference/teacher_f1"]
+    assert tags["c"] == ["eval/f1", "best/f1", "eval/accuracy"]  # outside: nothing left over
+    differs = {n: {h.name for h in _hparams(tmp_path / n)["experiment"].hparam_infos if h.differs} for n in "abc"}
+    assert differs == {"a": {"alpha"}, "b": {"temperature"}, "c": set()}
+    with pytest.raises(TypeError, match="unknown option"):
+        with tracking.defaults(varid=["alpha"]):
+            pass
 
 
 def test_metrics_and_hparams_from_the_config():

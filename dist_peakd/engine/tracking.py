@@ -21,10 +21,12 @@ task folder the columns do not depend on which run it picked.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,31 @@ HPARAM_TYPES: dict[str, str] = {
 REFERENCE_PREFIX = "reference/teacher_"
 #: Metrics of the PTP stage (its dev set is scored on the PTP labels, not the task's).
 PTP_METRICS = ("ptp_loss", "ptp_accuracy")
+
+
+_DEFAULTS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("dist_peakd_tracking",
+                                                                                    default=None)
+
+
+@contextlib.contextmanager
+def defaults(**options: Any) -> Iterator[None]:
+    """Default keyword arguments of :meth:`Tracker.config` for the runs started inside (this thread/context).
+
+    A caller that starts a stage sets what the stage itself cannot know, e.g. a sweep trial::
+
+        with tracking.defaults(varied=["temperature", "alpha"], reference=teacher_dev_metrics):
+            distill.run(opts, on_eval=reporter)
+
+    Arguments given to :meth:`Tracker.config` directly win.
+    """
+    unknown = set(options) - {"main_metric", "mode", "metric_names", "varied", "hparams", "reference", "experiment"}
+    if unknown:
+        raise TypeError(f"tracking.defaults: unknown option(s) {sorted(unknown)}")
+    token = _DEFAULTS.set({**(_DEFAULTS.get() or {}), **options})
+    try:
+        yield
+    finally:
+        _DEFAULTS.reset(token)
 
 
 def tensorboard_dir(stage_dir: str | Path) -> Path:
@@ -248,8 +275,8 @@ class Tracker:
 
     def config(self, config: dict[str, Any], metrics: dict[str, float] | None = None, *,
                main_metric: str | None = None, mode: str | None = None, metric_names: Sequence[str] | None = None,
-               varied: Iterable[str] = (), hparams: Iterable[str] = (), reference: Mapping[str, float] | None = None,
-               experiment: bool = True) -> None:
+               varied: Iterable[str] | None = None, hparams: Iterable[str] | None = None,
+               reference: Mapping[str, float] | None = None, experiment: bool | None = None) -> None:
         """Record the config (text) and open the HParams session (experiment + session start).
 
         ``main_metric``/``mode``/``metric_names``: the run's dev metrics (default: the task's, or PTP's on
@@ -257,9 +284,16 @@ class Tracker:
         options (listed first); ``hparams``: more config keys to show. ``reference``: the teacher's dev
         metrics, logged as ``reference/teacher_<m>`` at step 0 and ``config["total_steps"]``. ``metrics``:
         values known now, logged at step 0 as they are named. ``experiment=False`` writes the session only.
+        Arguments left out come from :func:`defaults` when set there.
         """
         if self._writer is None:
             return
+        given = {"main_metric": main_metric, "mode": mode, "metric_names": metric_names, "varied": varied,
+                 "hparams": hparams, "reference": reference, "experiment": experiment}
+        opts = {**(_DEFAULTS.get() or {}), **{k: v for k, v in given.items() if v is not None}}
+        main_metric, mode, metric_names = opts.get("main_metric"), opts.get("mode"), opts.get("metric_names")
+        varied, hparams = list(opts.get("varied") or ()), list(opts.get("hparams") or ())
+        reference, experiment = opts.get("reference"), opts.get("experiment", True)
         self._writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0)
         self.metrics = run_metrics(config, main_metric, mode, metric_names)
         columns = metric_columns(self.metrics, reference=reference is not None) if self.metrics else []

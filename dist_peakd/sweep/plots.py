@@ -1,7 +1,8 @@
 """PNG plots of a sweep's metric over its swept options (matplotlib, optional: ``pip install dist-peakd[plots]``).
 
 * two discrete swept options (a 2-D grid, e.g. temperature x alpha): one heatmap,
-  ``<metric>_heatmap_<a>_x_<b>.png``, cells = the metric (mean over repeats), the best cell outlined;
+  ``<metric>_heatmap_<a>_x_<b>.png``, cells = the metric (mean over repeats; an early-stopped trial's
+  cell says at which step), the best cell outlined;
 * otherwise: ``<metric>_vs_<option>.png`` for each swept option (filled dots: final metric; open circles:
   best on dev; the best trial ringed in red). Integer options get integer ticks (a discrete option: a tick
   per value), text/bool options one position per value, ``log_scale`` options a log axis;
@@ -186,6 +187,10 @@ def _heatmap(plt: Any, rows: Sequence[dict[str, Any]], out_dir: Path, metric: st
     for i, line in enumerate(grid):
         for j, value in enumerate(line):
             text = "-" if math.isnan(value) else f"{value:.4f}"
+            stops = [r.get("stopped_at_step") for r in rows if r.get("status") == "stopped"
+                     and r.get(axes[0]) == ys[i] and r.get(axes[1]) == xs[j]]
+            if stops:
+                text += "\nstopped" + (f" at {stops[0]}" if stops[0] is not None else "")
             color = "black" if not math.isnan(value) and value > middle else "white"
             ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
     if best is not None and best.get(axes[0]) in ys and best.get(axes[1]) in xs:

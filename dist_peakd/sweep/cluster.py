@@ -9,13 +9,20 @@
   ``output_dir`` (and the GLUE folder) at the same path: trials read the teacher cache and PTP
   encoders from it and write their run folders into it.
 
-``RAY_AUTH_MODE=disabled`` and ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` are set unless already set (no
-auth token written under ``~/.ray``; a local instance binds 127.0.0.1). A local instance runs its workers
-at the caller's priority (``RAY_worker_niceness=0`` unless set; Ray's default, nice 15, let any other busy
-process on the machine starve the trials: measured 3x slower per step beside one other job on 2 cores).
-The rendezvous variables of
-any process group of this process (RANK, WORLD_SIZE, MASTER_PORT, ...) are hidden from a local
-instance, so that its workers never inherit them.
+Ray's settings:
+
+* a local instance (the one the sweep starts itself) runs with ``RAY_AUTH_MODE=disabled`` (Ray 2.60 would
+  otherwise enable token auth and write a token under ``~/.ray``), ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+  (it binds 127.0.0.1) and ``RAY_worker_niceness=0``: its workers run at the caller's priority (Ray's
+  default, nice 15, let any other busy process on the machine starve the trials: measured 3x slower per
+  step beside one other job on 2 cores). Each is set only if the user has not set it, and only while the
+  instance starts: ``os.environ`` is as it was when :func:`init_ray` returns.
+* joining a cluster (``address`` given): nothing is set or changed. The user's Ray settings apply as
+  they are: ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``
+  (token auth, e.g. ``RAY_AUTH_MODE=token`` for a head started with it), ``RAY_ADDRESS``.
+
+The rendezvous variables of any process group of this process (RANK, WORLD_SIZE, MASTER_PORT, ...)
+are hidden from a local instance, so that its workers never inherit them.
 """
 
 from __future__ import annotations
@@ -36,9 +43,21 @@ WORKER_NICENESS_VAR = "RAY_worker_niceness"
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
 
 
-def ray_env_defaults() -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+#: What a local instance starts with, unless the user set these variables.
+LOCAL_INSTANCE_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                      WORKER_NICENESS_VAR: "0"}
+
+
+@contextlib.contextmanager
+def local_instance_env() -> Iterator[None]:
+    """Temporarily set :data:`LOCAL_INSTANCE_ENV` (where unset): read by the processes a local instance starts."""
+    added = [k for k in LOCAL_INSTANCE_ENV if k not in os.environ]
+    os.environ.update({k: LOCAL_INSTANCE_ENV[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 @contextlib.contextmanager
@@ -52,17 +71,20 @@ def without_rendezvous_env() -> Iterator[None]:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
-    """Start (``address=None``) or join Ray; returns True when this call started it (caller shuts it down)."""
-    ray_env_defaults()
+    """Start (``address=None``) or join Ray; returns True when this call started it (caller shuts it down).
+
+    Only a local start sets Ray variables (:func:`local_instance_env`, undone on return); joining uses
+    the environment as it is.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     with without_rendezvous_env():
         if address is None:
-            os.environ.setdefault(WORKER_NICENESS_VAR, "0")  # read by the raylet this call starts
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
-                     include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            with local_instance_env():
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
+                         include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
         else:  # the cluster's workers do not inherit this process's environment
             env = {k: os.environ[k] for k in FORWARDED_VARS if k in os.environ}
             ray.init(address=address, runtime_env={"env_vars": env} if env else None)

@@ -22,12 +22,13 @@ LAYERS: dict[str, int] = {
     "artifacts": 1,
     "data": 2,
     "models": 3, "cache": 3, "distill": 3, "metrics": 3,
-    "engine": 4, "layout": 4,
-    "config": 5,
-    "sweep": 6,
-    "stages": 7,
-    "guard": 8,
-    "cli": 9,
+    "export": 4,
+    "engine": 5, "layout": 5,
+    "config": 6,
+    "sweep": 7,
+    "stages": 8,
+    "guard": 9,
+    "cli": 10,
 }
 #: Units that must not depend on the engine (the issue's rule: they are usable without DeepSpeed).
 ENGINE_FREE = ("models", "data", "cache", "distill")

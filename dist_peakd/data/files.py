@@ -28,7 +28,7 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict, Features, Value
 
-from ..fsutil import file_sha256
+from ..artifacts import file_sha256
 from .errors import DataFileError, MalformedRowError
 from .options import file_format
 

@@ -61,7 +61,12 @@ class JobRun:
         return "\n".join(line for _, line in self.lines[-n:])
 
     def watchdog_line(self) -> str:
-        return next((line for _, line in self.lines if "sent no heartbeat" in line), "")
+        """The watchdog's message (or, with the watchdog off, the collective timeout's)."""
+        for needle in ("sent no heartbeat", "error: a collective operation failed"):
+            found = next((line for _, line in self.lines if needle in line), None)
+            if found:
+                return found[found.index("dist-peakd"):] if "dist-peakd" in found else found
+        return ""
 
 
 def _free_port() -> int:
@@ -163,6 +168,9 @@ def launch(out: Path, backbone: Path, glue_dir: Path, freeze: tuple[int, int] | 
         run.rc = -999  # hung: the thing this harness exists to catch
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    except BaseException:  # interrupted: take the job (and a stopped rank) down with us
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     run.ended = time.monotonic()
     for t in threads:
         t.join(10)
@@ -218,7 +226,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def _short(message: str) -> str:
-    return message.split("error: ", 1)[-1].split(" (stopped", 1)[0]
+    text = message.split("error: ", 1)[-1].split("; DIST_PEAKD_HEARTBEAT_TIMEOUT", 1)[0]
+    return text.replace("|", "/")[:200]
 
 
 def main() -> None:
@@ -232,6 +241,8 @@ def main() -> None:
     args = p.parse_args()
 
     from _common import environment
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # -> launch() kills the running job
 
     glue_dir = Path(os.environ.get("DIST_PEAKD_GLUE_DIR", REPO.parent / "shared" / "glue"))
     rng = random.Random(args.seed)

@@ -54,6 +54,7 @@ def test_sigstop_of_a_rank_ends_the_job_within_the_bound_and_the_rerun_resumes(t
     line = run.watchdog_line()
     assert f"dist-peakd: rank {1 - rank}: error: rank {rank} (host " in line, f"{where}\n{run.tail()}"
     assert f"pid {run.stopped_pid}) sent no heartbeat for " in line
+    assert "(its process is stopped: SIGSTOP or a debugger)" in line
     assert run.left_running == [], f"processes left running after the job ended {where}"
     assert not (frozen.stage_dir(out) / "summary.json").exists()
 

@@ -133,7 +133,8 @@ def _register_peers(rank: int, world: int, heartbeat_timeout_s: float) -> None:
     group_ref = weakref.ref(dist.group.WORLD)
     dog = None
     if world > 1 and heartbeat_timeout_s > 0:
-        dog = _watchdog.Watchdog(rank, heartbeat_timeout_s, is_current=lambda: _is_current_group(group_ref))
+        dog = _watchdog.Watchdog(rank, heartbeat_timeout_s, is_current=lambda: _is_current_group(group_ref),
+                                 explain=lambda peer: peer_state(peer.rank))
     me = (socket.gethostname(), os.getpid(), _start_time(os.getpid()), dog.endpoint() if dog else None)
     peers = [me] if world == 1 else all_gather_objects(me)
     _PEERS.clear()
@@ -186,6 +187,28 @@ def lost_peers() -> tuple[list[int], list[int]]:
         if not alive:
             gone.append(rank)
     return gone, unknown
+
+
+_STATES = {"stopped": "its process is stopped: SIGSTOP or a debugger", "tracing-stop": "its process is stopped "
+           "by a debugger", "disk-sleep": "its process is stuck in uninterruptible I/O, D state",
+           "zombie": "its process has exited"}
+
+
+def peer_state(rank: int) -> str:
+    """What can be seen of a silent peer: its process state when it runs on this host."""
+    host, pid, started = _PEERS.get(rank, ("?", 0, 0.0))
+    if host != socket.gethostname():
+        return f"on another host: stopped, frozen or cut off from {socket.gethostname()}"
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if started and abs(proc.create_time() - started) >= 1:
+            return "its process has exited"
+        status = proc.status()
+    except Exception:  # psutil missing, or the process is gone
+        return "its process has exited"
+    return _STATES.get(status, f"its process is {status} but its heartbeat thread does not run")
 
 
 def describe_lost_peers() -> str:

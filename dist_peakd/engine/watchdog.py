@@ -98,11 +98,12 @@ class Watchdog:
 
     def __init__(self, rank: int, timeout_s: float, interval_s: float | None = None,
                  on_silent: SilentHandler | None = None, is_current: Callable[[], bool] | None = None,
-                 ip: str | None = None) -> None:
+                 ip: str | None = None, explain: Callable[[Peer], str] | None = None) -> None:
         self.rank, self.timeout_s = rank, timeout_s
         self.interval_s = interval_s or interval_for(timeout_s)
         self.on_silent = on_silent or self._exit_naming
         self.is_current = is_current or (lambda: True)  # False once the process group it serves is gone
+        self.explain = explain or (lambda peer: "stopped, frozen or cut off")  # what a silent peer's state is
         self.nonce = secrets.randbits(63)
         self.ip = ip or advertised_ip()
         family = socket.AF_INET6 if ":" in self.ip else socket.AF_INET
@@ -226,9 +227,10 @@ class Watchdog:
                  f"DIST_PEAKD_COLLECTIVE_TIMEOUT")
 
     def _exit_naming(self, silent: list[tuple[Peer, float]]) -> None:
-        names = "; ".join(f"{self.describe(p.rank)} sent no heartbeat for {age:.1f} s" for p, age in silent)
-        _say(f"dist-peakd: rank {self.rank}: error: {names} (stopped, frozen or cut off; {TIMEOUT_ENV}="
-             f"{self.timeout_s:g}); exiting with code {EXIT_SILENT_PEER} so the launcher ends the job")
+        names = "; ".join(f"{self.describe(p.rank)} sent no heartbeat for {age:.1f} s ({self.explain(p)})"
+                          for p, age in silent)
+        _say(f"dist-peakd: rank {self.rank}: error: {names}; {TIMEOUT_ENV}={self.timeout_s:g}: exiting with code "
+             f"{EXIT_SILENT_PEER} so the launcher ends the job")
         os._exit(EXIT_SILENT_PEER)
 
 

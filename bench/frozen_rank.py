@@ -62,7 +62,7 @@ class JobRun:
 
     def watchdog_line(self) -> str:
         """The watchdog's message (or, with the watchdog off, the collective timeout's)."""
-        for needle in ("sent no heartbeat", "error: a collective operation failed"):
+        for needle in ("sent no heartbeat", "error: a collective operation failed", ": error: "):
             found = next((line for _, line in self.lines if needle in line), None)
             if found:
                 return found[found.index("dist-peakd"):] if "dist-peakd" in found else found

@@ -270,3 +270,30 @@ def test_groups_created_later_get_the_collective_timeout(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["123.0", "123.0", "123.0", "None"]  # one process: no watchdog
+
+
+def test_a_failed_collective_names_a_stopped_or_exited_local_peer(monkeypatch):
+    """With the watchdog off (or its UDP dropped), the collective timeout's message still says which
+    local peer is stopped and which one has exited."""
+    import psutil
+
+    from dist_peakd.engine import distributed as d
+
+    stopped = subprocess.Popen(["sleep", "60"])
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    try:
+        os.kill(stopped.pid, signal.SIGSTOP)
+        time.sleep(0.2)
+        host = socket.gethostname()
+        monkeypatch.setattr(d, "_PEERS", {0: (host, os.getpid(), 0.0),
+                                          1: (host, stopped.pid, psutil.Process(stopped.pid).create_time()),
+                                          2: (host, exited.pid, 0.0), 3: ("elsewhere", 1, 0.0)})
+        monkeypatch.setattr(d, "_WATCHDOG", None)
+        assert d.describe_lost_peers() == (f"rank(s) 2 (pid {exited.pid}) on this host are no longer running; "
+                                           f"rank 1 (pid {stopped.pid}): its process is stopped: SIGSTOP or a "
+                                           "debugger; rank(s) [3] on other hosts could not be checked")
+        assert d.peer_state(3) == f"on another host: stopped, frozen or cut off from {host}"
+    finally:
+        stopped.kill()
+        stopped.wait()

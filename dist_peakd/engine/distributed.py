@@ -224,12 +224,24 @@ def describe_lost_peers() -> str:
     if silent:
         parts.append("rank(s) " + ", ".join(f"{r} (host {_PEERS[r][0]}, pid {_PEERS[r][1]}, silent {age:.0f} s)"
                                             for r, age in silent) + " stopped sending heartbeats")
+    parts += [f"rank {r} (pid {_PEERS[r][1]}): {state}" for r, state in _stuck_local_peers(gone + [r for r, _ in silent])]
     unknown = [r for r in unknown if r not in dict(silent)]
     if unknown:
         parts.append(f"rank(s) {unknown} on other hosts could not be checked")
     if not parts:
         return "every peer process on this host is still running (a timeout or a network failure?)"
     return "; ".join(parts)
+
+
+def _stuck_local_peers(skip: list[int]) -> list[tuple[int, str]]:
+    """(rank, state) of peers on this host whose process is stopped or in D state."""
+    here, out = socket.gethostname(), []
+    for r, (host, pid, _) in sorted(_PEERS.items()):
+        if host == here and pid != os.getpid() and r not in skip:
+            state = peer_state(r)
+            if state.startswith(("its process is stopped", "its process is stuck")):
+                out.append((r, state))
+    return out
 
 
 def _silent_peers() -> list[tuple[int, float]]:

@@ -109,15 +109,16 @@ def start_ranks(tmp_path):
     script.write_text(WORKER)
     started: list[Rank] = []
 
-    def start(scenario: str, **extra: str) -> list[Rank]:
+    def start(scenario: str, master_addr: str = "127.0.0.1", prefixes: tuple[list[str], ...] = ([], []),
+              rank_env: tuple[dict[str, str], ...] = ({}, {}), **extra: str) -> list[Rank]:
         port, second_port = _free_port(), _free_port()
         for rank in range(2):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR=master_addr,
                        MASTER_PORT=str(port), SECOND_PORT=str(second_port), DS_ACCELERATOR="cpu",
                        OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", DIST_PEAKD_HEARTBEAT_TIMEOUT=str(T),
-                       DIST_PEAKD_COLLECTIVE_TIMEOUT="300", **extra)
-            proc = subprocess.Popen([sys.executable, str(script), scenario], env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+                       DIST_PEAKD_COLLECTIVE_TIMEOUT="300", **extra, **rank_env[rank])
+            proc = subprocess.Popen([*prefixes[rank], sys.executable, str(script), scenario], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             started.append(Rank(proc))
         return started[-2:]
 
@@ -156,6 +157,29 @@ def test_stopped_peer_is_named_and_ends_the_survivor_with_exit_5(start_ranks, fr
     assert "(its process is stopped: SIGSTOP or a debugger); DIST_PEAKD_HEARTBEAT_TIMEOUT=2: exiting with code 5" in line
     assert T <= elapsed < T + 10, elapsed  # detection itself; the slack is for a loaded 2-core machine
     assert ranks[frozen].proc.poll() is None  # the stopped one is the launcher's to kill
+
+
+def test_stopped_peer_is_found_across_network_namespaces(start_ranks):
+    """Each rank in its own network namespace (veth link, no shared loopback), as on two hosts: the
+    heartbeats go to the address on the route to MASTER_ADDR, and a stopped rank 0 is still named."""
+    from test_multinode import _drop_netns, _make_netns
+
+    netns = _make_netns()
+    if isinstance(netns, str):
+        pytest.skip(netns)
+    names, addrs = netns
+    try:
+        ranks = start_ranks("hold", master_addr=addrs[0], prefixes=tuple(["ip", "netns", "exec", n] for n in names),
+                            rank_env=tuple({"GLOO_SOCKET_IFNAME": n} for n in names), HOLD_S="60")
+        ready = [r.wait_event("ready") for r in ranks]
+        time.sleep(3 * watchdog.interval_for(T))
+        os.kill(ready[0]["pid"], signal.SIGSTOP)
+        assert ranks[1].proc.wait(timeout=60) == watchdog.EXIT_SILENT_PEER, ranks[1].text
+        ranks[1].thread.join(5)
+        assert f"rank 0 (host {socket.gethostname()}, pid {ready[0]['pid']}) sent no heartbeat" in ranks[1].text
+        assert "never arrived" not in ranks[0].text + ranks[1].text
+    finally:
+        _drop_netns(names)
 
 
 def test_long_single_rank_work_and_an_early_clean_exit_end_nobody(start_ranks):

@@ -16,6 +16,14 @@ Safety rules: a peer is watched only after its first heartbeat arrived (a firewa
 disables the watchdog for that peer with one warning instead of killing a healthy job); a rank that
 leaves cleanly says goodbye; a rank that notices its own thread did not run for a long time (it was
 stopped itself, or starved) forgives its peers instead of accusing them.
+
+Bound (one node, ``deepspeed`` launcher): the survivors exit within ``timeout_s`` + one period; the
+launcher polls every 1 s, SIGTERMs every rank and SIGKILLs the stopped one after its 30 s grace (a
+stopped process does not act on SIGTERM). So ``timeout_s`` + period + ~32 s: 41.0-46.1 s measured with
+a 10 s timeout over 10 trials (bench/frozen_rank.py), ~93 s with the default 60 s.
+Not covered: a main thread stuck in D state while this thread still runs (the collective timeout,
+which ``init_distributed`` also applies to DeepSpeed's groups, covers it), and one C call holding the
+GIL for longer than ``timeout_s`` on a rank (its peers would call it silent).
 """
 
 from __future__ import annotations

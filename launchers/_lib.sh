@@ -57,6 +57,34 @@ quote_cmd() {
   echo "${out[*]}"
 }
 
+# pdsh_word ARG: ARG written so that it reaches each node's program byte for byte through the
+# DeepSpeed pdsh runner (0.19.8 `PDSHRunner.parse_user_args` wraps a word holding a space in "..."
+# and escapes only `"` in it), pdsh (replaces %h %u %n %% in every word) and the remote login shell
+# (POSIX sh, bash, dash, zsh parse the line ssh hands over). Plain words stay as they are; other
+# words without a space are single-quoted; in words with a space the characters still special
+# inside "..." ($ ` \) are escaped and DeepSpeed adds the quotes; then every % is doubled.
+# tests/test_launcher_quoting.py runs the real runner with a stand-in pdsh and real shells.
+pdsh_word() {
+  local a=$1 q
+  if [[ $a =~ ^[A-Za-z0-9_@+=:,./-]+$ ]]; then
+    q=$a  # nothing any shell or pdsh would touch: left readable
+  elif [[ $a == *" "* ]]; then
+    q=${a//\\/\\\\}
+    q=${q//\$/\\\$}
+    q=${q//\`/\\\`}
+  else
+    q="'${a//\'/\'\\\'\'}'"
+  fi
+  printf '%s' "${q//%/%%}"
+}
+
+# shell_safe_path NAME PATH: refuse a PATH that a remote shell would split or expand (the pdsh
+# runner puts `cd <cwd>` and the python path into the remote command unquoted).
+shell_safe_path() {
+  [[ $2 =~ ^[A-Za-z0-9_@+=:,./-]+$ ]] ||
+    die "$1 '$2' holds characters the remote shell would interpret (pdsh runs it unquoted there); use a path made of letters, digits and _@+=:,./-"
+}
+
 # note TEXT: an explanatory line ("# TEXT") next to the printed command.
 note() {
   if ((DRY_RUN)); then echo "# $*"; else echo "# $*" >&2; fi

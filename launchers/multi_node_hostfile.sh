@@ -16,6 +16,12 @@
 # Other flags before `--` go to the deepspeed launcher (e.g. --launcher openmpi, --ssh_port 2222).
 # Environment reaches the remote ranks only through ./.deepspeed_env or ~/.deepspeed_env
 # ("NAME=value" lines) and the variables DeepSpeed forwards itself (NCCL_*, PYTHON*, ...).
+# With pdsh (the default launcher) the stage options cross each node's shell: they are passed
+# quoted for it (what `$(...)`, quotes, spaces, globs or % would do there cannot happen; every rank
+# gets them byte for byte) and --force_multi is added, so even one node goes that same way. The
+# printed command therefore shows the options in that quoted form; a "# stage options" line shows
+# them as given. Run it from a folder whose path has no shell characters (DeepSpeed's remote
+# command does `cd <this folder>` unquoted). Other launchers get the options as they are.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 
@@ -54,6 +60,26 @@ limits=()
 [[ -z $num_nodes ]] || { need_int --num_nodes "$num_nodes" 1; limits+=(--num_nodes "$num_nodes"); }
 [[ -z $num_gpus ]] || { need_int --num_gpus "$num_gpus" 1; limits+=(--num_gpus "$num_gpus"); }
 
+[[ $master_addr =~ ^[A-Za-z0-9._:-]+$ ]] || die "--master_addr '$master_addr' is not a host name or address"
+
+# Which way DeepSpeed starts the nodes: pdsh (a remote shell parses the command) unless told otherwise.
+launcher=pdsh
+for ((i = 0; i < ${#ds_args[@]}; i++)); do
+  case ${ds_args[i]} in
+    --launcher=*) launcher=${ds_args[i]#*=} ;;
+    --launcher) launcher=${ds_args[i + 1]:-} ;;
+    --no_ssh) launcher=none ;;
+  esac
+done
+stage_args=("$@")
+if [[ ${launcher,,} == pdsh ]]; then
+  shell_safe_path "the current folder" "$PWD"
+  limits+=(--force_multi)
+  stage_args=()
+  for a in "$@"; do stage_args+=("$(pdsh_word "$a")"); done
+  note "stage options (each rank receives exactly these; quoted below for the remote shell): $(quote_cmd "$@")"
+fi
+
 note "hostfile $hostfile: $(wc -l <<<"$hosts") host(s): $(paste -sd' ' <<<"$hosts"); rank 0 on $master_addr:$master_port"
 run_cmd "$(find_tool deepspeed)" --hostfile "$hostfile" --master_addr "$master_addr" --master_port "$master_port" \
-  "${limits[@]}" "${ds_args[@]}" --module dist_peakd.cli "$@"
+  "${limits[@]}" "${ds_args[@]}" --module dist_peakd.cli "${stage_args[@]}"

@@ -76,7 +76,7 @@ def test_multi_node_hostfile_dry_run(tmp_path):
                "--", *STAGE).stdout
     [cmd] = _commands(out)
     assert cmd[1:] == ["--hostfile", str(hostfile), "--master_addr", "worker-1", "--master_port", "29600",
-                       "--module", "dist_peakd.cli", *STAGE]
+                       "--force_multi", "--module", "dist_peakd.cli", *STAGE]  # pdsh, even for one node
     assert "2 host(s): worker-1 worker-2" in out
     out = _run("multi_node_hostfile.sh", "--hostfile", str(hostfile), "--master_addr", "10.0.0.5", "--num_nodes",
                "1", "--num_gpus", "4", "--launcher", "openmpi", "--dry-run", "--", *STAGE).stdout

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import socket
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from . import watchdog as _watchdog
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,10 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     - In a plain single process they are filled in for a world of one on 127.0.0.1.
     Backend: NCCL on GPU, gloo on CPU. The shared-memory all-reduce op that DeepSpeed would JIT-compile
     on CPU (~60 s) is disabled. ``timeout_s`` bounds every collective (default
-    ``DIST_PEAKD_COLLECTIVE_TIMEOUT`` or 600 s), so a dead peer makes the others fail instead of hang.
+    ``DIST_PEAKD_COLLECTIVE_TIMEOUT`` or 600 s), so a dead peer makes the others fail instead of hang;
+    it is also made the default of every group created later (DeepSpeed's data-parallel groups would
+    otherwise wait 30 min). With more than one rank, a heartbeat watchdog (``engine/watchdog.py``,
+    ``DIST_PEAKD_HEARTBEAT_TIMEOUT``, default 60 s) ends this rank with exit 5 naming a stopped peer.
     """
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import deepspeed
@@ -54,7 +61,9 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if timeout_s is None:
-        timeout_s = float(os.environ.get("DIST_PEAKD_COLLECTIVE_TIMEOUT", "600"))
+        timeout_s = collective_timeout_from_env()
+    heartbeat_timeout_s = _watchdog.timeout_from_env()
+    _set_default_group_timeout(timeout_s)
     if not dist.is_initialized():
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
@@ -66,22 +75,85 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     rank = dist.get_rank()
     world = dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count() or 1)))
-    _register_peers(rank, world)
+    _register_peers(rank, world, heartbeat_timeout_s)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=_device_for(local_rank))
+
+
+COLLECTIVE_TIMEOUT_ENV = "DIST_PEAKD_COLLECTIVE_TIMEOUT"
+
+
+def collective_timeout_from_env() -> float:
+    """``DIST_PEAKD_COLLECTIVE_TIMEOUT`` in seconds (default 600)."""
+    from .ds_config import ConfigError
+
+    raw = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "").strip() or "600"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{COLLECTIVE_TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
+    return value
+
+
+def _set_default_group_timeout(timeout_s: float) -> None:
+    """Make ``timeout_s`` the timeout of every process group created without one.
+
+    ``torch.distributed.new_group`` falls back to c10d's module defaults (30 min for gloo, 10 min for
+    NCCL), not to the world group's timeout; DeepSpeed creates its data-parallel groups that way.
+    """
+    from torch.distributed import distributed_c10d as c10d
+
+    delta = datetime.timedelta(seconds=timeout_s)
+    c10d.default_pg_timeout = delta
+    if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), datetime.timedelta):
+        c10d.default_pg_nccl_timeout = delta
 
 
 # rank -> (hostname, pid, process start time); filled once per process group by init_distributed.
 _PEERS: dict[int, tuple[str, int, float]] = {}
+_PEERS_GROUP: weakref.ref | None = None  # the process group _PEERS (and the watchdog) belong to
+_WATCHDOG: _watchdog.Watchdog | None = None
 
 
-def _register_peers(rank: int, world: int) -> None:
-    """Exchange (host, pid) of every rank once, so a survivor can later say which peer is gone."""
-    if _PEERS and len(_PEERS) == world:
+def _is_current_group(ref: weakref.ref) -> bool:
+    return dist.is_initialized() and ref() is not None and ref() is dist.group.WORLD
+
+
+def _register_peers(rank: int, world: int, heartbeat_timeout_s: float) -> None:
+    """Once per process group: exchange every rank's (host, pid) and start the heartbeat watchdog.
+
+    Collective (every rank of the group calls it, from ``init_distributed``); a no-op for a group
+    already registered, so stages that call ``init_distributed`` again cost nothing.
+    """
+    global _PEERS_GROUP, _WATCHDOG
+    if _PEERS_GROUP is not None and _is_current_group(_PEERS_GROUP) and len(_PEERS) == world:
         return
-    me = (socket.gethostname(), os.getpid(), _start_time(os.getpid()))
+    stop_watchdog()  # a previous group's (Ray reuses processes)
+    group_ref = weakref.ref(dist.group.WORLD)
+    dog = None
+    if world > 1 and heartbeat_timeout_s > 0:
+        dog = _watchdog.Watchdog(rank, heartbeat_timeout_s, is_current=lambda: _is_current_group(group_ref),
+                                 explain=lambda peer: peer_state(peer.rank))
+    me = (socket.gethostname(), os.getpid(), _start_time(os.getpid()), dog.endpoint() if dog else None)
     peers = [me] if world == 1 else all_gather_objects(me)
     _PEERS.clear()
-    _PEERS.update({r: tuple(p) for r, p in enumerate(peers)})  # type: ignore[misc]
+    _PEERS.update({r: tuple(p[:3]) for r, p in enumerate(peers)})  # type: ignore[misc]
+    _PEERS_GROUP = group_ref
+    if dog is not None:
+        dog.start({r: _watchdog.Peer(r, p[0], p[1], *p[3]) for r, p in enumerate(peers) if p[3] is not None})
+        _WATCHDOG = dog
+
+
+def stop_watchdog() -> None:
+    """Stop this process's heartbeat watchdog (telling the peers it leaves on purpose); idempotent."""
+    global _WATCHDOG
+    if _WATCHDOG is not None:
+        _WATCHDOG.stop()
+        _WATCHDOG = None
+
+
+atexit.register(stop_watchdog)
 
 
 def _start_time(pid: int) -> float:
@@ -117,20 +189,67 @@ def lost_peers() -> tuple[list[int], list[int]]:
     return gone, unknown
 
 
+_STATES = {"stopped": "its process is stopped: SIGSTOP or a debugger", "tracing-stop": "its process is stopped "
+           "by a debugger", "disk-sleep": "its process is stuck in uninterruptible I/O, D state",
+           "zombie": "its process has exited"}
+
+
+def peer_state(rank: int) -> str:
+    """What can be seen of a silent peer: its process state when it runs on this host."""
+    host, pid, started = _PEERS.get(rank, ("?", 0, 0.0))
+    if host != socket.gethostname():
+        return f"on another host: stopped, frozen or cut off from {socket.gethostname()}"
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if started and abs(proc.create_time() - started) >= 1:
+            return "its process has exited"
+        status = proc.status()
+    except Exception:  # psutil missing, or the process is gone
+        return "its process has exited"
+    return _STATES.get(status, f"its process is {status} but its heartbeat thread does not run")
+
+
 def describe_lost_peers() -> str:
     """A sentence naming the ranks that are gone (used in the exit message after a failed collective)."""
     if not _PEERS:
         return "the peer ranks are unknown (process group never initialised)"
     gone, unknown = lost_peers()
+    silent = [(r, age) for r, age in _silent_peers() if r not in gone]
     parts = []
     if gone:
         parts.append("rank(s) " + ", ".join(f"{r} (pid {_PEERS[r][1]})" for r in gone)
                      + " on this host are no longer running")
+    if silent:
+        parts.append("rank(s) " + ", ".join(f"{r} (host {_PEERS[r][0]}, pid {_PEERS[r][1]}, silent {age:.0f} s)"
+                                            for r, age in silent) + " stopped sending heartbeats")
+    parts += [f"rank {r} (pid {_PEERS[r][1]}): {state}" for r, state in _stuck_local_peers(gone + [r for r, _ in silent])]
+    unknown = [r for r in unknown if r not in dict(silent)]
     if unknown:
         parts.append(f"rank(s) {unknown} on other hosts could not be checked")
     if not parts:
         return "every peer process on this host is still running (a timeout or a network failure?)"
     return "; ".join(parts)
+
+
+def _stuck_local_peers(skip: list[int]) -> list[tuple[int, str]]:
+    """(rank, state) of peers on this host whose process is stopped or in D state."""
+    here, out = socket.gethostname(), []
+    for r, (host, pid, _) in sorted(_PEERS.items()):
+        if host == here and pid != os.getpid() and r not in skip:
+            state = peer_state(r)
+            if state.startswith(("its process is stopped", "its process is stuck")):
+                out.append((r, state))
+    return out
+
+
+def _silent_peers() -> list[tuple[int, float]]:
+    """(rank, seconds) of peers whose heartbeats stopped for more than a few periods."""
+    dog = _WATCHDOG
+    if dog is None:
+        return []
+    return [(r, age) for r, age in sorted(dog.silence().items()) if age > 3 * dog.interval_s + 1]
 
 
 def barrier() -> None:

@@ -84,7 +84,7 @@ COLLECTIVE_TIMEOUT_ENV = "DIST_PEAKD_COLLECTIVE_TIMEOUT"
 
 def collective_timeout_from_env() -> float:
     """``DIST_PEAKD_COLLECTIVE_TIMEOUT`` in seconds (default 600)."""
-    from .ds_config import ConfigError
+    from ..errors import ConfigError
 
     raw = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "").strip() or "600"
     try:

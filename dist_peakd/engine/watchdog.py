@@ -49,7 +49,7 @@ _PACKET = struct.Struct("!4sBIQQ")  # magic, kind, sender rank, sender nonce, se
 
 def timeout_from_env() -> float:
     """``DIST_PEAKD_HEARTBEAT_TIMEOUT`` in seconds (default 60; 0 turns the watchdog off)."""
-    from .ds_config import ConfigError
+    from ..errors import ConfigError
 
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .coerce import coerce_options
 from .config import build_options, option_meta
 from .errors import ConfigError, UsageError
 
@@ -53,40 +54,14 @@ def _field_line(cls: type, f: dataclasses.Field) -> str:
     return _option_line(f.name, _default_of(f), _type_name(f), help_)
 
 
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
-
-
 def coerce_values(options_cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Undo fire's guesses where they contradict an option's type.
+    """The command line's option values typed by their fields (:func:`dist_peakd.coerce.coerce_options`).
 
-    fire reads ``--use_ptp false`` as the (truthy) string 'false' and ``--run_name 123`` as an int;
-    booleans accept true/false/yes/no/on/off/1/0 in any case, text options get their text back.
+    :func:`main` hands fire every value as the text that was typed (:func:`as_text_values`), so this is
+    the same typing path as a YAML/JSON ``--config`` file's: ``--use_ptp false`` is False, ``--run_name
+    1e5`` stays the text ``1e5``, ``--k 2.5`` is refused naming the option.
     """
-    types = {f.name: _type_name(f).replace(" ", "") for f in dataclasses.fields(options_cls)}
-    out = dict(values)
-    for name, value in values.items():
-        kind = types.get(name, "")
-        if value is None:
-            continue
-        if kind in ("bool", "bool|None"):
-            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-                out[name] = value.strip().lower() in _TRUE
-            elif isinstance(value, int) and value in (0, 1):
-                out[name] = bool(value)
-            else:
-                raise ConfigError(f"option {name}: expected true or false, got {value!r}")
-        elif kind in ("str", "str|None") and not isinstance(value, str):
-            out[name] = ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
-        elif kind in ("int", "int|None"):
-            if isinstance(value, float) and value.is_integer():
-                out[name] = int(value)
-            elif isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"option {name}: expected an integer, got {value!r}")
-        elif kind in ("float", "float|None"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"option {name}: expected a number, got {value!r}")
-            out[name] = float(value)
-    return out
+    return coerce_options(options_cls, values, "the command line")
 
 
 def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], doc: str) -> Callable[..., Any]:
@@ -94,6 +69,8 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
 
     def command(config: str | None = None, **kwargs: Any) -> None:
         try:
+            if config is not None and not isinstance(config, str):
+                raise ConfigError(f"option config: expected a file name, got {config!r}")
             opts = build_options(options_cls, config, **coerce_values(options_cls, kwargs))
         except ConfigError as e:
             print(f"dist-peakd {name}: error: {e}", file=sys.stderr)
@@ -260,6 +237,29 @@ def check_args(stage: str, args: list[str], options_cls: type) -> None:
         i += 1 if (eq or bool_syntax) else 2
 
 
+def as_text_values(args: list[str]) -> list[str]:
+    """``args`` with every option value written as a Python string literal, so that fire passes the typed
+    text through unchanged (its own guessing would turn ``1e5`` into a float and ``[1]`` into a list);
+    the options' types decide (:func:`coerce_values`). Bare flags (``--flag``, ``--noflag``) stay as
+    they are. Mirrors :func:`check_args`' parsing (which has accepted ``args`` already)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return out + args[i:]
+        key, eq, value = arg.partition("=")
+        if eq:
+            out.append(f"{key}={value!r}")
+        elif i + 1 == len(args) or _is_flag(args[i + 1]):
+            out.append(arg)
+        else:
+            out += [arg, repr(args[i + 1])]
+            i += 1
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``dist-peakd`` console script and of ``python -m dist_peakd.cli``."""
     import fire
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as e:
         print(f"dist-peakd {stage}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    fire.Fire(commands, command=[stage, *rest], name="dist-peakd")
+    fire.Fire(commands, command=[stage, *as_text_values(rest)], name="dist-peakd")
 
 
 if __name__ == "__main__":

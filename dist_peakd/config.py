@@ -14,13 +14,16 @@ class that declared the option (:func:`option_meta` looks them up along the MRO)
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .artifacts import atomic_write_text
+from .coerce import coerce_options, read_options_file
 from .engine.ds_config import PRECISIONS, ZERO_STAGES, config_precision, load_ds_config
 from .engine.engine import EngineOptions
 from .engine.nonfinite import NAN_POLICIES
@@ -31,14 +34,29 @@ from .layout import RunLayout
 DEFAULT_BACKBONE = "minilm"
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, result: bool = True) -> Any:
+def option(default: Any = dataclasses.MISSING, *, help: str, result: bool = True, ge: float | None = None,
+           gt: float | None = None, le: float | None = None) -> Any:
     """A dataclass field with its ``--help`` line and whether its value changes a stage's result.
 
     ``result=False`` marks options that only change how a run goes, not what it produces (logging,
     checkpoint cadence, where caches live, resources): a stage folder or a sweep made with other
-    values of them is still the same run and is resumed or reused.
+    values of them is still the same run and is resumed or reused. ``ge``/``gt``/``le``: the range
+    of a number (checked for every options object :func:`build_options` makes; None is exempt).
     """
-    return field(default=default, metadata={"help": help, "result": result})
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    return field(default=default, metadata={"help": help, "result": result, **bounds})
+
+
+def check_bounds(opts: Any) -> None:
+    """Refuse (ConfigError naming it) every option whose value is outside its declared ``ge``/``gt``/``le``."""
+    for f in fields(opts):
+        meta, value = option_meta(type(opts), f.name), getattr(opts, f.name)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        for key, ok, words in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                               ("le", lambda v, b: v <= b, "<=")):
+            if key in meta and not ok(value, meta[key]):
+                raise ConfigError(f"option {f.name}: must be {words} {meta[key]:g}, got {value}")
 
 
 def option_meta(cls: type, name: str) -> dict[str, Any]:
@@ -102,6 +120,16 @@ class RunOptions:
                                    result=False)
     keep_checkpoints: int = option(2, help="newest complete checkpoints kept; a corrupted newest falls back",
                                    result=False)
+    # reliability
+    trust_unverified: bool = option(False, help="accept a dist-peakd folder (export, checkpoint) that has no file "
+                                                "manifest; a file that fails its manifest is refused regardless",
+                                    result=False)
+    force: bool = option(False, help="redo a stage whose inputs (teacher, cache, PTP encoder, data, backbone) "
+                                     "changed since its folder was made, deleting its old work; cache-teacher: "
+                                     "rebuild a cache that does not match", result=False)
+    max_skipped_fraction: float = option(0.1, help="nan_policy=skip: a run that skipped more than this fraction "
+                                                   "of its steps is not finished (exit 3, no final/ export)",
+                                         result=False)
 
     def engine_options(self) -> EngineOptions:
         names = {f.name for f in fields(EngineOptions)}
@@ -167,45 +195,42 @@ class RunOptions:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file of options (a flat mapping)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"option config: file {path} not found")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    """Read a YAML or JSON file of options (a flat mapping; :func:`dist_peakd.coerce.read_options_file`)."""
+    return read_options_file(path)
 
-        data = yaml.safe_load(text) or {}
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"option config: {path} is not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"option config: {path} must hold a mapping of option names to values")
-    return data
+
+def _unknown_options(cls: type, names: Iterable[str], source: str) -> None:
+    valid = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(names) - set(valid))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{source}: unknown option(s) {unknown}{hint} for {cls.__name__}; valid options: {valid}")
 
 
 def build_options(cls: type, config: str | None = None, **overrides: Any) -> Any:
     """Instantiate the dataclass ``cls`` from an optional config file, then command-line overrides.
 
-    Unknown option names are refused with the list of valid ones.
+    Every value, whatever its source, goes through :func:`dist_peakd.coerce.coerce_options` (the
+    field's type) and the declared bounds (:func:`check_bounds`), then ``validate()``; unknown option
+    names are refused with the list of valid ones, naming the file they came from.
     """
-    valid = {f.name for f in fields(cls)}
     values: dict[str, Any] = {}
     if config:
-        values.update(load_config_file(config))
-    values.update(overrides)
+        from_file = load_config_file(config)
+        _unknown_options(cls, from_file, f"config file {config}")
+        values.update(coerce_options(cls, from_file, f"config file {config}"))
+    _unknown_options(cls, overrides, "options")
+    values.update(coerce_options(cls, overrides, "the command line"))
     presets = getattr(cls, "PRESETS", {})
     preset = values.get("preset")
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"option preset: {preset!r} is not one of {sorted(presets)}")
-        values = {**presets[preset], **values}
-    unknown = sorted(set(values) - valid)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {sorted(valid)}")
+        values = {**coerce_options(cls, presets[preset], f"preset {preset}"), **values}
+    _unknown_options(cls, values, "options")
     opts = cls(**values)
+    check_bounds(opts)
     opts.validate()
     return opts
 

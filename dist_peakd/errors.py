@@ -49,6 +49,14 @@ class ConfigError(ValueError):
     exit_code = EXIT_CONFIG
 
 
+class StageLockedError(ConfigError):
+    """Another job holds the stage folder's lock; the message names the holder (host, pid, start)."""
+
+
+class InputsChangedError(ConfigError):
+    """A stage folder was made from other inputs (teacher, cache, PTP encoder, data) than this run's."""
+
+
 class UsageError(ValueError):
     """A command line that names no stage, an unknown option or a stray argument."""
 
@@ -88,9 +96,16 @@ class CheckpointCorruptError(ArtifactCorruptError):
 
 
 class ArtifactWriteError(OSError):
-    """Writing a checkpoint or export failed (e.g. ENOSPC); the previous artifact is untouched."""
+    """Writing a checkpoint or export failed (e.g. ENOSPC); the previous artifact is untouched.
+
+    Built as ``ArtifactWriteError(errno, message, path)``; the message names the path and, for a full
+    disk, says "no space left on device" (:func:`dist_peakd.artifacts.write_error`).
+    """
 
     exit_code = EXIT_WRITE_FAILED
+
+    def exit_message(self) -> str:
+        return f"error: {self.strerror}" if self.strerror else f"error: {self}"
 
 
 class CacheMismatchError(ValueError):
@@ -135,6 +150,10 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message names the step, the rank(s) and the term(s)."""
 
     exit_code = EXIT_NONFINITE
+
+
+class TooManySkippedSteps(NonFiniteLossError):
+    """``nan_policy=skip`` skipped more than ``max_skipped_fraction`` of a run's steps: not a finished run."""
 
 
 class StopRequested(Exception):

@@ -16,21 +16,11 @@ from typing import Any
 
 from .errors import EXIT_ERROR, EXIT_PEER_FAILURE, exit_code_of
 
-_COLLECTIVE_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
-                     "timed out", "gloo", "NCCL", "ProcessGroup")
-
 
 def _is_collective_failure(exc: BaseException) -> bool:
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover
-        return False
-    dist_error = getattr(dist, "DistError", None)
-    if dist_error is not None and isinstance(exc, dist_error):
-        return True
-    if not isinstance(exc, RuntimeError) or not (dist.is_available() and dist.is_initialized()):
-        return False
-    return any(s in str(exc) for s in _COLLECTIVE_SIGNS)
+    from .engine.distributed import is_collective_failure
+
+    return is_collective_failure(exc)
 
 
 def classify(exc: BaseException) -> tuple[int, str]:

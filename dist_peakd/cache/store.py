@@ -22,7 +22,9 @@ Layout::
 Writing is :mod:`dist_peakd.cache.writer`'s job. Each shard directory is written under a temporary
 name and renamed into place (atomic); the manifest is written last (temp file + rename) by rank 0 once every shard exists, so a cache without
 ``manifest.json`` is incomplete and never valid. The manifest records each file's size and sha256;
-:meth:`TeacherCache.open` always checks sizes and, with ``verify="checksum"`` (the default), hashes.
+:meth:`TeacherCache.open` always checks sizes and, with ``verify="checksum"`` (the default, what every
+stage uses), the sha256 of every file, once per process and file
+(:func:`dist_peakd.artifacts.verified_sha256`; ~1.5 GB/s, see docs/RELIABILITY.md for a BERT-base-size cache).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import file_sha256
+from ..artifacts import verified_sha256
 from ..errors import CacheCorruptError, CacheMismatchError
 
 FORMAT_VERSION = 1
@@ -67,7 +69,7 @@ def teacher_fingerprint(teacher_dir: str | Path) -> str:
             f"pytorch_model.bin); found {sorted(p.name for p in folder.iterdir()) if folder.is_dir() else 'nothing'}")
     h = hashlib.sha256()
     for path in [config, *weights]:
-        h.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+        h.update(f"{path.name}\0{verified_sha256(path)}\0".encode())
     return h.hexdigest()
 
 
@@ -104,6 +106,17 @@ def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any
         elif manifest.get(key) != want:
             diffs.append((key, manifest.get(key), want))
     return diffs
+
+
+def cache_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """sha256 of what a cache holds: its identity fields, dimensions and every shard file's sha256
+    (not its creation time), so a rebuild with the same teacher and data keeps the fingerprint."""
+    content = {k: manifest.get(k) for k in (*IDENTITY_FIELDS, "format_version", "num_labels", "num_layers",
+                                             "hidden_size")}
+    content["shards"] = sorted((rec["path"], name, rec["sha256"][name])
+                               for info in manifest["splits"].values() for rec in info["shards"]
+                               for name in sorted(rec["sha256"]))
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -253,7 +266,7 @@ class TeacherCache:
                     if size != rec["bytes"][name]:
                         raise CacheCorruptError(path, f"has {size} bytes, manifest says {rec['bytes'][name]} "
                                                       "(truncated or rewritten)")
-                    if checksum and file_sha256(path) != rec["sha256"][name]:
+                    if checksum and verified_sha256(path) != rec["sha256"][name]:
                         raise CacheCorruptError(path, "sha256 differs from the manifest (corrupted bytes)")
                 self._open_shard(rec)  # .npy headers: row counts, shapes, dtypes (cheap)
                 total += int(rec["rows"])

@@ -1,4 +1,10 @@
-"""Writing a teacher cache (format: :mod:`dist_peakd.cache.store`): streamed shards, then the manifest."""
+"""Writing a teacher cache (format: :mod:`dist_peakd.cache.store`): streamed shards, then the manifest.
+
+Every file of a shard is allocated in full before a row is written (``posix_fallocate``), so a full
+disk is an ``ENOSPC`` at the start, not a SIGBUS from a sparse memory map half-way; any write
+failure is an :class:`~dist_peakd.errors.ArtifactWriteError` naming the shard, with its temporary
+folder removed.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import atomic_write_text, file_sha256, publish_dir
+from ..artifacts import atomic_write_text, file_sha256, publish_dir, write_error
 from .store import DTYPES, FILES, FORMAT_VERSION, IDENTITY_FIELDS, MANIFEST
 
 
@@ -41,23 +47,34 @@ class ShardWriter:
         self.split, self.rank = split, rank
         self.rel = Path(split) / shard_name(rank, world_size)
         self.final = Path(cache_dir) / self.rel
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.final.with_name(f".tmp-{self.final.name}-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
         n = len(ids_a)
         self.ids = ids_a
         self._written = np.zeros(n, dtype=bool)
         self._arrays: dict[str, np.ndarray] = {}
-        for name, dtype, shape in (("ids.npy", np.int64, (n,)), ("logits.npy", np.float32, (n, num_labels)),
-                                   ("cls.npy", np.float16, (n, num_layers, hidden_size))):
-            if n == 0:
-                np.save(self.tmp / name, np.zeros(shape, dtype), allow_pickle=False)
-            else:
-                self._arrays[name] = np.lib.format.open_memmap(self.tmp / name, mode="w+", dtype=dtype,
-                                                               shape=shape)
+        try:
+            self._allocate((("ids.npy", np.int64, (n,)), ("logits.npy", np.float32, (n, num_labels)),
+                            ("cls.npy", np.float16, (n, num_layers, hidden_size))))
+        except OSError as e:
+            error = write_error(e, self.final, "teacher-cache shard", "nothing of it was published")
+            self.abort()
+            raise error from e
         if n:
             self._arrays["ids.npy"][:] = ids_a
+
+    def _allocate(self, files: Sequence[tuple[str, Any, tuple[int, ...]]]) -> None:
+        """The shard's ``.npy`` files in its temporary folder, every block reserved on disk."""
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        for name, dtype, shape in files:
+            if not shape[0]:
+                np.save(self.tmp / name, np.zeros(shape, dtype), allow_pickle=False)
+                continue
+            self._arrays[name] = np.lib.format.open_memmap(self.tmp / name, mode="w+", dtype=dtype, shape=shape)
+            if hasattr(os, "posix_fallocate"):
+                with open(self.tmp / name, "r+b") as f:
+                    os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
 
     def add(self, ids: Any, logits: Any, cls: Any) -> None:
         """Write rows: ``ids`` [b], ``logits`` [b, C], ``cls`` [b, L, H] (tensors or arrays)."""
@@ -89,17 +106,22 @@ class ShardWriter:
             missing = self.ids[~self._written]
             raise ValueError(f"shard {self.split!r} rank {self.rank}: {len(missing)} row(s) never written, "
                              f"e.g. ids {missing[:10].tolist()}")
-        for arr in self._arrays.values():
-            arr.flush()  # type: ignore[attr-defined]
-        self._arrays.clear()
-        record: dict[str, Any] = {"path": self.rel.as_posix(), "rows": len(self.ids), "sha256": {}, "bytes": {}}
-        for name in FILES:
-            path = self.tmp / name
-            with open(path, "rb+") as f:
-                os.fsync(f.fileno())
-            record["sha256"][name] = file_sha256(path)
-            record["bytes"][name] = path.stat().st_size
-        publish_dir(self.tmp, self.final)
+        try:
+            for arr in self._arrays.values():
+                arr.flush()  # type: ignore[attr-defined]
+            self._arrays.clear()
+            record: dict[str, Any] = {"path": self.rel.as_posix(), "rows": len(self.ids), "sha256": {}, "bytes": {}}
+            for name in FILES:
+                path = self.tmp / name
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+                record["sha256"][name] = file_sha256(path)
+                record["bytes"][name] = path.stat().st_size
+            publish_dir(self.tmp, self.final)
+        except OSError as e:
+            error = write_error(e, self.final, "teacher-cache shard", "nothing of it was published")
+            self.abort()
+            raise error from e
         return record
 
     def abort(self) -> None:

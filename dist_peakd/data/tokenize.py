@@ -13,6 +13,9 @@ from typing import Any
 
 from datasets import DatasetDict, Features, List, Value, load_from_disk
 
+from ..artifacts import publish_dir, verify_folder, write_export_manifest, writing
+from ..errors import ArtifactCorruptError
+
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the tokenized format changes; part of the cache key.
@@ -97,12 +100,9 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
     key = _cache_key(dsdict, tokenizer_fingerprint(tokenizer), max_length, is_pair, data_fingerprint)
     cache_dir = Path(cache_dir)
     final = cache_dir / key
-    if final.is_dir():
-        try:
-            return load_from_disk(str(final)), True
-        except Exception as e:  # a foreign or damaged folder: rebuild it
-            logger.warning("tokenization cache %s unreadable (%s); rebuilding", final, e)
-            shutil.rmtree(final, ignore_errors=True)
+    cached = _open_cached(final)
+    if cached is not None:
+        return cached, True
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         enc = tokenizer(
@@ -137,15 +137,49 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
         ).select_columns(list(_TOKEN_COLUMNS))
     tokenized = DatasetDict(out)
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=cache_dir))
-    try:
-        tokenized.save_to_disk(str(tmp / "data"))
-        try:
-            os.replace(tmp / "data", final)
-        except OSError:
-            if not final.is_dir():  # not a lost race with another writer of the same key
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _save(tokenized, cache_dir, final)
     return load_from_disk(str(final)), False
+
+
+def _open_cached(final: Path) -> DatasetDict | None:
+    """The cached tokenization in ``final``, verified against its file manifest; None when there is none.
+
+    A folder without a manifest (an older version's, or a foreign one) is not a cache: None (it is
+    rebuilt beside and swapped in). A listed file that is missing or has other bytes is refused
+    (:class:`~dist_peakd.errors.ArtifactCorruptError` naming it, exit 4): a run never trains on it.
+    """
+    if not final.is_dir():
+        return None
+    try:
+        verified = verify_folder(final, required=False, what="tokenization cache")
+    except ArtifactCorruptError as e:
+        raise ArtifactCorruptError(e.path, f"{e.problem} (tokenization cache; delete {final} and rerun: it is "
+                                   "rebuilt)") from None
+    if not verified:
+        logger.warning("tokenization cache %s has no file manifest; rebuilding it", final)
+        return None
+    try:
+        return load_from_disk(str(final))
+    except Exception as e:  # verified bytes that datasets cannot read: a foreign folder
+        raise ArtifactCorruptError(final, f"unreadable tokenization cache ({type(e).__name__}: {e}); delete it "
+                                   "and rerun: it is rebuilt") from e
+
+
+def _save(tokenized: DatasetDict, cache_dir: Path, final: Path) -> None:
+    """Write beside ``final``, record every file's sha256, then rename (or swap) it into place."""
+    with writing(cache_dir, "tokenization cache"):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name[:16]}-", dir=cache_dir))
+        try:
+            tokenized.save_to_disk(str(tmp / "data"))
+            write_export_manifest(tmp / "data")
+            if final.is_dir():  # an unverifiable older folder: replace it in one step
+                publish_dir(tmp / "data", final)
+            else:
+                try:
+                    os.replace(tmp / "data", final)
+                except OSError:
+                    if not final.is_dir():  # not a lost race with another writer of the same key
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

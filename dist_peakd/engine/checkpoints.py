@@ -6,13 +6,15 @@ Layout under a checkpoint root (``<stage>/checkpoints``)::
     latest            the tag of the newest complete checkpoint (replaced last)
 
 ``COMPLETE`` (written last, by rank 0) records the global step and the size and sha256 of every
-file; a folder without it is an interrupted save and never a candidate. A resume takes the newest
-intact checkpoint: a corrupted one is reported and set aside as ``.corrupt-<tag>``.
+file; a folder without it is an interrupted save and never a candidate, and one whose ``COMPLETE``
+lists no files cannot be verified and is refused (``--trust_unverified`` accepts it). A resume takes
+the newest intact checkpoint: a corrupted one is reported and set aside as ``.corrupt-<tag>``.
+Every file is read with :func:`.safe_checkpoint.safe_load` (``weights_only=True``): nothing in a
+checkpoint folder can run code; the loop state is plain JSON values, the RNG states are tensors.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -21,12 +23,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..artifacts import atomic_write_text, file_manifest, manifest_problems, publish_dir
+from ..artifacts import atomic_write_text, file_manifest, manifest_problems, publish_dir, write_error
 from ..errors import ArtifactWriteError, CheckpointCorruptError
-from .distributed import barrier
+from .distributed import barrier, is_collective_failure
 from .rng import rng_state, set_rng_state
+from .safe_checkpoint import durable_save, safe_load
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -36,8 +37,9 @@ COMPLETE_FILE = "COMPLETE"
 
 
 # ------------------------------------------------------------------------------------ inspect
-def checkpoint_problems(folder: str | Path) -> list[tuple[Path, str]]:
-    """Problems of one checkpoint folder: no COMPLETE marker, or files that fail their size/sha256."""
+def checkpoint_problems(folder: str | Path, trust_unverified: bool = False) -> list[tuple[Path, str]]:
+    """Problems of one checkpoint folder: no COMPLETE marker, no file list in it (unless
+    ``trust_unverified``), or files that fail their size/sha256."""
     folder = Path(folder)
     marker = folder / COMPLETE_FILE
     if not marker.is_file():
@@ -49,8 +51,11 @@ def checkpoint_problems(folder: str | Path) -> list[tuple[Path, str]]:
     if not isinstance(record, dict):
         return [(marker, "not a checkpoint record")]
     files = record.get("files")
-    if files is None:  # written by an older version: no file list to check
-        return []
+    if not isinstance(files, dict):
+        if trust_unverified:
+            return []
+        return [(marker, "lists no files, so the checkpoint cannot be verified (written by an older version, "
+                         "or edited); pass --trust_unverified to load it unchecked")]
     return manifest_problems(folder, files)
 
 
@@ -92,7 +97,8 @@ def _quarantine(root: Path, bad_tags: Iterable[str], chosen: str) -> None:
     atomic_write_text(root / LATEST_FILE, chosen)
 
 
-def select_checkpoint(root: str | Path, quarantine: bool = False) -> tuple[str | None, list[str]]:
+def select_checkpoint(root: str | Path, quarantine: bool = False, trust_unverified: bool = False
+                      ) -> tuple[str | None, list[str]]:
     """The newest intact checkpoint under ``root`` and warnings about corrupted newer ones.
 
     Tries the tag in ``root/latest`` first, then every other complete tag, newest first; each is
@@ -106,7 +112,7 @@ def select_checkpoint(root: str | Path, quarantine: bool = False) -> tuple[str |
     candidates, warnings = _candidates(root)
     bad: list[tuple[str, list[tuple[Path, str]]]] = []
     for tag in candidates:
-        problems = checkpoint_problems(root / tag)
+        problems = checkpoint_problems(root / tag, trust_unverified)
         if not problems:
             if bad and quarantine:
                 _quarantine(root, [t for t, _ in bad], tag)
@@ -140,19 +146,20 @@ def save_checkpoint(engine: Engine, root: str | Path, tag: str, client_state: di
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ArtifactWriteError(e.errno, f"cannot create checkpoint folder {root}: {e.strerror}",
-                                     str(root)) from e
+            raise write_error(e, root, "checkpoint folder") from e
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
-    state = dict(client_state, global_step=engine.global_step)
+    # plain JSON values only: the loop state loads with weights_only=True
+    state = json.loads(json.dumps(dict(client_state, global_step=engine.global_step)))
     try:
         engine.ds.save_checkpoint(str(root), tag=tmp_tag, client_state=state, save_latest=False)
-        torch.save(rng_state(), tmp / f"rng_rank{engine.dist.rank}.pt")
+        durable_save(rng_state(), tmp / f"rng_rank{engine.dist.rank}.pt")
     except Exception as e:  # ENOSPC surfaces as OSError, or RuntimeError from torch's zip writer
+        if is_collective_failure(e):
+            raise  # a peer died or timed out during the save: exit 5, not a write failure
+        error = _write_error(e, root / tag, tmp)
         _abandon(tmp, is_main)
-        raise _write_error(e, f"writing checkpoint {root / tag} failed ({type(e).__name__}: {e}); nothing "
-                              f"was published and {root / LATEST_FILE} still names the previous checkpoint",
-                           tmp) from e
+        raise error from e
     barrier()
     if is_main:
         _publish(root, tag, tmp, engine.global_step)
@@ -168,13 +175,15 @@ def _publish(root: Path, tag: str, tmp: Path, global_step: int) -> None:
         publish_dir(tmp, root / tag)
         atomic_write_text(root / LATEST_FILE, tag)
     except Exception as e:
+        error = _write_error(e, root / tag, tmp)
         _abandon(tmp, True)
-        raise _write_error(e, f"finishing checkpoint {root / tag} failed ({type(e).__name__}: {e}); "
-                              f"{root / LATEST_FILE} still names the previous checkpoint", tmp) from e
+        raise error from e
 
 
-def _write_error(e: Exception, message: str, tmp: Path) -> ArtifactWriteError:
-    return ArtifactWriteError(getattr(e, "errno", None) or errno.EIO, message, str(tmp))
+def _write_error(e: Exception, final: Path, tmp: Path) -> ArtifactWriteError:
+    """The write failure of checkpoint ``final`` (written in ``tmp``, which the caller removes)."""
+    return write_error(e, final, "checkpoint", f"nothing was published and {final.parent / LATEST_FILE} still "
+                                               "names the previous checkpoint")
 
 
 def _abandon(tmp: Path, is_main: bool) -> None:
@@ -196,7 +205,7 @@ def load_checkpoint(engine: Engine, root: str | Path, tag: str | None = None) ->
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {root / tag}")
     rng_file = root / tag / f"rng_rank{engine.dist.rank}.pt"
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(safe_load(rng_file))
     engine.global_step = int(client_state.get("global_step", 0))
     return client_state
 

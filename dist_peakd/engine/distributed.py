@@ -252,6 +252,20 @@ def _silent_peers() -> list[tuple[int, float]]:
     return [(r, age) for r, age in sorted(dog.silence().items()) if age > 3 * dog.interval_s + 1]
 
 
+_COLLECTIVE_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+                     "timed out", "gloo", "NCCL", "ProcessGroup")
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """True when ``exc`` is a broken collective (a peer died, a timeout): exit 5, never a write failure."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    if not isinstance(exc, RuntimeError) or not (dist.is_available() and dist.is_initialized()):
+        return False
+    return any(s in str(exc) for s in _COLLECTIVE_SIGNS)
+
+
 def barrier() -> None:
     """Barrier when a process group exists; no-op otherwise."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -19,7 +19,7 @@ from torch import nn
 from ..artifacts import verify_export
 from ..errors import ConfigError, NonFiniteLossError
 from ..loss_output import LossOutput
-from . import checkpoints, export
+from . import checkpoints, export, safe_checkpoint
 from .distributed import DistInfo, all_gather_objects, init_distributed
 from .ds_config import build_ds_config, config_precision, load_ds_config
 from .nonfinite import NAN_POLICIES, nonfinite_message, nonfinite_terms, ranks_flagging
@@ -43,6 +43,7 @@ class EngineOptions:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     nan_policy: str = "stop"  # non-finite loss: "stop" (raise NonFiniteLossError) or "skip" the step
+    trust_unverified: bool = False  # accept a dist-peakd folder that has no file manifest
 
 
 class _StepSums:
@@ -82,8 +83,8 @@ class Engine:
         if options.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"option nan_policy: {options.nan_policy!r} is not one of {list(NAN_POLICIES)}")
         source = getattr(model, "name_or_path", None)
-        if source and Path(str(source)).is_dir():
-            verify_export(source)  # a corrupted export loaded by a stage is refused, naming the file
+        if source and Path(str(source)).is_dir():  # a corrupted export loaded by a stage is refused, naming the file
+            verify_export(source, trust_unverified=options.trust_unverified)
         self.dist = dist_info or init_distributed()
         self.options = options
         self.total_steps = total_steps
@@ -99,6 +100,7 @@ class Engine:
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=False)
+        safe_checkpoint.install(self.ds)  # checkpoint files load with weights_only=True, saves fsync
         if self.dist.world_size == 1 and self.ds.zero_optimization_stage() == 0:
             self.ds.enable_backward_allreduce = False  # nothing to average in a world of one
         self.global_step = 0

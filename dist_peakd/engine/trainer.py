@@ -57,6 +57,8 @@ class LoopOptions:
     stop_after_steps: int | None = None  # checkpoint and stop after this many steps (resume later)
     save_every_steps: int = 0          # 0: checkpoint at epoch ends (and on stop requests) only
     keep_checkpoints: int = 2          # newest complete checkpoints kept (a corrupted one falls back)
+    trust_unverified: bool = False     # resume from a checkpoint whose COMPLETE lists no files
+    max_skipped_fraction: float = 0.1  # more skipped steps than this fraction: the run is not finished
 
 
 @dataclass
@@ -250,7 +252,8 @@ class Trainer:
         choice: Any = None
         if self.is_main:
             try:
-                tag, warnings = select_checkpoint(self.ckpt_root, quarantine=True)
+                tag, warnings = select_checkpoint(self.ckpt_root, quarantine=True,
+                                                  trust_unverified=self.options.trust_unverified)
                 for w in warnings:
                     print(f"[dist-peakd] warning: {w}", flush=True)
                 choice = ("ok", tag)

@@ -137,12 +137,15 @@ def load_student(
     path: str | Path,
     num_labels: int | None = None,
     attn_implementation: str = "sdpa",
+    trust_unverified: bool = False,
 ) -> SPSBertForSequenceClassification:
     """Load a saved SPS student folder (fp32); its schedule and variant come from its config.
 
     When ``num_labels`` differs from the saved head (e.g. a PTP encoder with a 4-way head loaded for
     a 2-class task), the classifier is re-initialised fresh (caller's torch RNG) and every other
-    weight is kept.
+    weight is kept. A dist-peakd export is checked against its file manifest first (one without it
+    is refused unless ``trust_unverified``). The model code is this package's, never the folder's
+    ``modeling_sps_bert.py``.
 
     Raises:
         ModelConfigError: the folder is not an ``sps-bert`` checkpoint.
@@ -150,7 +153,7 @@ def load_student(
     _check_attn(attn_implementation)
     from .teacher import _verify_if_export
 
-    _verify_if_export(path)
+    _verify_if_export(path, trust_unverified=trust_unverified)
     config = AutoConfig.from_pretrained(str(path))
     if not isinstance(config, SPSBertConfig):
         raise ModelConfigError(

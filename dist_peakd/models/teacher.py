@@ -35,18 +35,22 @@ def load_teacher(
     num_labels: int,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    require_manifest: bool | None = None,
+    trust_unverified: bool = False,
 ) -> PreTrainedModel:
     """Load a teacher with ``AutoModelForSequenceClassification``.
 
     Works on a pretrained backbone (the head is new, drawn from the caller's torch seed) and on a
     fine-tuned teacher folder (its head is kept when it has ``num_labels`` outputs, re-initialised
     otherwise). ``num_labels == 1`` means regression (``problem_type="regression"``). Weights are
-    loaded in ``dtype`` (fp32 by default; mixed precision is the trainer's business).
+    loaded in ``dtype`` (fp32 by default; mixed precision is the trainer's business). A folder is
+    checked against its file manifest first: required for a dist-peakd export (or when
+    ``require_manifest``), unless ``trust_unverified``.
     """
     if num_labels < 1:
         raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
+    _verify_if_export(path_or_id, require_manifest, trust_unverified)
     check_bert_family(path_or_id)
-    _verify_if_export(path_or_id)
     kwargs: dict = {"num_labels": num_labels}
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
@@ -77,9 +81,9 @@ def teacher_forward(
     return ClassifierOutput(logits=out.logits, cls_states=cls_states)
 
 
-def _verify_if_export(path_or_id: str | Path) -> None:
+def _verify_if_export(path_or_id: str | Path, required: bool | None = None, trust_unverified: bool = False) -> None:
     """A dist-peakd export folder is checked against its file manifest (names a corrupted file)."""
     if Path(path_or_id).is_dir():
         from ..artifacts import verify_export
 
-        verify_export(path_or_id)
+        verify_export(path_or_id, required=required, trust_unverified=trust_unverified)

@@ -5,7 +5,10 @@ layer (float16), in ``<output_dir>/<task>/teacher_cache/`` (format: :mod:`dist_p
 Each rank runs the teacher (eval mode, no dropout) over a disjoint share of every split and writes its
 own shard; rank 0 then writes the manifest with the teacher's dev metrics computed from the cached
 dev logits. A valid cache built from the same teacher, tokenizer, max_length and data is reused
-(``skipped``); a different or damaged one is refused unless ``rebuild=True``.
+(``skipped``, after every file's sha256 was checked); a different or damaged one is refused unless
+``rebuild`` (or ``force``) is set. A new cache is built beside the old one (``.tmp-<name>-build``),
+verified, then swapped in atomically: a failed build (a corrupt teacher, a full disk, a dead rank)
+leaves the previous cache valid and in place. One job at a time per cache folder (its lock).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..artifacts import atomic_write_text
+from ..artifacts import atomic_write_text, publish_dir
 from ..cache.store import IDENTITY_FIELDS, MANIFEST, TeacherCache, teacher_fingerprint
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
 from ..config import RunOptions, option, save_resolved_config
@@ -41,7 +44,15 @@ from ..errors import CacheCorruptError, CacheMismatchError, ConfigError
 from ..layout import TEACHER_CACHE
 from ..metrics import compute_metrics
 from ..models import load_teacher, teacher_forward
-from .common import TaskData, collator_for, load_tokenizer, prepare_data, quiet_environment
+from .common import (
+    TaskData,
+    collator_for,
+    load_tokenizer,
+    lock_for_job,
+    prepare_data,
+    quiet_environment,
+    releases_locks,
+)
 
 STAGE = TEACHER_CACHE
 
@@ -52,8 +63,8 @@ class CacheTeacherOptions(RunOptions):
 
     teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
     teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
-    rebuild: bool = option(False, help="delete an existing teacher cache (valid or not) and build it again",
-                           result=False)
+    rebuild: bool = option(False, help="build the teacher cache again even when a valid one exists (the old one "
+                                       "is replaced only once the new one is verified)", result=False)
     cache_batch_size: int = option(256, help="global inference batch of the teacher-cache pass (split over the "
                                              "ranks)", result=False)
 
@@ -85,8 +96,8 @@ def _summary_of(cache: TeacherCache, skipped: bool, **extra: Any) -> dict[str, A
             **extra}
 
 
-def _decide(cache_dir: Path, expected: dict[str, Any], rebuild: bool) -> dict[str, Any]:
-    """Rank 0: skip (valid matching cache), build, or error (mismatch/corruption without rebuild)."""
+def _decide(cache_dir: Path, expected: dict[str, Any], rebuild: bool, force: bool = False) -> dict[str, Any]:
+    """Rank 0: skip (valid matching cache), build, or error (mismatch/corruption without rebuild/force)."""
     if rebuild:
         return {"action": "build", "reason": "rebuild requested"}
     if not (cache_dir / MANIFEST).is_file():
@@ -95,16 +106,15 @@ def _decide(cache_dir: Path, expected: dict[str, Any], rebuild: bool) -> dict[st
     try:
         cache = TeacherCache.open(cache_dir, expected, verify="checksum")
     except (CacheMismatchError, CacheCorruptError) as e:
+        if force:
+            return {"action": "build", "reason": f"--force: {e}"}
         return {"action": "error", "error": e}
     return {"action": "skip", "summary": _summary_of(cache, True, verify_s=round(time.perf_counter() - start, 3))}
 
 
-def _clear(cache_dir: Path) -> None:
-    """Invalidate first (manifest), then delete the old cache's files."""
-    (cache_dir / MANIFEST).unlink(missing_ok=True)
-    if cache_dir.exists():
-        shutil.rmtree(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+def build_dir_of(cache_dir: Path) -> Path:
+    """Where a new cache is built before it replaces ``cache_dir`` (same folder: the swap is a rename)."""
+    return cache_dir.with_name(f".tmp-{cache_dir.name}-build")
 
 
 def _cache_forward(engine: Engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +153,7 @@ def _decision(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Path, d
     if dist_info.is_main:
         try:
             expected = expected_identity(opts, data, tokenizer, teacher_dir)
-            decision = {**_decide(cache_dir, expected, opts.rebuild), "expected": expected}
+            decision = {**_decide(cache_dir, expected, opts.rebuild, opts.force), "expected": expected}
         except Exception as e:  # every rank raises the same error instead of waiting for rank 0
             decision = {"action": "error", "error": e}
     decision = broadcast_object(decision)  # type: ignore[assignment]
@@ -188,6 +198,7 @@ def _write_manifest(cache_dir: Path, expected: dict[str, Any], shards: dict[str,
     return manifest
 
 
+@releases_locks
 def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     """Build (or reuse) the teacher cache; returns a summary (rows, timing, teacher dev metrics)."""
     quiet_environment()
@@ -196,8 +207,9 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     layout = opts.layout()
     cache_dir, teacher_dir = layout.teacher_cache, layout.teacher
     if not (teacher_dir / "config.json").is_file():
-        raise FileNotFoundError(f"teacher folder {teacher_dir} not found (no config.json); run "
-                                "finetune-teacher first or pass --teacher_dir")
+        raise ConfigError(f"option teacher_dir: teacher folder {teacher_dir} not found (no config.json); run "
+                          "finetune-teacher first or pass --teacher_dir")
+    lock_for_job(cache_dir, "teacher cache")
     tokenizer = load_tokenizer(str(teacher_dir))
     data = prepare_data(opts, tokenizer)
     decision = _decision(opts, dist_info, cache_dir, data, tokenizer, teacher_dir)
@@ -207,32 +219,48 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
             print(f"[dist-peakd] teacher cache {cache_dir} is valid and matches this run: skipped "
                   f"(verified in {summary['verify_s']} s)", flush=True)
         return summary
-    start = time.perf_counter()
-    if dist_info.is_main:
-        _clear(cache_dir)
-        save_resolved_config(opts, cache_dir / "config.json")
-    barrier()
-    shards, dims, precision, infer_s = _teacher_pass(opts, dist_info, cache_dir, data, tokenizer, teacher_dir)
-    summary: dict[str, Any] = {}
-    if dist_info.is_main:
-        manifest = _write_manifest(cache_dir, decision["expected"], shards, dims, teacher_dir, data,
-                                   dist_info.world_size, precision)
-        summary = _verified_summary(cache_dir, decision["expected"], manifest, time.perf_counter() - start,
-                                    infer_s, precision, dist_info.world_size)
+    build = build_dir_of(cache_dir)
+    try:
+        summary = _build(opts, dist_info, cache_dir, build, data, tokenizer, teacher_dir, decision)
+    except BaseException:
+        if dist_info.is_main:
+            shutil.rmtree(build, ignore_errors=True)  # the previous cache (if any) is untouched
+        raise
     summary = broadcast_object(summary)  # type: ignore[assignment]
     barrier()
     return summary
 
 
-def _verified_summary(cache_dir: Path, expected: dict[str, Any], manifest: dict[str, Any], build_s: float,
-                      infer_s: float, precision: str, world_size: int) -> dict[str, Any]:
-    """Rank 0: reopen the new cache with checksums, write and print its summary."""
+def _build(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Path, build: Path, data: TaskData,
+           tokenizer: Any, teacher_dir: Path, decision: dict[str, Any]) -> dict[str, Any]:
+    """Every rank writes its shards into ``build``; rank 0 writes the manifest, verifies, swaps it in."""
+    start = time.perf_counter()
+    if dist_info.is_main:
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir(parents=True)
+        save_resolved_config(opts, build / "config.json")
+    barrier()
+    shards, dims, precision, infer_s = _teacher_pass(opts, dist_info, build, data, tokenizer, teacher_dir)
+    if not dist_info.is_main:
+        return {}
+    manifest = _write_manifest(build, decision["expected"], shards, dims, teacher_dir, data,
+                               dist_info.world_size, precision)
+    return _verified_summary(build, cache_dir, decision["expected"], manifest, time.perf_counter() - start,
+                             infer_s, precision, dist_info.world_size)
+
+
+def _verified_summary(build: Path, cache_dir: Path, expected: dict[str, Any], manifest: dict[str, Any],
+                      build_s: float, infer_s: float, precision: str, world_size: int) -> dict[str, Any]:
+    """Rank 0: reopen the new cache in ``build`` with checksums, swap it in, write and print its summary."""
     v0 = time.perf_counter()
-    cache = TeacherCache.open(cache_dir, expected, verify="checksum")
+    TeacherCache.open(build, expected, verify="checksum")
+    verify_s = time.perf_counter() - v0
+    publish_dir(build, cache_dir)  # atomic swap with the previous cache, which is then deleted
+    cache = TeacherCache.open(cache_dir, expected, verify="checksum")  # digests known: sizes and headers only
     total_rows = sum(v["rows"] for v in manifest["splits"].values())
     summary = _summary_of(cache, False, build_s=round(build_s, 3), inference_s=round(infer_s, 3),
                           rows_per_s=round(total_rows / max(infer_s, 1e-9), 1),
-                          verify_s=round(time.perf_counter() - v0, 3), precision=precision)
+                          verify_s=round(verify_s, 3), precision=precision)
     atomic_write_text(cache_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     print(f"[dist-peakd] cached {total_rows} rows ({', '.join(f'{k}: {v}' for k, v in summary['rows'].items())}) "
           f"in {build_s:.1f} s (teacher pass {infer_s:.1f} s, {summary['rows_per_s']} rows/s) on {world_size} "

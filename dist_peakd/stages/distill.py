@@ -26,9 +26,9 @@ from ..errors import ConfigError
 from ..layout import RunLayout
 from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
-from .common import build_engine, open_tracker, stage_exporter, trainer_data
+from .common import build_engine, check_inputs, open_tracker, releases_locks, stage_exporter, trainer_data
 from .finetune_teacher import logits_predict, metrics_from_logits
-from .student_common import StudentRun, open_student_run, validate_student_options
+from .student_common import StudentRun, export_fingerprint, open_student_run, validate_student_options
 
 
 @dataclass
@@ -84,11 +84,19 @@ def build_distill_student(opts: DistillOptions, layout: RunLayout, run_: Student
     if not (ptp_dir / "config.json").is_file():
         raise FileNotFoundError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` "
                                 f"with the same k/variant first, or pass --use_ptp=False)")
-    model = load_student(ptp_dir, num_labels=num_labels)
+    model = load_student(ptp_dir, num_labels=num_labels, trust_unverified=opts.trust_unverified)
     if model.config.num_hidden_layers != opts.k or model.config.sps_variant != opts.variant:
         raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={model.config.num_hidden_layers}, "
                           f"variant={model.config.sps_variant}; this run asks k={opts.k}, variant={opts.variant}")
     return model
+
+
+def _ptp_fingerprint(opts: DistillOptions, layout: RunLayout) -> str:
+    ptp_dir = layout.ptp_encoder(opts.k, opts.variant)
+    if not (ptp_dir / "config.json").is_file():
+        raise FileNotFoundError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` "
+                                f"with the same k/variant first, or pass --use_ptp=False)")
+    return export_fingerprint(ptp_dir, opts.trust_unverified)
 
 
 def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_cfg: DistillLossConfig,
@@ -115,6 +123,7 @@ def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_c
                      main_metric=task.main_metric, batch_hook=add_teacher_outputs)
 
 
+@releases_locks
 def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Distil, evaluate on dev, export best/ and final/ students; returns the summary.
 
@@ -122,6 +131,12 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     """
     layout = opts.layout()
     run_ = open_student_run(opts, layout)
+    inputs = dict(run_.inputs)
+    if opts.use_ptp:
+        inputs["ptp_encoder"] = _ptp_fingerprint(opts, layout)
+    done = check_inputs(run_.stage_dir, inputs, opts.force)
+    if done is not None:
+        return done
     model = build_distill_student(opts, layout, run_)
     layer_map = patient_layer_map(model.num_effective_layers, run_.cache.num_layers)
     loss_cfg, weights = opts.loss_config(), opts.loss_weights()

@@ -20,10 +20,13 @@ from ..loss_output import LossOutput
 from ..metrics import compute_metrics
 from ..models import load_teacher, model_stats
 from .common import (
+    backbone_fingerprint,
     build_engine,
+    check_inputs,
     load_tokenizer,
     open_tracker,
     prepare_data,
+    releases_locks,
     resolve_backbone,
     stage_exporter,
     start_stage,
@@ -82,13 +85,20 @@ def classification_objective(task: Any) -> Objective:
                      metric_fn=metrics_from_logits(task), main_metric=task.main_metric)
 
 
+@releases_locks
 def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
-    """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict."""
+    """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict (that of the
+    earlier run, with ``reused``, when the stage finished with the same options and inputs)."""
     stage_dir = opts.layout().teacher_stage
     dist_info = start_stage(opts, stage_dir)
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
-    model = load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels)
+    done = check_inputs(stage_dir, {"data": data.fingerprint, "backbone": backbone_fingerprint(opts.backbone)},
+                        opts.force)
+    if done is not None:
+        return done
+    model = load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels,
+                         trust_unverified=opts.trust_unverified)
     batches = trainer_data(data, tokenizer, opts, dist_info)
     engine = build_engine(model, opts, batches, dist_info)
     tracker = open_tracker(stage_dir, dist_info, {

@@ -20,10 +20,9 @@ import torch
 
 from ..artifacts import atomic_write_text
 from ..config import RunOptions, option
-from ..engine import barrier, broadcast_object, init_distributed
+from ..engine import barrier, init_distributed
 from ..errors import ConfigError
 from . import cache_teacher, distill, finetune_teacher, ptp
-from .common import options_differences
 from .distill import DistillOptions
 
 # Named presets: applied under the user's own options (the command line always wins).
@@ -73,25 +72,15 @@ def _subset(opts: PipelineOptions, cls: type, **overrides: Any) -> Any:
     return sub
 
 
-def _finished(stage_dir: Path, stage_opts: RunOptions) -> bool:
-    """True when the stage's summary exists and was made with the same result-relevant options."""
-    if not (stage_dir / "summary.json").is_file():
-        return False
-    diffs = options_differences(stage_dir, stage_opts)
-    if diffs:
-        raise ConfigError(f"{stage_dir} was made with other options ({', '.join(diffs)}); "
-                          "use another --output_dir or delete that folder to redo the stage")
-    return True
-
-
 def _run_stage(name: str, stage_dir: Path, stage_opts: RunOptions, runner: Any, log: list[str]) -> dict[str, Any]:
-    done = broadcast_object(_finished(stage_dir, stage_opts) if init_distributed().is_main else None)
-    if done:
-        log.append(f"{name}: reused {stage_dir}")
-        return json.loads((stage_dir / "summary.json").read_text())
+    """Run one stage; the stage itself reuses its folder when it finished with the same options and inputs
+    (its upstream artifacts' fingerprints), refuses it when they changed (``--force`` redoes it)."""
     t0 = time.perf_counter()
     result = runner(stage_opts)
-    log.append(f"{name}: ran in {time.perf_counter() - t0:.1f} s")
+    if result.get("reused"):
+        log.append(f"{name}: reused {stage_dir}")
+    else:
+        log.append(f"{name}: ran in {time.perf_counter() - t0:.1f} s")
     return result
 
 

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..layout import ptp_stage_name
 from ..loss_output import LossOutput
 from ..models import build_student, model_stats
-from .common import build_engine, open_tracker, stage_exporter, trainer_data
+from .common import build_engine, check_inputs, open_tracker, releases_locks, stage_exporter, trainer_data
 from .student_common import StudentRun, open_student_run, validate_student_options
 
 NUM_PTP_CLASSES = 4
@@ -111,6 +111,7 @@ def ptp_targets(opts: PTPOptions, run_: StudentRun) -> tuple[np.ndarray, np.ndar
     return train_ptp, dev_ptp, info
 
 
+@releases_locks
 def run(opts: PTPOptions) -> dict[str, Any]:
     """Label from the cache, pretrain the 4-way student, keep the lowest-dev-PTP-loss encoder."""
     from ..data import get_task
@@ -119,6 +120,9 @@ def run(opts: PTPOptions) -> dict[str, Any]:
         raise ConfigError(f"option task: PTP is defined for classification tasks only; {get_task(opts.task).name} "
                           "is regression (run distill with --use_ptp=False)")
     run_ = open_student_run(opts, opts.layout())
+    done = check_inputs(run_.stage_dir, run_.inputs, opts.force)
+    if done is not None:
+        return done
     train_ptp, dev_ptp, ptp_info = ptp_targets(opts, run_)
     model = build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES)
     batches = trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info)

@@ -48,7 +48,7 @@ def check_k_against_backbone(k: int, backbone_path: str) -> None:
 
 @dataclass
 class StudentRun:
-    """What both student stages (PTP, distill) start from."""
+    """What both student stages (PTP, distill) start from; ``inputs``: the fingerprints of what they consume."""
 
     dist_info: Any
     backbone: str
@@ -56,14 +56,15 @@ class StudentRun:
     tokenizer: Any
     data: TaskData
     cache: Any
+    inputs: dict[str, str]
 
 
 def open_student_run(opts: Any, layout: RunLayout) -> StudentRun:
     """The shared preamble of the student stages: init, seed, depth check, stage-folder claim, data,
-    and the teacher cache verified against this run (sizes; checksums are the cache stage's job)."""
-    from ..cache import TeacherCache
+    and the teacher cache verified against this run (identity, sizes and every file's sha256)."""
+    from ..cache import TeacherCache, cache_fingerprint
     from ..engine import init_distributed, seed_everything
-    from .common import claim_stage_dir, load_tokenizer, prepare_data, resolve_backbone
+    from .common import backbone_fingerprint, claim_stage_dir, load_tokenizer, prepare_data, resolve_backbone
 
     dist_info = init_distributed()
     seed_everything(opts.seed)
@@ -74,5 +75,18 @@ def open_student_run(opts: Any, layout: RunLayout) -> StudentRun:
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
     cache = TeacherCache.open(layout.teacher_cache, expected=expected_cache_identity(opts, data, layout.teacher),
-                              verify="size")
-    return StudentRun(dist_info, backbone, stage_dir, tokenizer, data, cache)
+                              verify="checksum")
+    inputs = {"data": data.fingerprint, "backbone": backbone_fingerprint(opts.backbone),
+              "teacher_cache": cache_fingerprint(cache.manifest)}
+    return StudentRun(dist_info, backbone, stage_dir, tokenizer, data, cache, inputs)
+
+
+def export_fingerprint(folder: Path, trust_unverified: bool = False) -> str:
+    """The identity of an export consumed by a stage (its manifest's file digests), verified first."""
+    from ..artifacts import EXPORT_MANIFEST, manifest_fingerprint, read_file_manifest, verify_export
+
+    if not verify_export(folder, required=True, trust_unverified=trust_unverified):
+        from ..cache import teacher_fingerprint
+
+        return f"unverified:{teacher_fingerprint(folder)}"
+    return manifest_fingerprint(read_file_manifest(folder) or {}, exclude=[EXPORT_MANIFEST])

@@ -44,6 +44,7 @@ from ..artifacts import atomic_write_text
 from ..config import option, result_differences
 from ..errors import ConfigError
 from . import distill
+from .common import releases_locks
 from .distill import DistillOptions
 from .pipeline import EarlierStagesOptions, run_teacher_stages
 
@@ -260,13 +261,14 @@ def _report(opts: SweepOptions, dims: dict[str, Any]) -> Any:
                        expected_trials=opts.samples() * grid_size(dims), fixed=dataclasses.asdict(opts))
 
 
+@releases_locks
 def run(opts: SweepOptions) -> dict[str, Any]:
     """Build the shared stages, run the Tune sweep (resuming if asked), write the results; returns the summary."""
     from ..sweep.cluster import init_ray, shutdown_ray
     from ..sweep.report import write_results
     from ..sweep.trainable import TrialSettings, make_trainable
     from ..sweep.tuner import check_resources, make_tuner, run_tuner
-    from .common import quiet_environment
+    from .common import lock_for_job, quiet_environment
 
     t_start = time.perf_counter()
     quiet_environment()
@@ -276,6 +278,7 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     dims, name = opts.dimensions(), _sweep_name(opts)
     sweep_dir = opts.layout().sweep_dir(name).resolve()
     _check_depths(opts, dims)
+    lock_for_job(sweep_dir, "sweep folder")
     restore = _check_sweep_state(opts, sweep_dir, dims)
     started = init_ray(opts.address, opts.num_cpus)
     try:

@@ -1,0 +1,44 @@
+"""Environment variables read by dist-peakd: one parser, so a malformed value is a one-line refusal.
+
+Every numeric variable is read with :func:`env_number`; a value that is not a number, or is out of
+its range, raises :class:`~dist_peakd.errors.ConfigError` (exit 2) naming the variable, the value and
+what was expected, before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .errors import ConfigError
+
+
+def env_number(name: str, default: float, *, minimum: float | None = None, integer: bool = False,
+               allow_zero: bool = False, maximum: float | None = None) -> float:
+    """``float(os.environ[name])`` (``default`` when unset or blank), checked.
+
+    ``minimum``/``maximum`` bound the value (inclusive); ``allow_zero`` also accepts 0 below the
+    minimum (a variable where 0 turns something off); ``integer`` requires a whole number.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    ok = math.isfinite(value) and (not integer or value.is_integer())
+    if ok and not (allow_zero and value == 0):
+        ok = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if not ok:
+        kind = "a whole number" if integer else "a number"
+        bounds = [f">= {minimum:g}" if minimum is not None else "", f"<= {maximum:g}" if maximum is not None else ""]
+        where = " and ".join(b for b in bounds if b)
+        raise ConfigError(f"environment variable {name}={raw!r}: expected {kind}{' ' + where if where else ''}"
+                          f"{' (or 0 to turn it off)' if allow_zero else ''}")
+    return int(value) if integer else value
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """:func:`env_number` for a whole number."""
+    return int(env_number(name, default, minimum=minimum, maximum=maximum, integer=True))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,10 +23,18 @@ from typing import Any
 
 from .artifacts import atomic_write_text
 from .coerce import coerce_options, read_options_file
-from .engine.ds_config import PRECISIONS, ZERO_STAGES, config_precision, load_ds_config
+from .engine.ds_config import (
+    PRECISIONS,
+    ZERO_STAGES,
+    check_ds_config,
+    config_precision,
+    load_ds_config,
+    resolve_ds_config_path,
+)
 from .engine.engine import EngineOptions
 from .engine.nonfinite import NAN_POLICIES
 from .engine.trainer import LoopOptions
+from .env import env_int
 from .errors import ConfigError
 from .layout import RunLayout
 
@@ -97,22 +104,22 @@ class RunOptions:
     cache_dir: str | None = option(None, help="tokenization cache (default <output_dir>/.token_cache)", result=False)
     max_train_examples: int | None = option(None, help="use only the first N training examples")
     max_eval_examples: int | None = option(None, help="use only the first N dev examples")
-    seed: int = option(0, help="random seed (sampling, init, dropout)")
+    seed: int = option(0, help="random seed (sampling, init, dropout)", ge=0)
     # engine
     ds_config: str = option("fp32_zero0", help="DeepSpeed config: a ds_configs/ file stem or a path")
     precision: str | None = option(None, help="fp32 | bf16 | fp16 (overrides the ds_config)")
     zero_stage: int | None = option(None, help="ZeRO stage 0-3 (overrides the ds_config)")
     batch_size: int = option(32, help="global batch size (all ranks, all accumulation steps)")
     micro_batch_size: int | None = option(None, help="per-rank micro-batch (default batch_size / ranks)")
-    gradient_clipping: float | None = option(1.0, help="max gradient norm (None: no clipping)")
+    gradient_clipping: float | None = option(1.0, help="max gradient norm (None: no clipping)", ge=0)
     lr: float = option(2e-5, help="peak learning rate (AdamW, linear warmup then decay)")
-    weight_decay: float = option(0.01, help="AdamW weight decay")
+    weight_decay: float = option(0.01, help="AdamW weight decay", ge=0)
     warmup_ratio: float = option(0.1, help="fraction of the steps spent warming up")
     nan_policy: str = option("stop", help="non-finite loss: stop (exit 3, naming step and term) | skip the step")
     # loop
     epochs: float = option(3.0, help="training epochs (fractions allowed)")
     eval_batch_size: int = option(128, help="global evaluation batch size", result=False)
-    eval_every_steps: int = option(0, help="also evaluate every N steps (0: end of each epoch only)")
+    eval_every_steps: int = option(0, help="also evaluate every N steps (0: end of each epoch only)", ge=0)
     log_every_steps: int = option(10, help="log train scalars every N steps", result=False)
     stop_after_steps: int | None = option(None, help="checkpoint and stop after N steps (rerun to resume)",
                                           result=False)
@@ -129,7 +136,7 @@ class RunOptions:
                                      "rebuild a cache that does not match", result=False)
     max_skipped_fraction: float = option(0.1, help="nan_policy=skip: a run that skipped more than this fraction "
                                                    "of its steps is not finished (exit 3, no final/ export)",
-                                         result=False)
+                                         result=False, ge=0, le=1)
 
     def engine_options(self) -> EngineOptions:
         names = {f.name for f in fields(EngineOptions)}
@@ -170,6 +177,9 @@ class RunOptions:
             raise ConfigError(f"option save_every_steps: must be >= 0, got {self.save_every_steps}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"option keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
+        if self.glue_dir is not None and self.hub_dataset is not None:
+            raise ConfigError("options glue_dir and hub_dataset: give one data source, not both "
+                              f"(glue_dir={self.glue_dir!r}, hub_dataset={self.hub_dataset!r})")
 
     def _validate_engine(self) -> None:
         import torch
@@ -179,6 +189,12 @@ class RunOptions:
             raise ConfigError(f"option precision: {self.precision!r} is not one of {list(PRECISIONS)}")
         if self.zero_stage is not None and self.zero_stage not in ZERO_STAGES:
             raise ConfigError(f"option zero_stage: {self.zero_stage!r} is not one of {list(ZERO_STAGES)}")
+        check_ds_config(base, resolve_ds_config_path(self.ds_config), precision=self.precision,
+                        zero_stage=self.zero_stage, gradient_clipping=self.gradient_clipping)
+        zero = self.zero_stage if self.zero_stage is not None else base.get("zero_optimization", {}).get("stage", 0)
+        if self.nan_policy == "skip" and zero == 3:
+            raise ConfigError("option nan_policy: skip is supported with ZeRO stages 0-2, not with zero_stage 3 "
+                              "(use nan_policy=stop, or ZeRO 2)")
         precision = self.precision or config_precision(base)
         if precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("option precision: fp16 needs a CUDA GPU (DeepSpeed refuses fp16 on CPU); "
@@ -187,11 +203,22 @@ class RunOptions:
             raise ConfigError(f"option batch_size: global batch {self.batch_size} is not divisible by "
                               f"micro_batch_size {self.micro_batch_size}")
         # The launcher sets WORLD_SIZE before the process starts: check micro x ranks now, not at engine build.
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        world = env_int("WORLD_SIZE", 1, minimum=1)
         micro = self.micro_batch_size or max(1, self.batch_size // world)
         if world > 1 and self.batch_size % (micro * world) != 0:
             raise ConfigError(f"option batch_size: global batch {self.batch_size} is not divisible by "
                               f"micro_batch_size x ranks = {micro} x {world} = {micro * world}")
+
+
+def check_folder_name(option_name: str, value: str | None) -> None:
+    """Refuse a name that would not be one plain folder inside ``--output_dir`` (ConfigError naming it)."""
+    if value is None:
+        return
+    text = str(value)
+    if (not text.strip() or text in (".", "..") or text.startswith(".") or any(c in text for c in "/\\\0")
+            or Path(text).is_absolute()):
+        raise ConfigError(f"option {option_name}: {text!r} must be a plain folder name (not empty, no '/' or "
+                          "'\\', not starting with '.'): the run's folder stays inside --output_dir")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -19,8 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dist_peakd"
 #: A unit may import units of a LOWER layer only (and itself); a new unit needs a line here and in the doc.
 LAYERS: dict[str, int] = {
     "__init__": 0, "errors": 0, "loss_output": 0,
-    "artifacts": 1,
-    "data": 2,
+    "artifacts": 1, "coerce": 1, "env": 1,
+    "data": 2, "locking": 2,
     "models": 3, "cache": 3, "distill": 3, "metrics": 3,
     "export": 4,
     "engine": 5, "layout": 5,

@@ -238,7 +238,7 @@ def test_disk_full_while_writing_complete_marker(saved_once, monkeypatch):
         real(path, text)
 
     monkeypatch.setattr(engine_mod, "atomic_write_text", full_disk)
-    with pytest.raises(ArtifactWriteError, match="finishing checkpoint .*step-00000002"):
+    with pytest.raises(ArtifactWriteError, match="writing checkpoint .*step-00000002 failed: no space left on device"):
         engine.save_state(root, "step-00000002", {"loop": {"marker": 2}})
     monkeypatch.setattr(engine_mod, "atomic_write_text", real)
     _assert_previous_intact(root)
@@ -263,7 +263,7 @@ def test_disk_full_while_exporting_keeps_previous_export(tmp_path, tiny_bert):
     with torch.no_grad():
         for p in engine.module.parameters():
             p.add_(1.0)
-    with pytest.raises(ArtifactWriteError, match=f"exporting {out} failed"):
+    with pytest.raises(ArtifactWriteError, match=f"writing export {out} failed: no space left on device"):
         engine.export_pretrained(out, FullDiskTokenizer())
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no .tmp-best left behind

@@ -128,6 +128,15 @@ def select_checkpoint(root: str | Path, quarantine: bool = False, trust_unverifi
     return None, []
 
 
+def resume_step(root: str | Path, trust_unverified: bool = False) -> int:
+    """The global step a resume from ``root`` starts after: that of the newest intact checkpoint (0: none)."""
+    try:
+        tag, _ = select_checkpoint(root, trust_unverified=trust_unverified)
+    except CheckpointCorruptError:
+        return 0
+    return max(0, _checkpoint_step(Path(root) / tag)) if tag else 0
+
+
 # ------------------------------------------------------------------------------------ save / load
 def save_checkpoint(engine: Engine, root: str | Path, tag: str, client_state: dict[str, Any]) -> Path:
     """Save model, optimizer, scheduler, per-rank RNG and ``client_state`` under ``root/tag``.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..env import env_int
 from . import watchdog as _watchdog
 
 
@@ -56,6 +57,9 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     ``DIST_PEAKD_HEARTBEAT_TIMEOUT``, default 60 s) ends this rank with exit 5 naming a stopped peer.
     """
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # malformed launcher variables: one line, exit 2
+        env_int(name, 0, minimum=0)
+    env_int("MASTER_PORT", 29500, minimum=1, maximum=65535)
     import deepspeed
     import deepspeed.ops
 
@@ -74,7 +78,7 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
                                    timeout=datetime.timedelta(seconds=timeout_s))
     rank = dist.get_rank()
     world = dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count() or 1)))
+    local_rank = env_int("LOCAL_RANK", rank % max(1, torch.cuda.device_count() or 1), minimum=0)
     _register_peers(rank, world, heartbeat_timeout_s)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=_device_for(local_rank))
 

@@ -122,3 +122,52 @@ def build_ds_config(
         cfg.setdefault("zero_force_ds_cpu_optimizer", False)
     cfg.setdefault("steps_per_print", 10**9)
     return cfg
+
+
+#: Sections DeepSpeed reads as JSON objects (a scalar or list there fails deep inside DeepSpeed).
+_OBJECT_SECTIONS = ("fp16", "bf16", "torch_autocast", "zero_optimization", "checkpoint", "activation_checkpointing",
+                    "flops_profiler", "comms_logger", "tensorboard", "wandb", "csv_monitor", "aio", "amp",
+                    "data_efficiency", "compression_training", "elasticity", "autotuning", "pipeline")
+#: Sections dist-peakd owns: its client AdamW and warmup/decay schedule come from the options.
+_OWNED_SECTIONS = {"optimizer": "--lr, --weight_decay", "scheduler": "--warmup_ratio (linear warmup then decay)"}
+
+
+def check_ds_config(cfg: dict[str, Any], path: str | Path, *, precision: str | None = None,
+                    zero_stage: int | None = None, gradient_clipping: float | None = None) -> None:
+    """Refuse (ConfigError naming the file and the setting) a DeepSpeed config DeepSpeed would reject
+    deep inside the engine build, or whose settings dist-peakd would silently override.
+
+    The contents are run through DeepSpeed's own parser (``DeepSpeedConfig``) with this run's
+    overrides and placeholder batch sizes (the batch fields are always set from the options)."""
+    where = f"option ds_config: {path}"
+    for name, options in _OWNED_SECTIONS.items():
+        if name in cfg:
+            raise ConfigError(f"{where}: remove the {name!r} section (dist-peakd builds the AdamW optimizer and "
+                              f"its schedule itself, from {options})")
+    for name in _OBJECT_SECTIONS:
+        if name in cfg and not isinstance(cfg[name], dict):
+            raise ConfigError(f"{where}: section {name!r} must be a JSON object, got {cfg[name]!r}")
+    clip = cfg.get("gradient_clipping", 0.0)
+    if isinstance(clip, bool) or not isinstance(clip, int | float) or clip < 0:
+        raise ConfigError(f"{where}: gradient_clipping must be a number >= 0, got {clip!r}")
+    built = build_ds_config(cfg, micro_batch_size=1, global_batch_size=1, world_size=1, precision=precision,
+                            zero_stage=zero_stage, gradient_clipping=gradient_clipping, on_gpu=True)
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        DeepSpeedConfig(built)
+    except Exception as e:  # pydantic ValidationError, DeepSpeedConfigError, or a crash on a bad type
+        raise ConfigError(f"{where}: DeepSpeed rejects it: {_first_problem(e)}") from None
+
+
+def _first_problem(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            loc = ".".join(str(x) for x in first.get("loc", ()))
+            return f"{getattr(e, 'title', '')} {loc}: {first.get('msg')} (got {first.get('input')!r})".strip()
+        except Exception:  # noqa: BLE001 - fall back to the text
+            pass
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts import publish_dir, write_export_manifest
-from ..errors import ArtifactWriteError
+from ..artifacts import publish_dir, write_error, write_export_manifest
 from .distributed import barrier
 
 if TYPE_CHECKING:
@@ -57,9 +55,8 @@ def export_pretrained(engine: Engine, out_dir: str | Path, tokenizer: Any = None
                 _write_folder(engine.module, tmp, tokenizer, extra_json)
                 publish_dir(tmp, out_dir)
             except Exception as e:  # OSError, or the serializer's own error type on ENOSPC
+                error = write_error(e, out_dir, "export", "the previous export (if any) is untouched")
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise ArtifactWriteError(getattr(e, "errno", None) or errno.EIO,
-                                         f"exporting {out_dir} failed ({type(e).__name__}: {e}); the "
-                                         "previous export (if any) is untouched", str(tmp)) from e
+                raise error from e
     barrier()
     return out_dir

@@ -228,7 +228,9 @@ def with_eval_loss(metric_fn: Callable[[dict[str, Any]], dict[str, float]],
 class Tracker:
     """Writes scalars, text and HParams data to ``log_dir`` when ``enabled`` (rank 0); silent otherwise."""
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+    def __init__(self, log_dir: str | Path, enabled: bool = True, purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run's first new step; TensorBoard then hides the events an interrupted
+        run of this folder wrote at that step or later (``SummaryWriter(purge_step=...)``)."""
         self.enabled = enabled
         self.log_dir = Path(log_dir)
         self._writer = None
@@ -239,7 +241,7 @@ class Tracker:
             from torch.utils.tensorboard import SummaryWriter
 
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(str(self.log_dir))
+            self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Scalars at ``step``; ``eval/*`` values are an evaluation (see :meth:`evaluation`)."""

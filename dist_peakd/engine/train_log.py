@@ -3,12 +3,16 @@
 Every ``log_every_steps`` steps the summed loss terms are all-reduced and divided by the examples
 seen, then written as ``train/*`` scalars to TensorBoard and (rank 0) as one line of
 ``train_log.jsonl``. Throughput excludes the time spent evaluating and checkpointing (:meth:`paused`).
+Steps skipped for a non-finite loss (``nan_policy=skip``) count in ``train/skipped_in_window`` and add
+no examples: a window of skipped steps only has no loss (never a loss of 0.0). After a resume the rows
+an interrupted run wrote after its checkpoint are dropped (:meth:`TrainLog.resume_at`): one row per step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..artifacts import atomic_write_text
 from .tracking import Tracker
 
 #: Window entries that are counters, not loss terms (never divided into a train/<term> scalar).
@@ -48,6 +53,23 @@ class TrainLog:
         self.started = time.perf_counter()
         self.paused_s = 0.0
 
+    def resume_at(self, step: int) -> None:
+        """Rank 0: keep only the rows of ``train_log.jsonl`` up to ``step`` (the step resumed from)."""
+        if not self.is_main or not self.path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                row_step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):  # a torn last line of a killed run
+                row_step = step + 1
+            if row_step <= step:
+                kept.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(self.path, "".join(kept))
+
     def add(self, sums: dict[str, Any]) -> None:
         for k, v in sums.items():
             self.window[k] = self.window.get(k, 0.0) + v
@@ -67,12 +89,16 @@ class TrainLog:
         self.keys = self.keys or sorted(self.window)
         red = allreduce_sums(self.window, self.keys)
         elapsed = max(1e-9, time.perf_counter() - self.started - self.paused_s)
-        count = max(1.0, red["count"])
-        scalars = {f"train/{k}": red[k] / count for k in self.keys if k not in COUNTERS}
-        scalars.update({"train/lr": lr, "train/grad_norm": float(grad_norm),
-                        "train/samples_per_s": red["count"] / elapsed,
+        count = red["count"]
+        scalars = {f"train/{k}": red[k] / count for k in self.keys if k not in COUNTERS} if count > 0 else {}
+        scalars.update({"train/lr": lr, "train/samples_per_s": count / elapsed,
                         "train/tokens_per_s": red["tokens"] / elapsed,
                         "train/skipped_steps": float(skipped_steps)})
+        if math.isfinite(float(grad_norm)):  # a skipped step has none
+            scalars["train/grad_norm"] = float(grad_norm)
+        if red.get("skipped", 0.0) > 0:  # every rank counted each skipped step
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            scalars["train/skipped_in_window"] = red["skipped"] / world
         self.tracker.scalars(scalars, step)
         if self.is_main:
             with open(self.path, "a") as f:

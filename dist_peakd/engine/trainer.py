@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write_text
 from ..data.rows import fetch_rows
-from ..errors import CheckpointCorruptError, Preempted, StopRequested
+from ..errors import CheckpointCorruptError, Preempted, StopRequested, TooManySkippedSteps
 from .checkpoints import prune_checkpoints, select_checkpoint
 from .distributed import broadcast_object
 from .engine import Engine, LossFn
@@ -116,7 +116,7 @@ class Trainer:
         self.total_steps = engine.total_steps
         self.dummy = data.collate(fetch_rows(data.train_rows, [0]))  # the zero-weight batch of an empty share
         self.state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
-                                      "history": [], "finished": False}
+                                      "history": [], "finished": False, "nonfinite_skipped": 0}
         self.stop_signal = SigtermFlag()
         self.log = TrainLog(self.output_dir / "train_log.jsonl", tracker, self.is_main)
         self._bar: Any = None
@@ -125,6 +125,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Resume (if a checkpoint exists), train the remaining steps, finish; returns the summary."""
         self.resume()
+        self.log.resume_at(self.engine.global_step)  # rows an interrupted run logged after its checkpoint
         self.log.restart()
         self._bar = tqdm(total=self.total_steps, initial=self.engine.global_step, desc="train",
                          disable=not self.is_main, dynamic_ncols=True)
@@ -168,6 +169,7 @@ class Trainer:
     def train_step(self, micro: list[Batch], tokens: float, global_count: int) -> None:
         """One optimizer step over this rank's micro-batches of a global batch of ``global_count``; log."""
         sums = self.engine.train_step(micro, global_count, self.objective.loss_fn, dummy_batch=self.dummy)
+        self.state["nonfinite_skipped"] = self.state.get("nonfinite_skipped", 0) + int(sums.get("skipped", 0))
         sums["tokens"] = tokens
         grad_norm = sums.pop("grad_norm")
         self.log.add(sums)
@@ -276,8 +278,22 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ the end
+    def _refuse_if_mostly_skipped(self) -> None:
+        skipped, total = int(self.state.get("nonfinite_skipped", 0)), max(1, self.engine.global_step)
+        limit = self.options.max_skipped_fraction
+        if skipped / total > limit:
+            raise TooManySkippedSteps(
+                f"nan_policy=skip skipped {skipped} of {total} optimizer steps ({skipped / total:.0%} > "
+                f"max_skipped_fraction {limit:g}): the run is not finished, so no final/ export or summary.json "
+                f"was written ({self.output_dir}); lower the learning rate or check the data, or raise "
+                "--max_skipped_fraction")
     def finish(self) -> dict[str, Any]:
-        """Evaluate the last weights (unless just done), export ``final/``, write ``summary.json``."""
+        """Evaluate the last weights (unless just done), export ``final/``, write ``summary.json``.
+
+        A run that skipped more than ``max_skipped_fraction`` of its steps (``nan_policy=skip``) is not
+        finished: :class:`TooManySkippedSteps` (exit 3), no ``final/``, no summary.
+        """
+        self._refuse_if_mostly_skipped()
         step = self.engine.global_step
         if not self.state["history"] or self.state["history"][-1]["step"] != step:
             self._record_eval(self.evaluate(),

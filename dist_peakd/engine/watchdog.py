@@ -71,7 +71,10 @@ def interval_for(timeout_s: float) -> float:
 def advertised_ip() -> str:
     """The address peers can reach this host at: the local end of the route to MASTER_ADDR."""
     master = os.environ.get("MASTER_ADDR", "")
-    port = int(os.environ.get("MASTER_PORT", "29500") or 29500)
+    try:
+        port = int(os.environ.get("MASTER_PORT", "29500") or 29500)
+    except ValueError:  # refused by init_distributed before the watchdog starts
+        port = 29500
     if master:
         try:
             family, _, _, _, addr = socket.getaddrinfo(master, port, type=socket.SOCK_DGRAM)[0]

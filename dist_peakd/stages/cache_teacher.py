@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..artifacts import atomic_write_text, publish_dir
+from ..artifacts import atomic_write_text, publish_dir, verify_export
 from ..cache.store import IDENTITY_FIELDS, MANIFEST, TeacherCache, teacher_fingerprint
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
 from ..config import RunOptions, option, save_resolved_config
@@ -46,6 +46,7 @@ from ..metrics import compute_metrics
 from ..models import load_teacher, teacher_forward
 from .common import (
     TaskData,
+    check_model_source,
     collator_for,
     load_tokenizer,
     lock_for_job,
@@ -166,7 +167,7 @@ def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Pat
                   teacher_dir: Path) -> tuple[dict[str, Any], tuple[int, int, int], str, float]:
     """Every rank runs the teacher over its share of each split into its shards; returns every rank's
     shard records per split, the cache dimensions, the precision and the pass's wall time."""
-    model = load_teacher(teacher_dir, num_labels=data.task.num_labels)
+    model = load_teacher(teacher_dir, num_labels=data.task.num_labels, trust_unverified=opts.trust_unverified)
     dims = (data.task.num_labels, int(model.config.num_hidden_layers), int(model.config.hidden_size))
     # inference only: the batch options just have to satisfy DeepSpeed's batch arithmetic
     engine_opts = dataclasses.replace(opts.engine_options(), batch_size=dist_info.world_size, micro_batch_size=1)
@@ -209,6 +210,9 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     if not (teacher_dir / "config.json").is_file():
         raise ConfigError(f"option teacher_dir: teacher folder {teacher_dir} not found (no config.json); run "
                           "finetune-teacher first or pass --teacher_dir")
+    check_model_source(str(teacher_dir), "teacher_dir")
+    verify_export(teacher_dir, required=True if not layout.teacher_is_given else None,
+                  trust_unverified=opts.trust_unverified)
     lock_for_job(cache_dir, "teacher cache")
     tokenizer = load_tokenizer(str(teacher_dir))
     data = prepare_data(opts, tokenizer)

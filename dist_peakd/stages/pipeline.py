@@ -39,10 +39,10 @@ class EarlierStagesOptions(DistillOptions):
 
     preset: str | None = option(None, help="named option preset applied under the command line (e.g. cpu-fast)",
                                 result=False)
-    teacher_epochs: float = option(3.0, help="epochs of the teacher fine-tune")
-    teacher_lr: float = option(5e-5, help="learning rate of the teacher fine-tune")
-    ptp_epochs: float = option(2.0, help="epochs of PTP pretraining")
-    ptp_lr: float = option(2e-5, help="learning rate of PTP pretraining")
+    teacher_epochs: float = option(3.0, help="epochs of the teacher fine-tune", gt=0)
+    teacher_lr: float = option(5e-5, help="learning rate of the teacher fine-tune", gt=0)
+    ptp_epochs: float = option(2.0, help="epochs of PTP pretraining", gt=0)
+    ptp_lr: float = option(2e-5, help="learning rate of PTP pretraining", gt=0)
     threshold_rule: str = option("median", help="PTP confidence thresholds: median | paper")
 
     PRESETS = PRESETS
@@ -59,8 +59,8 @@ class EarlierStagesOptions(DistillOptions):
 class PipelineOptions(EarlierStagesOptions):
     """All distillation options, the earlier stages' epochs/lr, a named preset, and the latency probe."""
 
-    latency_batch_size: int = option(32, help="batch size of the latency measurement", result=False)
-    latency_repeats: int = option(10, help="timed forward passes of the latency measurement", result=False)
+    latency_batch_size: int = option(32, help="batch size of the latency measurement", result=False, ge=1)
+    latency_repeats: int = option(10, help="timed forward passes of the latency measurement", result=False, ge=1)
 
 
 def _subset(opts: PipelineOptions, cls: type, **overrides: Any) -> Any:
@@ -170,7 +170,8 @@ def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], 
     data = prepare_data(_subset(opts, RunOptions), tokenizer, need_train=False)
     dev_rows = [data.dev[i] for i in range(min(opts.latency_batch_size, len(data.dev)))]
     batch = collator_for(tokenizer)(dev_rows)
-    teacher_model = load_teacher(opts.layout().teacher, num_labels=task.num_labels).to(device)
+    teacher_model = load_teacher(opts.layout().teacher, num_labels=task.num_labels,
+                                 trust_unverified=opts.trust_unverified).to(device)
     student_model = load_student(Path(student_summary["stage_dir"]) / "final").to(device)
     student = {"final": student_summary["final"], "best": student_summary["best"]}
     rows = [_model_row("teacher", teacher_model, teacher, batch, opts),

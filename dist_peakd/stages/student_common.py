@@ -64,11 +64,17 @@ def open_student_run(opts: Any, layout: RunLayout) -> StudentRun:
     and the teacher cache verified against this run (identity, sizes and every file's sha256)."""
     from ..cache import TeacherCache, cache_fingerprint
     from ..engine import init_distributed, seed_everything
-    from .common import backbone_fingerprint, claim_stage_dir, load_tokenizer, prepare_data, resolve_backbone
+    from .common import (
+        backbone_fingerprint,
+        check_model_source,
+        claim_stage_dir,
+        load_tokenizer,
+        prepare_data,
+    )
 
+    backbone = check_model_source(opts.backbone)
     dist_info = init_distributed()
     seed_everything(opts.seed)
-    backbone = resolve_backbone(opts.backbone)
     check_k_against_backbone(opts.k, backbone)
     stage_dir = layout.stage_dir(opts.stage_name())
     claim_stage_dir(stage_dir, opts)

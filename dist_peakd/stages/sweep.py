@@ -34,7 +34,6 @@ import dataclasses
 import importlib.util
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any
 
 from ..artifacts import atomic_write_text
 from ..config import option, result_differences
+from ..env import env_int
 from ..errors import ConfigError
 from . import distill
 from .common import releases_locks
@@ -272,7 +272,7 @@ def run(opts: SweepOptions) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     quiet_environment()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if env_int("WORLD_SIZE", 1, minimum=1) > 1:
         raise ConfigError("run the sweep as one process (not under deepspeed/torchrun); "
                           "each trial gets its own ranks with --workers_per_trial")
     dims, name = opts.dimensions(), _sweep_name(opts)

@@ -1,0 +1,77 @@
+"""Shared pieces of the issue-14 reliability tests: tiny stage options, CLI calls (in process and as a
+real process), a fine-tuned tiny teacher with its cache, byte surgery on files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def slice_opts(out: Path, backbone: Path | str, glue_dir: Path, **kw) -> dict:
+    """Options of a tiny MRPC run (24 train / 16 dev rows, max length 40): a few seconds per stage."""
+    base = dict(task="mrpc", output_dir=str(out), glue_dir=str(glue_dir), backbone=str(backbone), max_length=40,
+                max_train_examples=24, max_eval_examples=16, batch_size=8, epochs=1, eval_batch_size=16,
+                log_every_steps=1, lr=1e-3, seed=3, cache_dir=str(Path(out).parent / "tok"))
+    base.update(kw)
+    return base
+
+
+def args_of(opts: dict) -> list[str]:
+    return [f"--{k}={v}" for k, v in opts.items()]
+
+
+def cli(stage: str, opts: dict, capsys=None) -> tuple[int, str]:
+    """``dist-peakd <stage>`` in this process: (exit code, stderr when ``capsys`` is given)."""
+    from dist_peakd import cli as cli_mod
+
+    if capsys is not None:
+        capsys.readouterr()
+    try:
+        cli_mod.main([stage, *args_of(opts)])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err if capsys is not None else ""
+
+
+def run_process(args: list[str], env: dict | None = None, timeout: float = 300, wait: bool = True):
+    """``python -m dist_peakd.cli <args>`` as a real process (stdout+stderr together)."""
+    full_env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                    HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    cmd = [sys.executable, "-m", "dist_peakd.cli", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=REPO)
+    return subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    i = len(data) - 1 if offset is None else offset
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, tiny_bert, glue_dir):
+    """A fine-tuned tiny teacher and its teacher cache (in process): ``(output_dir, options)``."""
+    from dist_peakd.config import build_options
+    from dist_peakd.stages import cache_teacher, finetune_teacher
+
+    out = tmp_path_factory.mktemp("reliab_teacher") / "run"
+    opts = slice_opts(out, tiny_bert, glue_dir)
+    finetune_teacher.run(build_options(finetune_teacher.FinetuneTeacherOptions, **opts))
+    cache_teacher.run(build_options(cache_teacher.CacheTeacherOptions, **opts))
+    return out, opts

@@ -37,9 +37,9 @@ class ModelDirOptions(RunOptions):
     """Options of the commands that read a model folder (evaluate, predict, export): the folder, and the
     task and sequence length it was trained with (read from the folder unless given)."""
 
-    task: str | None = option(None, help="task of the model (default: the task its folder records)")
-    max_length: int | None = option(None, help="truncate sequences to this many tokens (default: the length "
-                                               "the model was trained with, recorded in its folder)")
+    task: str = option("", help="task of the model ('': the task its folder records)")
+    max_length: int = option(0, help="truncate sequences to this many tokens (0: the length the model was trained "
+                                     "with, recorded in its folder)")
     model_dir: str | None = option(None, help="model folder a stage wrote (<stage>/best, <stage>/final, teacher "
                                               "or student) or `dist-peakd export` wrote")
 
@@ -49,11 +49,11 @@ class ModelDirOptions(RunOptions):
         if not Path(self.model_dir).is_dir():
             raise ConfigError(f"option model_dir: {self.model_dir!r} is not a folder")
         recorded = folder_task_fields(self.model_dir)
-        if self.task is None:
+        if not self.task:
             if "task" not in recorded:
                 raise ConfigError(f"option task: required ({self.model_dir} records no task)")
             self.task = recorded["task"]
-        if self.max_length is None:
+        if not self.max_length:
             self.max_length = int(recorded.get("max_length", DEFAULT_MAX_LENGTH))
         super().validate()
 
@@ -65,8 +65,7 @@ class EvaluateOptions(ModelDirOptions):
     split: str = option("dev", help="split to score: dev (the task's dev split) or another labelled split name")
     onnx_file: str | None = option(None, help="ONNX folders: the graph to run (model.onnx | model_int8.onnx; "
                                               "default model.onnx)")
-    out: str | None = option(None, help="also write the result (metrics and what was scored) to this JSON file",
-                             result=False)
+    out: str | None = option(None, help="also write the result (metrics and what was scored) to this JSON file")
 
     def validate(self) -> None:
         super().validate()
@@ -79,11 +78,13 @@ def check_split(task: str, split: str, allow_test: bool) -> None:
         return
     from ..data import get_task
 
-    names = get_task(task).splits
+    glue = get_task(task)
+    names = [n for n in glue.splits if allow_test or n not in glue.test_splits]
     roles = ("dev", "test") if allow_test else ("dev",)
     if split not in roles and split not in names:
-        raise ConfigError(f"option split: {split!r} is not a split of {get_task(task).name} ({list(roles)} or one "
-                          f"of {list(names)})")
+        hint = "" if allow_test else "; test splits have no labels: `dist-peakd predict` predicts them"
+        raise ConfigError(f"option split: {split!r} is not a {'' if allow_test else 'labelled '}split of "
+                          f"{glue.name} ({list(roles)} or one of {names}){hint}")
 
 
 def check_outputs(model: ModelFolder, task: Any) -> None:

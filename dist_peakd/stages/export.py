@@ -50,8 +50,7 @@ class ExportOptions(ModelDirOptions):
     """The format, where it goes, int8, how many dev rows check an ONNX graph."""
 
     format: str = option("hf", help="hf (compact, custom code) | plain (standard bert, no custom code) | onnx")
-    out: str | None = option(None, help="output folder (required; replaced atomically when it exists)",
-                             result=False)
+    out: str | None = option(None, help="output folder (required; replaced atomically when it exists)")
     quantize: str | None = option(None, help="onnx: also write model_int8.onnx (onnxruntime dynamic int8)")
     verify_rows: int = option(64, help="onnx: dev rows of the model's task run through both runtimes")
     opset: int | None = option(None, help="onnx: opset (default: torch.onnx's, 20 here)")

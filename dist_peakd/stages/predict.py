@@ -49,7 +49,7 @@ class PredictOptions(ModelDirOptions):
                                      "another split name; ignored with --input")
     input: str | None = option(None, help="predict the rows of this file instead (.tsv/.csv/.json/.jsonl/.parquet "
                                           "with the task's text column(s))")
-    out: str | None = option(None, help="predictions file: .tsv or .jsonl (required)", result=False)
+    out: str | None = option(None, help="predictions file: .tsv or .jsonl (required)")
     onnx_file: str | None = option(None, help="ONNX folders: the graph to run (model.onnx | model_int8.onnx; "
                                               "default model.onnx)")
 

@@ -178,3 +178,17 @@ def test_the_wheel_ships_the_ds_configs_and_the_model_code(tmp_path):
     assert {f"dist_peakd/ds_configs/{n}" for n in shipped} <= names and "dist_peakd/ds_configs/fp32_zero0.json" in names
     assert {"dist_peakd/models/modeling_sps_bert.py", "dist_peakd/models/configuration_sps_bert.py"} <= names
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
+
+
+def test_installed_packages_meet_the_declared_floors():
+    """Every dependency pyproject.toml declares is installed at a version inside its declared range."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for line in [*project["dependencies"], *project["optional-dependencies"]["deploy"]]:
+        req = Requirement(line)
+        assert req.specifier.contains(md.version(req.name), prereleases=True), (line, md.version(req.name))
+    assert any(r.startswith("transformers>=5.4") for r in project["dependencies"])

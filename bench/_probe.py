@@ -20,6 +20,7 @@ import argparse
 import functools
 import importlib
 import json
+import os
 import statistics
 import sys
 import threading
@@ -184,6 +185,7 @@ def report(missing: list[str], units: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    sys.path.insert(0, os.getcwd())  # the checkout being measured (run with cwd = that checkout)
     argv = sys.argv[1:]
     split = argv.index("--")
     p = argparse.ArgumentParser()
@@ -206,7 +208,9 @@ def main() -> None:
     except SystemExit as e:
         code = int(e.code or 0)
     units = args.units or args.record_steps
-    result = report(missing, units) | {"exit_code": code}
+    import dist_peakd
+
+    result = report(missing, units) | {"exit_code": code, "dist_peakd_file": dist_peakd.__file__}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

@@ -200,7 +200,9 @@ def main() -> None:
     p.add_argument("--ops_steps", type=int, default=5, help="steps under torch.profiler after the timed ones")
     p.add_argument("--label", default="current", help="name of this checkout's arms (e.g. before, after)")
     p.add_argument("--baseline_checkout", default=None, help="another checkout whose product arms run too")
-    p.add_argument("--baseline_python", default=None, help="default <baseline_checkout>/.venv/bin/python")
+    p.add_argument("--baseline_python", default=None,
+                   help="default <baseline_checkout>/.venv/bin/python, else this python (the product runs with "
+                        "cwd = the checkout, so python -m dist_peakd.cli imports that checkout's package)")
     p.add_argument("--baseline_label", default="baseline")
     p.add_argument("--arms", default="product,plain", help="any of product, plain, baseline (comma list)")
     p.add_argument("--no_probe", action="store_true", help="skip the instrumented (breakdown) runs")
@@ -240,7 +242,8 @@ def main() -> None:
     python = sys.executable
     if "baseline" in arms:
         checkout = Path(args.baseline_checkout).resolve()
-        bpython = args.baseline_python or str(checkout / ".venv" / "bin" / "python")
+        own = checkout / ".venv" / "bin" / "python"
+        bpython = args.baseline_python or str(own if own.is_file() else sys.executable)
         report["arms"][args.baseline_label] = product_arms(args, args.baseline_label, bpython, checkout, work,
                                                            backbone, teacher)
     if "product" in arms:

@@ -279,17 +279,40 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+#: ``expected`` keys that are not manifest fields: the run's example ids per split, and the data
+#: fingerprint its (sliced) data would have unsliced (see :func:`serves_subset`).
+RUN_KEYS = ("ids", "source_data_fingerprint")
+
+
+def serves_subset(manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
+    """True when a cache built on the full splits serves this run's subset of them by example id.
+
+    That is: the run's data differs from the cache's (``data_fingerprint``), but the cache was built
+    on the unsliced data the run's rows are taken from (its ``data_fingerprint`` equals the run's
+    ``source_data_fingerprint``), and the run lists its example ids (``ids``), which
+    :meth:`TeacherCache.open` then checks are all in the cache. Row counts are not compared then.
+    """
+    source = expected.get("source_data_fingerprint")
+    found = manifest.get("data_fingerprint")
+    return (source is not None and "ids" in expected and found != expected.get("data_fingerprint")
+            and found == source)
+
+
 def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(field, found, expected)`` for each field of ``expected`` the manifest does not match.
 
     ``expected`` uses manifest key names (e.g. :data:`IDENTITY_FIELDS`, ``num_labels``), plus
-    ``rows``: ``{split: row_count}`` compared as fields ``rows[<split>]``. The format version is
-    always checked.
+    ``rows``: ``{split: row_count}`` compared as fields ``rows[<split>]``, and the :data:`RUN_KEYS`
+    (not compared here). When the cache :func:`serves_subset` of the run, ``data_fingerprint`` and
+    ``rows`` are not compared (the id check replaces them). The format version is always checked.
     """
     diffs: list[tuple[str, Any, Any]] = []
     if manifest.get("format_version") != FORMAT_VERSION:
         diffs.append(("format_version", manifest.get("format_version"), FORMAT_VERSION))
+    subset = serves_subset(manifest, expected)
     for key, want in expected.items():
+        if key in RUN_KEYS or (subset and key in ("data_fingerprint", "rows")):
+            continue
         if key == "rows":
             for split, n in want.items():
                 found = manifest["splits"].get(split, {}).get("rows")
@@ -297,6 +320,20 @@ def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any
                     diffs.append((f"rows[{split}]", found, n))
         elif manifest.get(key) != want:
             diffs.append((key, manifest.get(key), want))
+    return diffs
+
+
+def id_differences(cache: TeacherCache, ids: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(f"ids[{split}]", what the cache lacks, expected)`` for each split whose ids are not all cached."""
+    diffs: list[tuple[str, Any, Any]] = []
+    for split, wanted in ids.items():
+        if split not in cache.manifest["splits"]:
+            diffs.append((f"ids[{split}]", "no such split", "every example id of this run's rows"))
+            continue
+        missing = cache.split(split).missing(np.asarray(wanted, dtype=np.int64))
+        if len(missing):
+            diffs.append((f"ids[{split}]", f"{len(missing)} of the run's {len(wanted)} ids missing, e.g. "
+                                           f"{missing[:5].tolist()}", "every example id of this run's rows"))
     return diffs
 
 
@@ -415,6 +452,7 @@ class TeacherCache:
         self.cache_dir = Path(cache_dir)
         self.manifest = dict(manifest)
         self._splits: dict[str, CacheSplit] = {}
+        self.subset = False  # True when opened for a run on a subset of the cached splits
 
     # ------------------------------------------------------------------ properties
     @property
@@ -444,7 +482,10 @@ class TeacherCache:
         """Read the manifest, compare it with ``expected`` and verify every shard file.
 
         ``expected``: manifest fields to match (usually :data:`IDENTITY_FIELDS` and ``rows``:
-        ``{split: n}``); every differing field is reported in one :class:`CacheMismatchError`.
+        ``{split: n}``); every differing field is reported in one :class:`CacheMismatchError`. With
+        ``ids`` (``{split: example ids}``) every id must be in the cache; with ``ids`` and
+        ``source_data_fingerprint`` a cache built on the full splits also serves a run on a subset
+        of them (:func:`serves_subset`; :attr:`subset` is then True).
         ``verify``: ``"size"`` checks existence and byte size of every file (cheap), ``"checksum"``
         also re-hashes every file (reads the whole cache once). Problems with files raise
         :class:`CacheCorruptError` naming the file.
@@ -453,14 +494,20 @@ class TeacherCache:
             raise ValueError(f"verify must be 'size' or 'checksum', got {verify!r}")
         cache_dir = Path(cache_dir)
         manifest = read_manifest(cache_dir)
-        diffs = manifest_differences(manifest, expected or {})
+        expected = expected or {}
+        diffs = manifest_differences(manifest, expected)
         if diffs:
             raise CacheMismatchError(cache_dir, diffs)
         cache = cls(cache_dir, manifest)
+        cache.subset = serves_subset(manifest, expected)
         try:
             cache.verify(checksum=verify == "checksum")
         except (KeyError, TypeError, AttributeError) as e:
             raise CacheCorruptError(cache_dir / MANIFEST, f"malformed manifest ({e!r})") from e
+        if "ids" in expected:
+            diffs = id_differences(cache, expected["ids"])
+            if diffs:
+                raise CacheMismatchError(cache_dir, diffs)
         return cache
 
     def verify(self, checksum: bool = True) -> None:

@@ -32,7 +32,7 @@ def run_parent(args: Any, python: str, work: Path, backbone: Path, cache_dir: Pa
     from bench.host_overhead import loadavg
 
     before, t0 = loadavg(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)  # inherits OMP_NUM_THREADS if set
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
         raise SystemExit(f"plain arm failed (exit {proc.returncode})")

@@ -107,8 +107,12 @@ def run_cli(python: str, checkout: Path, cli: list[str], probe: dict | None = No
         cmd = [python, "-m", "dist_peakd.cli", *cli]
     else:
         cmd = [python, str(HERE / "_probe.py"), *[f"--{k}={v}" for k, v in probe.items()], "--", *cli]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run(cmd, cwd=str(checkout), capture_output=True, text=True, env=env)
+    return subprocess.run(cmd, cwd=str(checkout), capture_output=True, text=True, env=child_env())
+
+
+def child_env() -> dict[str, str]:
+    """The arms' environment: no PYTHONPATH (each checkout imports its own package)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _checked(proc: subprocess.CompletedProcess, what: str, ok_codes: tuple[int, ...] = (0,)) -> None:
@@ -206,12 +210,18 @@ def main() -> None:
     p.add_argument("--baseline_label", default="baseline")
     p.add_argument("--arms", default="product,plain", help="any of product, plain, baseline (comma list)")
     p.add_argument("--no_probe", action="store_true", help="skip the instrumented (breakdown) runs")
+    p.add_argument("--torch_threads", type=int, default=None,
+                   help="OMP_NUM_THREADS for every arm (default: the library default, one per core); on a "
+                        "machine shared with other busy processes 1 keeps an arm from waiting on a descheduled "
+                        "peer thread at every op")
     p.add_argument("--work_dir", default=None)
     p.add_argument("--out_json", default=None)
     p.add_argument("--no_markdown", action="store_true")
     p.add_argument("--render", default=None, metavar="JSON", help="append the table of an earlier JSON report")
     p.add_argument("--plain_result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.torch_threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.torch_threads)
     sys.path.insert(0, str(REPO))
     from bench import _common as bench_common
     from bench import _host_plain, _host_report
@@ -235,7 +245,8 @@ def main() -> None:
                               "teacher": "tiny random BERT, used as is (not fine-tuned)",
                               "batch_size": args.batch_size, "max_length": args.max_length,
                               "warmup_steps": distill_windows(args)[0], "windows": args.windows,
-                              "window_steps": args.window_steps, "cache_batch_size": args.cache_batch_size},
+                              "window_steps": args.window_steps, "cache_batch_size": args.cache_batch_size,
+                              "torch_threads_option": args.torch_threads},
                     "environment": bench_common.environment("cpu", "transformers") | {
                         "torch_threads": _torch_threads(), "loadavg_start": loadavg()},
                     "targets": TARGETS, "arms": {}}

@@ -57,22 +57,29 @@ def _mark(ok: bool) -> str:
     return "**met**" if ok else "not met"
 
 
+def _loads(runs: list[dict]) -> str:
+    values = [r["loadavg_before"][0] for r in runs if r.get("loadavg_before")]
+    return "-" if not values else (f"{min(values)}-{max(values)}" if len(values) > 1 else str(values[0]))
+
+
+def _spread(d: dict, key: str) -> str:
+    values = d.get("repeat_values") or []
+    return f" ({min(values):,.0f}-{max(values):,.0f})" if len(values) > 1 else ""
+
+
 def throughput_table(report: dict) -> list[str]:
-    lines = ["| arm | distill samples/s (median) | ms per step | cache pass rows/s | load avg (1 min) before -> after |",
-             "|---|---|---|---|---|"]
+    lines = ["| arm | distill samples/s (median; range over repeats) | ms per step | cache pass rows/s | "
+             "load avg (1 min) at the arms' starts |", "|---|---|---|---|---|"]
     for name, arm in report["arms"].items():
+        d, c = arm.get("distill", {}), arm.get("cache", {})
         if name == "plain":
-            d, c = arm["distill"], arm["cache"]
             label = "plain PyTorch loop (HF BertModel, same loss and batches; cache pass: no files)"
         else:
-            d, c = arm.get("distill", {}), arm.get("cache", {})
             label = f"dist-peakd `{name}` ({arm.get('git', '?')})"
-        load = f"{arm.get('loadavg_before', ['?'])[0]} -> {arm.get('loadavg_after', ['?'])[0]}"
-        if name != "plain":
-            loads = [arm[k]["loadavg_before"][0] for k in ("cache", "distill") if k in arm and arm[k].get("loadavg_before")]
-            load = " / ".join(str(x) for x in loads) + " (cache / distill)"
-        lines.append(f"| {label} | {_fmt(d.get('samples_per_s'), 0)} | {_fmt(d.get('ms_per_step'))} | "
-                     f"{_fmt(c.get('rows_per_s'), 0)} | {load} |")
+        load = _loads([d, c]) if name != "plain" else _loads([arm])
+        lines.append(f"| {label} | {_fmt(d.get('samples_per_s'), 0)}{_spread(d, 'samples_per_s')} | "
+                     f"{_fmt(d.get('ms_per_step'))} | {_fmt(c.get('rows_per_s'), 0)}{_spread(c, 'rows_per_s')} | "
+                     f"{load} |")
     return lines
 
 
@@ -159,7 +166,8 @@ def markdown(report: dict) -> str:
              f"end {env.get('loadavg_end')} (the machine is shared). {setup['task']}, shape {setup['shape']}, "
              f"student {setup['student']}, teacher {setup['teacher']}, batch {setup['batch_size']}, max length "
              f"{setup['max_length']}, fp32; median of {setup['windows']} windows x {setup['window_steps']} steps "
-             f"after {setup['warmup_steps']} warm-up steps.", "",
+             f"after {setup['warmup_steps']} warm-up steps; {setup.get('repeats', 1)} repeat(s) of the timed arms, "
+             f"interleaved; OMP_NUM_THREADS {setup.get('torch_threads_option') or 'default'}.", "",
              *throughput_table(report), "", *targets_table(report), "",
              "Per-step breakdown (instrumented CLI runs, bench/_probe.py: time inside each function per step; "
              "the prefetch thread runs beside the training thread and shares the GIL with it):", "",

@@ -168,21 +168,33 @@ def probe_cache(args: argparse.Namespace, python: str, checkout: Path, out: Path
     return json.loads(result.read_text())
 
 
-def product_arms(args: argparse.Namespace, label: str, python: str, checkout: Path, work: Path,
-                 backbone: Path, teacher: Path) -> dict:
+def timed(label: str, name: str, fn) -> dict:
+    before, t0 = loadavg(), time.perf_counter()
+    result = fn() | {"loadavg_before": before, "loadavg_after": loadavg(), "wall_s": round(time.perf_counter() - t0, 1)}
+    print(f"[bench] {label} {name}: done in {result['wall_s']} s", flush=True)
+    return result
+
+
+def median_run(runs: list[dict], value) -> dict:
+    """The run whose ``value(run)`` is the median (lower middle for an even count), with every value."""
+    ranked = sorted(runs, key=value)
+    return ranked[(len(ranked) - 1) // 2] | {"repeat_values": [value(r) for r in runs]}
+
+
+def product_round(args: argparse.Namespace, label: str, python: str, checkout: Path, work: Path, backbone: Path,
+                  teacher: Path) -> dict:
+    """One repeat of a checkout's cache pass and distill run (the timed arms)."""
     out = work / f"runs-{label}"
-    arms: dict = {"checkout": str(checkout), "python": python, "git": git_head(checkout)}
-    todo = [("cache", lambda: cache_arm(args, python, checkout, out, teacher)),
-            ("distill", lambda: distill_arm(args, python, checkout, out, backbone, teacher))]
-    if not args.no_probe:
-        todo += [("probe_distill", lambda: probe_distill(args, python, checkout, out, backbone, teacher)),
-                 ("probe_cache", lambda: probe_cache(args, python, checkout, out, teacher))]
-    for name, fn in todo:
-        before, t0 = loadavg(), time.perf_counter()
-        arms[name] = fn() | {"loadavg_before": before, "loadavg_after": loadavg(),
-                             "wall_s": round(time.perf_counter() - t0, 1)}
-        print(f"[bench] {label} {name}: done in {arms[name]['wall_s']} s", flush=True)
-    return arms
+    return {"cache": timed(label, "cache", lambda: cache_arm(args, python, checkout, out, teacher)),
+            "distill": timed(label, "distill", lambda: distill_arm(args, python, checkout, out, backbone, teacher))}
+
+
+def product_probes(args: argparse.Namespace, label: str, python: str, checkout: Path, work: Path, backbone: Path,
+                   teacher: Path) -> dict:
+    out = work / f"runs-{label}"
+    return {"probe_distill": timed(label, "probe_distill",
+                                   lambda: probe_distill(args, python, checkout, out, backbone, teacher)),
+            "probe_cache": timed(label, "probe_cache", lambda: probe_cache(args, python, checkout, out, teacher))}
 
 
 def git_head(checkout: Path) -> str:
@@ -208,6 +220,7 @@ def main() -> None:
                    help="default <baseline_checkout>/.venv/bin/python, else this python (the product runs with "
                         "cwd = the checkout, so python -m dist_peakd.cli imports that checkout's package)")
     p.add_argument("--baseline_label", default="baseline")
+    p.add_argument("--repeats", type=int, default=1, help="timed arms run this many times, interleaved; medians")
     p.add_argument("--arms", default="product,plain", help="any of product, plain, baseline (comma list)")
     p.add_argument("--no_probe", action="store_true", help="skip the instrumented (breakdown) runs")
     p.add_argument("--torch_threads", type=int, default=None,
@@ -246,22 +259,38 @@ def main() -> None:
                               "batch_size": args.batch_size, "max_length": args.max_length,
                               "warmup_steps": distill_windows(args)[0], "windows": args.windows,
                               "window_steps": args.window_steps, "cache_batch_size": args.cache_batch_size,
-                              "torch_threads_option": args.torch_threads},
+                              "torch_threads_option": args.torch_threads, "repeats": args.repeats},
                     "environment": bench_common.environment("cpu", "transformers") | {
                         "torch_threads": _torch_threads(), "loadavg_start": loadavg()},
                     "targets": TARGETS, "arms": {}}
-    python = sys.executable
+    checkouts = []  # (label, python, checkout), run one after the other in every repeat
     if "baseline" in arms:
         checkout = Path(args.baseline_checkout).resolve()
         own = checkout / ".venv" / "bin" / "python"
-        bpython = args.baseline_python or str(own if own.is_file() else sys.executable)
-        report["arms"][args.baseline_label] = product_arms(args, args.baseline_label, bpython, checkout, work,
-                                                           backbone, teacher)
+        checkouts.append((args.baseline_label, args.baseline_python or str(own if own.is_file() else sys.executable),
+                          checkout))
     if "product" in arms:
-        report["arms"][args.label] = product_arms(args, args.label, python, REPO, work, backbone, teacher)
-    if "plain" in arms:
-        cache_dir = work / f"runs-{args.label if 'product' in arms else args.baseline_label}" / "sst2" / "teacher_cache"
-        report["arms"]["plain"] = _host_plain.run_parent(args, python, work, backbone, cache_dir)
+        checkouts.append((args.label, sys.executable, REPO))
+    rounds: dict[str, list[dict]] = {label: [] for label, _, _ in checkouts}
+    plain_runs: list[dict] = []
+    cache_dir = work / f"runs-{checkouts[-1][0]}" / "sst2" / "teacher_cache" if checkouts else None
+    for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits every arm
+        for label, python, checkout in checkouts:
+            rounds[label].append(product_round(args, label, python, checkout, work, backbone, teacher))
+        if "plain" in arms:
+            plain_runs.append(_host_plain.run_parent(args, sys.executable, work, backbone, cache_dir))
+    for label, python, checkout in checkouts:
+        report["arms"][label] = {
+            "checkout": str(checkout), "python": python, "git": git_head(checkout),
+            "cache": median_run([r["cache"] for r in rounds[label]], lambda r: r["rows_per_s"]),
+            "distill": median_run([r["distill"] for r in rounds[label]], lambda r: r["samples_per_s"])}
+        if not args.no_probe:
+            report["arms"][label] |= product_probes(args, label, python, checkout, work, backbone, teacher)
+    if plain_runs:
+        report["arms"]["plain"] = {
+            "distill": median_run([r["distill"] for r in plain_runs], lambda r: r["samples_per_s"]),
+            "cache": median_run([r["cache"] for r in plain_runs], lambda r: r["rows_per_s"]),
+            "loadavg_before": plain_runs[0]["loadavg_before"], "loadavg_after": plain_runs[-1]["loadavg_after"]}
     report["environment"]["loadavg_end"] = loadavg()
     out_json = Path(args.out_json or REPO / "docs" / "bench" / f"host-overhead-{args.label}.json")
     bench_common.write_report(report, out_json, _host_report.markdown(report), not args.no_markdown)

@@ -32,6 +32,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,7 @@ def distill_windows(args: argparse.Namespace) -> tuple[int, int]:
 def distill_arm(args: argparse.Namespace, python: str, checkout: Path, out: Path, backbone: Path,
                 teacher: Path) -> dict:
     warm, steps = distill_windows(args)
+    shutil.rmtree(out / "sst2" / "bench-distill", ignore_errors=True)  # a fresh run, never a resume
     proc = run_cli(python, checkout, distill_cli(args, out, backbone, teacher, "bench-distill", steps))
     _checked(proc, "distill", ok_codes=(0, 75))  # 75: stopped by stop_after_steps (as asked)
     log_path = out / "sst2" / "bench-distill" / "train_log.jsonl"
@@ -153,6 +155,7 @@ def probe_distill(args: argparse.Namespace, python: str, checkout: Path, out: Pa
                   teacher: Path) -> dict:
     warm, steps = distill_windows(args)
     result = out / "probe-distill.json"
+    shutil.rmtree(out / "sst2" / "bench-probe", ignore_errors=True)
     probe = {"out": result, "record_from": warm, "record_steps": steps - warm, "ops_steps": args.ops_steps}
     proc = run_cli(python, checkout, distill_cli(args, out, backbone, teacher, "bench-probe",
                                                  steps + args.ops_steps + 1), probe)

@@ -91,6 +91,39 @@ def build(args: argparse.Namespace, work: Path, variant: dict):
     return step
 
 
+def cache_scan(args: argparse.Namespace, work: Path) -> dict:
+    """Teacher pass rows/s over SST-2 train (length-sorted, the product's collator and teacher_forward)
+    for several inference batch sizes, under no_grad (the stage) and inference_mode."""
+    import numpy as np
+    import torch
+
+    from dist_peakd.config import RunOptions
+    from dist_peakd.data import DynamicPaddingCollator
+    from dist_peakd.data.collate import TokenColumns
+    from dist_peakd.models import load_teacher, teacher_forward
+    from dist_peakd.stages.common import load_tokenizer, prepare_data
+
+    runs = next(work.glob("runs-*"))
+    tok = load_tokenizer(str(work / "teacher"))
+    train = prepare_data(RunOptions(task="sst2", glue_dir=args.glue_dir, max_length=64, output_dir=str(runs)),
+                         tok).train
+    columns, collate = TokenColumns.from_dataset(train), DynamicPaddingCollator(tok.pad_token_id)
+    order = np.argsort(-columns.lengths, kind="stable")
+    teacher = load_teacher(work / "teacher", num_labels=2).eval()
+    out = {}
+    for bs in (256, 1024, 4096):
+        for mode, ctx in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+            t0 = time.perf_counter()
+            with ctx():
+                for i in range(0, len(order), bs):
+                    b = collate.gather(columns, order[i:i + bs])
+                    o = teacher_forward(teacher, b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                    o.logits.float().numpy(), torch.stack(o.cls_states, dim=1).half().numpy()
+            out[f"batch {bs}, {mode}"] = len(order) / (time.perf_counter() - t0)
+            print(f"[step-options] cache pass batch {bs} {mode}: {out[f'batch {bs}, {mode}']:.0f} rows/s", flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work_dir", required=True, help="work dir of a bench/host_overhead.py run (backbone + cache)")
@@ -98,6 +131,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--compile", action="store_true", help="add torch.compile variants (minutes of compilation)")
+    p.add_argument("--cache_scan", action="store_true", help="also the teacher pass at several batch sizes")
     p.add_argument("--out_json", default=str(REPO / "docs" / "bench" / "step-options.json"))
     args = p.parse_args()
     import torch
@@ -130,6 +164,8 @@ def main() -> None:
               "ms_per_step": {n: statistics.median(t) for n, t in times.items()},
               "saved_ms_vs_baseline": {n: base - statistics.median(t) for n, t in times.items()},
               "all_rounds_ms": times}
+    if args.cache_scan:
+        result["cache_pass_rows_per_s"] = cache_scan(args, Path(args.work_dir))
     Path(args.out_json).write_text(json.dumps(result, indent=2))
     for n in variants:
         print(f"{n:55s} {result['ms_per_step'][n]:8.2f} ms/step  saved {result['saved_ms_vs_baseline'][n]:+7.2f}")

@@ -183,3 +183,33 @@ def test_loss_makes_fewer_operator_calls():
         return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
     assert calls(distillation_loss) < 0.95 * calls(ref.distillation_loss)
+
+
+# ------------------------------------------------------------------------------------------ padding to multiples of 8
+def test_padding_to_multiples_of_8_bounds_shapes_and_keeps_outputs(tiny_bert):
+    """The chosen bucketing for compiled graphs: the collator's ``pad_to_multiple_of=8`` (the length-grouped
+    sampler already groups similar lengths, so it needs no change). Extra padding is masked out: the
+    student's outputs agree to float rounding (the longer rows change matmul blocking, not the math)."""
+    from dist_peakd.data import LengthGroupedBatchSampler
+    from dist_peakd.models import build_student
+
+    rows = [r for r in _rows(4, 400) if len(r["input_ids"]) >= 2]  # real rows have [CLS] .. [SEP]; an
+    lengths = [len(r["input_ids"]) for r in rows]  # all-masked row attends uniformly to its padding
+    for r in rows:
+        r["input_ids"] = [min(x, 999) for x in r["input_ids"]]
+    plain, padded = DynamicPaddingCollator(pad_token_id=0), DynamicPaddingCollator(pad_token_id=0, pad_to_multiple_of=8)
+    batches = LengthGroupedBatchSampler(lengths, 32, seed=0).global_batches(0)
+    shapes = {padded([rows[i] for i in b])["input_ids"].shape[1] for b in batches}
+    assert shapes <= {0, 8, 16, 24} and len(shapes) < len({plain([rows[i] for i in b])["input_ids"].shape[1]
+                                                            for b in batches})
+    torch.manual_seed(0)
+    model = build_student(str(tiny_bert), k=2, variant="shuffle", num_labels=3).eval()
+    with torch.no_grad():
+        for b in batches[:4]:
+            x, y = plain([rows[i] for i in b]), padded([rows[i] for i in b])
+            if x["input_ids"].shape[1] == 0:
+                continue
+            a = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], token_type_ids=x["token_type_ids"])
+            p = model(input_ids=y["input_ids"], attention_mask=y["attention_mask"], token_type_ids=y["token_type_ids"])
+            assert torch.allclose(a.logits, p.logits, rtol=1e-5, atol=1e-6)
+            assert all(torch.allclose(s, t, rtol=1e-5, atol=1e-6) for s, t in zip(a.cls_states, p.cls_states, strict=True))

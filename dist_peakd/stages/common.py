@@ -94,6 +94,7 @@ class TaskData:
     dev_split: str
     fingerprint: str
     cache_hit: bool
+    source_fingerprint: str = ""  # the fingerprint of the same data unsliced (a full cache's)
 
 
 def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval_split: str = "dev") -> TaskData:
@@ -113,10 +114,11 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval
     if opts.max_eval_examples:
         n = min(opts.max_eval_examples, len(dsd[dev_split]))
         dsd[dev_split] = dsd[dev_split].select(range(n))
+    source_fp = hashlib.sha256(f"{fp}|train:None|eval:None".encode()).hexdigest()
     fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
     tokenized, hit = tokenize_dataset(dsd, tokenizer, opts.max_length, opts.layout().token_cache, fp)
     return TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
-                    dev_split=dev_split, fingerprint=fp, cache_hit=hit)
+                    dev_split=dev_split, fingerprint=fp, cache_hit=hit, source_fingerprint=source_fp)
 
 
 def train_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGroupedBatchSampler:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -243,6 +244,7 @@ def build_options(cls: type, config: str | None = None, **overrides: Any) -> Any
     names are refused with the list of valid ones, naming the file they came from.
     """
     values: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if config:
         from_file = load_config_file(config)
         _unknown_options(cls, from_file, f"config file {config}")
@@ -257,8 +259,14 @@ def build_options(cls: type, config: str | None = None, **overrides: Any) -> Any
         values = {**coerce_options(cls, presets[preset], f"preset {preset}"), **values}
     _unknown_options(cls, values, "options")
     opts = cls(**values)
-    check_bounds(opts)
-    opts.validate()
+    try:
+        check_bounds(opts)
+        opts.validate()
+    except ConfigError as e:  # a value the file set: say which file
+        named = re.match(r"option (\w+):", str(e))
+        if named and named.group(1) in from_file and named.group(1) not in overrides:
+            raise ConfigError(f"config file {config}: {e}") from None
+        raise
     return opts
 
 

@@ -165,6 +165,7 @@ def save_checkpoint(engine: Engine, root: str | Path, tag: str, client_state: di
         durable_save(rng_state(), tmp / f"rng_rank{engine.dist.rank}.pt")
     except Exception as e:  # ENOSPC surfaces as OSError, or RuntimeError from torch's zip writer
         if is_collective_failure(e):
+            _abandon(tmp, is_main)
             raise  # a peer died or timed out during the save: exit 5, not a write failure
         error = _write_error(e, root / tag, tmp)
         _abandon(tmp, is_main)

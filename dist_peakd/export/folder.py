@@ -31,7 +31,7 @@ def is_sps_config(config: Any) -> bool:
     return getattr(config, "model_type", None) == "sps-bert" and getattr(config, "sps_schedule", None) is not None
 
 
-def load_model_folder(model_dir: str | Path) -> tuple[nn.Module, Any]:
+def load_model_folder(model_dir: str | Path, trust_unverified: bool = False) -> tuple[nn.Module, Any]:
     """Load a folder a stage wrote (teacher or SPS student, ``best/`` or ``final/``) in fp32, eval mode.
 
     Returns ``(model, tokenizer)``; the tokenizer is None when the folder has none.
@@ -47,7 +47,7 @@ def load_model_folder(model_dir: str | Path) -> tuple[nn.Module, Any]:
     if not (model_dir / "config.json").is_file():
         raise ExportError(f"model_dir {str(model_dir)!r}: no config.json (expected a folder a stage wrote, "
                           "e.g. <stage>/final or <stage>/best)")
-    verify_export(model_dir)
+    verify_export(model_dir, trust_unverified=trust_unverified)
     config = AutoConfig.from_pretrained(str(model_dir))
     if is_sps_config(config):
         model = load_student(model_dir)

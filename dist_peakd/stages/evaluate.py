@@ -96,7 +96,7 @@ def check_outputs(model: ModelFolder, task: Any) -> None:
 def run(opts: EvaluateOptions) -> dict[str, Any]:
     """Score ``model_dir`` on the split; every rank returns the result, rank 0 writes ``--out``."""
     dist_info = init_distributed()
-    model = open_model_folder(opts.model_dir, opts.onnx_file, dist_info.device)
+    model = open_model_folder(opts.model_dir, opts.onnx_file, dist_info.device, opts.trust_unverified)
     data = prepare_data(opts, model.tokenizer, need_train=False, eval_split=opts.split)
     check_outputs(model, data.task)
     outputs = rows_logits(model, data.dev, collator_for(model.tokenizer), opts.eval_batch_size, dist_info)

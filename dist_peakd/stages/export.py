@@ -94,7 +94,7 @@ def export_folder(opts: ExportOptions) -> dict[str, Any]:
     """Write the export (one process); returns what was written and the ONNX check's figures."""
     from ..models import model_stats
 
-    model, tokenizer = load_model_folder(opts.model_dir)
+    model, tokenizer = load_model_folder(opts.model_dir, opts.trust_unverified)
     record = read_folder_record(opts.model_dir)
     labels = record.get("label_names")
     fmt = FORMATS[opts.format]

@@ -55,7 +55,7 @@ def is_onnx_folder(folder: str | Path) -> bool:
 
 
 def open_model_folder(model_dir: str | Path, onnx_file: str | None = None,
-                      device: torch.device | None = None) -> ModelFolder:
+                      device: torch.device | None = None, trust_unverified: bool = False) -> ModelFolder:
     """Load a folder a stage or ``dist-peakd export`` wrote: an HF folder (compact SPS student, plain
     BERT, teacher) in PyTorch fp32, or an ONNX folder in onnxruntime (``onnx_file``: which graph)."""
     folder = Path(model_dir)
@@ -66,7 +66,7 @@ def open_model_folder(model_dir: str | Path, onnx_file: str | None = None,
         if onnx_file is not None:
             raise ConfigError(f"option onnx_file: {folder} holds no ONNX graph (it is a PyTorch folder)")
         try:
-            model, tokenizer = load_model_folder(folder)
+            model, tokenizer = load_model_folder(folder, trust_unverified)
         except ExportError as e:
             raise ConfigError(str(e)) from None
         model = model.to(device or torch.device("cpu"))
@@ -78,7 +78,7 @@ def open_model_folder(model_dir: str | Path, onnx_file: str | None = None,
     if not graph.is_file():
         present = [n for n in (ONNX_FILE, ONNX_INT8_FILE) if (folder / n).is_file()]
         raise ConfigError(f"option onnx_file: {graph} not found; this folder has {present}")
-    verify_export(folder)
+    verify_export(folder, trust_unverified=trust_unverified)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     runner = OnnxLogits(graph)
     return ModelFolder(folder, "onnxruntime", graph, tokenizer, AutoConfig.from_pretrained(str(folder)),

@@ -155,7 +155,7 @@ def submission_path(opts: PredictOptions, task: Any, split: str) -> Path | None:
 def run(opts: PredictOptions) -> dict[str, Any]:
     """Predict every row; rank 0 writes ``--out`` (and, for a GLUE test split, the submission file)."""
     dist_info = init_distributed()
-    model = open_model_folder(opts.model_dir, opts.onnx_file, dist_info.device)
+    model = open_model_folder(opts.model_dir, opts.onnx_file, dist_info.device, opts.trust_unverified)
     if opts.input is not None:
         task, split = input_task(opts, model), "input"
         rows = input_rows(opts, task, model.tokenizer)

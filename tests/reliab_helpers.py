@@ -42,7 +42,10 @@ def cli(stage: str, opts: dict, capsys=None) -> tuple[int, str]:
 
 def run_process(args: list[str], env: dict | None = None, timeout: float = 300, wait: bool = True):
     """``python -m dist_peakd.cli <args>`` as a real process (stdout+stderr together)."""
-    full_env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+    # not the in-process tests' process group: a child would try to bind this process's MASTER_PORT
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    full_env = dict(inherited, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                     HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "dist_peakd.cli", *args]

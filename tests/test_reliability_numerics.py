@@ -241,6 +241,23 @@ def test_cli_skip_policy_counts_skipped_steps(tmp_path, tiny_bert, glue_dir, nan
     assert all(v == v for r in logged for v in r.values() if isinstance(v, float) and r["step"] != 2)
 
 
+def test_a_mostly_skipped_run_is_not_called_finished(tmp_path, tiny_bert, glue_dir, nan_at_step_2, capsys):
+    """Item 11: 1 of 3 steps skipped is over the default max_skipped_fraction (0.1): exit 3, no final/ and
+    no summary.json; the skipped step's train_log row carries no loss (never 0.0) and says it was skipped."""
+    from dist_peakd import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["finetune-teacher", *_cli_args(tmp_path / "run", tiny_bert, glue_dir, nan_policy="skip")])
+    assert info.value.code == 3
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "skipped 1 of 3 optimizer steps" in line and "max_skipped_fraction 0.1" in line
+    stage = tmp_path / "run" / "mrpc" / "teacher"
+    assert not (stage / "summary.json").exists() and not (stage / "final").exists()
+    rows = {r["step"]: r for r in map(json.loads, (stage / "train_log.jsonl").read_text().splitlines())}
+    assert "train/ce" not in rows[2] and "ce" not in rows[2] and rows[2].get("train/skipped_in_window") == 1.0
+    assert any(k.endswith("ce") for k in rows[1]) and any(k.endswith("ce") for k in rows[3])
+
+
 # ------------------------------------------------------------------------------------------ fp16 (GPU only)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 dynamic loss scaling needs a CUDA GPU")

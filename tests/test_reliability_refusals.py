@@ -154,6 +154,7 @@ def test_a_lock_of_another_host_is_stale_only_after_the_stale_time(tmp_path, mon
     locking.release([folder.resolve()])
 
 
+@pytest.mark.slow
 def test_two_identical_jobs_one_runs_the_other_is_refused(tmp_path, tiny_bert, glue_dir, capsys):
     """Item 8 end to end: job A (a real process) trains; job B into the same folder exits 2 naming A;
     A finishes with one train_log row per step."""

@@ -232,3 +232,23 @@ def test_a_collective_failure_during_a_checkpoint_save_is_exit_5_not_a_write_fai
 def test_bounds_and_types_have_one_path_for_every_source():
     with pytest.raises(ConfigError, match="the command line: option batch_size: expected an integer"):
         build_options(DistillOptions, batch_size="eight")
+
+
+def test_disk_full_while_appending_to_the_training_log_names_it(tmp_path, monkeypatch):
+    from dist_peakd.engine import train_log
+    from dist_peakd.engine.tracking import Tracker
+
+    log = train_log.TrainLog(tmp_path / "train_log.jsonl", Tracker(tmp_path / "tb", enabled=False), True)
+    log.add({"count": 8.0, "tokens": 80.0, "ce": 4.0})
+    log.write(1, 1e-3, 0.5, 0)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_log, "open", full, raising=False)
+    log.add({"count": 8.0, "tokens": 80.0, "ce": 4.0})
+    with pytest.raises(ArtifactWriteError) as info:
+        log.write(2, 1e-3, 0.5, 0)
+    message = info.value.exit_message()
+    assert f"training log {tmp_path / 'train_log.jsonl'} failed: no space left on device" in message
+    assert [json.loads(x)["step"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..artifacts import atomic_write_text
+from ..artifacts import atomic_write_text, writing
 from .tracking import Tracker
 
 #: Window entries that are counters, not loss terms (never divided into a train/<term> scalar).
@@ -101,7 +101,7 @@ class TrainLog:
             scalars["train/skipped_in_window"] = red["skipped"] / world
         self.tracker.scalars(scalars, step)
         if self.is_main:
-            with open(self.path, "a") as f:
+            with writing(self.path, "training log", "the rows written before are intact"), open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, **scalars}) + "\n")
         self.restart()
         return scalars

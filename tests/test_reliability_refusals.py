@@ -252,3 +252,21 @@ def test_disk_full_while_appending_to_the_training_log_names_it(tmp_path, monkey
     message = info.value.exit_message()
     assert f"training log {tmp_path / 'train_log.jsonl'} failed: no space left on device" in message
     assert [json.loads(x)["step"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1]
+
+
+def test_model_folder_commands_refuse_an_export_without_its_manifest_unless_trusted(tmp_path, tiny_bert):
+    """evaluate / predict / export open a dist-peakd folder through the same check (item 2)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from dist_peakd.artifacts import EXPORT_MANIFEST
+    from dist_peakd.errors import ArtifactCorruptError
+    from dist_peakd.export import export_compact
+    from dist_peakd.stages.inference import open_model_folder
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
+    folder = export_compact(model, tmp_path / "best", extra_files={"dist_peakd.json": {"stage": "teacher"}})
+    (folder / EXPORT_MANIFEST).unlink()
+    with pytest.raises(ArtifactCorruptError, match=f"{folder / EXPORT_MANIFEST}: missing.*--trust_unverified"):
+        open_model_folder(folder)
+    with pytest.raises(ConfigError, match="has no tokenizer files"):  # past the check: it was trusted
+        open_model_folder(folder, trust_unverified=True)

@@ -228,3 +228,36 @@ def test_collapsed_predictions_are_reported_beside_the_metrics(tiny_bert, tmp_pa
     summary = json.loads((out / "flat" / "teacher" / "summary.json").read_text())
     assert any("all 8 labels are the same value 2" in w for w in summary["metric_warnings"])
     assert "[dist-peakd] warning: flat: all 8 labels are the same value 2" in printed
+
+
+# ------------------------------------------------------------------------------ a sweep on own data
+def test_sweep_on_own_data_ranks_trials_by_the_chosen_metric(animals, tiny_bert, tmp_path, monkeypatch):
+    """The sweep: own files (relative paths: trials run elsewhere), --metric macro_f1 for ranking and best/."""
+    import csv
+
+    from dist_peakd.stages.sweep import SweepOptions
+    from dist_peakd.stages.sweep import run as run_sweep
+    from dist_peakd.sweep.cluster import init_ray, shutdown_ray
+
+    train, dev = animals["csv"]
+    monkeypatch.chdir(train.parent)  # relative file names, as a user would type them
+    opts = build_options(SweepOptions, task="animals", train_file=train.name, dev_file=dev.name, metric="macro_f1",
+                         output_dir=str(tmp_path / "out"), backbone=str(tiny_bert), max_length=40, batch_size=16,
+                         eval_batch_size=32, epochs=1, teacher_epochs=1, ptp_epochs=1, lr=1e-3, teacher_lr=1e-3,
+                         ptp_lr=1e-3, k=2, sweep_name="own", scheduler="fifo", space={"temperature": [2, 8]})
+    started = init_ray(None, num_cpus=2)
+    try:
+        result = run_sweep(opts)
+    finally:
+        shutdown_ray(started)
+    sweep_dir = tmp_path / "out" / "animals" / "sweep-own"
+    with open(sweep_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+    assert result["metric"] == "macro_f1"
+    assert result["best"]["macro_f1_final"] == max(float(r["macro_f1_final"]) for r in rows)
+    for r in rows:
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert summary["main_metric"] == "macro_f1" and set(summary["final"]) == {"step", "accuracy", "macro_f1"}
+        config = json.loads((Path(r["run_dir"]) / "config.json").read_text())
+        assert config["train_file"] == str(train) and config["use_ptp"] is True

@@ -23,6 +23,7 @@ from ..data import (
     check_max_length,
     glue_task,
     load_data,
+    split_names,
     tokenize_dataset,
 )
 from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
@@ -100,19 +101,27 @@ class TaskData:
     dev_split: str
     fingerprint: str
     cache_hit: bool
+    source_fingerprint: str = ""  # the fingerprint of the same data unsliced (a full cache's)
 
 
-def load_run_data(opts: RunOptions, need_train: bool = True) -> LoadedData:
+def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "dev",
+                  check_run: bool = True) -> LoadedData:
     """The run's data (a GLUE task or own files / hub dataset), checked before anything is written.
 
     ``--max_length`` against the backbone's position limit (both numbers named), every file / row /
     column (:func:`~dist_peakd.data.load_data`), then, on rank 0, ``<task_dir>/data.json``: written by
     the first stage of the run, every later stage refused if its data differ (the error reaches
-    every rank). Not sliced (``max_*_examples``): :func:`prepare_data` does that.
+    every rank). Not sliced (``max_*_examples``): :func:`prepare_data` does that. ``eval_split``: the
+    split served as dev (a role, ``dev`` or ``test``, or a split name). ``check_run=False`` (evaluate,
+    predict, export: a model folder, not a run): neither the backbone check nor ``data.json``.
     """
-    check_max_length(opts.max_length, resolve_backbone(opts.backbone))
+    if check_run:
+        check_max_length(opts.max_length, resolve_backbone(opts.backbone))
     layout = opts.layout()
-    loaded = load_data(opts, ["train", "dev"] if need_train else ["dev"], cache_dir=str(layout.datasets_cache))
+    roles = (["train"] if need_train else []) + [eval_split]
+    loaded = load_data(opts, roles, cache_dir=str(layout.datasets_cache))
+    if not check_run:
+        return loaded
     problem = None
     if _rank() == 0:
         try:
@@ -125,13 +134,17 @@ def load_run_data(opts: RunOptions, need_train: bool = True) -> LoadedData:
     return loaded
 
 
-def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True,
-                 loaded: LoadedData | None = None) -> TaskData:
+def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval_split: str = "dev",
+                 loaded: LoadedData | None = None, check_run: bool = True) -> TaskData:
     """The run's data (``loaded``, else :func:`load_run_data`), sliced as asked, tokenized with the on-disk
-    cache (keyed by the data fingerprint: files' checksums, columns, labels; the slices; the tokenizer)."""
-    data = loaded if loaded is not None else load_run_data(opts, need_train)
+    cache (keyed by the data fingerprint: files' checksums, columns, labels; the slices; the tokenizer).
+
+    ``eval_split``: the split served as ``dev`` (a role, ``dev`` or ``test``, or a split name):
+    evaluate and predict score other splits than the stages' dev split.
+    """
+    data = loaded if loaded is not None else load_run_data(opts, need_train, eval_split, check_run)
     task, dsd, fp = data.task, dict(data.splits), data.fingerprint
-    dev_split = task.dev_splits[0]
+    dev_split = split_names(task, [eval_split])[0]
     if not need_train:
         dsd.pop("train", None)
     if opts.max_train_examples and need_train:
@@ -140,11 +153,12 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True,
     if opts.max_eval_examples:
         n = min(opts.max_eval_examples, len(dsd[dev_split]))
         dsd[dev_split] = dsd[dev_split].select(range(n))
+    source_fp = hashlib.sha256(f"{fp}|train:None|eval:None".encode()).hexdigest()
     fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
     tokenized, hit = tokenize_dataset(DatasetDict(dsd), tokenizer, opts.max_length, opts.layout().token_cache, fp,
                                       is_pair=task.is_pair)
     return TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
-                    dev_split=dev_split, fingerprint=fp, cache_hit=hit)
+                    dev_split=dev_split, fingerprint=fp, cache_hit=hit, source_fingerprint=source_fp)
 
 
 def run_task(opts: RunOptions) -> Task:
@@ -231,12 +245,20 @@ def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], t
     return tracker
 
 
-def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any]
-                   ) -> Callable[[Path, dict[str, Any]], None]:
-    """The trainer's ``export_fn``: an HF folder with ``dist_peakd.json`` = head + the export's info + tail."""
+def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any],
+                   context: Any = None) -> Callable[[Path, dict[str, Any]], None]:
+    """The trainer's ``export_fn``: a compact HF folder (:mod:`dist_peakd.export`) with ``dist_peakd.json``
+    = head + the export's info + tail; with an :class:`~.cards.ExportContext` also the task's label
+    names, the record's card inputs and the model card ``README.md``."""
+    from ..export import render_model_card
 
     def export(path: Path, info: dict[str, Any]) -> None:
-        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": {**head, **info, **tail}})
+        record, card, labels = {**head, **info, **tail}, None, None
+        if context is not None:
+            record.update(context.record(path.name, info["metrics"]))
+            card, labels = render_model_card(**record["card"]), context.label_names
+        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": record}, label_names=labels,
+                                 card=card)
 
     return export
 

@@ -18,6 +18,7 @@ from ..engine.trainer import Objective, Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
 from ..models import load_teacher, model_stats
+from .cards import ExportContext, model_label_names, teacher_method
 from .common import (
     MetricWarnings,
     build_engine,
@@ -101,8 +102,10 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
         "gradient_accumulation_steps": engine.gradient_accumulation_steps,
         "precision_resolved": engine.precision, "total_steps": engine.total_steps}, task=data.task)
     stats = model_stats(engine.module, seq_len=opts.max_length)
+    context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts), stats,
+                            model_label_names(data.task))
     export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name, "data": data.task.describe()},
-                            {"model_stats": stats})
+                            {"model_stats": stats}, context)
     warnings = MetricWarnings()
     trainer = Trainer(engine, batches, classification_objective(data.task, warnings), stage_dir, tracker,
                       opts.loop_options(), export, extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),

@@ -261,3 +261,38 @@ def test_sweep_on_own_data_ranks_trials_by_the_chosen_metric(animals, tiny_bert,
         assert summary["main_metric"] == "macro_f1" and set(summary["final"]) == {"step", "accuracy", "macro_f1"}
         config = json.loads((Path(r["run_dir"]) / "config.json").read_text())
         assert config["train_file"] == str(train) and config["use_ptp"] is True
+
+
+# ------------------------------------------------------------------------------ evaluate / predict / export
+def test_evaluate_predict_export_of_an_own_data_model(animals, tiny_bert, tmp_path):
+    """An own-data teacher: evaluate from --model_dir alone (the data options its record holds) equals the
+    stage's dev metrics, and with the files given again; predict names the own classes; every export's
+    id2label holds the own labels."""
+    from dist_peakd.stages import evaluate, export, predict
+
+    train, _ = animals["jsonl"]
+    out = tmp_path / "out"
+    _run_cli(["finetune-teacher", "--task", "animals", "--train_file", train, "--dev_fraction", "0.25",
+              "--output_dir", out, "--backbone", tiny_bert, *TINY])
+    folder = out / "animals" / "teacher" / "final"
+    want = {k: v for k, v in _summary(folder.parent)["final"].items() if k != "step"}
+    common = dict(output_dir=str(out), cache_dir=str(out / "tok"), eval_batch_size=32, model_dir=str(folder))
+    alone = evaluate.run(build_options(evaluate.EvaluateOptions, **common))
+    assert alone["task"] == "animals" and alone["rows"] == 15 and alone["metrics"] == want
+    given = evaluate.run(build_options(evaluate.EvaluateOptions, task="animals", train_file=str(train),
+                                       dev_fraction=0.25, **common))
+    assert given["metrics"] == want
+    texts = write_table(tmp_path / "new.csv", [{"text": "a small dog barks"}, {"text": "the cat sleeps"}])
+    preds = tmp_path / "preds.jsonl"
+    predict.run(build_options(predict.PredictOptions, input=str(texts), out=str(preds), **common))
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 2 and all(set(r["probabilities"]) == {"bird", "cat", "dog"} for r in rows)
+    assert all(r["label"] in ("bird", "cat", "dog") for r in rows)
+    predict.run(build_options(predict.PredictOptions, split="dev", out=str(tmp_path / "dev.tsv"), **common))
+    assert (tmp_path / "dev.tsv").read_text().splitlines()[0] == "index\tlabel\tp_bird\tp_cat\tp_dog"
+    assert not (tmp_path / "ANIMALS.tsv").exists()  # no GLUE submission file for own data
+    for fmt in ("hf", "plain"):
+        export.run(build_options(export.ExportOptions, format=fmt, out=str(tmp_path / fmt), **common))
+        config = json.loads((tmp_path / fmt / "config.json").read_text())
+        assert config["id2label"] == {"0": "bird", "1": "cat", "2": "dog"}, fmt
+        assert config["label2id"] == {"bird": 0, "cat": 1, "dog": 2}, fmt

@@ -288,9 +288,9 @@ def test_evaluate_predict_export_of_an_own_data_model(animals, tiny_bert, tmp_pa
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(rows) == 2 and all(set(r["probabilities"]) == {"bird", "cat", "dog"} for r in rows)
     assert all(r["label"] in ("bird", "cat", "dog") for r in rows)
-    predict.run(build_options(predict.PredictOptions, split="dev", out=str(tmp_path / "dev.tsv"), **common))
+    dev = predict.run(build_options(predict.PredictOptions, split="dev", out=str(tmp_path / "dev.tsv"), **common))
+    assert dev["rows"] == 15 and dev["submission"] is None  # no GLUE submission file for own data
     assert (tmp_path / "dev.tsv").read_text().splitlines()[0] == "index\tlabel\tp_bird\tp_cat\tp_dog"
-    assert not (tmp_path / "ANIMALS.tsv").exists()  # no GLUE submission file for own data
     for fmt in ("hf", "plain"):
         export.run(build_options(export.ExportOptions, format=fmt, out=str(tmp_path / fmt), **common))
         config = json.loads((tmp_path / fmt / "config.json").read_text())

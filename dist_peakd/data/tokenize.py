@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,20 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
     a format version. It is written to a temporary folder and renamed into place, so an interrupted
     run never leaves a partial cache; a hit is loaded with ``load_from_disk`` without tokenizing.
     """
+    _check_inputs(dsdict, max_length, data_fingerprint)
+    if is_pair is None:
+        is_pair = any(any(t != "" for t in ds.unique("text_b")) for ds in dsdict.values())
+    key = _cache_key(dsdict, tokenizer_fingerprint(tokenizer), max_length, is_pair, data_fingerprint)
+    final = Path(cache_dir) / key
+    cached = _open_cached(final)
+    if cached is not None:
+        return cached, True
+    tokenized = _tokenize_splits(dsdict, tokenizer, max_length, is_pair, key)
+    _save(tokenized, Path(cache_dir), final)
+    return load_from_disk(str(final)), False
+
+
+def _check_inputs(dsdict: DatasetDict, max_length: int, data_fingerprint: str) -> None:
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
     if not data_fingerprint:
@@ -94,51 +109,6 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
         missing = {"idx", "text_a", "text_b", "label"} - set(ds.column_names)
         if missing:
             raise ValueError(f"split {name!r} lacks column(s) {sorted(missing)}; expected a load_glue DatasetDict")
-    if is_pair is None:
-        is_pair = any(any(t != "" for t in ds.unique("text_b")) for ds in dsdict.values())
-
-    key = _cache_key(dsdict, tokenizer_fingerprint(tokenizer), max_length, is_pair, data_fingerprint)
-    cache_dir = Path(cache_dir)
-    final = cache_dir / key
-    cached = _open_cached(final)
-    if cached is not None:
-        return cached, True
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        enc = tokenizer(
-            batch["text_a"],
-            batch["text_b"] if is_pair else None,
-            truncation="longest_first" if is_pair else True,
-            max_length=max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=True,
-        )
-        ids = enc["input_ids"]
-        return {
-            "idx": batch["idx"],
-            "label": batch["label"],
-            "input_ids": ids,
-            "token_type_ids": enc["token_type_ids"],
-            "length": [len(x) for x in ids],
-        }
-
-    out = {}
-    for name, ds in dsdict.items():
-        out[name] = ds.map(
-            encode,
-            batched=True,
-            batch_size=1000,
-            remove_columns=ds.column_names,
-            features=_features(ds.features["label"]),
-            keep_in_memory=True,
-            new_fingerprint=hashlib.sha256(f"{key}\0{name}".encode()).hexdigest()[:32],
-            desc=f"tokenizing {name}",
-        ).select_columns(list(_TOKEN_COLUMNS))
-    tokenized = DatasetDict(out)
-
-    _save(tokenized, cache_dir, final)
-    return load_from_disk(str(final)), False
 
 
 def _open_cached(final: Path) -> DatasetDict | None:
@@ -163,6 +133,48 @@ def _open_cached(final: Path) -> DatasetDict | None:
     except Exception as e:  # verified bytes that datasets cannot read: a foreign folder
         raise ArtifactCorruptError(final, f"unreadable tokenization cache ({type(e).__name__}: {e}); delete it "
                                    "and rerun: it is rebuilt") from e
+
+
+def _encoder(tokenizer: Any, max_length: int, is_pair: bool) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The batched ``map`` function: texts -> token ids (truncated, unpadded), ids and labels kept."""
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        enc = tokenizer(
+            batch["text_a"],
+            batch["text_b"] if is_pair else None,
+            truncation="longest_first" if is_pair else True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=True,
+        )
+        ids = enc["input_ids"]
+        return {
+            "idx": batch["idx"],
+            "label": batch["label"],
+            "input_ids": ids,
+            "token_type_ids": enc["token_type_ids"],
+            "length": [len(x) for x in ids],
+        }
+
+    return encode
+
+
+def _tokenize_splits(dsdict: DatasetDict, tokenizer: Any, max_length: int, is_pair: bool, key: str) -> DatasetDict:
+    encode = _encoder(tokenizer, max_length, is_pair)
+    out = {}
+    for name, ds in dsdict.items():
+        out[name] = ds.map(
+            encode,
+            batched=True,
+            batch_size=1000,
+            remove_columns=ds.column_names,
+            features=_features(ds.features["label"]),
+            keep_in_memory=True,
+            new_fingerprint=hashlib.sha256(f"{key}\0{name}".encode()).hexdigest()[:32],
+            desc=f"tokenizing {name}",
+        ).select_columns(list(_TOKEN_COLUMNS))
+    return DatasetDict(out)
 
 
 def _save(tokenized: DatasetDict, cache_dir: Path, final: Path) -> None:

@@ -17,10 +17,10 @@ from ..config import RunOptions
 from ..engine.trainer import Objective, Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
-from ..metrics import compute_metrics
 from ..models import load_teacher, model_stats
 from .cards import ExportContext, model_label_names, teacher_method
 from .common import (
+    MetricWarnings,
     backbone_fingerprint,
     build_engine,
     check_inputs,
@@ -29,6 +29,7 @@ from .common import (
     prepare_data,
     releases_locks,
     resolve_backbone,
+    set_task_labels,
     stage_exporter,
     start_stage,
     trainer_data,
@@ -71,19 +72,22 @@ def logits_predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> di
     return {"logits": out.logits.float(), "labels": batch["labels"]}
 
 
-def metrics_from_logits(task: Any):
+def metrics_from_logits(task: Any, warnings: MetricWarnings | None = None):
+    """The dev metrics of gathered logits (``warnings``: where degenerate predictions are reported)."""
+    warnings = warnings or MetricWarnings()
+
     def metric_fn(preds: dict[str, np.ndarray]) -> dict[str, float]:
         logits = preds["logits"]
         predictions = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-        return compute_metrics(task, predictions, preds["labels"])
+        return warnings.report(task, predictions, preds["labels"])
 
     return metric_fn
 
 
-def classification_objective(task: Any) -> Objective:
+def classification_objective(task: Any, warnings: MetricWarnings | None = None) -> Objective:
     """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics."""
     return Objective(loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
-                     metric_fn=metrics_from_logits(task), main_metric=task.main_metric)
+                     metric_fn=metrics_from_logits(task, warnings), main_metric=task.main_metric)
 
 
 @releases_locks
@@ -91,28 +95,30 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict (that of the
     earlier run, with ``reused``, when the stage finished with the same options and inputs)."""
     stage_dir = opts.layout().teacher_stage
-    dist_info = start_stage(opts, stage_dir)
+    dist_info, loaded = start_stage(opts, stage_dir)
     tokenizer = load_tokenizer(opts.backbone)
-    data = prepare_data(opts, tokenizer)
+    data = prepare_data(opts, tokenizer, loaded=loaded)
     done = check_inputs(stage_dir, {"data": data.fingerprint, "backbone": backbone_fingerprint(opts.backbone)},
                         opts.force)
     if done is not None:
         return done
-    model = load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels,
-                         trust_unverified=opts.trust_unverified)
+    model = set_task_labels(load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels,
+                                         trust_unverified=opts.trust_unverified), data.task)
     batches = trainer_data(data, tokenizer, opts, dist_info)
     engine = build_engine(model, opts, batches, dist_info)
     tracker = open_tracker(stage_dir, dist_info, {
         **opts.__dict__, "stage": STAGE, "world_size": dist_info.world_size,
         "gradient_accumulation_steps": engine.gradient_accumulation_steps,
-        "precision_resolved": engine.precision, "total_steps": engine.total_steps})
+        "precision_resolved": engine.precision, "total_steps": engine.total_steps}, task=data.task)
     stats = model_stats(engine.module, seq_len=opts.max_length)
     context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts), stats,
                             model_label_names(data.task))
-    export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name}, {"model_stats": stats},
-                            context)
-    trainer = Trainer(engine, batches, classification_objective(data.task), stage_dir, tracker,
-                      opts.loop_options(), export, extra_summary={"model_stats": stats, "stage_dir": str(stage_dir)})
+    export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name, "data": data.task.describe()},
+                            {"model_stats": stats}, context)
+    warnings = MetricWarnings()
+    trainer = Trainer(engine, batches, classification_objective(data.task, warnings), stage_dir, tracker,
+                      opts.loop_options(), export, extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),
+                                                                  "metric_warnings": warnings.seen})
     summary = trainer.fit()
     tracker.close()
     return summary

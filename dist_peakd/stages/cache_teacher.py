@@ -50,11 +50,10 @@ from .common import (
     collator_for,
     load_run_data,
     load_tokenizer,
-    lock_for_job,
     prepare_data,
     quiet_environment,
-    releases_locks,
 )
+from .stage_folder import lock_for_job, releases_locks
 
 STAGE = TEACHER_CACHE
 

@@ -27,18 +27,10 @@ from ..layout import RunLayout
 from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
 from .cards import ExportContext, model_label_names, student_method, teacher_reference
-from .common import (
-    MetricWarnings,
-    build_engine,
-    check_inputs,
-    open_tracker,
-    releases_locks,
-    set_task_labels,
-    stage_exporter,
-    trainer_data,
-)
+from .common import MetricWarnings, build_engine, open_tracker, set_task_labels, stage_exporter, trainer_data
 from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
+from .stage_folder import check_inputs, releases_locks
 from .student_common import K_HELP, StudentRun, export_fingerprint, open_student_run, validate_student_options
 
 

@@ -21,19 +21,17 @@ from ..models import load_teacher, model_stats
 from .cards import ExportContext, model_label_names, teacher_method
 from .common import (
     MetricWarnings,
-    backbone_fingerprint,
     build_engine,
-    check_inputs,
     load_tokenizer,
     open_tracker,
     prepare_data,
-    releases_locks,
     resolve_backbone,
     set_task_labels,
     stage_exporter,
     start_stage,
     trainer_data,
 )
+from .stage_folder import backbone_fingerprint, check_inputs, releases_locks
 
 STAGE = TEACHER_STAGE
 

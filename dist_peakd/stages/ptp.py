@@ -26,8 +26,9 @@ from ..layout import ptp_stage_name
 from ..loss_output import LossOutput
 from ..models import build_student, model_stats
 from .cards import ExportContext, student_method, teacher_reference
-from .common import build_engine, check_inputs, open_tracker, releases_locks, stage_exporter, trainer_data
+from .common import build_engine, open_tracker, stage_exporter, trainer_data
 from .depth import announce_k, resolve_k
+from .stage_folder import check_inputs, releases_locks
 from .student_common import K_HELP, StudentRun, open_student_run, validate_student_options
 
 NUM_PTP_CLASSES = 4

@@ -44,10 +44,10 @@ from ..config import option, result_differences
 from ..env import env_int
 from ..errors import ConfigError
 from . import distill
-from .common import releases_locks
 from .depth import AUTO, describe_resolution, normalise_k, resolve_k
 from .distill import DistillOptions
 from .pipeline import EarlierStagesOptions, run_teacher_stages
+from .stage_folder import releases_locks
 
 
 @dataclass
@@ -269,7 +269,8 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     from ..sweep.report import write_results
     from ..sweep.trainable import TrialSettings, make_trainable
     from ..sweep.tuner import check_resources, make_tuner, run_tuner
-    from .common import lock_for_job, quiet_environment, run_task
+    from .common import quiet_environment, run_task
+    from .stage_folder import lock_for_job
 
     t_start = time.perf_counter()
     quiet_environment()

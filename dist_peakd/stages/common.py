@@ -36,6 +36,14 @@ from .stage_folder import _rank, claim_stage_dir
 
 
 #: What marks a stage folder as holding work (anything else in it can be rewritten freely).
+def backbone_fingerprint(name: str) -> str:
+    """What a backbone is: sha256 of its config and weights for a folder, else its hub id."""
+    from ..cache import teacher_fingerprint
+
+    path = resolve_backbone(name)
+    return teacher_fingerprint(path) if Path(path).is_dir() else f"hub:{path}"
+
+
 def start_stage(opts: RunOptions, stage_dir: Path) -> tuple[DistInfo, LoadedData]:
     """The first steps of every training stage: check the backbone, join the process group, seed, read
     and check the data (:func:`load_run_data`: a refusal writes nothing), claim the stage folder."""

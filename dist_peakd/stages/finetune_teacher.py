@@ -21,6 +21,7 @@ from ..models import load_teacher, model_stats
 from .cards import ExportContext, model_label_names, teacher_method
 from .common import (
     MetricWarnings,
+    backbone_fingerprint,
     build_engine,
     load_tokenizer,
     open_tracker,
@@ -31,7 +32,7 @@ from .common import (
     start_stage,
     trainer_data,
 )
-from .stage_folder import backbone_fingerprint, check_inputs, releases_locks
+from .stage_folder import check_inputs, releases_locks
 
 STAGE = TEACHER_STAGE
 

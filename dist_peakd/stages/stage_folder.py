@@ -145,12 +145,3 @@ def check_inputs(stage_dir: Path, inputs: dict[str, str], force: bool = False) -
         if _rank() == 0:
             print(f"[dist-peakd] {stage_dir} finished earlier with the same options and inputs: reused", flush=True)
     return answer
-
-
-def backbone_fingerprint(name: str) -> str:
-    """What a backbone is: sha256 of its config and weights for a folder, else its hub id."""
-    from ..cache import teacher_fingerprint
-    from .common import resolve_backbone
-
-    path = resolve_backbone(name)
-    return teacher_fingerprint(path) if Path(path).is_dir() else f"hub:{path}"

@@ -82,8 +82,8 @@ def open_student_run(opts: Any, layout: RunLayout, check_task: Callable[[Task], 
     cache verified against this run (identity, sizes and every file's sha256). A refusal writes nothing."""
     from ..cache import TeacherCache, cache_fingerprint
     from ..engine import init_distributed, seed_everything
-    from .common import check_model_source, load_run_data, load_tokenizer, prepare_data
-    from .stage_folder import backbone_fingerprint, claim_stage_dir
+    from .common import backbone_fingerprint, check_model_source, load_run_data, load_tokenizer, prepare_data
+    from .stage_folder import claim_stage_dir
 
     backbone = check_model_source(opts.backbone)
     dist_info = init_distributed()

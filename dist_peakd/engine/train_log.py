@@ -3,6 +3,8 @@
 Every ``log_every_steps`` steps the summed loss terms are all-reduced and divided by the examples
 seen, then written as ``train/*`` scalars to TensorBoard and (rank 0) as one line of
 ``train_log.jsonl``. Throughput excludes the time spent evaluating and checkpointing (:meth:`paused`).
+A step's sums may be device scalars (a step trained without a host sync): they are summed on the
+device and read once, when the window is written.
 """
 
 from __future__ import annotations
@@ -49,9 +51,18 @@ class TrainLog:
         self.paused_s = 0.0
 
     def add(self, sums: dict[str, Any]) -> None:
+        """Add one step's sums (floats, or float64 device scalars: summed without a host read)."""
         for k, v in sums.items():
             self.window[k] = self.window.get(k, 0.0) + v
         self.window["steps"] = self.window.get("steps", 0.0) + 1
+
+    def _read_window(self) -> dict[str, float]:
+        """The window as floats: its device scalars read in one go (the log step's host sync)."""
+        on_device = [k for k, v in self.window.items() if torch.is_tensor(v)]
+        if not on_device:
+            return self.window
+        values = torch.stack([self.window[k].double() for k in on_device]).tolist()
+        return {**self.window, **dict(zip(on_device, values, strict=True))}
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -65,7 +76,7 @@ class TrainLog:
     def write(self, step: int, lr: float, grad_norm: Any, skipped_steps: int) -> dict[str, float]:
         """Reduce the window over ranks, log its scalars at ``step``, start a new window (collective)."""
         self.keys = self.keys or sorted(self.window)
-        red = allreduce_sums(self.window, self.keys)
+        red = allreduce_sums(self._read_window(), self.keys)
         elapsed = max(1e-9, time.perf_counter() - self.started - self.paused_s)
         count = max(1.0, red["count"])
         scalars = {f"train/{k}": red[k] / count for k in self.keys if k not in COUNTERS}

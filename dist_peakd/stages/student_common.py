@@ -37,11 +37,19 @@ def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str |
     return expected
 
 
-def validate_student_options(k: int, variant: str) -> None:
-    if k < 1:
-        raise ConfigError(f"option k: student depth must be >= 1, got {k}")
+#: ``--help`` line of ``k`` (PTP, distill and the commands that run them).
+K_HELP = ("student depth: parameter layers taken from the backbone; auto = half the teacher's depth in "
+          "effective layers, ceil(L/4) (none: ceil(L/2)): 2 for the 6-layer MiniLM, 3 for a 12-layer BERT-base")
+
+
+def validate_student_options(k: int | str, variant: str) -> int | str:
+    """Check the student shape options; returns ``k`` normalised (``"auto"`` or an int >= 1)."""
+    from .depth import normalise_k
+
+    k = normalise_k(k)
     if variant not in VARIANTS:
         raise ConfigError(f"option variant: {variant!r} is not one of {list(VARIANTS)}")
+    return k
 
 
 def check_k_against_backbone(k: int, backbone_path: str) -> None:

@@ -131,6 +131,9 @@ class Engine:
         import torch._inductor.config as inductor_config
 
         inductor_config.fallback_random = True  # eager's dropout masks: a compiled run = the eager run to rounding
+        if self.device.type == "cpu" and self.dist.is_main:
+            print("[dist-peakd] --compile on CPU: it compiles and trains, but slower than eager on CPUs "
+                  "(docs/BENCHMARKS.md); it is meant for GPUs", flush=True)
         self.ds.compile(backend="inductor", compile_kwargs=self._compile_kwargs())
 
     def _compile_kwargs(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ DISTILL_TARGETS = [
     ("dist_peakd.engine.loop:fetch_rows", "data fetch (Arrow rows)"),
     ("dist_peakd.data.rows:fetch_rows", "data fetch (Arrow rows)"),
     ("dist_peakd.data.collate:DynamicPaddingCollator.__call__", "collate"),
+    ("dist_peakd.data.collate:DynamicPaddingCollator.gather", "collate"),  # the trainer's columnar path
     ("dist_peakd.cache.store:CacheSplit.lookup", "cache lookup"),
     ("dist_peakd.engine.loop:_Prefetcher.get", "wait for prefetched batch"),
     ("dist_peakd.engine.prefetch:Prefetcher.get", "wait for prefetched batch"),
@@ -49,6 +50,8 @@ DISTILL_TARGETS = [
     ("dist_peakd.engine.loop:_allreduce_sums", "log: reduce window"),
     ("dist_peakd.engine.train_log:allreduce_sums", "log: reduce window"),
     ("dist_peakd.engine.tracking:Tracker.scalars", "log: TensorBoard scalars"),
+    ("dist_peakd.engine.nonfinite:DeferredCheck.raise_if_found", "log: non-finite check (device read)"),
+    ("dist_peakd.engine.train_log:TrainLog._read_window", "log: read window (device read)"),
 ]
 CACHE_TARGETS = [
     ("dist_peakd.engine.loop:fetch_rows", "data fetch (Arrow rows)"),

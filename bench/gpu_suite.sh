@@ -9,6 +9,9 @@
 #   bash bench/gpu_suite.sh                  # throughput before/after + the MRPC matrix (3 seeds)  ~12 min
 #   bash bench/gpu_suite.sh sst2-teacher     # SST-2 teacher + cache into runs/gpu_acc              (not yet run)
 #   bash bench/gpu_suite.sh sst2-students    # SST-2 KD and Pea-KD, 3 seeds, 6 processes at once    (not yet run)
+#   bash bench/gpu_suite.sh perf             # issue 16: a,b,c,d eager, then b,c with --compile     ~8 min (not yet run)
+#     targets (H100/H200): c/b >= 1.0, c/a >= 8, cache pass (d) >= 15k rows/s; the compiled c vs eager c
+#     and its compile time (results.c.compile_s of throughput-cuda-compile.json) are printed at the end
 # The two SST-2 calls must follow each other while the machine is warm (runs/ is kept between calls);
 # merge the result into the MRPC report here with
 #   python bench/accuracy.py --phase report --inputs docs/bench/accuracy-cuda.json,<fetched>/accuracy-cuda-sst2.json
@@ -43,6 +46,19 @@ if [ "$SUITE" = sst2-students ]; then
     --out_md "$OUT/RESULTS-sst2.md" --out_json "$OUT/accuracy-cuda-sst2.json" > "$OUT/sst2-students.log" 2>&1
   for f in runs/gpu_acc/*.log; do echo "== $f"; grep -h "\[accuracy\]\|Error" "$f" | cut -c1-200; done >> "$OUT/sst2-students.log"
   tail -n 30 "$OUT/sst2-students.log"; el "done"; exit 0
+fi
+if [ "$SUITE" = perf ]; then
+  el "issue 16: throughput eager (autocast_bf16_zero0: a, b, c, d)"
+  timeout 200 python3 bench/throughput.py --device cuda --ds_config autocast_bf16_zero0 --work_dir /tmp/bw \
+    --out_json "$OUT/throughput-cuda-perf.json" --no_markdown > "$OUT/perf.log" 2>&1; echo "rc=$?" >> "$OUT/perf.log"
+  tail -n 14 "$OUT/perf.log"
+  el "issue 16: b, c with --compile (torch.compile of forward + loss; compile time excluded by the warm-up)"
+  timeout 280 python3 bench/throughput.py --device cuda --ds_config autocast_bf16_zero0 --variants c,b --compile \
+    --warmup_steps 40 --work_dir /tmp/bw --out_json "$OUT/throughput-cuda-compile.json" --no_markdown \
+    >> "$OUT/perf.log" 2>&1; echo "rc=$?" >> "$OUT/perf.log"
+  python3 -c "import json, sys; r = json.load(open(sys.argv[1]))['results']; print('compiled c:', r['c'])" \
+    "$OUT/throughput-cuda-compile.json"
+  tail -n 10 "$OUT/perf.log"; el "done"; exit 0
 fi
 
 el "throughput after (autocast_bf16_zero0: a, b, c, d)"

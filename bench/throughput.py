@@ -182,12 +182,12 @@ def product_distill(args: argparse.Namespace, work: Path) -> dict:
 
     warmup = math.ceil(args.warmup_steps / args.window_steps) * args.window_steps  # windows start aligned
     steps = warmup + args.windows * args.window_steps
-    run_name = f"bench-distill-{args.ds_config}"
+    run_name = f"bench-distill-{args.ds_config}{'-compiled' if args.compile else ''}"
     shutil.rmtree(work / "runs" / "mrpc" / run_name, ignore_errors=True)
     epochs = math.ceil(steps * args.batch_size / 3668) + 1  # MRPC train rows; evals are not timed
     opts = build_options(distill.DistillOptions, **common_options(args, work), use_ptp=False, k=3,
                          variant="shuffle", log_every_steps=args.window_steps, epochs=float(epochs),
-                         run_name=run_name, stop_after_steps=steps, eval_batch_size=256)
+                         run_name=run_name, stop_after_steps=steps, eval_batch_size=256, compile=args.compile)
     from dist_peakd.errors import StopRequested
 
     try:
@@ -196,8 +196,11 @@ def product_distill(args: argparse.Namespace, work: Path) -> dict:
         pass
     log = [json.loads(x) for x in (Path(opts.output_dir) / "mrpc" / run_name / "train_log.jsonl").read_text().splitlines()]
     rates = [r["train/samples_per_s"] for r in log if r["step"] > warmup]
+    from dist_peakd.engine.engine import compile_seconds
+
     return {"samples_per_s": statistics.median(rates), "windows": rates, "peak_memory_mb": peak_memory_mb(args.device),
-            "engine": "deepspeed", "ds_config": args.ds_config}
+            "engine": "deepspeed", "ds_config": args.ds_config,
+            **({"compile_s": round(compile_seconds(), 1)} if args.compile else {})}
 
 
 def product_cache(args: argparse.Namespace, work: Path) -> dict:
@@ -241,6 +244,7 @@ def main() -> None:
     p.add_argument("--precision", default=None, help="override the ds_config's precision (default: as in the file)")
     p.add_argument("--glue_dir", default=None)
     p.add_argument("--variants", default="d,a,b,c")
+    p.add_argument("--compile", action="store_true", help="variant c with the product's --compile (torch.compile)")
     p.add_argument("--work_dir", default=None)
     p.add_argument("--out_json", default=None)
     p.add_argument("--no_markdown", action="store_true")
@@ -278,6 +282,7 @@ def main() -> None:
             value = getattr(args, key)
             if value is not None:
                 cmd += [f"--{key}", str(value)]
+        cmd += ["--compile"] if args.compile else []
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -289,7 +294,7 @@ def main() -> None:
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "setup": {"teacher": args.shape, "student": "SPS k=3 shuffle", "task": "mrpc", "batch_size": args.batch_size,
                         "max_length": 128, "ds_config": args.ds_config, "window_steps": args.window_steps,
-                        "windows": args.windows, "warmup_steps": args.warmup_steps},
+                        "windows": args.windows, "warmup_steps": args.warmup_steps, "compile": args.compile},
               "environment": environment(args), "results": results}
     if "a" in results and "c" in results:
         report["ratio_c_over_a"] = results["c"]["samples_per_s"] / results["a"]["samples_per_s"]
@@ -303,7 +308,8 @@ def markdown(report: dict) -> str:
     env, setup, res = report["environment"], report["setup"], report["results"]
     names = {"a": "a. naive (online teacher, pad 128, fp32, plain torch)",
              "b": "b. plain torch + cache + dynamic padding" + (" + bf16 autocast" if "cuda" in report["command"] else ""),
-             "c": f"c. dist-peakd distill (DeepSpeed, {setup['ds_config']})", "d": "d. teacher cache pass (cache-teacher)"}
+             "c": f"c. dist-peakd distill (DeepSpeed, {setup['ds_config']}{', --compile' if setup.get('compile') else ''})",
+             "d": "d. teacher cache pass (cache-teacher)"}
     lines = [f"### Throughput {report['date']} on {env['device']}", "",
              f"`{report['command']}`  ", f"torch {env['torch']}, deepspeed {env['deepspeed']}, transformers "
              f"{env['transformers']}, {env['torch_threads']} torch threads; teacher {setup['teacher']}, student "

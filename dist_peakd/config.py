@@ -41,6 +41,7 @@ from .errors import ConfigError
 from .layout import RunLayout
 
 DEFAULT_BACKBONE = "minilm"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, result: bool = True, group: str | None = None,
@@ -163,6 +164,14 @@ class RunOptions:
     weight_decay: float = option(0.01, help="AdamW weight decay", ge=0)
     warmup_ratio: float = option(0.1, help="fraction of the steps spent warming up")
     nan_policy: str = option("stop", help="non-finite loss: stop (exit 3, naming step and term) | skip the step")
+    fused_optimizer: bool = option(True, help="fused AdamW kernel on CPU too (False: torch's per-tensor loop on "
+                                              "CPU, bit for bit the results before issue 16; GPUs always fuse)")
+    compile: bool = option(False, help="torch.compile the model forward (DeepSpeed engine.compile) and the loss; "
+                                       "batches then pad to multiples of 8 (see pad_to_multiple_of)")
+    compile_mode: str = option("default", help="torch.compile mode: default | reduce-overhead (CUDA graphs) | "
+                                               "max-autotune | max-autotune-no-cudagraphs")
+    pad_to_multiple_of: int | None = option(None, help="pad every batch to a multiple of N tokens (default: 8 "
+                                                       "with --compile, else the batch's longest row)")
     # loop
     epochs: float = option(3.0, help="training epochs (fractions allowed)")
     eval_batch_size: int = option(128, help="global evaluation batch size", result=False)
@@ -184,6 +193,12 @@ class RunOptions:
     max_skipped_fraction: float = option(0.1, help="nan_policy=skip: a run that skipped more than this fraction "
                                                    "of its steps is not finished (exit 3, no final/ export)",
                                          result=False, ge=0, le=1)
+
+    def padding_multiple(self) -> int | None:
+        """What batches are padded to a multiple of: ``pad_to_multiple_of``, else 8 with ``compile``."""
+        if self.pad_to_multiple_of is not None:
+            return self.pad_to_multiple_of
+        return 8 if self.compile else None
 
     def engine_options(self) -> EngineOptions:
         names = {f.name for f in fields(EngineOptions)}
@@ -225,6 +240,10 @@ class RunOptions:
                 raise ConfigError(f"option {name}: must be >= 1 when given, got {value}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"option nan_policy: {self.nan_policy!r} is not one of {list(NAN_POLICIES)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"option compile_mode: {self.compile_mode!r} is not one of {list(COMPILE_MODES)}")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ConfigError(f"option pad_to_multiple_of: must be >= 1 when given, got {self.pad_to_multiple_of}")
         if self.save_every_steps < 0:
             raise ConfigError(f"option save_every_steps: must be >= 0, got {self.save_every_steps}")
         if self.keep_checkpoints < 1:

@@ -100,18 +100,31 @@ def caches(tmp_path_factory, tiny_bert, glue_dir):
     return root, teacher, out
 
 
-def _distill(root: Path, teacher: Path, cache_dir: str, name: str, tiny_bert: Path, glue_dir: Path) -> list[dict]:
+def _distill(root: Path, teacher: Path, cache_dir: str, name: str, tiny_bert: Path, glue_dir: Path,
+             **kw) -> list[dict]:
+    return _distill_run(root, teacher, cache_dir, name, tiny_bert, glue_dir, **kw)[0]
+
+
+def _distill_run(root: Path, teacher: Path, cache_dir: str, name: str, tiny_bert: Path, glue_dir: Path,
+                 **kw) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """The logged train rows (without rates) and the final weights of a seeded tiny distillation."""
+    from safetensors.torch import load_file
+
     from dist_peakd.config import build_options
     from dist_peakd.stages import distill
 
-    opts = build_options(distill.DistillOptions, task="mrpc", output_dir=str(root / name), glue_dir=str(glue_dir),
-                         backbone=str(tiny_bert), teacher_dir=str(teacher), teacher_cache_dir=cache_dir,
-                         max_length=40, max_train_examples=64, max_eval_examples=32, batch_size=16, epochs=1,
-                         eval_batch_size=32, log_every_steps=1, k=2, variant="shuffle", use_ptp=False, lr=1e-3,
-                         cache_dir=str(root / "tok"), seed=0)
-    summary = distill.run(opts)
+    values = dict(task="mrpc", output_dir=str(root / name), glue_dir=str(glue_dir), backbone=str(tiny_bert),
+                  teacher_dir=str(teacher), teacher_cache_dir=cache_dir, max_length=40, max_train_examples=64,
+                  max_eval_examples=32, batch_size=16, epochs=1, eval_batch_size=32, log_every_steps=1, k=2,
+                  variant="shuffle", use_ptp=False, lr=1e-3, cache_dir=str(root / "tok"), seed=0)
+    summary = distill.run(build_options(distill.DistillOptions, **{**values, **kw}))
     log = [json.loads(x) for x in (Path(summary["stage_dir"]) / "train_log.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in log]
+    weights = load_file(str(Path(summary["stage_dir"]) / "final" / "model.safetensors"))
+    return [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in log], weights
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -137,14 +150,70 @@ def test_full_cache_serves_a_sliced_distillation(caches, tiny_bert, glue_dir):
 
 @pytest.mark.slow
 def test_seeded_run_logs_the_same_losses_as_the_previous_implementations(caches, tiny_bert, glue_dir, monkeypatch):
+    """Every issue-16 change but fused AdamW (its own option, compared below) against the code before it:
+    collation (the trainer's columnar path vs fetch + collate), cache lookup, loss, the attention's CPU
+    path (vs SDPA) and the additive mask made once per forward: losses and final weights bit for bit."""
     from dist_peakd.cache.store import CacheSplit
     from dist_peakd.data import DynamicPaddingCollator
+    from dist_peakd.models import modeling_sps_bert
     from dist_peakd.stages import distill
 
     root, teacher, dirs = caches
-    now = _distill(root, teacher, dirs["slice"], "now", tiny_bert, glue_dir)
+    kw = dict(fused_optimizer=False, log_every_steps=2)
+    now, now_weights = _distill_run(root, teacher, dirs["slice"], "now", tiny_bert, glue_dir, **kw)
     monkeypatch.setattr(DynamicPaddingCollator, "__call__", ref.reference_collate)
+    monkeypatch.delattr(DynamicPaddingCollator, "gather")  # the trainer then fetches rows and collates them
     monkeypatch.setattr(CacheSplit, "lookup", ref.reference_lookup)
     monkeypatch.setattr(distill, "distillation_loss", ref.distillation_loss)
-    before = _distill(root, teacher, dirs["slice"], "before", tiny_bert, glue_dir)
-    assert len(now) == 4 and now == before  # every logged loss term, lr and grad norm, bit for bit
+    monkeypatch.setattr(modeling_sps_bert, "_use_math_attention", lambda q, p_drop: False)  # always SDPA
+    before, before_weights = _distill_run(root, teacher, dirs["slice"], "before", tiny_bert, glue_dir, **kw)
+    assert len(now) == 2 and now == before  # every logged loss term, lr and grad norm, bit for bit
+    assert _same_weights(now_weights, before_weights)
+
+
+@pytest.mark.slow
+def test_steps_without_host_syncs_train_and_log_as_synced_steps(caches, tiny_bert, glue_dir):
+    """Fused AdamW + nan_policy=stop reads the device only at logging steps (the deferred non-finite
+    check); nan_policy=skip checks every step on the host. Same logs and weights, bit for bit."""
+    root, teacher, dirs = caches
+    kw = dict(log_every_steps=3, fused_optimizer=True)
+    deferred, w_deferred = _distill_run(root, teacher, dirs["slice"], "deferred", tiny_bert, glue_dir, **kw)
+    synced, w_synced = _distill_run(root, teacher, dirs["slice"], "synced", tiny_bert, glue_dir,
+                                    nan_policy="skip", **kw)
+    assert [r["step"] for r in deferred] == [3, 4] and deferred == synced
+    assert _same_weights(w_deferred, w_synced)
+
+
+@pytest.mark.slow
+def test_fused_adamw_run_agrees_with_the_per_tensor_loop_to_rounding(caches, tiny_bert, glue_dir):
+    """Fused AdamW (the default) rounds differently from the per-tensor loop on CPU (a few ulps per step):
+    the logged terms agree to 1e-5 relative (KD, at T = 10 a difference of near-equal log-probabilities,
+    to 1e-3), the final weights to 1e-5."""
+    root, teacher, dirs = caches
+    fused, w_fused = _distill_run(root, teacher, dirs["slice"], "fused", tiny_bert, glue_dir)
+    loop, w_loop = _distill_run(root, teacher, dirs["slice"], "loop", tiny_bert, glue_dir, fused_optimizer=False)
+    assert len(fused) == len(loop) == 4
+    for a, b in zip(fused, loop, strict=True):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-3 if k == "train/kd" else 1e-5, abs=1e-7), k
+    for k in w_fused:
+        torch.testing.assert_close(w_fused[k], w_loop[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_compiled_run_agrees_with_eager(caches, tiny_bert, glue_dir):
+    """``--compile`` (torch.compile of the engine's forward and the loss; dropout drawn as in eager mode)
+    against the eager run, both padded to multiples of 8: inductor fuses and reorders float arithmetic,
+    so the logged terms agree to 1e-4 relative (KD, a difference of near-equal log-probabilities, 1e-2)
+    and the final weights to 1e-4; the summary reports the compile time."""
+    root, teacher, dirs = caches
+    eager, w_eager = _distill_run(root, teacher, dirs["slice"], "eager", tiny_bert, glue_dir, pad_to_multiple_of=8)
+    compiled, w_compiled = _distill_run(root, teacher, dirs["slice"], "compiled", tiny_bert, glue_dir, compile=True)
+    summary = json.loads((root / "compiled" / "mrpc").glob("*/summary.json").__next__().read_text())
+    assert summary["compile_s"] > 0
+    assert len(eager) == len(compiled) == 4
+    for a, b in zip(compiled, eager, strict=True):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-2 if k == "train/kd" else 1e-4, abs=1e-6), k
+    for k in w_eager:
+        torch.testing.assert_close(w_compiled[k], w_eager[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -22,7 +22,7 @@ from ..loss_output import LossOutput
 from . import checkpoints, export, safe_checkpoint
 from .distributed import DistInfo, all_gather_objects, init_distributed
 from .ds_config import build_ds_config, config_precision, load_ds_config
-from .nonfinite import NAN_POLICIES, nonfinite_message, nonfinite_terms, ranks_flagging
+from .nonfinite import NAN_POLICIES, DeferredCheck, nonfinite_message, nonfinite_terms, ranks_flagging
 from .optim import build_optimizer, linear_warmup_decay
 from .skip_step import step_without_update
 
@@ -44,6 +44,9 @@ class EngineOptions:
     warmup_ratio: float = 0.1
     nan_policy: str = "stop"  # non-finite loss: "stop" (raise NonFiniteLossError) or "skip" the step
     trust_unverified: bool = False  # accept a dist-peakd folder that has no file manifest
+    fused_optimizer: bool = True  # torch's fused AdamW on CPU too (False: the per-tensor loop on CPU)
+    compile: bool = False  # torch.compile the model's forward (DeepSpeed engine.compile) and Engine.compiled fns
+    compile_mode: str = "default"  # torch.compile mode (e.g. reduce-overhead: CUDA graphs)
 
 
 class _StepSums:
@@ -65,6 +68,12 @@ class _StepSums:
     def values(self) -> dict[str, float]:
         """``{"total", *terms}`` as floats (the one host sync of a step)."""
         return dict(zip(["total", *self.keys], self.acc.tolist() if self.acc is not None else [], strict=True))
+
+    def device_values(self) -> dict[str, torch.Tensor]:
+        """``{"total", *terms}`` as float64 device scalars (no sync; float64 so that summing them in the
+        log window gives the same values as summing the floats of :meth:`values`)."""
+        return dict(zip(["total", *self.keys], self.acc.double().unbind() if self.acc is not None else [],
+                        strict=True))
 
 
 class Engine:
@@ -92,7 +101,7 @@ class Engine:
         model = model.to(self.dist.device)
         optimizer = scheduler = None
         if train:
-            optimizer = build_optimizer(model, options.lr, options.weight_decay)
+            optimizer = build_optimizer(model, options.lr, options.weight_decay, fused=options.fused_optimizer)
             scheduler = linear_warmup_decay(optimizer, total_steps, options.warmup_ratio)
         else:
             self.ds_config.pop("zero_optimization", None)
@@ -104,6 +113,46 @@ class Engine:
         if self.dist.world_size == 1 and self.ds.zero_optimization_stage() == 0:
             self.ds.enable_backward_allreduce = False  # nothing to average in a world of one
         self.global_step = 0
+        self._trainable = [p for p in self.module.parameters() if p.requires_grad]
+        self._deferred = self._deferred_check(optimizer)
+        if options.compile:
+            self._compile_model()
+
+    def _deferred_check(self, optimizer: torch.optim.Optimizer | None) -> DeferredCheck | None:
+        """nan_policy=stop checked on the device, read lazily (a fused optimizer honours ``found_inf``;
+        fp16's loss scaler has its own overflow check): see :class:`.nonfinite.DeferredCheck`."""
+        fused = optimizer is not None and bool(optimizer.defaults.get("fused"))
+        if not fused or self.options.nan_policy != "stop" or self.precision == "fp16":
+            return None
+        return DeferredCheck(optimizer, self.dist.rank, self.dist.world_size, self.device)
+
+    # ------------------------------------------------------------------ torch.compile
+    def _compile_model(self) -> None:
+        """``--compile``: DeepSpeed's ``engine.compile()`` (torch.compile of the module's forward, inside
+        DeepSpeed's forward wrapper), dropout drawn from torch's generator as in eager mode."""
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random = True  # eager's dropout masks: a compiled run = the eager run to rounding
+        if self.device.type == "cpu" and self.dist.is_main:
+            print("[dist-peakd] --compile on CPU: it compiles and trains, but slower than eager on CPUs "
+                  "(docs/BENCHMARKS.md); it is meant for GPUs", flush=True)
+        self.ds.compile(backend="inductor", compile_kwargs=self._compile_kwargs())
+
+    def _compile_kwargs(self) -> dict[str, Any]:
+        return {} if self.options.compile_mode == "default" else {"mode": self.options.compile_mode}
+
+    def compiled(self, fn: Callable) -> Callable:
+        """``fn`` through ``torch.compile`` when this engine compiles (``--compile``), else ``fn`` itself."""
+        return torch.compile(fn, backend="inductor", **self._compile_kwargs()) if self.options.compile else fn
+
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling so far (dynamo + inductor, forward and backward graphs; 0 if not compiling)."""
+        return compile_seconds() if self.options.compile else 0.0
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise the pending non-finite loss error of a step trained without a sync (no-op otherwise)."""
+        if self._deferred is not None:
+            self._deferred.raise_if_found()
 
     def _configure(self, train: bool) -> None:
         """The DeepSpeed config with this run's batch sizes, precision, ZeRO stage and clipping."""
@@ -148,13 +197,17 @@ class Engine:
 
     # ------------------------------------------------------------------ training
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]], global_count: int, loss_fn: LossFn,
-                   dummy_batch: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                   dummy_batch: dict[str, torch.Tensor] | None = None, sync: bool = True) -> dict[str, Any]:
         """One optimizer step over this rank's micro-batches (exactly ``gradient_accumulation_steps``).
 
         An empty micro-batch (a short last global batch split over many ranks) runs ``dummy_batch``
         with weight 0, so every rank takes part in every collective. A non-finite loss on any rank is
         agreed on by all ranks at the accumulation boundary (:mod:`.nonfinite`). Returns this rank's
         summed terms, the example count, the step's grad norm and ``skipped``.
+
+        ``sync=False`` (the trainer, between logging steps): with ``nan_policy=stop`` and a fused
+        optimizer nothing is read from the device; the terms come back as device scalars and a
+        non-finite loss is raised by the next synced step or :meth:`raise_if_nonfinite`.
         """
         if len(micro_batches) != self.gradient_accumulation_steps:
             raise ValueError(f"expected {self.gradient_accumulation_steps} micro-batches, got {len(micro_batches)}")
@@ -170,13 +223,35 @@ class Engine:
                 sums.add(total, out)
             self.ds.backward(total * (0.0 if empty else scale), scale_wrt_gas=False)
             if self.ds.is_gradient_accumulation_boundary():
-                result = self._at_boundary(sums)
+                result = self._deferred_boundary(sums, sync) if self._deferred else self._at_boundary(sums)
             if result.get("skipped"):
                 step_without_update(self.ds, self._client_optimizer)
             else:
                 self.ds.step()
         self.global_step += 1
         return self._step_result(result, sums)
+
+    def _deferred_boundary(self, sums: _StepSums, sync: bool) -> dict[str, Any]:
+        """The boundary without a host read: check on the device (:class:`.nonfinite.DeferredCheck`),
+        raise here when ``sync``, clip; the sums stay on the device unless ``sync``."""
+        assert self._deferred is not None
+        acc = sums.acc if sums.acc is not None else torch.zeros(1, device=self.device)  # an all-empty step
+        self._deferred.record(self.global_step + 1, sums.keys, acc)
+        if sync:
+            self._deferred.raise_if_found()
+        values: dict[str, Any] = sums.values() if sync else sums.device_values()
+        out: dict[str, Any] = {"sums": {k: values[k] for k in sums.keys}, "grad_norm": self._clip()}
+        if values:
+            out["sums"]["loss"] = values["total"]
+        return out
+
+    def _clip(self) -> Any:
+        """Clip with one foreach norm (own clipping), or measure the norm (ZeRO 0), or leave it to DeepSpeed."""
+        if self._own_clip:
+            return torch.nn.utils.clip_grad_norm_(self._trainable, self._max_grad_norm, foreach=_foreach(self.device))
+        if self.ds.zero_optimization_stage() == 0:
+            return self._grad_norm()
+        return None
 
     def _at_boundary(self, sums: _StepSums) -> dict[str, Any]:
         """All ranks agree on non-finite losses, then clip (or measure) the gradients of the step."""
@@ -193,11 +268,8 @@ class Engine:
             if self.options.nan_policy == "stop":
                 raise NonFiniteLossError(nonfinite_message(self.global_step + 1, self.dist.rank, bad_ranks, bad_terms))
             out["skipped"] = True
-        elif self._own_clip:
-            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.module.parameters() if p.grad is not None], self._max_grad_norm)
-        elif self.ds.zero_optimization_stage() == 0:
-            out["grad_norm"] = self._grad_norm()
+        else:
+            out["grad_norm"] = self._clip()
         return out
 
     def _step_result(self, result: dict[str, Any], sums: _StepSums) -> dict[str, Any]:
@@ -218,9 +290,10 @@ class Engine:
         step["skipped"] = 0.0
         return step
 
-    def _grad_norm(self) -> float:
+    def _grad_norm(self) -> torch.Tensor | float:
+        """The global gradient norm, left on the device (read when the step is logged)."""
         norms = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else 0.0
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -259,6 +332,19 @@ class Engine:
                           card: str | None = None) -> Path:
         """:func:`.export.export_pretrained` of this engine's model (collective; rank 0 writes)."""
         return export.export_pretrained(self, out_dir, tokenizer, extra_json, label_names, card)
+
+
+def compile_seconds() -> float:
+    """Seconds this process spent in torch.compile (dynamo + inductor, forward and backward graphs)."""
+    from torch._dynamo.utils import compilation_time_metrics as metrics
+
+    keys = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
+    return float(sum(sum(metrics.get(k, [])) for k in keys))
+
+
+def _foreach(device: torch.device) -> bool | None:
+    """``foreach=True`` where torch has the foreach kernels (CPU, CUDA), else its own choice."""
+    return True if device.type in ("cpu", "cuda") else None
 
 
 def _gather_by_id(merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,6 +6,8 @@ seen, then written as ``train/*`` scalars to TensorBoard and (rank 0) as one lin
 Steps skipped for a non-finite loss (``nan_policy=skip``) count in ``train/skipped_in_window`` and add
 no examples: a window of skipped steps only has no loss (never a loss of 0.0). After a resume the rows
 an interrupted run wrote after its checkpoint are dropped (:meth:`TrainLog.resume_at`): one row per step.
+A step's sums may be device scalars (a step trained without a host sync): they are summed on the
+device and read once, when the window is written.
 """
 
 from __future__ import annotations
@@ -71,9 +73,18 @@ class TrainLog:
             atomic_write_text(self.path, "".join(kept))
 
     def add(self, sums: dict[str, Any]) -> None:
+        """Add one step's sums (floats, or float64 device scalars: summed without a host read)."""
         for k, v in sums.items():
             self.window[k] = self.window.get(k, 0.0) + v
         self.window["steps"] = self.window.get("steps", 0.0) + 1
+
+    def _read_window(self) -> dict[str, float]:
+        """The window as floats: its device scalars read in one go (the log step's host sync)."""
+        on_device = [k for k, v in self.window.items() if torch.is_tensor(v)]
+        if not on_device:
+            return self.window
+        values = torch.stack([self.window[k].double() for k in on_device]).tolist()
+        return {**self.window, **dict(zip(on_device, values, strict=True))}
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -87,7 +98,7 @@ class TrainLog:
     def write(self, step: int, lr: float, grad_norm: Any, skipped_steps: int) -> dict[str, float]:
         """Reduce the window over ranks, log its scalars at ``step``, start a new window (collective)."""
         self.keys = self.keys or sorted(self.window)
-        red = allreduce_sums(self.window, self.keys)
+        red = allreduce_sums(self._read_window(), self.keys)
         elapsed = max(1e-9, time.perf_counter() - self.started - self.paused_s)
         count = red["count"]
         scalars = {f"train/{k}": red[k] / count for k in self.keys if k not in COUNTERS} if count > 0 else {}

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write_text
+from ..data.collate import TokenColumns
 from ..data.rows import fetch_rows
 from ..errors import CheckpointCorruptError, Preempted, StopRequested, TooManySkippedSteps
 from .checkpoints import prune_checkpoints, select_checkpoint
@@ -70,6 +71,15 @@ class TrainData:
     eval_rows: Any
     eval_sampler: Any
     collate: Callable[[list[dict[str, Any]]], Batch]
+
+    def batches_of(self, rows: Any) -> Callable[[Any], Batch]:
+        """``indices -> batch`` of ``rows``: the collator's columnar ``gather`` when it has one (the same
+        tensors as collating the fetched rows, without a Python dict per row), else fetch + collate."""
+        gather = getattr(self.collate, "gather", None)
+        if gather is None:
+            return lambda indices: self.collate(fetch_rows(rows, list(indices)))
+        columns = TokenColumns.from_dataset(rows)
+        return lambda indices: gather(columns, indices)
 
 
 @dataclass
@@ -114,7 +124,8 @@ class Trainer:
         self.is_main = engine.dist.is_main
         self.steps_per_epoch = len(data.train_sampler)
         self.total_steps = engine.total_steps
-        self.dummy = data.collate(fetch_rows(data.train_rows, [0]))  # the zero-weight batch of an empty share
+        self.train_batch, self.eval_batch = data.batches_of(data.train_rows), data.batches_of(data.eval_rows)
+        self.dummy = self.train_batch([0])  # the zero-weight batch of an empty share
         self.state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
                                       "history": [], "finished": False, "nonfinite_skipped": 0}
         self.stop_signal = SigtermFlag()
@@ -156,6 +167,9 @@ class Trainer:
                     return False
                 micro, tokens = prefetch.get(step)
                 self.train_step(micro, tokens, global_sizes[step])
+                if self.engine.options.compile and self.engine.global_step == 1 and self.is_main:
+                    print(f"[dist-peakd] --compile: first step compiled in {self.engine.compile_seconds():.1f} s",
+                          flush=True)
                 self.state["step_in_epoch"] = step + 1
                 self._after_step(epoch)
         finally:
@@ -167,15 +181,22 @@ class Trainer:
         return True
 
     def train_step(self, micro: list[Batch], tokens: float, global_count: int) -> None:
-        """One optimizer step over this rank's micro-batches of a global batch of ``global_count``; log."""
-        sums = self.engine.train_step(micro, global_count, self.objective.loss_fn, dummy_batch=self.dummy)
+        """One optimizer step over this rank's micro-batches of a global batch of ``global_count``; log.
+
+        Only logging steps (and the last) read values from the device; in between a non-finite loss is
+        caught on the device and raised at the next logging step, evaluation, checkpoint or export
+        (:class:`~dist_peakd.engine.nonfinite.DeferredCheck`), naming the step it happened at."""
+        step = self.engine.global_step + 1
+        log_now = step % self.options.log_every_steps == 0 or step == self.total_steps
+        sums = self.engine.train_step(micro, global_count, self.objective.loss_fn, dummy_batch=self.dummy,
+                                      sync=log_now)
         self.state["nonfinite_skipped"] = self.state.get("nonfinite_skipped", 0) + int(sums.get("skipped", 0))
         sums["tokens"] = tokens
         grad_norm = sums.pop("grad_norm")
         self.log.add(sums)
         self._bar.update(1)
         step = self.engine.global_step
-        if step % self.options.log_every_steps == 0 or step == self.total_steps:
+        if log_now:
             scalars = self.log.write(step, self.engine.lr(), grad_norm, self.engine.skipped_steps)
             if self.is_main:
                 self._bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}")
@@ -210,7 +231,7 @@ class Trainer:
     def _prepare(self, share: list[int]) -> tuple[list[Batch], float]:
         """This rank's micro-batches for one step (collated, hooked, pinned) and its token count."""
         parts = np.array_split(np.asarray(share, dtype=np.int64), self.engine.gradient_accumulation_steps)
-        micro = [self.data.collate(fetch_rows(self.data.train_rows, list(chunk))) for chunk in parts]
+        micro = [self.train_batch(chunk) for chunk in parts]
         tokens = float(sum(int(m["attention_mask"].sum()) for m in micro))
         hook = self.objective.batch_hook
         if hook is not None:
@@ -222,9 +243,10 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         """The dev metrics of the current weights (every rank predicts its share; gathered by id)."""
+        self.engine.raise_if_nonfinite()  # never evaluate (nor export) weights after a non-finite loss
         sampler = self.data.eval_sampler
         sampler.set_epoch(0)
-        batches = (self.data.collate(fetch_rows(self.data.eval_rows, share)) for share in
+        batches = (self.eval_batch(share) for share in
                    tqdm(sampler, desc="eval", disable=not self.is_main, leave=False))
         return self.objective.metric_fn(self.engine.predict(batches, self.objective.predict_fn))
 
@@ -272,6 +294,7 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         """Save the engine and the loop state as ``step-<global step>``; keep the newest ones."""
+        self.engine.raise_if_nonfinite()  # never save weights after a non-finite loss
         tag = f"step-{self.engine.global_step:08d}"
         path = self.engine.save_state(self.ckpt_root, tag, {"loop": self.state})
         prune_checkpoints(self.ckpt_root, keep=max(1, self.options.keep_checkpoints), is_main=self.is_main)
@@ -293,6 +316,7 @@ class Trainer:
         A run that skipped more than ``max_skipped_fraction`` of its steps (``nan_policy=skip``) is not
         finished: :class:`TooManySkippedSteps` (exit 3), no ``final/``, no summary.
         """
+        self.engine.raise_if_nonfinite()
         self._refuse_if_mostly_skipped()
         step = self.engine.global_step
         if not self.state["history"] or self.state["history"][-1]["step"] != step:
@@ -309,6 +333,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
             "skipped_steps": self.engine.skipped_steps,
+            **({"compile_s": round(self.engine.compile_seconds(), 1)} if self.engine.options.compile else {}),
             **self.extra_summary,
         }
         if not self.state["finished"]:

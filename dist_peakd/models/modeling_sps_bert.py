@@ -75,12 +75,31 @@ def _additive_mask(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return (~keep).to(dtype) * torch.finfo(dtype).min
 
 
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p_drop: float, scale: float) -> Tensor:
+    """What ``F.scaled_dot_product_attention`` computes on CPU when it trains with dropout (its math
+    fallback), op for op, so the result and the dropout mask are the same bit for bit, minus its check
+    for rows whose every key is ``-inf`` (an additive ``finfo.min`` mask never makes one): three ops over
+    the ``[B, heads, S, S]`` scores per layer, the costliest part of the attention on a CPU."""
+    root = math.sqrt(scale)
+    scores = (q * root) @ (k.transpose(-2, -1) * root)
+    if mask is not None:
+        scores = scores.add_(mask)
+    return F.dropout(scores.softmax(dim=-1), p=p_drop, training=True) @ v
+
+
+def _use_math_attention(q: Tensor, p_drop: float) -> bool:
+    """SDPA would take its math fallback: an fp32 CPU forward with dropout, outside autocast."""
+    return (p_drop > 0.0 and q.device.type == "cpu" and q.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu"))
+
+
 def sps_layer_forward(
     layer: BertLayer,
     hidden: Tensor,
     keep_mask: Tensor | None = None,
     swap_qk: bool = False,
     use_sdpa: bool = True,
+    masks: dict[torch.dtype, Tensor] | None = None,
 ) -> Tensor:
     """One post-LN BERT layer computed from ``layer``'s own submodules, optionally with Q/K swapped.
 
@@ -90,13 +109,21 @@ def sps_layer_forward(
         keep_mask: bool ``[B, 1, 1, S]``, True for real tokens (None: attend everywhere).
         swap_qk: compute the query with the key Linear and the key with the query Linear.
         use_sdpa: ``F.scaled_dot_product_attention`` (default) or the explicit softmax path.
+        masks: the additive masks of ``keep_mask`` by dtype, shared by the layers of one forward
+            (made once, not once per layer).
     """
     attn = layer.attention.self
     q, k, v = _qkv(layer, hidden, swap_qk)
-    mask = _additive_mask(keep_mask, q.dtype)
+    mask = masks.get(q.dtype) if masks is not None else None
+    if mask is None:
+        mask = _additive_mask(keep_mask, q.dtype)
+        if masks is not None and mask is not None:
+            masks[q.dtype] = mask
     p_drop = attn.dropout.p if layer.training else 0.0
     scale = 1.0 / math.sqrt(q.shape[-1])
-    if use_sdpa:
+    if use_sdpa and _use_math_attention(q, p_drop):
+        ctx = _math_attention(q, k, v, mask, p_drop, scale)
+    elif use_sdpa:
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop, scale=scale)
     else:
         scores = (q @ k.transpose(-1, -2)) * scale
@@ -161,12 +188,13 @@ class SPSBertForSequenceClassification(BertPreTrainedModel):
         layers = self.bert.encoder.layer
         cls_states: list[Tensor] = []
         all_hidden: list[Tensor] = [hidden] if want_hidden else []
+        masks: dict[torch.dtype, Tensor] = {}  # the additive mask, made by the first layer
         for layer_idx, swap in self.schedule:
             if use_ckpt:
-                hidden = checkpoint(sps_layer_forward, layers[layer_idx], hidden, keep, swap, use_sdpa,
+                hidden = checkpoint(sps_layer_forward, layers[layer_idx], hidden, keep, swap, use_sdpa, masks,
                                     use_reentrant=False)
             else:
-                hidden = sps_layer_forward(layers[layer_idx], hidden, keep, swap, use_sdpa)
+                hidden = sps_layer_forward(layers[layer_idx], hidden, keep, swap, use_sdpa, masks)
             cls_states.append(hidden[:, 0])
             if want_hidden:
                 all_hidden.append(hidden)

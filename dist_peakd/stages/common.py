@@ -245,15 +245,15 @@ def eval_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGrou
                                      seed=opts.seed, shuffle=False)
 
 
-def collator_for(tokenizer: Any) -> DynamicPaddingCollator:
-    return DynamicPaddingCollator(pad_token_id=tokenizer.pad_token_id or 0)
+def collator_for(tokenizer: Any, pad_to_multiple_of: int | None = None) -> DynamicPaddingCollator:
+    return DynamicPaddingCollator(pad_token_id=tokenizer.pad_token_id or 0, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def trainer_data(data: TaskData, tokenizer: Any, opts: RunOptions, dist_info: DistInfo) -> TrainData:
     """The train/dev rows, their samplers (length-grouped, split over the ranks) and the collator."""
     return TrainData(train_rows=data.train, train_sampler=train_sampler(data.train, opts, dist_info),
                      eval_rows=data.dev, eval_sampler=eval_sampler(data.dev, opts, dist_info),
-                     collate=collator_for(tokenizer))
+                     collate=collator_for(tokenizer, opts.padding_multiple()))
 
 
 def build_engine(model: Any, opts: RunOptions, batches: TrainData, dist_info: DistInfo) -> Engine:

@@ -108,9 +108,13 @@ def _ptp_fingerprint(opts: DistillOptions, layout: RunLayout) -> str:
 
 
 def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_cfg: DistillLossConfig,
-                      device: torch.device, warnings: MetricWarnings | None = None) -> Objective:
-    """KD + CE + Patient-KD against the cached teacher outputs, looked up by example id."""
+                      device: torch.device, warnings: MetricWarnings | None = None,
+                      compiled: Callable[[Callable], Callable] = lambda fn: fn) -> Objective:
+    """KD + CE + Patient-KD against the cached teacher outputs, looked up by example id.
+
+    ``compiled`` wraps the loss terms (``Engine.compiled``: torch.compile under ``--compile``)."""
     task, train_cache = run_.data.task, run_.cache.split("train")
+    loss_terms = compiled(distillation_loss)
 
     def add_teacher_outputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Runs in the trainer's prefetch thread: the cached teacher outputs of the batch's examples."""
@@ -124,8 +128,8 @@ def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_c
             t_logits, t_cls = train_cache.lookup(batch["example_ids"].cpu().numpy())
         out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      token_type_ids=batch["token_type_ids"])
-        return distillation_loss(out.logits, out.cls_states, t_logits.to(device), t_cls.to(device),
-                                 batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression)
+        return loss_terms(out.logits, out.cls_states, t_logits.to(device), t_cls.to(device),
+                          batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression)
 
     return Objective(loss_fn=loss_fn, predict_fn=logits_predict, metric_fn=metrics_from_logits(task, warnings),
                      main_metric=task.main_metric, batch_hook=add_teacher_outputs)
@@ -169,8 +173,9 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
                             tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context)
     warnings = MetricWarnings()
     trainer = Trainer(
-        engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device, warnings), run_.stage_dir,
-        tracker, opts.loop_options(), export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
+        engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device, warnings, engine.compiled),
+        run_.stage_dir, tracker,
+        opts.loop_options(), export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
                        "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics"),

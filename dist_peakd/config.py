@@ -102,6 +102,9 @@ class RunOptions:
                                    result=False)
     keep_checkpoints: int = option(2, help="newest complete checkpoints kept; a corrupted newest falls back",
                                    result=False)
+    keep_checkpoints_after_success: bool = option(False, help="keep checkpoints/ after the stage completed "
+                                                              "(default: removed once summary.json is written)",
+                                                  result=False)
 
     def engine_options(self) -> EngineOptions:
         names = {f.name for f in fields(EngineOptions)}

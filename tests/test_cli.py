@@ -152,5 +152,6 @@ def test_unknown_stage_and_launcher_arguments(captured, capsys):
     cli.main(["--local_rank=1", "distill", "--k", "2"])  # what the deepspeed launcher adds
     cli.main(["distill", "--local_rank=0", "--k", "3"])
     assert [o.k for o in captured] == [2, 3]
+    assert capsys.readouterr().out.count("[1/1] distill: mrpc -> runs/mrpc/distill-k") == 2  # the banners
     cli.main(["finetune_teacher", "--help"])  # underscores name the stage too
     assert capsys.readouterr().out.startswith("usage: dist-peakd finetune-teacher")

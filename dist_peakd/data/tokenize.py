@@ -13,6 +13,8 @@ from typing import Any
 
 from datasets import DatasetDict, Features, List, Value, load_from_disk
 
+from .. import console
+
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the tokenized format changes; part of the cache key.
@@ -140,7 +142,8 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=cache_dir))
     try:
-        tokenized.save_to_disk(str(tmp / "data"))
+        with console.datasets_bars_off():
+            tokenized.save_to_disk(str(tmp / "data"))
         try:
             os.replace(tmp / "data", final)
         except OSError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import console
 from ..config import DEFAULT_BACKBONE, RunOptions, result_differences, save_resolved_config
 from ..data import (
     DynamicPaddingCollator,
@@ -21,8 +22,9 @@ from ..data import (
     tokenize_dataset,
 )
 from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
-from ..engine.trainer import TrainData, total_train_steps
-from ..errors import ConfigError
+from ..engine.tracking import tensorboard_dir
+from ..engine.trainer import TrainData, Trainer, total_train_steps
+from ..errors import ConfigError, StopRequested
 
 
 def _rank() -> int:
@@ -144,12 +146,41 @@ def build_engine(model: Any, opts: RunOptions, batches: TrainData, dist_info: Di
     return Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
 
 
-def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any]) -> Tracker:
-    """TensorBoard under ``stage_dir/tb`` (rank 0 only), with the run's full config recorded."""
-    tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main)
+def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], **hparams: Any) -> Tracker:
+    """TensorBoard in the stage folder itself (rank 0 only: the run is named like the folder), with the run's
+    full config and its HParams session (``hparams``: :meth:`Tracker.config`'s keywords, e.g. the metric
+    names including ``loss`` and the teacher's ``reference`` metrics)."""
+    tracker = Tracker(tensorboard_dir(stage_dir), enabled=dist_info.is_main)
     if dist_info.is_main:
-        tracker.config(config)
+        tracker.config(config, **hparams)
     return tracker
+
+
+def fit_tracked(trainer: Trainer, tracker: Tracker) -> dict[str, Any]:
+    """``trainer.fit()``, then the HParams session ended as it went: success, or failure on an error; a
+    stop request (resumable: the run goes on later) leaves the session open."""
+    try:
+        summary = trainer.fit()
+    except StopRequested:
+        tracker.close(None)
+        raise
+    except BaseException:
+        tracker.close("failure")
+        raise
+    tracker.close("success")
+    return summary
+
+
+def completed_summary(stage_dir: Path) -> dict[str, Any] | None:
+    """The summary of a stage folder whose run already completed (``summary.json``, written last), else
+    None; decided on rank 0 for every rank. A completed stage is reused as it is (its checkpoints are gone)."""
+    path = stage_dir / "summary.json"
+    summary = broadcast_object(json.loads(path.read_text()) if console.is_main_process() and path.is_file()
+                               else None)
+    if summary is not None:
+        console.info(f"{stage_dir} already completed (summary.json): reused as it is; delete the folder to "
+                     "run the stage again")
+    return summary
 
 
 def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any]

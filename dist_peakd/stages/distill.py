@@ -12,6 +12,7 @@ Ablations are options: ``alpha=0 beta=0`` (no KD), ``beta=0`` (KD), ``variant=no
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +22,13 @@ import torch
 from ..config import RunOptions, option
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
 from ..engine.hooks import EvalCallback
+from ..engine.tracking import with_eval_loss
 from ..engine.trainer import Objective, Trainer
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
-from .common import build_engine, open_tracker, stage_exporter, trainer_data
+from .common import build_engine, completed_summary, fit_tracked, open_tracker, stage_exporter, trainer_data
 from .finetune_teacher import logits_predict, metrics_from_logits
 from .student_common import StudentRun, open_student_run, validate_student_options
 
@@ -111,7 +113,8 @@ def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_c
         return distillation_loss(out.logits, out.cls_states, t_logits.to(device), t_cls.to(device),
                                  batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression)
 
-    return Objective(loss_fn=loss_fn, predict_fn=logits_predict, metric_fn=metrics_from_logits(task),
+    return Objective(loss_fn=loss_fn, predict_fn=logits_predict,
+                     metric_fn=with_eval_loss(metrics_from_logits(task), task.is_regression),
                      main_metric=task.main_metric, batch_hook=add_teacher_outputs)
 
 
@@ -122,6 +125,9 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     """
     layout = opts.layout()
     run_ = open_student_run(opts, layout)
+    done = completed_summary(run_.stage_dir)
+    if done is not None:
+        return done
     model = build_distill_student(opts, layout, run_)
     layer_map = patient_layer_map(model.num_effective_layers, run_.cache.num_layers)
     loss_cfg, weights = opts.loss_config(), opts.loss_weights()
@@ -129,18 +135,18 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     engine = build_engine(model, opts, batches, run_.dist_info)
     tracker = open_tracker(run_.stage_dir, run_.dist_info, {
         **opts.__dict__, "stage": "distill", "world_size": run_.dist_info.world_size, "loss_weights": weights,
-        "layer_map": layer_map, "precision_resolved": engine.precision, "total_steps": engine.total_steps})
+        "layer_map": layer_map, "precision_resolved": engine.precision, "total_steps": engine.total_steps},
+        metric_names=(*run_.data.task.metrics, "loss"), reference=run_.cache.manifest.get("teacher_dev_metrics"))
     tracker.text("loss", f"weights kd={weights['kd']} ce={weights['ce']} pt={weights['pt']}; "
                          f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
                          f"Patient-KD map (student, teacher) = {layer_map}")
     stats = model_stats(engine.module, seq_len=opts.max_length)
     export = stage_exporter(engine, tokenizer=run_.tokenizer, head={"stage": "distill", "task": run_.data.task.name},
                             tail={"model_stats": stats, "options": dict(opts.__dict__)})
+    loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
     trainer = Trainer(
         engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device), run_.stage_dir, tracker,
-        opts.loop_options(), export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
+        loop, export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics")})
-    summary = trainer.fit()
-    tracker.close()
-    return summary
+    return fit_tracked(trainer, tracker)

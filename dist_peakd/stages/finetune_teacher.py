@@ -6,6 +6,7 @@ Outputs under ``<output_dir>/<task>/teacher/``: ``best/`` and ``final/`` (HF for
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunOptions
+from ..engine.tracking import with_eval_loss
 from ..engine.trainer import Objective, Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
@@ -21,6 +23,8 @@ from ..metrics import compute_metrics
 from ..models import load_teacher, model_stats
 from .common import (
     build_engine,
+    completed_summary,
+    fit_tracked,
     load_tokenizer,
     open_tracker,
     prepare_data,
@@ -77,15 +81,19 @@ def metrics_from_logits(task: Any):
 
 
 def classification_objective(task: Any) -> Objective:
-    """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics."""
+    """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics and the dev loss."""
     return Objective(loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
-                     metric_fn=metrics_from_logits(task), main_metric=task.main_metric)
+                     metric_fn=with_eval_loss(metrics_from_logits(task), task.is_regression),
+                     main_metric=task.main_metric)
 
 
 def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict."""
     stage_dir = opts.layout().teacher_stage
     dist_info = start_stage(opts, stage_dir)
+    done = completed_summary(stage_dir)
+    if done is not None:
+        return done
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
     model = load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels)
@@ -94,11 +102,11 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     tracker = open_tracker(stage_dir, dist_info, {
         **opts.__dict__, "stage": STAGE, "world_size": dist_info.world_size,
         "gradient_accumulation_steps": engine.gradient_accumulation_steps,
-        "precision_resolved": engine.precision, "total_steps": engine.total_steps})
+        "precision_resolved": engine.precision, "total_steps": engine.total_steps},
+        metric_names=(*data.task.metrics, "loss"))
     stats = model_stats(engine.module, seq_len=opts.max_length)
     export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name}, {"model_stats": stats})
     trainer = Trainer(engine, batches, classification_objective(data.task), stage_dir, tracker,
-                      opts.loop_options(), export, extra_summary={"model_stats": stats, "stage_dir": str(stage_dir)})
-    summary = trainer.fit()
-    tracker.close()
-    return summary
+                      dataclasses.replace(opts.loop_options(), label="teacher"), export,
+                      extra_summary={"model_stats": stats, "stage_dir": str(stage_dir)})
+    return fit_tracked(trainer, tracker)

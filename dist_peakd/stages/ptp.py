@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..layout import ptp_stage_name
 from ..loss_output import LossOutput
 from ..models import build_student, model_stats
-from .common import build_engine, open_tracker, stage_exporter, trainer_data
+from .common import build_engine, completed_summary, fit_tracked, open_tracker, stage_exporter, trainer_data
 from .student_common import StudentRun, open_student_run, validate_student_options
 
 NUM_PTP_CLASSES = 4
@@ -119,6 +119,9 @@ def run(opts: PTPOptions) -> dict[str, Any]:
         raise ConfigError(f"option task: PTP is defined for classification tasks only; {get_task(opts.task).name} "
                           "is regression (run distill with --use_ptp=False)")
     run_ = open_student_run(opts, opts.layout())
+    done = completed_summary(run_.stage_dir)
+    if done is not None:
+        return done
     train_ptp, dev_ptp, ptp_info = ptp_targets(opts, run_)
     model = build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES)
     batches = trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info)
@@ -128,13 +131,14 @@ def run(opts: PTPOptions) -> dict[str, Any]:
         "precision_resolved": engine.precision, "total_steps": engine.total_steps})
     tracker.text("ptp", "```\n" + json.dumps(ptp_info, indent=2) + "\n```")
     if run_.dist_info.is_main:
-        print(f"[dist-peakd] PTP thresholds and histogram: {json.dumps(ptp_info)}", flush=True)
+        t, hist = ptp_info["thresholds"], ptp_info["histogram"]["train"]
+        print(f"[dist-peakd] PTP labels: confidence thresholds t1 {t['t1']:.4g} / t2 {t['t2']:.4g} ({t['rule']} "
+              f"rule; {t['n_correct']} right, {t['n_wrong']} wrong train examples); train: "
+              + ", ".join(f"{k} {v}" for k, v in hist.items()), flush=True)
     stats = model_stats(engine.module, seq_len=opts.max_length)
     export = stage_exporter(engine, run_.tokenizer, {"stage": "ptp", "task": run_.data.task.name},
                             {**ptp_info, "model_stats": stats})
     trainer = Trainer(engine, batches, ptp_objective(run_, train_ptp, dev_ptp, engine.device), run_.stage_dir,
                       tracker, opts.loop_options(), export,
                       extra_summary={**ptp_info, "stage_dir": str(run_.stage_dir), "model_stats": stats})
-    summary = trainer.fit()
-    tracker.close()
-    return summary
+    return fit_tracked(trainer, tracker)

@@ -1,0 +1,93 @@
+"""The short outcome a stage command prints when it ends (the details are in the JSON file it names).
+
+``dist-peakd distill ...`` ends with::
+
+    [dist-peakd] distill done: f1 0.8239, accuracy 0.7255 (final, step 230/230); best f1 0.8239 at step 230
+    [dist-peakd] summary: runs/mrpc/distill-k3-shuffle-ptp-a0.7-T10-b100-s0/summary.json
+
+``pipeline`` and ``sweep`` print their own tables, the JSON's path and the folder's size themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: Commands that print their own summary (a table, the JSON's path): nothing more is added.
+SELF_REPORTING = ("pipeline", "sweep")
+
+
+def _metrics(values: Mapping[str, Any], main: str | None = None) -> str:
+    names = [n for n in values if n not in ("step", "epoch") and isinstance(values[n], int | float)
+             and not isinstance(values[n], bool)]
+    if main in names:
+        names = [main, *(n for n in names if n != main)]
+    return ", ".join(f"{n} {float(values[n]):.4f}" for n in names)
+
+
+def summary_warnings(summary: Mapping[str, Any]) -> list[str]:
+    """The warnings a stage recorded beside its metrics (``summary["warnings"]``, and the final
+    evaluation's ``warnings`` when it has some), in order, without repeats."""
+    found: list[str] = []
+    for source in (summary, summary.get("final") if isinstance(summary.get("final"), Mapping) else {}):
+        for warning in source.get("warnings") or ():
+            if str(warning) not in found:
+                found.append(str(warning))
+    return found
+
+
+def trainer_outcome(stage: str, summary: Mapping[str, Any]) -> list[str]:
+    """The lines of a training stage's summary (``Trainer.fit``)."""
+    main = summary.get("main_metric")
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    total = summary.get("total_steps")
+    steps = f"step {final.get('step')}" + (f"/{total}" if total else "")
+    stopped = summary.get("stopped")
+    how = "done"
+    if isinstance(stopped, Mapping):
+        by = f" ({str(stopped.get('by')).upper()})" if stopped.get("by") else ""
+        how = f"stopped at step {stopped.get('step')}{by}"
+    line = f"[dist-peakd] {stage} {how}: {_metrics(final, main)} (final, {steps})"
+    if main in best:
+        line += f"; best {main} {float(best[main]):.4f} at step {best.get('step')}"
+    lines = [line]
+    lines += [f"[dist-peakd] warning: {w}" for w in summary_warnings(summary)]
+    if summary.get("stage_dir"):
+        lines.append(f"[dist-peakd] summary: {Path(summary['stage_dir']) / 'summary.json'}")
+    return lines
+
+
+def cache_outcome(summary: Mapping[str, Any]) -> list[str]:
+    rows = summary.get("rows") or {}
+    what = "reused (valid, matching)" if summary.get("skipped") else "built"
+    counts = ", ".join(f"{k} {v}" for k, v in rows.items())
+    line = f"[dist-peakd] cache-teacher {what}: {sum(rows.values())} rows ({counts})"
+    if summary.get("teacher_dev_metrics"):
+        line += f"; teacher dev {_metrics(summary['teacher_dev_metrics'])}"
+    lines = [line]
+    if summary.get("cache_dir"):
+        lines.append(f"[dist-peakd] cache: {summary['cache_dir']}")
+    return lines
+
+
+def stage_folder(stage: str, opts: Any) -> Path:
+    """The folder a stage command writes (for its banner)."""
+    layout = opts.layout()
+    if stage == "finetune-teacher":
+        return layout.teacher_stage
+    if stage == "cache-teacher":
+        return layout.teacher_cache
+    name = getattr(opts, "stage_name", None)
+    return layout.stage_dir(name()) if callable(name) else layout.task_dir
+
+
+def outcome_lines(stage: str, result: Any) -> list[str]:
+    """What ``dist-peakd <stage>`` prints at its end instead of the whole result."""
+    if stage in SELF_REPORTING or not isinstance(result, Mapping):
+        return []
+    if "main_metric" in result and "final" in result:
+        return trainer_outcome(stage, result)
+    if "cache_dir" in result:
+        return cache_outcome(result)
+    return [f"[dist-peakd] {stage} done"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,12 @@ def evaluation_steps(steps_per_epoch: int, total_steps: int, eval_every_steps: i
     return steps
 
 
+def _on_terminal() -> bool:
+    """Progress bars redraw on a terminal; in a log file (or a Ray worker's output) the training bar writes
+    a line a minute and the evaluation bar none (each evaluation prints its metrics anyway)."""
+    return sys.stderr.isatty()
+
+
 class Trainer:
     """Train ``engine`` on ``data`` for ``objective``; :meth:`fit` returns the summary.
 
@@ -143,7 +150,7 @@ class Trainer:
         self.resume()
         self.log.restart()
         self._bar = tqdm(total=self.total_steps, initial=self.engine.global_step, desc=f"{self.label} train",
-                         disable=not self.is_main, dynamic_ncols=True)
+                         disable=not self.is_main, dynamic_ncols=True, mininterval=0.1 if _on_terminal() else 60)
         try:
             with self.stop_signal:
                 while self._steps_left() and self.train_epoch():
@@ -242,7 +249,7 @@ class Trainer:
         sampler = self.data.eval_sampler
         sampler.set_epoch(0)
         batches = (self.data.collate(fetch_rows(self.data.eval_rows, share)) for share in
-                   tqdm(sampler, desc=f"{self.label} dev", disable=not self.is_main, leave=False))
+                   tqdm(sampler, desc=f"{self.label} dev", disable=not (self.is_main and _on_terminal()), leave=False))
         return self.objective.metric_fn(self.engine.predict(batches, self.objective.predict_fn))
 
     def _record_eval(self, metrics: dict[str, float], epoch: float) -> None:

@@ -203,6 +203,7 @@ class EvalReporter:
         self.run_dir, self.on_stop = run_dir, on_stop
         self.best: float | None = None
         self.reports = 0
+        self.stopped = False  # Tune stopped the trial (its report ended with SystemExit): end the same way
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         value = metrics.get(self.metric)
@@ -215,6 +216,7 @@ class EvalReporter:
             record = read_stop_record(self.run_dir) if self.run_dir is not None else None
             if record is None:  # not the scheduler's decision: the sweep is ending
                 raise
+            self.stopped = True
             if self.on_stop is not None:
                 self.on_stop()
             raise EarlyStopped(int(record.get("step", step)), str(record.get("by") or "scheduler")) from None
@@ -289,6 +291,8 @@ def function_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         raise
     finally:
         done.set()
+    if reporter.stopped:  # Tune ended this trial: leave as its own stop does (returning would report again)
+        raise SystemExit(0)
 
 
 def _plan_extra(settings: TrialSettings, config: Mapping[str, Any]) -> dict[str, Any]:

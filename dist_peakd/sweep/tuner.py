@@ -104,7 +104,7 @@ def make_tuner(spec: TunerSpec, trainable: Any, dims: dict[str, Any], sweep_dir:
                                   callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), StopAfterTrials(),
                                              TrialProgress(str(sweep_dir), spec.metric, spec.expected_trials,
                                                            spec.swept)],
-                                  verbose=1),
+                                  verbose=0),  # our own lines: the budget first, then one per ended trial
     )
 
 

@@ -27,11 +27,13 @@ def _metrics(values: Mapping[str, Any], main: str | None = None) -> str:
 
 
 def summary_warnings(summary: Mapping[str, Any]) -> list[str]:
-    """The warnings a stage recorded beside its metrics (``summary["warnings"]``, and the final
-    evaluation's ``warnings`` when it has some), in order, without repeats."""
+    """The warnings a stage recorded beside its metrics (``summary["warnings"]``, its
+    ``metric_warnings`` — degenerate dev predictions — and the final evaluation's ``warnings`` when it
+    has some), in order, without repeats."""
     found: list[str] = []
-    for source in (summary, summary.get("final") if isinstance(summary.get("final"), Mapping) else {}):
-        for warning in source.get("warnings") or ():
+    final = summary.get("final") if isinstance(summary.get("final"), Mapping) else {}
+    for source in (summary.get("warnings"), summary.get("metric_warnings"), final.get("warnings")):
+        for warning in source or ():
             if str(warning) not in found:
                 found.append(str(warning))
     return found

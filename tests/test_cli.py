@@ -155,3 +155,17 @@ def test_unknown_stage_and_launcher_arguments(captured, capsys):
     assert capsys.readouterr().out.count("[1/1] distill: mrpc -> runs/mrpc/distill-k") == 2  # the banners
     cli.main(["finetune_teacher", "--help"])  # underscores name the stage too
     assert capsys.readouterr().out.startswith("usage: dist-peakd finetune-teacher")
+
+
+def test_stage_outcome_lines_carry_its_warnings_and_an_early_stop():
+    from dist_peakd.outcome import trainer_outcome
+
+    summary = {"main_metric": "pearson", "total_steps": 6, "stage_dir": "runs/stsb/distill-x",
+               "final": {"step": 4, "pearson": 0.0, "spearmanr": 0.0},
+               "best": {"step": 2, "pearson": 0.0}, "stopped": {"step": 4, "by": "asha"},
+               "metric_warnings": ["stsb: all 8 predictions are the same value 2.5: the model is collapsed"]}
+    assert trainer_outcome("distill", summary) == [
+        "[dist-peakd] distill stopped at step 4 (ASHA): pearson 0.0000, spearmanr 0.0000 (final, step 4/6); "
+        "best pearson 0.0000 at step 2",
+        "[dist-peakd] warning: stsb: all 8 predictions are the same value 2.5: the model is collapsed",
+        f"[dist-peakd] summary: {Path('runs/stsb/distill-x') / 'summary.json'}"]

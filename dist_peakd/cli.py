@@ -101,10 +101,10 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
             raise SystemExit(2) from None
         from . import console
         from .guard import run_guarded  # failures -> one-line message + documented exit code
-        from .outcome import SELF_REPORTING, stage_folder
+        from .outcome import SELF_REPORTING, banner_detail
 
         if name not in SELF_REPORTING:
-            console.banner(name, f"{opts.task} -> {stage_folder(name, opts)}")
+            console.banner(name, banner_detail(name, opts))
         result = run_guarded(name, runner, opts)
         if result is not None and _is_main_process():
             from .outcome import outcome_lines  # one short summary; the details are in the JSON it names
@@ -142,6 +142,12 @@ STAGES: list[tuple[str, str, str, str]] = [
      "Teacher fine-tune -> cache -> PTP -> distill -> evaluate; skips stages whose output exists."),
     ("sweep", "sweep", "SweepOptions",
      "Ray Tune sweep of distillation trials (temperature, alpha, depth, ...) sharing one teacher cache."),
+    ("evaluate", "evaluate", "EvaluateOptions",
+     "Dev metrics of a model folder (PyTorch or ONNX), as the stage that wrote it scored it; JSON."),
+    ("predict", "predict", "PredictOptions",
+     "Label names + probabilities per row of a split or a file (TSV/JSONL); GLUE test: the submission file."),
+    ("export", "export", "ExportOptions",
+     "A model folder as compact HF (custom code), plain BERT (no custom code) or ONNX (+ int8), verified."),
 ]
 
 
@@ -341,6 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] == "help":  # `dist-peakd help <stage>`
         argv = [argv[1], "--help"]
     stage = argv[0].replace("_", "-")
+    from .stages.cards import set_command  # recorded in every model card
+
+    set_command(argv)
     commands = stage_commands()
     if stage not in commands:
         known = [name for name, *_ in STAGES]

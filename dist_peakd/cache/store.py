@@ -85,17 +85,40 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+#: ``expected`` keys that are not manifest fields: the run's example ids per split, and the data
+#: fingerprint its (sliced) data would have unsliced (see :func:`serves_subset`).
+RUN_KEYS = ("ids", "source_data_fingerprint")
+
+
+def serves_subset(manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
+    """True when a cache built on the full splits serves this run's subset of them by example id.
+
+    That is: the run's data differs from the cache's (``data_fingerprint``), but the cache was built
+    on the unsliced data the run's rows are taken from (its ``data_fingerprint`` equals the run's
+    ``source_data_fingerprint``), and the run lists its example ids (``ids``), which
+    :meth:`TeacherCache.open` then checks are all in the cache. Row counts are not compared then.
+    """
+    source = expected.get("source_data_fingerprint")
+    found = manifest.get("data_fingerprint")
+    return (source is not None and "ids" in expected and found != expected.get("data_fingerprint")
+            and found == source)
+
+
 def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(field, found, expected)`` for each field of ``expected`` the manifest does not match.
 
     ``expected`` uses manifest key names (e.g. :data:`IDENTITY_FIELDS`, ``num_labels``), plus
-    ``rows``: ``{split: row_count}`` compared as fields ``rows[<split>]``. The format version is
-    always checked.
+    ``rows``: ``{split: row_count}`` compared as fields ``rows[<split>]``, and the :data:`RUN_KEYS`
+    (not compared here). When the cache :func:`serves_subset` of the run, ``data_fingerprint`` and
+    ``rows`` are not compared (the id check replaces them). The format version is always checked.
     """
     diffs: list[tuple[str, Any, Any]] = []
     if manifest.get("format_version") != FORMAT_VERSION:
         diffs.append(("format_version", manifest.get("format_version"), FORMAT_VERSION))
+    subset = serves_subset(manifest, expected)
     for key, want in expected.items():
+        if key in RUN_KEYS or (subset and key in ("data_fingerprint", "rows")):
+            continue
         if key == "rows":
             for split, n in want.items():
                 found = manifest["splits"].get(split, {}).get("rows")
@@ -103,6 +126,20 @@ def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any
                     diffs.append((f"rows[{split}]", found, n))
         elif manifest.get(key) != want:
             diffs.append((key, manifest.get(key), want))
+    return diffs
+
+
+def id_differences(cache: TeacherCache, ids: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(f"ids[{split}]", what the cache lacks, expected)`` for each split whose ids are not all cached."""
+    diffs: list[tuple[str, Any, Any]] = []
+    for split, wanted in ids.items():
+        if split not in cache.manifest["splits"]:
+            diffs.append((f"ids[{split}]", "no such split", "every example id of this run's rows"))
+            continue
+        missing = cache.split(split).missing(np.asarray(wanted, dtype=np.int64))
+        if len(missing):
+            diffs.append((f"ids[{split}]", f"{len(missing)} of the run's {len(wanted)} ids missing, e.g. "
+                                           f"{missing[:5].tolist()}", "every example id of this run's rows"))
     return diffs
 
 
@@ -118,8 +155,13 @@ class CacheSplit:
     """One split of the cache: rows addressable by example id, memory-mapped.
 
     ``ids`` is every example id of the split, sorted. :meth:`lookup` gathers rows for any ids in
-    the order given through a position index ``id -> (shard, row)``; only those rows are read.
+    the order given through a position index ``id -> (shard, row)``; only those rows are read. The
+    index is a dense table when the ids are dense (GLUE ids are ``0..n-1``), else a binary search;
+    a lookup is a few vectorised NumPy calls per shard, with no per-row Python.
     """
+
+    #: a dense ``id -> position`` table is used when ``max id + 1 <= DENSE_FACTOR * rows + 1024``
+    DENSE_FACTOR = 4
 
     def __init__(self, name: str, shards: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         self.name = name
@@ -136,6 +178,10 @@ class CacheSplit:
             raise ValueError(f"teacher cache split {name!r}: example id {dup} appears in two shards")
         self._shard = shard_of[order]
         self._row = row_of[order]
+        self._dense: np.ndarray | None = None
+        if len(self.ids) and self.ids[0] >= 0 and self.ids[-1] + 1 <= self.DENSE_FACTOR * len(self.ids) + 1024:
+            self._dense = np.full(int(self.ids[-1]) + 1, -1, dtype=np.int64)
+            self._dense[self.ids] = np.arange(len(self.ids), dtype=np.int64)
         first = self._shards[0] if self._shards else None
         self.num_labels = int(first[1].shape[1]) if first is not None else 0
         self.cls_shape = tuple(int(x) for x in first[2].shape[1:]) if first is not None else (0, 0)
@@ -147,41 +193,62 @@ class CacheSplit:
         pos = np.searchsorted(self.ids, example_id)
         return bool(pos < len(self.ids) and self.ids[pos] == example_id)
 
-    def positions(self, example_ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``(shard, row)`` arrays for ``example_ids``; ``KeyError`` naming the unknown id(s)."""
+    def _index(self, example_ids: Any) -> np.ndarray:
+        """Positions in :attr:`ids` of ``example_ids`` (``-1`` where absent)."""
         q = np.asarray(example_ids.cpu() if torch.is_tensor(example_ids) else example_ids, dtype=np.int64)
         q = q.reshape(-1)
-        pos = np.minimum(np.searchsorted(self.ids, q), max(len(self.ids) - 1, 0))
-        found = (self.ids[pos] == q) if len(self.ids) else np.zeros(len(q), bool)
-        if not found.all():
-            missing = q[~found]
+        if self._dense is not None:
+            inside = (q >= 0) & (q < len(self._dense))
+            return np.where(inside, self._dense[np.where(inside, q, 0)], -1)
+        if not len(self.ids):
+            return np.full(len(q), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, q), len(self.ids) - 1)
+        return np.where(self.ids[pos] == q, pos, -1)
+
+    def missing(self, example_ids: Any) -> np.ndarray:
+        """The ``example_ids`` that are not in this split (in the order given)."""
+        q = np.asarray(example_ids.cpu() if torch.is_tensor(example_ids) else example_ids, dtype=np.int64)
+        return q.reshape(-1)[self._index(q) < 0]
+
+    def positions(self, example_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(shard, row)`` arrays for ``example_ids``; ``KeyError`` naming the unknown id(s)."""
+        pos = self._index(example_ids)
+        if (pos < 0).any():
+            q = np.asarray(example_ids.cpu() if torch.is_tensor(example_ids) else example_ids,
+                           dtype=np.int64).reshape(-1)
+            missing = q[pos < 0]
             raise KeyError(f"example id(s) {missing[:10].tolist()} not in teacher cache split {self.name!r} "
                            f"({len(self.ids)} rows{', ids ' + str(self.ids[0]) + '..' + str(self.ids[-1]) if len(self.ids) else ''})")
         return self._shard[pos], self._row[pos]
 
-    def _gather(self, which: int, example_ids: Any) -> np.ndarray:
-        shard, row = self.positions(example_ids)
-        template = self._shards[0][which] if self._shards else np.zeros((0,), np.float32)
-        out = np.empty((len(row), *template.shape[1:]), dtype=template.dtype)
-        for s in np.unique(shard):
-            mask = shard == s
-            rows = row[mask]
+    def _gather(self, which: Sequence[int], shard: np.ndarray, row: np.ndarray) -> list[np.ndarray]:
+        """Rows ``(shard, row)`` of the arrays ``which`` (1 logits, 2 cls), each shard read in row order."""
+        outs = []
+        for w in which:
+            template = self._shards[0][w] if self._shards else np.zeros((0,), np.float32)
+            outs.append(np.empty((len(row), *template.shape[1:]), dtype=template.dtype))
+        if len(row) == 0:
+            return outs
+        single = len(self._shards) == 1
+        for s in ([0] if single else np.unique(shard)):
+            dest = np.arange(len(row)) if single else np.flatnonzero(shard == s)
+            rows = row if single else row[dest]
             srt = np.argsort(rows, kind="stable")  # read each shard front to back
-            block = self._shards[int(s)][which][rows[srt]]
-            dest = np.flatnonzero(mask)[srt]
-            out[dest] = block
-        return out
+            for out, w in zip(outs, which, strict=True):
+                out[dest[srt]] = self._shards[int(s)][w][rows[srt]]
+        return outs
 
     def lookup(self, example_ids: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher logits ``float32 [B, C]`` and [CLS] states ``float16 [B, L, H]`` for ``example_ids``.
 
         Rows come back in the order of ``example_ids`` (a list, NumPy array or tensor of ints).
         """
-        return torch.from_numpy(self._gather(1, example_ids)), torch.from_numpy(self._gather(2, example_ids))
+        logits, cls = self._gather((1, 2), *self.positions(example_ids))
+        return torch.from_numpy(logits), torch.from_numpy(cls)
 
     def logits(self) -> torch.Tensor:
         """All rows' logits ``float32 [n, C]``, sorted by example id (aligned with :attr:`ids`)."""
-        return torch.from_numpy(self._gather(1, self.ids))
+        return torch.from_numpy(self._gather((1,), *self.positions(self.ids))[0])
 
 
 class TeacherCache:
@@ -191,6 +258,7 @@ class TeacherCache:
         self.cache_dir = Path(cache_dir)
         self.manifest = dict(manifest)
         self._splits: dict[str, CacheSplit] = {}
+        self.subset = False  # True when opened for a run on a subset of the cached splits
 
     # ------------------------------------------------------------------ properties
     @property
@@ -220,7 +288,10 @@ class TeacherCache:
         """Read the manifest, compare it with ``expected`` and verify every shard file.
 
         ``expected``: manifest fields to match (usually :data:`IDENTITY_FIELDS` and ``rows``:
-        ``{split: n}``); every differing field is reported in one :class:`CacheMismatchError`.
+        ``{split: n}``); every differing field is reported in one :class:`CacheMismatchError`. With
+        ``ids`` (``{split: example ids}``) every id must be in the cache; with ``ids`` and
+        ``source_data_fingerprint`` a cache built on the full splits also serves a run on a subset
+        of them (:func:`serves_subset`; :attr:`subset` is then True).
         ``verify``: ``"size"`` checks existence and byte size of every file (cheap), ``"checksum"``
         also re-hashes every file (reads the whole cache once). Problems with files raise
         :class:`CacheCorruptError` naming the file.
@@ -229,14 +300,20 @@ class TeacherCache:
             raise ValueError(f"verify must be 'size' or 'checksum', got {verify!r}")
         cache_dir = Path(cache_dir)
         manifest = read_manifest(cache_dir)
-        diffs = manifest_differences(manifest, expected or {})
+        expected = expected or {}
+        diffs = manifest_differences(manifest, expected)
         if diffs:
             raise CacheMismatchError(cache_dir, diffs)
         cache = cls(cache_dir, manifest)
+        cache.subset = serves_subset(manifest, expected)
         try:
             cache.verify(checksum=verify == "checksum")
         except (KeyError, TypeError, AttributeError) as e:
             raise CacheCorruptError(cache_dir / MANIFEST, f"malformed manifest ({e!r})") from e
+        if "ids" in expected:
+            diffs = id_differences(cache, expected["ids"])
+            if diffs:
+                raise CacheMismatchError(cache_dir, diffs)
         return cache
 
     def verify(self, checksum: bool = True) -> None:

@@ -19,6 +19,16 @@ KL_REDUCTIONS = ("batchmean", "mean_per_class")
 NORM_EPS = 1e-12
 
 
+def _f32(x: Tensor) -> Tensor:
+    """``x`` in fp32 (no operator call when it already is: every call costs host time per step)."""
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _const(x: Tensor) -> Tensor:
+    """``x`` detached (no operator call when it has no autograd history)."""
+    return x.detach() if x.requires_grad else x
+
+
 def patient_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[tuple[int, int]]:
     """Patient-KD pairs ``(student effective layer j, teacher layer)``, both 1-based.
 
@@ -47,8 +57,8 @@ def kd_per_example(student_logits: Tensor, teacher_logits: Tensor, *, temperatur
     """
     if kl_reduction not in KL_REDUCTIONS:
         raise ValueError(f"option kl_reduction: {kl_reduction!r} is not one of {list(KL_REDUCTIONS)}")
-    zs = student_logits.float()
-    zt = teacher_logits.detach().float()
+    zs = _f32(student_logits)
+    zt = _f32(_const(teacher_logits))
     if zs.shape != zt.shape:
         raise ValueError(f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} differ")
     if is_regression:
@@ -66,13 +76,22 @@ def kd_per_example(student_logits: Tensor, teacher_logits: Tensor, *, temperatur
 
 def ce_per_example(student_logits: Tensor, labels: Tensor, *, is_regression: bool = False) -> Tensor:
     """Per-example task loss ``[B]`` (fp32): cross-entropy with the gold labels, MSE for regression."""
-    zs = student_logits.float()
+    zs = _f32(student_logits)
+    labels = _const(labels)
     if is_regression:
-        return (zs.reshape(len(zs), -1).squeeze(-1) - labels.detach().float().reshape(-1)).pow(2)
-    return F.cross_entropy(zs, labels.detach().long().reshape(-1), reduction="none")
+        return (zs.reshape(len(zs), -1).squeeze(-1) - _f32(labels).reshape(-1)).pow(2)
+    target = labels if labels.dtype == torch.long and labels.dim() == 1 else labels.long().reshape(-1)
+    return F.cross_entropy(zs, target, reduction="none")
 
 
-def pt_per_example(student_cls: Sequence[Tensor], teacher_cls: Tensor | Sequence[Tensor],
+def _layer_index(layers: Sequence[int]) -> slice | list[int]:
+    """0-based ``layers`` as a slice when they are consecutive (a view, no gather), else the list."""
+    if all(b == a + 1 for a, b in zip(layers, layers[1:], strict=False)):
+        return slice(layers[0], layers[-1] + 1)
+    return list(layers)
+
+
+def pt_per_example(student_cls: Tensor | Sequence[Tensor], teacher_cls: Tensor | Sequence[Tensor],
                    layer_map: Sequence[tuple[int, int]], *, eps: float = NORM_EPS) -> Tensor:
     """Per-example Patient-KD loss ``[B]`` (fp32; the teacher side is detached).
 
@@ -80,10 +99,13 @@ def pt_per_example(student_cls: Sequence[Tensor], teacher_cls: Tensor | Sequence
     ``n(v) = v / max(||v||_2, eps)``; its batch mean is the spec's mean over (batch, layers, dims).
 
     Args:
-        student_cls: one ``[B, H]`` [CLS] vector per student effective layer, bottom to top.
+        student_cls: ``[B, E, H]`` (one [CLS] vector per student effective layer, bottom to top), or
+            a sequence of ``E`` ``[B, H]`` tensors.
         teacher_cls: ``[B, L_t, H]`` as stored in the teacher cache (any float dtype), or a sequence
             of ``[B, H]`` tensors.
         layer_map: 1-based ``(student layer, teacher layer)`` pairs (``patient_layer_map``).
+
+    Matched layers that are consecutive are taken as slices (views), not gathered.
     """
     if not layer_map:
         raise ValueError("pt: empty layer map (nothing to match)")
@@ -91,14 +113,22 @@ def pt_per_example(student_cls: Sequence[Tensor], teacher_cls: Tensor | Sequence
         teacher_cls = torch.stack(list(teacher_cls), dim=1)
     if teacher_cls.dim() != 3:
         raise ValueError(f"pt: teacher_cls must be [B, L_t, H], got shape {tuple(teacher_cls.shape)}")
-    n_s, n_t = len(student_cls), teacher_cls.shape[1]
+    stacked = torch.is_tensor(student_cls)
+    if stacked and student_cls.dim() != 3:
+        raise ValueError(f"pt: student_cls must be [B, E, H] or a list of [B, H], got shape {tuple(student_cls.shape)}")
+    n_s, n_t = (student_cls.shape[1] if stacked else len(student_cls)), teacher_cls.shape[1]
     for j, t in layer_map:
         if not (1 <= j <= n_s):
             raise ValueError(f"pt: student layer {j} out of range 1..{n_s}")
         if not (1 <= t <= n_t):
             raise ValueError(f"pt: teacher layer {t} out of range 1..{n_t}")
-    hs = torch.stack([student_cls[j - 1].float() for j, _ in layer_map], dim=1)  # [B, M, H]
-    ht = teacher_cls.detach()[:, [t - 1 for _, t in layer_map]].float().to(hs.device)
+    if stacked:
+        hs = _f32(student_cls[:, _layer_index([j - 1 for j, _ in layer_map])])
+    else:
+        hs = torch.stack([_f32(student_cls[j - 1]) for j, _ in layer_map], dim=1)  # [B, M, H]
+    ht = _f32(_const(teacher_cls)[:, _layer_index([t - 1 for _, t in layer_map])])
+    if ht.device != hs.device:
+        ht = ht.to(hs.device)
     if hs.shape[-1] != ht.shape[-1]:
         raise ValueError(f"pt: student hidden size {hs.shape[-1]} != teacher hidden size {ht.shape[-1]}; "
                          "Patient-KD here has no projection, so the sizes must match")
@@ -154,9 +184,8 @@ def distillation_loss(student_logits: Tensor, student_cls: Sequence[Tensor] | No
     computed without grad. KD is not computed (reported 0) when ``alpha == 0`` and ``teacher_logits``
     is None; PT is not computed (reported 0) when ``beta == 0`` or ``layer_map`` is empty.
     """
-    zs = student_logits.float()
+    zs = _f32(student_logits)
     batch = zs.shape[0]
-    zero = zs.new_zeros(batch)
     w = {"kd": float(cfg.alpha), "ce": 1.0 - float(cfg.alpha), "pt": float(cfg.beta)}
 
     def term(name: str, fn: Callable[[], Tensor]) -> Tensor:
@@ -165,26 +194,29 @@ def distillation_loss(student_logits: Tensor, student_cls: Sequence[Tensor] | No
                 return fn()
         return fn()
 
-    per: dict[str, Tensor] = {}
+    per: dict[str, Tensor | None] = {}  # None: not computed (reported as 0)
     if teacher_logits is None:
         if w["kd"] != 0.0:
             raise ValueError(f"teacher_logits is required when alpha = {cfg.alpha} > 0")
-        per["kd"] = zero.detach()
+        per["kd"] = None
     else:
         per["kd"] = term("kd", lambda: kd_per_example(zs, teacher_logits, temperature=cfg.temperature,
                                                       kl_reduction=cfg.kl_reduction,
                                                       is_regression=is_regression))
     per["ce"] = term("ce", lambda: ce_per_example(zs, labels, is_regression=is_regression))
     if w["pt"] == 0.0 or not layer_map:
-        per["pt"] = zero.detach()
+        per["pt"] = None
     else:
         if student_cls is None or teacher_cls is None:
             raise ValueError(f"student_cls and teacher_cls are required when beta = {cfg.beta} > 0")
         per["pt"] = pt_per_example(student_cls, teacher_cls, layer_map)
 
-    total = zero
+    # sum_i of the weighted terms, accumulated in the same order as before (kd, ce, pt)
+    total: Tensor | None = None
     for name, values in per.items():
-        if w[name] != 0.0:
-            total = total + w[name] * values
-    return LossOutput(total=total.sum(), terms={k: v.detach().sum() for k, v in per.items()},
-                      count=batch, weights=w)
+        if values is not None and w[name] != 0.0:
+            total = w[name] * values if total is None else total + w[name] * values
+    total_sum = total.sum() if total is not None else zs.new_zeros(())
+    zero = zs.new_zeros(())
+    terms = {k: (v.detach().sum() if v is not None else zero) for k, v in per.items()}
+    return LossOutput(total=total_sum, terms=terms, count=batch, weights=w)

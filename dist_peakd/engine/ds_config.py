@@ -16,8 +16,12 @@ ZERO_STAGES = (0, 1, 2, 3)
 
 
 def ds_configs_dir() -> Path:
-    """The repository's ``ds_configs/`` folder (next to the package)."""
-    return Path(__file__).resolve().parents[2] / "ds_configs"
+    """The shipped ``ds_configs/`` folder: package data of ``dist_peakd`` (found with
+    ``importlib.resources``, so a regular install has it; the repository's top-level ``ds_configs/``
+    is a symlink to it)."""
+    from importlib.resources import files
+
+    return Path(str(files("dist_peakd") / "ds_configs"))
 
 
 def resolve_ds_config_path(name_or_path: str | Path) -> Path:

@@ -253,9 +253,10 @@ class Engine:
         return checkpoints.load_checkpoint(self, root, tag)
 
     def export_pretrained(self, out_dir: str | Path, tokenizer: Any = None,
-                          extra_json: dict[str, Any] | None = None) -> Path:
+                          extra_json: dict[str, Any] | None = None, label_names: Any = None,
+                          card: str | None = None) -> Path:
         """:func:`.export.export_pretrained` of this engine's model (collective; rank 0 writes)."""
-        return export.export_pretrained(self, out_dir, tokenizer, extra_json)
+        return export.export_pretrained(self, out_dir, tokenizer, extra_json, label_names, card)
 
 
 def _gather_by_id(merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

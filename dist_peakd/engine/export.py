@@ -1,17 +1,17 @@
-"""Export a trained engine's model as a plain Hugging Face folder (fp32 weights + tokenizer + manifest)."""
+"""Export a trained engine's model as a compact HF folder through :mod:`dist_peakd.export` (the one
+export implementation): fp32 weights, label names, tokenizer without machine keys, model card, the
+stage's record and the verified file manifest, built beside the target and published atomically."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
-import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts import publish_dir, write_export_manifest
 from ..errors import ArtifactWriteError
+from ..export import ExportError, export_compact
 from .distributed import barrier
 
 if TYPE_CHECKING:
@@ -30,34 +30,26 @@ def _full_parameters(engine: Engine) -> Iterator[None]:
         yield
 
 
-def _write_folder(module: Any, tmp: Path, tokenizer: Any, extra_json: dict[str, Any] | None) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
-    state = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-    module.save_pretrained(str(tmp), state_dict=state)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    for name, obj in (extra_json or {}).items():
-        (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
-    write_export_manifest(tmp)
-
-
 def export_pretrained(engine: Engine, out_dir: str | Path, tokenizer: Any = None,
-                      extra_json: dict[str, Any] | None = None) -> Path:
-    """Export the model in HF format (fp32 weights) with its tokenizer; rank 0 writes. Collective.
+                      extra_json: dict[str, Any] | None = None, label_names: Sequence[str] | None = None,
+                      card: str | None = None) -> Path:
+    """Export the model with :func:`dist_peakd.export.export_compact`; rank 0 writes. Collective.
 
-    Written to ``.tmp-<name>``, with ``dist_peakd_files.json`` (size + sha256 of every file)
-    last, then published over ``out_dir`` without a gap. A failed write raises
+    ``extra_json`` (file name -> object) and ``card`` (README.md) go into the folder; ``label_names``
+    set ``id2label``/``label2id``. Written to ``.tmp-<name>``, with ``dist_peakd_files.json`` (size +
+    sha256 of every file) last, then published over ``out_dir`` without a gap. A failed write raises
     :class:`ArtifactWriteError` naming the path and leaves the previous export in place.
     """
     out_dir = Path(out_dir)
     with _full_parameters(engine):
         if engine.dist.is_main:
-            tmp = out_dir.with_name(f".tmp-{out_dir.name}")
             try:
-                _write_folder(engine.module, tmp, tokenizer, extra_json)
-                publish_dir(tmp, out_dir)
+                export_compact(engine.module, out_dir, tokenizer, label_names=label_names, card=card,
+                               extra_files=extra_json)
+            except ExportError:
+                raise
             except Exception as e:  # OSError, or the serializer's own error type on ENOSPC
-                shutil.rmtree(tmp, ignore_errors=True)
+                tmp = out_dir.with_name(f".tmp-{out_dir.name}")
                 raise ArtifactWriteError(getattr(e, "errno", None) or errno.EIO,
                                          f"exporting {out_dir} failed ({type(e).__name__}: {e}); the "
                                          "previous export (if any) is untouched", str(tmp)) from e

@@ -14,8 +14,10 @@ import yaml
 
 FORMATS: tuple[str, ...] = ("compact", "plain", "onnx")
 _LIBRARIES: tuple[str, ...] = ("dist_peakd", "torch", "transformers", "deepspeed", "onnx", "onnxruntime", "onnxscript")
-_METRIC_NAMES = {"accuracy": "Accuracy", "f1": "F1", "mcc": "Matthews correlation", "pearson": "Pearson",
-                 "spearman": "Spearman", "acc_and_f1": "Accuracy and F1"}
+_METRIC_NAMES = {"accuracy": "Accuracy", "f1": "F1", "macro_f1": "Macro F1", "mcc": "Matthews correlation",
+                 "matthews": "Matthews correlation", "pearson": "Pearson", "spearman": "Spearman",
+                 "spearmanr": "Spearman", "acc_and_f1": "Accuracy and F1", "ptp_loss": "PTP loss",
+                 "ptp_accuracy": "PTP accuracy"}
 
 
 def library_versions(names: Sequence[str] = _LIBRARIES) -> dict[str, str]:
@@ -46,7 +48,7 @@ def _metadata(name: str, task: Mapping[str, Any], metrics: Mapping[str, float], 
     result = {
         "task": {"type": "text-classification", "name": "Text Classification"},
         "dataset": dataset,
-        "metrics": [{"type": k, "value": round(float(v), 6), "name": _METRIC_NAMES.get(k, k)}
+        "metrics": [{"type": k, "value": float(v), "name": _METRIC_NAMES.get(k, k)}
                     for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)],
     }
     meta: dict[str, Any] = {
@@ -66,6 +68,12 @@ def _metadata(name: str, task: Mapping[str, Any], metrics: Mapping[str, float], 
 def _what_it_is(method: Mapping[str, Any]) -> list[str]:
     if method.get("kind") == "teacher":
         return [f"A fine-tuned BERT-family classifier (the teacher), from `{method.get('backbone', '?')}`."]
+    if method.get("kind") == "ptp":
+        return [f"A **Pea-KD PTP encoder**: SPS BERT with k = {method.get('k')} parameter layers run as "
+                f"{method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`), "
+                "pretrained on teacher-prediction labels (teacher right/wrong x confident/unsure, 4 classes) of "
+                f"the teacher `{method.get('teacher', '?')}`. It is the starting point of distillation (which puts "
+                "a fresh task head on it), not a task classifier: its outputs are the 4 PTP classes."]
     lines = [
         f"A **Pea-KD** student: SPS (Shuffled Parameter Sharing) BERT with k = {method.get('k')} parameter "
         f"layers run as {method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`; "
@@ -183,7 +191,7 @@ def render_model_card(
         raise ValueError(f"exported={exported!r} is not a key of dev_metrics {list(dev_metrics)}")
     kind = method.get("kind", "student")
     tags = ["dist-peakd", "bert", "text-classification"] + (["knowledge-distillation", "pea-kd", "sps"]
-                                                           if kind == "student" else [])
+                                                           if kind in ("student", "ptp") else [])
     out = [_metadata(name, task, dev_metrics[exported], base_model, license_id, export_format, tags)]
     out += [f"# {name}", "", *_what_it_is(method), "",
             f"Task: **{task.get('dataset_name', task['name'])}** (`{task['name']}`). This folder holds the "
@@ -192,7 +200,9 @@ def render_model_card(
             "## Size and compute", "", *_cost_table(stats, teacher_stats), ""]
     if latency:
         out += ["## Measured latency", "", *_latency_table(latency), ""]
-    out += ["## How to load", "", *_how_to_load(export_format, f"path/to/{name}", example), "",
+    # a teacher is a plain BERT-family classifier: its compact folder is a plain one (no custom code)
+    load_format = "plain" if kind == "teacher" and export_format == "compact" else export_format
+    out += ["## How to load", "", *_how_to_load(load_format, f"path/to/{name}", example), "",
             "## How it was made", "", "```bash", command, "```", "", "Options:", "", "```json",
             json.dumps(dict(options), indent=2, sort_keys=True, default=str), "```", "",
             "## Library versions", "",

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..artifacts import publish_dir, verify_export, write_export_manifest
+from ..artifacts import EXPORT_MANIFEST, publish_dir, verify_export, write_export_manifest
 
 #: Keys transformers writes into tokenizer_config.json from the *loading* call (offline mode, a local
 #: path); they describe the machine that saved the folder, not the tokenizer, and are dropped.
 MACHINE_TOKENIZER_KEYS: tuple[str, ...] = ("local_files_only", "is_local")
+
+#: The record a stage writes into each model folder; its ``card`` entry holds the model card's inputs.
+RECORD_FILE = "dist_peakd.json"
 
 
 class ExportError(ValueError):
@@ -122,3 +126,55 @@ def write_folder(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
 def write_card(folder: Path, card: str | None) -> None:
     if card is not None:
         (folder / "README.md").write_text(card)
+
+
+def write_json_files(folder: Path, files: Mapping[str, Any] | None) -> None:
+    """Write each ``name -> object`` of ``files`` as ``folder/name`` (indented JSON)."""
+    for name, obj in (files or {}).items():
+        (folder / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def mark_fp32(folder: Path) -> None:
+    """Record ``dtype: float32`` in ``folder/config.json``: the exported weights are fp32 whatever the
+    training precision (``save_pretrained`` writes the live module's dtype, e.g. bfloat16)."""
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    if data.get("dtype") != "float32":
+        data["dtype"] = "float32"
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_folder_record(folder: str | Path) -> dict[str, Any]:
+    """``folder/dist_peakd.json`` (empty when the folder has none)."""
+    path = Path(folder) / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_card(folder: str | Path, **changes: Any) -> Path:
+    """Re-render ``folder/README.md`` from the card inputs its record keeps, with ``changes`` (e.g.
+    ``latency=[...]``), and republish the folder (manifest rewritten; built beside, swapped in).
+
+    The weights are hard-linked into the new folder where the filesystem allows (else copied).
+    """
+    from .card import render_model_card
+
+    folder = Path(folder)
+    verify_export(folder)
+    record = read_folder_record(folder)
+    if "card" not in record:
+        raise ExportError(f"{folder}: its {RECORD_FILE} holds no model card inputs (written by an older version)")
+    record["card"] = json.loads(json.dumps({**record["card"], **changes}, default=str))
+    card = render_model_card(**record["card"])
+    rewritten = {"README.md", RECORD_FILE, EXPORT_MANIFEST}
+
+    def write(tmp: Path) -> None:
+        for path in folder.iterdir():
+            if path.is_file() and path.name not in rewritten:
+                try:
+                    os.link(path, tmp / path.name)
+                except OSError:
+                    shutil.copy2(path, tmp / path.name)
+        write_card(tmp, card)
+        write_json_files(tmp, {RECORD_FILE: record})
+
+    return write_folder(folder, write)

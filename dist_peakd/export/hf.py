@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,12 @@ from .folder import (
     ExportError,
     fp32_state_dict,
     is_sps_config,
+    mark_fp32,
     save_tokenizer,
     set_label_names,
     write_card,
     write_folder,
+    write_json_files,
 )
 
 #: SPS-only config keys that a plain BertConfig must not carry.
@@ -50,25 +52,37 @@ def export_compact(
     tokenizer: Any = None,
     label_names: Sequence[str] | None = None,
     card: str | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (SPS student or plain HF classifier) as a self-contained HF folder.
 
-    Writes ``config.json`` (``id2label``/``label2id`` from ``label_names``; for a student also
-    ``auto_map`` and the guarded ``num_hidden_layers``, see :mod:`..models.configuration_sps_bert`), ``model.safetensors`` (fp32), for a student
+    Writes ``config.json`` (``id2label``/``label2id`` from ``label_names``, else the model's own; for a
+    student also ``auto_map`` and the guarded ``num_hidden_layers``, see
+    :mod:`..models.configuration_sps_bert`), ``model.safetensors`` (fp32), for a student
     ``configuration_sps_bert.py`` and ``modeling_sps_bert.py``, the tokenizer files (without
-    machine-specific keys), ``README.md`` when ``card`` is given, and ``dist_peakd_files.json``.
-    The folder is built beside ``out_dir`` and published over it only when complete.
+    machine-specific keys), ``README.md`` when ``card`` is given, each of ``extra_files``
+    (name -> JSON-able object) and ``dist_peakd_files.json``. The model itself is not changed or
+    copied (the trainer exports the live module, under ZeRO-3 inside a parameter gather). The
+    folder is built beside ``out_dir`` and published over it only when complete.
     """
-    model = copy.deepcopy(model).float().cpu().eval()
-    set_label_names(model.config, label_names)
+    config = copy.deepcopy(model.config)
+    set_label_names(config, label_names)
+    state = fp32_state_dict(model)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(str(tmp), state_dict=fp32_state_dict(model))
-        if is_sps_config(model.config):
+        saved_config = model.config
+        model.config = config
+        try:
+            model.save_pretrained(str(tmp), state_dict=state)
+        finally:
+            model.config = saved_config
+        mark_fp32(tmp)
+        if is_sps_config(config):
             _check_code_files(tmp)
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
         write_card(tmp, card)
+        write_json_files(tmp, extra_files)
 
     return write_folder(out_dir, write)
 
@@ -118,6 +132,7 @@ def export_plain(
     tokenizer: Any = None,
     label_names: Sequence[str] | None = None,
     card: str | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as a standard HF folder without custom code.
 
@@ -133,8 +148,10 @@ def export_plain(
 
     def write(tmp: Path) -> None:
         plain.save_pretrained(str(tmp), state_dict=fp32_state_dict(plain))
+        mark_fp32(tmp)
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
         write_card(tmp, card)
+        write_json_files(tmp, extra_files)
 
     return write_folder(out_dir, write)

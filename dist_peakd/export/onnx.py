@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .folder import ExportError, is_sps_config, save_tokenizer, set_label_names, write_card, write_folder
+from .folder import (
+    RECORD_FILE,
+    ExportError,
+    is_sps_config,
+    save_tokenizer,
+    set_label_names,
+    write_card,
+    write_folder,
+    write_json_files,
+)
 
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_int8.onnx"
@@ -139,12 +148,15 @@ def export_onnx(
     quantize: str | None = None,
     verify_batches: Sequence[Mapping[str, Tensor]] | None = None,
     opset: int | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write an ONNX folder for ``model`` (SPS student or plain classifier); optionally int8 too.
 
     ``verify_batches`` (e.g. real dev rows) are run through onnxruntime and PyTorch before the
     folder is published; the fp32 graph must agree within 1e-4. Returns ``{"out_dir", "files",
-    "max_abs_diff", "max_abs_diff_int8"}`` (diffs None when no batches were given).
+    "max_abs_diff", "max_abs_diff_int8"}`` (diffs None when no batches were given). ``extra_files``
+    (name -> JSON-able object) are written too; a ``dist_peakd.json`` record among them gets the
+    check's figures in its ``export`` entry.
     """
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -166,6 +178,13 @@ def export_onnx(
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
         write_card(tmp, card)
+        files = dict(extra_files or {})
+        if RECORD_FILE in files:
+            record = dict(files[RECORD_FILE])
+            record["export"] = {**record.get("export", {}), "max_abs_diff": result["max_abs_diff"],
+                                "max_abs_diff_int8": result["max_abs_diff_int8"]}
+            files[RECORD_FILE] = record
+        write_json_files(tmp, files)
 
     out = write_folder(out_dir, write)
     result["out_dir"] = out

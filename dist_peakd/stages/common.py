@@ -19,6 +19,7 @@ from ..data import (
     data_fingerprint,
     get_task,
     load_glue,
+    split_names,
     tokenize_dataset,
 )
 from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
@@ -95,12 +96,17 @@ class TaskData:
     dev_split: str
     fingerprint: str
     cache_hit: bool
+    source_fingerprint: str = ""  # the fingerprint of the same data unsliced (a full cache's)
 
 
-def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True) -> TaskData:
-    """Load the GLUE task (TSV folder or hub), slice it as asked, tokenize with the on-disk cache."""
+def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval_split: str = "dev") -> TaskData:
+    """Load the GLUE task (TSV folder or hub), slice it as asked, tokenize with the on-disk cache.
+
+    ``eval_split``: the split served as ``dev`` (a role, ``dev`` or ``test``, or a split name):
+    evaluate and predict score other splits than the stages' dev split.
+    """
     task = get_task(opts.task)
-    dev_split = task.dev_splits[0]
+    dev_split = split_names(task, [eval_split])[0]
     splits = (["train"] if need_train else []) + [dev_split]
     dsd = load_glue(task, data_dir=opts.glue_dir, hub_id=opts.hub_dataset, splits=splits)
     fp = data_fingerprint(task, data_dir=opts.glue_dir, hub_id=opts.hub_dataset, splits=splits)
@@ -110,10 +116,11 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True) -> T
     if opts.max_eval_examples:
         n = min(opts.max_eval_examples, len(dsd[dev_split]))
         dsd[dev_split] = dsd[dev_split].select(range(n))
+    source_fp = hashlib.sha256(f"{fp}|train:None|eval:None".encode()).hexdigest()
     fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
     tokenized, hit = tokenize_dataset(dsd, tokenizer, opts.max_length, opts.layout().token_cache, fp)
     return TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
-                    dev_split=dev_split, fingerprint=fp, cache_hit=hit)
+                    dev_split=dev_split, fingerprint=fp, cache_hit=hit, source_fingerprint=source_fp)
 
 
 def train_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGroupedBatchSampler:
@@ -183,12 +190,20 @@ def completed_summary(stage_dir: Path) -> dict[str, Any] | None:
     return summary
 
 
-def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any]
-                   ) -> Callable[[Path, dict[str, Any]], None]:
-    """The trainer's ``export_fn``: an HF folder with ``dist_peakd.json`` = head + the export's info + tail."""
+def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any],
+                   context: Any = None) -> Callable[[Path, dict[str, Any]], None]:
+    """The trainer's ``export_fn``: a compact HF folder (:mod:`dist_peakd.export`) with ``dist_peakd.json``
+    = head + the export's info + tail; with an :class:`~.cards.ExportContext` also the task's label
+    names, the record's card inputs and the model card ``README.md``."""
+    from ..export import render_model_card
 
     def export(path: Path, info: dict[str, Any]) -> None:
-        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": {**head, **info, **tail}})
+        record, card, labels = {**head, **info, **tail}, None, None
+        if context is not None:
+            record.update(context.record(path.name, info["metrics"]))
+            card, labels = render_model_card(**record["card"]), context.label_names
+        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": record}, label_names=labels,
+                                 card=card)
 
     return export
 

@@ -28,16 +28,18 @@ from ..errors import ConfigError
 from ..layout import RunLayout
 from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
+from .cards import ExportContext, model_label_names, student_method, teacher_reference
 from .common import build_engine, completed_summary, fit_tracked, open_tracker, stage_exporter, trainer_data
+from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
-from .student_common import StudentRun, open_student_run, validate_student_options
+from .student_common import K_HELP, StudentRun, open_student_run, validate_student_options
 
 
 @dataclass
 class DistillOptions(RunOptions):
     """Distillation options: student shape, loss weights, where the cache and PTP encoder are."""
 
-    k: int = option(3, help="student depth (encoder layers taken from the backbone)")
+    k: int | str = option("auto", help=K_HELP)
     variant: str = option("shuffle", help="none | share | shuffle (Shuffled Parameter Sharing)")
     use_ptp: bool = option(True, help="start from the PTP-pretrained encoder")
     ptp_dir: str | None = option(None, help="PTP encoder folder (default <output_dir>/<task>/ptp-k<k>-<variant>/best)")
@@ -52,7 +54,7 @@ class DistillOptions(RunOptions):
 
     def validate(self) -> None:
         super().validate()
-        validate_student_options(self.k, self.variant)
+        self.k = validate_student_options(self.k, self.variant)
         if self.temperature <= 0:
             raise ConfigError(f"option temperature: must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -123,11 +125,13 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
 
     ``on_eval(step, metrics)`` is called on every rank after each dev evaluation (sweeps report to Ray Tune).
     """
+    opts, k_auto = resolve_k(opts)
     layout = opts.layout()
     run_ = open_student_run(opts, layout)
     done = completed_summary(run_.stage_dir)
     if done is not None:
         return done
+    announce_k(k_auto, run_.dist_info)
     model = build_distill_student(opts, layout, run_)
     layer_map = patient_layer_map(model.num_effective_layers, run_.cache.num_layers)
     loss_cfg, weights = opts.loss_config(), opts.loss_weights()
@@ -141,12 +145,17 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
                          f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
                          f"Patient-KD map (student, teacher) = {layer_map}")
     stats = model_stats(engine.module, seq_len=opts.max_length)
+    teacher_metrics, teacher_stats = teacher_reference(layout.teacher, run_.cache.manifest)
+    context = ExportContext("distill", run_.data.task, opts, run_.stage_dir,
+                            student_method(opts, model, layout.teacher), stats, model_label_names(run_.data.task),
+                            teacher_metrics=teacher_metrics, teacher_stats=teacher_stats)
     export = stage_exporter(engine, tokenizer=run_.tokenizer, head={"stage": "distill", "task": run_.data.task.name},
-                            tail={"model_stats": stats, "options": dict(opts.__dict__)})
+                            tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context)
     loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
     trainer = Trainer(
         engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device), run_.stage_dir, tracker,
         loop, export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
-        extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "layer_map": layer_map,
+        extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
+                       "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics")})
     return fit_tracked(trainer, tracker)

@@ -21,6 +21,7 @@ from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
 from ..metrics import compute_metrics
 from ..models import load_teacher, model_stats
+from .cards import ExportContext, model_label_names, teacher_method
 from .common import (
     build_engine,
     completed_summary,
@@ -105,7 +106,10 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
         "precision_resolved": engine.precision, "total_steps": engine.total_steps},
         metric_names=(*data.task.metrics, "loss"))
     stats = model_stats(engine.module, seq_len=opts.max_length)
-    export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name}, {"model_stats": stats})
+    context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts), stats,
+                            model_label_names(data.task))
+    export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name}, {"model_stats": stats},
+                            context)
     trainer = Trainer(engine, batches, classification_objective(data.task), stage_dir, tracker,
                       dataclasses.replace(opts.loop_options(), label="teacher"), export,
                       extra_summary={"model_stats": stats, "stage_dir": str(stage_dir)})

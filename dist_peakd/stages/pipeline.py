@@ -25,6 +25,7 @@ from ..engine import barrier, broadcast_object, init_distributed
 from ..errors import ConfigError
 from . import cache_teacher, distill, finetune_teacher, ptp
 from .common import options_differences
+from .depth import announce_k, resolve_k
 from .distill import DistillOptions
 
 # Named presets: applied under the user's own options (the command line always wins).
@@ -123,6 +124,20 @@ def measure_latency(model: torch.nn.Module, batch: dict[str, torch.Tensor], repe
     return statistics.median(times)
 
 
+def student_vs_teacher(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The student's compute, measured latency and parameters as ratios to the teacher's."""
+    teacher, student = rows
+    return {"flops": student["flops_per_token"] / teacher["flops_per_token"],
+            "latency": student["latency_ms"] / teacher["latency_ms"],
+            "parameters": student["parameters"] / teacher["parameters"]}
+
+
+def ratio_line(ratios: dict[str, float]) -> str:
+    """``student: 0.67x FLOPs, 0.60x latency, 0.69x parameters (of the teacher)``."""
+    return (f"student: {ratios['flops']:.2f}x FLOPs, {ratios['latency']:.2f}x latency, "
+            f"{ratios['parameters']:.2f}x parameters (of the teacher)")
+
+
 def _markdown(rows: list[dict[str, Any]], metric_names: list[str], header: str) -> str:
     cols = ["model", *[f"{m} (final)" for m in metric_names], *[f"{m} (best)" for m in metric_names],
             "parameters", "encoder layers (param/effective)", "GFLOPs/seq", "latency ms/batch"]
@@ -133,6 +148,7 @@ def _markdown(rows: list[dict[str, Any]], metric_names: list[str], header: str) 
                 f"{r['num_parameter_layers']}/{r['num_effective_layers']}", f"{r['gflops_per_sequence']:.2f}",
                 f"{r['latency_ms']:.1f}"]
         lines.append("| " + " | ".join(vals) + " |")
+    lines += ["", ratio_line(student_vs_teacher(rows))]
     return "\n".join(lines) + "\n"
 
 
@@ -201,12 +217,23 @@ def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], 
     return rows, len(dev_rows)
 
 
+def add_latency_to_card(student_dir: Path, rows: list[dict[str, Any]], batch: int, device: Any) -> None:
+    """Put the measured teacher/student latency into the student's ``final/`` model card."""
+    from ..export import update_card
+
+    latency = [{"model": r["model"], "runtime": f"PyTorch eager ({device})", "batch": batch,
+                "seq": "dev rows, dynamic padding", "median_ms": r["latency_ms"]} for r in rows]
+    update_card(student_dir, latency=latency)
+
+
 def run(opts: PipelineOptions) -> dict[str, Any]:
     """Run (or resume) every stage for one task and write the summary table."""
     from ..data import get_task
 
     t_start = time.perf_counter()
     dist_info = init_distributed()
+    opts, k_auto = resolve_k(opts)
+    announce_k(k_auto, dist_info)
     task = get_task(opts.task)
     layout = opts.layout()
     log: list[str] = []
@@ -225,14 +252,17 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
     if dist_info.is_main:
         rows, latency_batch = compare_teacher_and_student(opts, _teacher_metrics(teacher_summary, cache_summary),
                                                           student_summary, dist_info.device)
-        result = {"task": task.name, "metrics": list(task.metrics), "rows": rows, "stages": log,
+        result = {"task": task.name, "metrics": list(task.metrics), "rows": rows,
+                  "student_vs_teacher": student_vs_teacher(rows), "k": opts.k, "k_auto": k_auto, "stages": log,
                   "teacher_dir": str(layout.teacher), "student_dir": str(Path(student_summary["stage_dir"]) / "final"),
                   "wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(dist_info.device),
                   "world_size": dist_info.world_size, "latency_batch": latency_batch,
                   "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str))}
-        header = (f"## dist-peakd pipeline: {task.name} (k={opts.k}, {opts.variant}, PTP {'on' if use_ptp else 'off'}; "
+        k_text = f"k={opts.k}" + (f" (auto: {k_auto['teacher_layers']}-layer teacher)" if k_auto else "")
+        header = (f"## dist-peakd pipeline: {task.name} ({k_text}, {opts.variant}, PTP {'on' if use_ptp else 'off'}; "
                   f"{result['wall_time_s']} s on {dist_info.world_size} x {dist_info.device})")
         md = _markdown(rows, list(task.metrics), header)
+        add_latency_to_card(Path(result["student_dir"]), rows, latency_batch, dist_info.device)
         result["output_bytes"] = console.folder_size(layout.task_dir)
         atomic_write_text(layout.pipeline_summary("json"), json.dumps(result, indent=2))
         atomic_write_text(layout.pipeline_summary("md"), md)

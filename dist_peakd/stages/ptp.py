@@ -19,13 +19,16 @@ import torch.nn.functional as F
 
 from ..config import RunOptions, option
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
+from ..distill.ptp import PTP_CLASS_NAMES
 from ..engine.trainer import Objective, Trainer
 from ..errors import ConfigError
 from ..layout import ptp_stage_name
 from ..loss_output import LossOutput
 from ..models import build_student, model_stats
+from .cards import ExportContext, student_method, teacher_reference
 from .common import build_engine, completed_summary, fit_tracked, open_tracker, stage_exporter, trainer_data
-from .student_common import StudentRun, open_student_run, validate_student_options
+from .depth import announce_k, resolve_k
+from .student_common import K_HELP, StudentRun, open_student_run, validate_student_options
 
 NUM_PTP_CLASSES = 4
 
@@ -34,7 +37,7 @@ NUM_PTP_CLASSES = 4
 class PTPOptions(RunOptions):
     """PTP options: the student shape (same as the distillation stage's) and the threshold rule."""
 
-    k: int = option(3, help="student depth (encoder layers taken from the backbone)")
+    k: int | str = option("auto", help=K_HELP)
     variant: str = option("shuffle", help="none | share | shuffle (Shuffled Parameter Sharing)")
     teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
     teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
@@ -43,7 +46,7 @@ class PTPOptions(RunOptions):
 
     def validate(self) -> None:
         super().validate()
-        validate_student_options(self.k, self.variant)
+        self.k = validate_student_options(self.k, self.variant)
         if self.threshold_rule not in ("median", "paper"):
             raise ConfigError(f"option threshold_rule: {self.threshold_rule!r} is not one of ['median', 'paper']")
 
@@ -118,10 +121,12 @@ def run(opts: PTPOptions) -> dict[str, Any]:
     if get_task(opts.task).is_regression:
         raise ConfigError(f"option task: PTP is defined for classification tasks only; {get_task(opts.task).name} "
                           "is regression (run distill with --use_ptp=False)")
+    opts, k_auto = resolve_k(opts)
     run_ = open_student_run(opts, opts.layout())
     done = completed_summary(run_.stage_dir)
     if done is not None:
         return done
+    announce_k(k_auto, run_.dist_info)
     train_ptp, dev_ptp, ptp_info = ptp_targets(opts, run_)
     model = build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES)
     batches = trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info)
@@ -136,9 +141,14 @@ def run(opts: PTPOptions) -> dict[str, Any]:
               f"rule; {t['n_correct']} right, {t['n_wrong']} wrong train examples); train: "
               + ", ".join(f"{k} {v}" for k, v in hist.items()), flush=True)
     stats = model_stats(engine.module, seq_len=opts.max_length)
+    teacher = opts.layout().teacher
+    _, teacher_stats = teacher_reference(teacher, run_.cache.manifest)
+    context = ExportContext("ptp", run_.data.task, opts, run_.stage_dir, student_method(opts, model, teacher, "ptp"),
+                            stats, list(PTP_CLASS_NAMES), teacher_stats=teacher_stats)
     export = stage_exporter(engine, run_.tokenizer, {"stage": "ptp", "task": run_.data.task.name},
-                            {**ptp_info, "model_stats": stats})
+                            {**ptp_info, "model_stats": stats}, context)
     trainer = Trainer(engine, batches, ptp_objective(run_, train_ptp, dev_ptp, engine.device), run_.stage_dir,
                       tracker, opts.loop_options(), export,
-                      extra_summary={**ptp_info, "stage_dir": str(run_.stage_dir), "model_stats": stats})
+                      extra_summary={**ptp_info, "stage_dir": str(run_.stage_dir), "model_stats": stats, "k": opts.k,
+                                     "k_auto": k_auto})
     return fit_tracked(trainer, tracker)

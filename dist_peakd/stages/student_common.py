@@ -13,10 +13,11 @@ from ..models import VARIANTS
 from .common import TaskData
 
 
-def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str | Path | None = None
-                            ) -> dict[str, Any]:
+def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str | Path | None = None,
+                            tokenizer: Any = None) -> dict[str, Any]:
     """What a cache must match to serve this run: task, data (incl. slices), max length, row counts,
-    and the teacher's weights when its folder is known."""
+    the tokenizer and the teacher's weights when known; a cache built on the full splits also serves
+    a subset of them by example id (``source_data_fingerprint`` + ``ids``, see cache.serves_subset)."""
     from ..cache import teacher_fingerprint
 
     expected: dict[str, Any] = {
@@ -24,17 +25,31 @@ def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str |
         "data_fingerprint": data.fingerprint,
         "max_length": opts.max_length,
         "rows": {"train": len(data.train), data.dev_split: len(data.dev)},
+        "source_data_fingerprint": data.source_fingerprint or None,
+        "ids": {"train": data.train["idx"], data.dev_split: data.dev["idx"]},
     }
+    if tokenizer is not None:
+        from ..data import tokenizer_fingerprint
+
+        expected["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     if teacher_dir and Path(teacher_dir).is_dir():
         expected["teacher_fingerprint"] = teacher_fingerprint(teacher_dir)
     return expected
 
 
-def validate_student_options(k: int, variant: str) -> None:
-    if k < 1:
-        raise ConfigError(f"option k: student depth must be >= 1, got {k}")
+#: ``--help`` line of ``k`` (PTP, distill and the commands that run them).
+K_HELP = ("student depth: parameter layers taken from the backbone; auto = half the teacher's depth in "
+          "effective layers, ceil(L/4) (none: ceil(L/2)): 2 for the 6-layer MiniLM, 3 for a 12-layer BERT-base")
+
+
+def validate_student_options(k: int | str, variant: str) -> int | str:
+    """Check the student shape options; returns ``k`` normalised (``"auto"`` or an int >= 1)."""
+    from .depth import normalise_k
+
+    k = normalise_k(k)
     if variant not in VARIANTS:
         raise ConfigError(f"option variant: {variant!r} is not one of {list(VARIANTS)}")
+    return k
 
 
 def check_k_against_backbone(k: int, backbone_path: str) -> None:
@@ -73,6 +88,6 @@ def open_student_run(opts: Any, layout: RunLayout) -> StudentRun:
     claim_stage_dir(stage_dir, opts)
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer)
-    cache = TeacherCache.open(layout.teacher_cache, expected=expected_cache_identity(opts, data, layout.teacher),
-                              verify="size")
+    cache = TeacherCache.open(layout.teacher_cache,
+                              expected=expected_cache_identity(opts, data, layout.teacher, tokenizer), verify="size")
     return StudentRun(dist_info, backbone, stage_dir, tokenizer, data, cache)

@@ -50,6 +50,7 @@ from ..artifacts import atomic_write_text
 from ..config import option, result_differences
 from ..errors import ConfigError
 from . import distill
+from .depth import AUTO, describe_resolution, normalise_k, resolve_k
 from .distill import DistillOptions
 from .pipeline import EarlierStagesOptions, run_teacher_stages
 
@@ -132,6 +133,9 @@ class SweepOptions(EarlierStagesOptions):
             raise ConfigError(f"option metric: {self.metric!r} is not a dev metric of {task.name} "
                               f"({list(task.metrics)})")
         dims = self.dimensions()
+        if "k" in dims and any(normalise_k(v) == AUTO for v in dims["k"].candidates()):
+            raise ConfigError("option space: k values must be integers (auto is the default of the fixed --k, "
+                              "not a value to sweep)")
         if self.ptp_dir and ({"k", "variant"} & set(dims)):
             raise ConfigError("option ptp_dir: one PTP encoder cannot serve several k/variant values; drop ptp_dir "
                               "(each (k, variant) gets its own, built before the trials)")
@@ -342,6 +346,9 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("run the sweep as one process (not under deepspeed/torchrun); "
                           "each trial gets its own ranks with --workers_per_trial")
+    opts, k_auto = resolve_k(opts)  # the fixed k of the trials; the folders and sweep.json hold the integer
+    if k_auto is not None:
+        print(f"[dist-peakd] {describe_resolution(k_auto)}", flush=True)
     dims, name = opts.dimensions(), _sweep_name(opts)
     sweep_dir = opts.layout().sweep_dir(name).resolve()
     _check_depths(opts, dims)

@@ -1,0 +1,144 @@
+"""What a training stage writes into every model folder it exports (``best/``, ``final/``) besides the
+weights: the task's label names, the folder's record (``dist_peakd.json``) and a model card
+(``README.md``, :func:`dist_peakd.export.render_model_card`) whose dev metrics are the checkpoint's.
+
+The record keeps the card's inputs (``card``), so ``dist-peakd export`` re-renders the card for
+another format, and what ``evaluate``/``predict`` need to score the folder as the stage did
+(``task``, ``max_length``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..export import read_folder_record as read_record
+
+#: The command line that started this process (set by the CLI; None when stages run from Python).
+_COMMAND: list[str] | None = None
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def set_command(argv: list[str]) -> None:
+    """Remember the ``dist-peakd`` arguments of this process (the CLI calls it first)."""
+    global _COMMAND
+    _COMMAND = [a for a in argv if not a.startswith("--local_rank")]
+
+
+def command_line(stage: str, opts: Any) -> str:
+    """The exact command that made this run: the CLI's arguments (under a launcher, with its rank
+    count), else a ``dist-peakd <stage>`` line of the options that differ from their defaults."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    prefix = f"deepspeed --num_gpus {world} --module dist_peakd.cli" if world > 1 else "dist-peakd"
+    if _COMMAND:
+        return f"{prefix} {shlex.join(_COMMAND)}"
+    try:
+        defaults = type(opts)()
+    except Exception:  # an options class with required fields
+        defaults = None
+    args = [f"--{f.name}={getattr(opts, f.name)}" for f in dataclasses.fields(opts)
+            if defaults is None or getattr(opts, f.name) != getattr(defaults, f.name)]
+    return f"{prefix} {stage} {shlex.join(args)}  # (run from Python; options that differ from the defaults)"
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def task_card_info(task: Any) -> dict[str, Any]:
+    """The model-index ``dataset`` entry of a task (GLUE: the hub copy's id, config and dev split)."""
+    if getattr(task, "is_glue", False):
+        split = {"dev": "validation"}.get(task.dev_splits[0], task.dev_splits[0].replace("dev", "validation"))
+        return {"name": task.name, "dataset_name": f"GLUE {task.folder}", "dataset_type": "nyu-mll/glue",
+                "config": task.hub_config, "split": split}
+    return {"name": task.name, "dataset_name": task.name}
+
+
+def base_model_id(backbone: str) -> str | None:
+    """The hub id of the backbone for the card's ``base_model`` (None for a local folder)."""
+    if backbone == "minilm":
+        return MINILM_HUB_ID
+    return None if Path(backbone).exists() or "/" not in backbone else backbone
+
+
+@dataclass
+class ExportContext:
+    """What a stage knows about the model it exports, for the card and the record."""
+
+    stage: str                                   # teacher | ptp | distill
+    task: Any                                    # the data Task
+    opts: Any                                    # the resolved stage options
+    stage_dir: Path
+    method: dict[str, Any]                       # render_model_card's ``method``
+    stats: dict[str, Any]                        # model_stats of the model
+    label_names: list[str]
+    teacher_metrics: dict[str, float] | None = None
+    teacher_stats: dict[str, Any] | None = None
+
+    def card_inputs(self, which: str, metrics: dict[str, float]) -> dict[str, Any]:
+        """``render_model_card`` keyword arguments for the ``which`` (best | final) folder."""
+        dev: dict[str, dict[str, float]] = {which: dict(metrics)}
+        best = read_record(self.stage_dir / "best").get("metrics") if which != "best" else None
+        if best:
+            dev["best"] = best
+        if self.teacher_metrics:
+            dev["teacher"] = dict(self.teacher_metrics)
+        return jsonable({
+            "name": f"dist-peakd-{self.task.name}-{self.stage_dir.name}-{which}",
+            "task": task_card_info(self.task), "dev_metrics": dev, "method": self.method,
+            "stats": {**self.stats, "seq_len": self.opts.max_length},
+            "command": command_line(self.stage, self.opts), "options": dataclasses.asdict(self.opts),
+            "exported": which, "teacher_stats": self.teacher_stats,
+            "base_model": base_model_id(str(self.opts.backbone)),
+        })
+
+    def record(self, which: str, metrics: dict[str, float]) -> dict[str, Any]:
+        """The record's export fields: the card inputs, label names and how the stage scored the folder."""
+        return {"label_names": self.label_names, "max_length": self.opts.max_length,
+                "task_record": jsonable(self.task.describe()), "card": self.card_inputs(which, metrics)}
+
+
+def teacher_method(opts: Any) -> dict[str, Any]:
+    return {"kind": "teacher", "backbone": str(opts.backbone)}
+
+
+def student_method(opts: Any, model: Any, teacher: Path, kind: str = "student") -> dict[str, Any]:
+    """The card's ``method`` of a PTP encoder (``kind="ptp"``) or a distilled student."""
+    method = {"kind": kind, "teacher": str(teacher), "k": model.config.num_hidden_layers,
+              "variant": model.config.sps_variant, "num_effective_layers": len(model.config.sps_schedule),
+              "schedule": [list(map(_plain, e)) for e in model.config.sps_schedule], "backbone": str(opts.backbone)}
+    if kind == "student":
+        method["ptp"] = bool(opts.use_ptp)
+        method["distillation"] = (f"alpha {opts.alpha:g} x KD (T = {opts.temperature:g}) + (1 - alpha) x CE + "
+                                  f"beta {opts.beta:g} x Patient-KD")
+    return method
+
+
+def _plain(value: Any) -> Any:
+    return bool(value) if isinstance(value, bool) else int(value)
+
+
+def teacher_reference(teacher: Path, cache_manifest: dict[str, Any] | None) -> tuple[dict | None, dict | None]:
+    """The teacher's dev metrics (its cache's, else its folder's record) and its model_stats (record)."""
+    record = read_record(teacher)
+    metrics = (cache_manifest or {}).get("teacher_dev_metrics") or record.get("metrics")
+    return (dict(metrics) if metrics else None), record.get("model_stats")
+
+
+def model_label_names(task: Any) -> list[str]:
+    return [task.id2label()[i] for i in range(task.num_labels)]
+
+
+def folder_task_fields(folder: str | Path) -> dict[str, Any]:
+    """``task`` and ``max_length`` a stage recorded in ``folder`` (for evaluate/predict/export defaults)."""
+    record = read_record(folder)
+    out = {}
+    for key in ("task", "max_length"):
+        if record.get(key) is not None:
+            out[key] = record[key]
+    return out

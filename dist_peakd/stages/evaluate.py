@@ -1,0 +1,115 @@
+"""``dist-peakd evaluate``: the task's dev metrics of any model folder, as the stage that wrote it scored it.
+
+::
+
+    dist-peakd evaluate --model_dir runs/mrpc/distill-.../final                  # task, max_length from the folder
+    dist-peakd evaluate --model_dir exported/onnx --onnx_file model_int8.onnx --out int8.json
+    deepspeed --num_gpus 2 --module dist_peakd.cli evaluate --model_dir ...      # N ranks, same numbers
+
+The folder may be a stage's ``best/``/``final/`` (teacher or student), a plain export, or an
+ONNX folder (onnxruntime). Rows are read through the stages' data path (``prepare_data``: the same data
+options, slices and tokenization cache) and batched as the stages' dev evaluation batches them
+(:mod:`.inference`), so the metrics of a stage's folder equal the ones in its ``summary.json`` (fp32
+stages; a bf16 stage evaluated its bf16 weights, this command their fp32 export), the dev ``loss``
+(cross-entropy / MSE on the gold labels) included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import atomic_write_json
+from ..config import RunOptions, option
+from ..data import is_glue_name
+from ..engine import init_distributed
+from ..engine.tracking import with_eval_loss
+from ..errors import ConfigError
+from .cards import folder_task_fields
+from .common import collator_for, prepare_data
+from .finetune_teacher import metrics_from_logits
+from .inference import ModelFolder, has_labels, open_model_folder, rows_logits
+
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass
+class ModelDirOptions(RunOptions):
+    """Options of the commands that read a model folder (evaluate, predict, export): the folder, and the
+    task and sequence length it was trained with (read from the folder unless given)."""
+
+    task: str = option("", help="task of the model ('': the task its folder records)")
+    max_length: int = option(0, help="truncate sequences to this many tokens (0: the length the model was trained "
+                                     "with, recorded in its folder)")
+    model_dir: str | None = option(None, help="model folder a stage wrote (<stage>/best, <stage>/final, teacher "
+                                              "or student) or `dist-peakd export` wrote")
+
+    def validate(self) -> None:
+        if not self.model_dir:
+            raise ConfigError("option model_dir: required (a model folder, e.g. runs/mrpc/teacher/best)")
+        if not Path(self.model_dir).is_dir():
+            raise ConfigError(f"option model_dir: {self.model_dir!r} is not a folder")
+        recorded = folder_task_fields(self.model_dir)
+        if not self.task:
+            if "task" not in recorded:
+                raise ConfigError(f"option task: required ({self.model_dir} records no task)")
+            self.task = recorded["task"]
+        if not self.max_length:
+            self.max_length = int(recorded.get("max_length", DEFAULT_MAX_LENGTH))
+        super().validate()
+
+
+@dataclass
+class EvaluateOptions(ModelDirOptions):
+    """Which split to score, which ONNX graph (ONNX folders), where the metrics JSON goes."""
+
+    split: str = option("dev", help="split to score: dev (the task's dev split) or another labelled split name")
+    onnx_file: str | None = option(None, help="ONNX folders: the graph to run (model.onnx | model_int8.onnx; "
+                                              "default model.onnx)")
+    out: str | None = option(None, help="also write the result (metrics and what was scored) to this JSON file")
+
+    def validate(self) -> None:
+        super().validate()
+        check_split(self.task, self.split, allow_test=False)
+
+
+def check_split(task: str, split: str, allow_test: bool) -> None:
+    """Refuse a split name the (GLUE) task does not have; ``test`` only where it is allowed."""
+    if not is_glue_name(task):
+        return
+    from ..data import get_task
+
+    glue = get_task(task)
+    names = [n for n in glue.splits if allow_test or n not in glue.test_splits]
+    roles = ("dev", "test") if allow_test else ("dev",)
+    if split not in roles and split not in names:
+        hint = "" if allow_test else "; test splits have no labels: `dist-peakd predict` predicts them"
+        raise ConfigError(f"option split: {split!r} is not a {'' if allow_test else 'labelled '}split of "
+                          f"{glue.name} ({list(roles)} or one of {names}){hint}")
+
+
+def check_outputs(model: ModelFolder, task: Any) -> None:
+    if model.config.num_labels != task.num_labels:
+        raise ConfigError(f"option task: {model.folder} has {model.config.num_labels} outputs, {task.name} has "
+                          f"{task.num_labels} (a PTP encoder is not a task classifier: evaluate distill/*)")
+
+
+def run(opts: EvaluateOptions) -> dict[str, Any]:
+    """Score ``model_dir`` on the split; every rank returns the result, rank 0 writes ``--out``."""
+    dist_info = init_distributed()
+    model = open_model_folder(opts.model_dir, opts.onnx_file, dist_info.device)
+    data = prepare_data(opts, model.tokenizer, need_train=False, eval_split=opts.split)
+    check_outputs(model, data.task)
+    outputs = rows_logits(model, data.dev, collator_for(model.tokenizer), opts.eval_batch_size, dist_info)
+    if not has_labels(outputs["labels"], data.task.is_regression):
+        raise ConfigError(f"option split: {data.dev_split} of {data.task.name} has no labels; "
+                          "`dist-peakd predict` writes its predictions")
+    result = {**model.describe(), "task": data.task.name, "split": data.dev_split,
+              "rows": int(len(outputs["example_ids"])), "max_length": opts.max_length,
+              "eval_batch_size": opts.eval_batch_size, "world_size": dist_info.world_size,
+              "metrics": with_eval_loss(metrics_from_logits(data.task), data.task.is_regression)(outputs)}
+    if opts.out and dist_info.is_main:
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(opts.out, result)
+    return result

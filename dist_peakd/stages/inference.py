@@ -1,0 +1,131 @@
+"""Running a saved model folder (PyTorch or ONNX) over tokenized rows, on one rank or N.
+
+The batches are the training stages' evaluation batches: rows sorted by length (descending, stable),
+cut into ``eval_batch_size`` rows, padded by the same collator. With N ranks each rank runs *whole*
+batches (batch ``i`` on rank ``i mod N``) and the logits are gathered by example id, so every rank
+count gives the same logits as one rank, and one rank gives what the stage's own dev evaluation gave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..artifacts import verify_export
+from ..data import LengthGroupedBatchSampler
+from ..data.rows import fetch_rows
+from ..engine import DistInfo, all_gather_objects
+from ..errors import ConfigError
+from ..export import ExportError, OnnxLogits, load_model_folder, read_folder_record
+from ..export.onnx import ONNX_FILE, ONNX_INT8_FILE
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class ModelFolder:
+    """A loaded model folder: ``logits(batch) -> np.ndarray`` and what describes it."""
+
+    folder: Path
+    runtime: str                                  # "pytorch" | "onnxruntime"
+    graph: Path | None                            # the ONNX file (None for PyTorch)
+    tokenizer: Any
+    config: Any
+    logits: Callable[[Batch], np.ndarray]
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def label_names(self, task: Any) -> list[str]:
+        """Class names: the task's (the registry's) when they fit the model's outputs, else the folder's."""
+        if task is not None and task.num_labels == self.config.num_labels:
+            return [task.id2label()[i] for i in range(task.num_labels)]
+        return [str(self.config.id2label[i]) for i in range(self.config.num_labels)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_dir": str(self.folder), "runtime": self.runtime,
+                "graph": None if self.graph is None else self.graph.name}
+
+
+def is_onnx_folder(folder: str | Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in (ONNX_FILE, ONNX_INT8_FILE))
+
+
+def open_model_folder(model_dir: str | Path, onnx_file: str | None = None,
+                      device: torch.device | None = None) -> ModelFolder:
+    """Load a folder a stage or ``dist-peakd export`` wrote: an HF folder (compact SPS student, plain
+    BERT, teacher) in PyTorch fp32, or an ONNX folder in onnxruntime (``onnx_file``: which graph)."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"option model_dir: {str(folder)!r} is not a folder (give a stage's best/ or final/, "
+                          "or a folder `dist-peakd export` wrote)")
+    if not is_onnx_folder(folder):
+        if onnx_file is not None:
+            raise ConfigError(f"option onnx_file: {folder} holds no ONNX graph (it is a PyTorch folder)")
+        try:
+            model, tokenizer = load_model_folder(folder)
+        except ExportError as e:
+            raise ConfigError(str(e)) from None
+        model = model.to(device or torch.device("cpu"))
+        return ModelFolder(folder, "pytorch", None, _require_tokenizer(tokenizer, folder), model.config,
+                           _torch_logits(model), read_folder_record(folder))
+    from transformers import AutoConfig, AutoTokenizer
+
+    graph = folder / (onnx_file or ONNX_FILE)
+    if not graph.is_file():
+        present = [n for n in (ONNX_FILE, ONNX_INT8_FILE) if (folder / n).is_file()]
+        raise ConfigError(f"option onnx_file: {graph} not found; this folder has {present}")
+    verify_export(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    runner = OnnxLogits(graph)
+    return ModelFolder(folder, "onnxruntime", graph, tokenizer, AutoConfig.from_pretrained(str(folder)),
+                       runner, read_folder_record(folder))
+
+
+def _require_tokenizer(tokenizer: Any, folder: Path) -> Any:
+    if tokenizer is None:
+        raise ConfigError(f"option model_dir: {folder} has no tokenizer files (a stage's best/ and final/ do)")
+    return tokenizer
+
+
+def _torch_logits(model: torch.nn.Module) -> Callable[[Batch], np.ndarray]:
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def logits(batch: Batch) -> np.ndarray:
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    token_type_ids=batch["token_type_ids"].to(device))
+        return out.logits.float().cpu().numpy()
+
+    return logits
+
+
+def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """The row indices of each evaluation batch (as the stages' dev evaluation cuts them)."""
+    return LengthGroupedBatchSampler(lengths, global_batch_size=batch_size, shuffle=False).global_batches(0)
+
+
+def rows_logits(model: ModelFolder, rows: Any, collate: Callable[[list[dict]], Batch], batch_size: int,
+                dist_info: DistInfo) -> dict[str, np.ndarray]:
+    """``{"example_ids", "logits", "labels"}`` of every row, sorted by example id, on every rank."""
+    batches = eval_batches(list(rows["length"]), batch_size)
+    local: dict[str, list[np.ndarray]] = {"example_ids": [], "logits": [], "labels": []}
+    for share in batches[dist_info.rank::dist_info.world_size]:
+        batch = collate(fetch_rows(rows, share))
+        local["logits"].append(np.asarray(model.logits(batch), dtype=np.float32))
+        local["example_ids"].append(batch["example_ids"].numpy())
+        local["labels"].append(batch["labels"].numpy())
+    parts = [p for p in all_gather_objects(local) if p["logits"]]
+    merged = {k: np.concatenate([a for p in parts for a in p[k]]) for k in local}
+    ids, first = np.unique(merged["example_ids"], return_index=True)
+    if len(ids) != len(merged["example_ids"]):
+        raise RuntimeError("inference saw an example id twice across ranks")
+    return {k: v[first] for k, v in merged.items()}
+
+
+def has_labels(labels: np.ndarray, is_regression: bool) -> bool:
+    """False for an unlabelled (test) split: every label -1, or NaN for regression."""
+    return bool(np.isfinite(labels).any()) if is_regression else bool((labels >= 0).any())

@@ -176,8 +176,10 @@ def test_plain_and_onnx_exports_score_as_the_source(run, glue_dir):
                           (out / "ship" / "onnx", "model_int8.onnx")):
         result = evaluate.run(_opts(evaluate.EvaluateOptions, out, glue_dir, model_dir=str(folder), onnx_file=graph,
                                     max_eval_examples=40, eval_batch_size=16))
-        if graph is None:
-            assert result["metrics"] == want, folder
+        if graph is None:  # the task's metrics exactly; the dev loss to float precision (ONNX logits differ ~1e-6)
+            got = dict(result["metrics"])
+            assert got.pop("loss") == pytest.approx(want["loss"], rel=1e-6), folder
+            assert got == {k: v for k, v in want.items() if k != "loss"}, folder
         else:  # int8: reported, not equal
             assert set(result["metrics"]) == set(want) and result["graph"] == "model_int8.onnx"
 

@@ -22,7 +22,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from .config import build_options, option_meta
+from .config import OPTION_GROUPS, build_options, option_meta
 from .errors import ConfigError, UsageError
 
 #: ``--config`` is the one option that is not a field of an options class (it fills them).
@@ -131,7 +131,7 @@ def _is_main_process() -> bool:
 # (CLI name, module under dist_peakd.stages, options class, one-line description)
 STAGES: list[tuple[str, str, str, str]] = [
     ("finetune-teacher", "finetune_teacher", "FinetuneTeacherOptions",
-     "Fine-tune the teacher on a GLUE task; exports best/ and final/ in HF format."),
+     "Fine-tune the teacher on a GLUE task or your own data; exports best/ and final/ in HF format."),
     ("cache-teacher", "cache_teacher", "CacheTeacherOptions",
      "Run the fine-tuned teacher once over train and dev; store logits + per-layer [CLS] states."),
     ("ptp", "ptp", "PTPOptions",
@@ -183,15 +183,29 @@ _CONFIG_NOTE = ("Options come from --config FILE (a YAML/JSON mapping of option 
                 "folder made with other values of the result-relevant ones is refused, not reused.")
 
 
+def _grouped_lines(cls: type, fields: list[dataclasses.Field]) -> tuple[list[str], list[str]]:
+    """The option lines of ``fields``: the general ones, then a section per group (:data:`OPTION_GROUPS`)."""
+    general = [f for f in fields if option_meta(cls, f.name)["group"] is None]
+    lines = [_field_line(cls, f) for f in general]
+    sections: list[str] = []
+    for group, heading in OPTION_GROUPS.items():
+        members = [f for f in fields if option_meta(cls, f.name)["group"] == group]
+        if members:
+            sections += ["", f"{heading}:", *(_field_line(cls, f) for f in members)]
+    return lines, sections
+
+
 def stage_help(name: str, options_cls: type, doc: str) -> str:
-    """Help of one stage: every option with its default (the stage's own defaults), type and meaning."""
+    """Help of one stage: every option with its default (the stage's own defaults), type and meaning;
+    the grouped ones (data options ...) in their own sections."""
     from .config import RunOptions
 
     shared = {f.name for f in dataclasses.fields(RunOptions)}
     fields = dataclasses.fields(options_cls)
+    general, sections = _grouped_lines(options_cls, [f for f in fields if f.name in shared])
     lines = [f"usage: dist-peakd {name} [--config FILE] [--option value ...]", "", doc.strip(), "",
-             "Options (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP)]
-    lines += [_field_line(options_cls, f) for f in fields if f.name in shared]
+             "Options (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP), *general,
+             *sections]
     own = [f for f in fields if f.name not in shared]
     if own:
         lines += ["", f"{name} options:"]
@@ -218,8 +232,9 @@ def main_help() -> str:
     if missing:
         lines.append(f"  (not available in this installation: {', '.join(missing)})")
     lines += ["", _tasks_line()]
-    lines += ["", "Options every stage takes (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP)]
-    lines += [_field_line(RunOptions, f) for f in shared_fields]
+    general, sections = _grouped_lines(RunOptions, list(shared_fields))
+    lines += ["", "Options every stage takes (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP),
+              *general, *sections]
     lines += ["", "Stage options (--name=default) and the shared defaults a stage changes:"]
     for name, _, cls, _ in modules:
         fields = dataclasses.fields(cls)

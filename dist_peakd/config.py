@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import atomic_write_text
+from .data.options import DataOptions
 from .engine.ds_config import PRECISIONS, ZERO_STAGES, config_precision, load_ds_config
 from .engine.engine import EngineOptions
 from .engine.nonfinite import NAN_POLICIES
@@ -31,23 +32,38 @@ from .layout import RunLayout
 DEFAULT_BACKBONE = "minilm"
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, result: bool = True) -> Any:
+def option(default: Any = dataclasses.MISSING, *, help: str, result: bool = True, group: str | None = None) -> Any:
     """A dataclass field with its ``--help`` line and whether its value changes a stage's result.
 
     ``result=False`` marks options that only change how a run goes, not what it produces (logging,
     checkpoint cadence, where caches live, resources): a stage folder or a sweep made with other
-    values of them is still the same run and is resumed or reused.
+    values of them is still the same run and is resumed or reused. ``group`` puts the option in its
+    own section of ``--help`` (one of :data:`OPTION_GROUPS`; ``None``: the general options).
     """
-    return field(default=default, metadata={"help": help, "result": result})
+    metadata: dict[str, Any] = {"help": help, "result": result}
+    if group is not None:
+        metadata["group"] = group
+    return field(default=default, metadata=metadata)
+
+
+#: Sections of ``--help`` besides the general options: group name -> heading.
+OPTION_GROUPS: dict[str, str] = {
+    "data": "Data options (a GLUE task, or your own files / hub dataset; docs/OWN_DATA.md)",
+}
 
 
 def option_meta(cls: type, name: str) -> dict[str, Any]:
-    """``{"help", "result"}`` of option ``name`` of ``cls``, from the nearest class that declared it."""
+    """``{"help", "result", "group"}`` of option ``name`` of ``cls``, from the nearest class that
+    declared it (``group``: the nearest class that gave one; ``None`` for the general options)."""
+    meta: dict[str, Any] | None = None
+    group = None
     for klass in cls.__mro__:
         f = getattr(klass, "__dataclass_fields__", {}).get(name)
-        if f is not None and "help" in f.metadata:
-            return dict(f.metadata)
-    return {"help": "", "result": True}
+        if f is None or "help" not in f.metadata:
+            continue
+        meta = meta or dict(f.metadata)
+        group = group or f.metadata.get("group")
+    return {"help": "", "result": True, **(meta or {}), "group": group}
 
 
 def non_result_options(cls: type) -> frozenset[str]:
@@ -68,14 +84,43 @@ def result_differences(before: dict[str, Any], opts: Any, ignore: frozenset[str]
 class RunOptions:
     """Options every stage accepts (same names everywhere)."""
 
-    task: str = option("mrpc", help="GLUE task: cola, sst2, mrpc, stsb, rte, qnli")
+    task: str = option("mrpc", help="a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), or the "
+                                    "name of a run on your own data (its output folder)", group="data")
     output_dir: str = option("runs", help="runs go to <output_dir>/<task>/<stage>/ (shared storage for multi-node)",
                              result=False)
-    glue_dir: str | None = option(None, help="GLUE TSV folder (default $DIST_PEAKD_GLUE_DIR, else ../shared/glue)")
-    hub_dataset: str | None = option(None, help="read the task from the HF hub instead (e.g. nyu-mll/glue)")
+    glue_dir: str | None = option(None, help="GLUE TSV folder (default $DIST_PEAKD_GLUE_DIR, else ../shared/glue)",
+                                  group="data")
+    hub_dataset: str | None = option(None, help="a hub dataset id or local dataset folder: the GLUE copy to read "
+                                                "(e.g. nyu-mll/glue), or your own dataset", group="data")
+    # data: your own files or hub dataset (dist_peakd.data.DataOptions; same names and defaults)
+    hub_config: str | None = option(None, help="config of --hub_dataset (GLUE: default the task's name)", group="data")
+    train_file: str | None = option(None, help="own data: train file (.csv .tsv .json .jsonl .parquet)", group="data")
+    dev_file: str | None = option(None, help="own data: dev file (default: --dev_fraction of train, stratified)",
+                                  group="data")
+    test_file: str | None = option(None, help="own data: test file (labels optional)", group="data")
+    train_split: str | None = option(None, help="own hub data: train split name (default train)", group="data")
+    dev_split: str | None = option(None, help="own hub data: dev split (default validation, else dev, else carved)",
+                                   group="data")
+    test_split: str | None = option(None, help="own hub data: test split name (default test)", group="data")
+    text_columns: str | None = option(None, help="own data: text column, or two for pairs: a or a,b (default text)",
+                                      group="data")
+    label_column: str | None = option(None, help="own data: label or score column (default label)", group="data")
+    labels: str | None = option(None, help="own data: class names in class-index order, l1,l2,... (default: the "
+                                           "train split's values, sorted)", group="data")
+    problem: str | None = option(None, help="own data: binary | multiclass | regression (default: inferred from the "
+                                            "labels; float scores: regression)", group="data")
+    dev_fraction: float = option(0.1, help="own data without a dev split: share of train carved as dev "
+                                           "(stratified, seeded by --split_seed)", group="data")
+    positive_label: str | None = option(None, help="binary: the class whose F1 is 'f1' (default the second label)",
+                                        group="data")
+    metric: str | None = option(None, help="main metric: model selection and sweeps (default: the task's; own "
+                                           "data: accuracy, regression pearson)", group="data")
+    split_seed: int = option(0, help="seed of the carved dev split (not --seed: every stage and trial sees the "
+                                     "same split)", group="data")
     backbone: str = option(DEFAULT_BACKBONE, help="BERT checkpoint folder or hub id; 'minilm' = embedded "
                                                   "all-MiniLM-L6-v2")
-    max_length: int = option(128, help="truncate sequences to this many tokens")
+    max_length: int = option(128, help="truncate sequences to this many tokens (at most the backbone's "
+                                       "max_position_embeddings)")
     cache_dir: str | None = option(None, help="tokenization cache (default <output_dir>/.token_cache)", result=False)
     max_train_examples: int | None = option(None, help="use only the first N training examples")
     max_eval_examples: int | None = option(None, help="use only the first N dev examples")
@@ -121,8 +166,13 @@ class RunOptions:
     def task_dir(self) -> Path:
         return self.layout().task_dir
 
+    def data_options(self) -> DataOptions:
+        """The data options of this run (:class:`dist_peakd.data.DataOptions`)."""
+        return DataOptions.from_options(self)
+
     def validate(self) -> None:
         """Refuse bad values before any work starts, naming the option."""
+        self.data_options().validate()
         for name in ("max_length", "batch_size", "eval_batch_size", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"option {name}: must be >= 1, got {getattr(self, name)}")

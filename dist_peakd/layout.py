@@ -2,7 +2,8 @@
 
 ::
 
-    <output_dir>/.token_cache/                  tokenized splits (``--cache_dir`` moves it)
+    <output_dir>/.token_cache/                  tokenized splits (``--cache_dir`` moves it); hf_datasets/: own files parsed
+    <output_dir>/<task>/data.json               what the run's data are (sources, checksums, labels): every stage checks it
     <output_dir>/<task>/teacher/{best,final}/   finetune-teacher   (``--teacher_dir``: another teacher)
     <output_dir>/<task>/teacher_cache/          cache-teacher      (``--teacher_cache_dir``: elsewhere)
     <output_dir>/<task>/ptp-k<k>-<variant>/best ptp                (``--ptp_dir``: another encoder)
@@ -45,9 +46,9 @@ class RunLayout:
     def of(cls, opts: Any) -> RunLayout:
         """The layout of an options object (any of ``teacher_dir``, ``teacher_cache_dir``, ``ptp_dir``,
         ``cache_dir`` it has override the defaults)."""
-        from .data.tasks import get_task
+        from .data.options import DataOptions
 
-        return cls(Path(opts.output_dir), get_task(opts.task).name,
+        return cls(Path(opts.output_dir), DataOptions.from_options(opts).run_name(),
                    teacher_override=getattr(opts, "teacher_dir", None),
                    teacher_cache_override=getattr(opts, "teacher_cache_dir", None),
                    ptp_override=getattr(opts, "ptp_dir", None),
@@ -60,6 +61,16 @@ class RunLayout:
     @property
     def token_cache(self) -> Path:
         return Path(self.token_cache_override) if self.token_cache_override else self.output_dir / TOKEN_CACHE
+
+    @property
+    def datasets_cache(self) -> Path:
+        """HF ``datasets``' cache of own data files / hub datasets (beside the tokenization cache)."""
+        return self.token_cache / "hf_datasets"
+
+    @property
+    def data_record(self) -> Path:
+        """``data.json``: the run's data (sources, checksums, labels, carved dev split), checked by every stage."""
+        return self.task_dir / "data.json"
 
     def stage_dir(self, name: str) -> Path:
         """The folder of the stage run called ``name`` (``teacher``, ``ptp-k3-shuffle``, a distill run, ...)."""

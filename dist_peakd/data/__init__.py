@@ -19,7 +19,7 @@ from .errors import (
     UnknownTaskError,
 )
 from .options import FILE_FORMATS, DataOptions, check_max_length, position_limit
-from .own import LoadedData, check_data_record, data_record_differences, load_data, split_names
+from .own import LoadedData, check_data_record, data_record_differences, glue_task, load_data, split_names
 from .readers import (
     data_fingerprint,
     default_glue_dir,
@@ -75,6 +75,7 @@ __all__ = [
     "file_sha256",
     "get_task",
     "glue_features",
+    "glue_task",
     "is_glue_name",
     "load_data",
     "load_glue",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import EXIT_CONFIG, ConfigError, DataError
 
 GLUE_LAYOUT = "<glue_dir>/<FOLDER>/{train,dev,test}.tsv (MNLI: train, dev_matched, dev_mismatched, test_matched, test_mismatched)"
 
@@ -66,8 +66,14 @@ class EncodingError(DataError):
         super().__init__(f"{self.path}:{line}: not valid UTF-8 ({reason})")
 
 
-class DataOptionError(DataError):
-    """A data option with a bad value, or options that do not go together; names the option."""
+class DataOptionError(DataError, ConfigError):
+    """A data option with a bad value, or options that do not go together; names the option.
+
+    A configuration error (exit 2, like every refused option; the CLI reports it before any work),
+    and still a :class:`DataError` for callers of the data layer.
+    """
+
+    exit_code = EXIT_CONFIG
 
     def __init__(self, option: str, message: str) -> None:
         self.option = option

@@ -85,11 +85,19 @@ def load_data(opts: Any, splits: Sequence[str] | None = None, cache_dir: str | N
     return _load_own(opts, splits, cache_dir)
 
 
-def _load_glue(opts: DataOptions, splits: Sequence[str] | None) -> LoadedData:
+def glue_task(opts: Any) -> Task:
+    """The GLUE task the options name (``hub_config`` and ``metric`` applied), without reading its files."""
+    opts = DataOptions.from_options(opts).validate()
+    if not opts.is_glue:
+        raise DataOptionError("task", f"{opts.task!r} is not a GLUE task; its task comes from load_data")
     task = get_task(opts.task)
     if opts.hub_config is not None:
         task = dataclasses.replace(task, hub_config=str(opts.hub_config))
-    task = _with_metric(task, opts.metric)
+    return _with_metric(task, opts.metric)
+
+
+def _load_glue(opts: DataOptions, splits: Sequence[str] | None) -> LoadedData:
+    task = glue_task(opts)
     names = split_names(task, splits)
     dsd = load_glue(task, data_dir=opts.glue_dir, hub_id=opts.hub_dataset, splits=names)
     fp = data_fingerprint(task, data_dir=opts.glue_dir, hub_id=opts.hub_dataset, splits=names)

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,20 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
     a format version. It is written to a temporary folder and renamed into place, so an interrupted
     run never leaves a partial cache; a hit is loaded with ``load_from_disk`` without tokenizing.
     """
+    _check_inputs(dsdict, max_length, data_fingerprint)
+    if is_pair is None:
+        is_pair = any(any(t != "" for t in ds.unique("text_b")) for ds in dsdict.values())
+    key = _cache_key(dsdict, tokenizer_fingerprint(tokenizer), max_length, is_pair, data_fingerprint)
+    final = Path(cache_dir) / key
+    cached = _load_cached(final)
+    if cached is not None:
+        return cached, True
+    tokenized = _tokenize_splits(dsdict, tokenizer, max_length, is_pair, key)
+    _publish(tokenized, Path(cache_dir), key)
+    return load_from_disk(str(final)), False
+
+
+def _check_inputs(dsdict: DatasetDict, max_length: int, data_fingerprint: str) -> None:
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
     if not data_fingerprint:
@@ -93,18 +108,22 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
         missing = {"idx", "text_a", "text_b", "label"} - set(ds.column_names)
         if missing:
             raise ValueError(f"split {name!r} lacks column(s) {sorted(missing)}; expected a load_glue DatasetDict")
-    if is_pair is None:
-        is_pair = any(any(t != "" for t in ds.unique("text_b")) for ds in dsdict.values())
 
-    key = _cache_key(dsdict, tokenizer_fingerprint(tokenizer), max_length, is_pair, data_fingerprint)
-    cache_dir = Path(cache_dir)
-    final = cache_dir / key
-    if final.is_dir():
-        try:
-            return load_from_disk(str(final)), True
-        except Exception as e:  # a foreign or damaged folder: rebuild it
-            logger.warning("tokenization cache %s unreadable (%s); rebuilding", final, e)
-            shutil.rmtree(final, ignore_errors=True)
+
+def _load_cached(final: Path) -> DatasetDict | None:
+    """The cached tokenization in ``final``, or ``None`` (absent; a foreign or damaged folder is removed)."""
+    if not final.is_dir():
+        return None
+    try:
+        return load_from_disk(str(final))
+    except Exception as e:  # a foreign or damaged folder: rebuild it
+        logger.warning("tokenization cache %s unreadable (%s); rebuilding", final, e)
+        shutil.rmtree(final, ignore_errors=True)
+        return None
+
+
+def _encoder(tokenizer: Any, max_length: int, is_pair: bool) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The batched ``map`` function: texts -> token ids (truncated, unpadded), ids and labels kept."""
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         enc = tokenizer(
@@ -125,6 +144,11 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
             "length": [len(x) for x in ids],
         }
 
+    return encode
+
+
+def _tokenize_splits(dsdict: DatasetDict, tokenizer: Any, max_length: int, is_pair: bool, key: str) -> DatasetDict:
+    encode = _encoder(tokenizer, max_length, is_pair)
     out = {}
     for name, ds in dsdict.items():
         out[name] = ds.map(
@@ -137,8 +161,13 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
             new_fingerprint=hashlib.sha256(f"{key}\0{name}".encode()).hexdigest()[:32],
             desc=f"tokenizing {name}",
         ).select_columns(list(_TOKEN_COLUMNS))
-    tokenized = DatasetDict(out)
+    return DatasetDict(out)
 
+
+def _publish(tokenized: DatasetDict, cache_dir: Path, key: str) -> None:
+    """Write into a temporary folder, then rename to ``cache_dir/key`` (a lost race with another writer of
+    the same key is fine)."""
+    final = cache_dir / key
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=cache_dir))
     try:
@@ -151,4 +180,3 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_from_disk(str(final)), False

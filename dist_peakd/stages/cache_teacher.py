@@ -39,9 +39,9 @@ from ..engine import (
 )
 from ..errors import CacheCorruptError, CacheMismatchError, ConfigError
 from ..layout import TEACHER_CACHE
-from ..metrics import compute_metrics
+from ..metrics import metric_report
 from ..models import load_teacher, teacher_forward
-from .common import TaskData, collator_for, load_tokenizer, prepare_data, quiet_environment
+from .common import TaskData, collator_for, load_run_data, load_tokenizer, prepare_data, quiet_environment
 
 STAGE = TEACHER_CACHE
 
@@ -80,6 +80,7 @@ def _summary_of(cache: TeacherCache, skipped: bool, **extra: Any) -> dict[str, A
     return {"stage": STAGE, "cache_dir": str(cache.cache_dir), "skipped": skipped,
             "rows": {k: v["rows"] for k, v in m["splits"].items()},
             "teacher_dev_metrics": m.get("teacher_dev_metrics", {}),
+            "teacher_dev_warnings": m.get("teacher_dev_warnings", []),
             **{k: m.get(k) for k in (*IDENTITY_FIELDS, "num_labels", "num_layers", "hidden_size",
                                      "world_size", "created_at")},
             **extra}
@@ -183,7 +184,10 @@ def _write_manifest(cache_dir: Path, expected: dict[str, Any], shards: dict[str,
     dev = TeacherCache(cache_dir, manifest).split(data.dev_split)
     label_of = dict(zip(map(int, data.dev["idx"]), data.dev["label"], strict=True))
     labels = np.asarray([label_of[int(i)] for i in dev.ids])
-    manifest["teacher_dev_metrics"] = compute_metrics(data.task, dev.logits().numpy(), labels)
+    report = metric_report(data.task, dev.logits().numpy(), labels)
+    manifest["teacher_dev_metrics"], manifest["teacher_dev_warnings"] = report.values, report.warnings
+    for warning in report.warnings:
+        print(f"[dist-peakd] warning: teacher dev predictions: {warning}", flush=True)
     write_manifest(cache_dir, manifest)
     return manifest
 
@@ -195,11 +199,12 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     seed_everything(opts.seed)
     layout = opts.layout()
     cache_dir, teacher_dir = layout.teacher_cache, layout.teacher
+    loaded = load_run_data(opts)  # bad data are refused first, before anything is written
     if not (teacher_dir / "config.json").is_file():
         raise FileNotFoundError(f"teacher folder {teacher_dir} not found (no config.json); run "
                                 "finetune-teacher first or pass --teacher_dir")
     tokenizer = load_tokenizer(str(teacher_dir))
-    data = prepare_data(opts, tokenizer)
+    data = prepare_data(opts, tokenizer, loaded=loaded)
     decision = _decision(opts, dist_info, cache_dir, data, tokenizer, teacher_dir)
     if decision["action"] == "skip":
         summary = decision["summary"]

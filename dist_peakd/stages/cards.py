@@ -142,3 +142,22 @@ def folder_task_fields(folder: str | Path) -> dict[str, Any]:
         if record.get(key) is not None:
             out[key] = record[key]
     return out
+
+
+def folder_data_options(folder: str | Path) -> dict[str, Any]:
+    """The own-data options (files or hub dataset, columns, labels, ...) of the run that wrote ``folder``,
+    from its record, so evaluate / predict / export of an own-data model need only ``--model_dir``.
+    Empty for a GLUE task or a folder without a record."""
+    from ..data import DataOptions
+
+    record = read_record(folder)
+    options = (record.get("card") or {}).get("options") or record.get("options") or {}
+    names = [f.name for f in dataclasses.fields(DataOptions) if f.name not in ("task", "glue_dir")]
+    if DataOptions.from_options(_Namespace(options)).is_glue:
+        return {}
+    return {n: options[n] for n in names if options.get(n) is not None}
+
+
+class _Namespace:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)

@@ -10,15 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datasets import DatasetDict
+
 from .. import console
 from ..config import DEFAULT_BACKBONE, RunOptions, result_differences, save_resolved_config
 from ..data import (
+    DataError,
     DynamicPaddingCollator,
-    GlueTask,
     LengthGroupedBatchSampler,
-    data_fingerprint,
-    get_task,
-    load_glue,
+    LoadedData,
+    Task,
+    check_data_record,
+    check_max_length,
+    glue_task,
+    load_data,
     split_names,
     tokenize_dataset,
 )
@@ -56,12 +61,14 @@ def claim_stage_dir(stage_dir: Path, opts: Any) -> None:
         save_resolved_config(opts, stage_dir / "config.json")
 
 
-def start_stage(opts: RunOptions, stage_dir: Path) -> DistInfo:
-    """The first steps of every training stage: join the process group, seed, claim the stage folder."""
+def start_stage(opts: RunOptions, stage_dir: Path) -> tuple[DistInfo, LoadedData]:
+    """The first steps of every training stage: join the process group, seed, read and check the data
+    (:func:`load_run_data`: a refusal writes nothing), claim the stage folder."""
     dist_info = init_distributed()
     seed_everything(opts.seed)
+    loaded = load_run_data(opts)
     claim_stage_dir(stage_dir, opts)
-    return dist_info
+    return dist_info, loaded
 
 
 def resolve_backbone(name: str) -> str:
@@ -90,7 +97,7 @@ def load_tokenizer(path_or_id: str) -> Any:
 class TaskData:
     """A task's tokenized train and dev splits plus what the stages need to iterate them."""
 
-    task: GlueTask
+    task: Task
     train: Any
     dev: Any
     dev_split: str
@@ -99,17 +106,49 @@ class TaskData:
     source_fingerprint: str = ""  # the fingerprint of the same data unsliced (a full cache's)
 
 
-def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval_split: str = "dev") -> TaskData:
-    """Load the GLUE task (TSV folder or hub), slice it as asked, tokenize with the on-disk cache.
+def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "dev",
+                  check_run: bool = True) -> LoadedData:
+    """The run's data (a GLUE task or own files / hub dataset), checked before anything is written.
+
+    ``--max_length`` against the backbone's position limit (both numbers named), every file / row /
+    column (:func:`~dist_peakd.data.load_data`), then, on rank 0, ``<task_dir>/data.json``: written by
+    the first stage of the run, every later stage refused if its data differ (the error reaches
+    every rank). Not sliced (``max_*_examples``): :func:`prepare_data` does that. ``eval_split``: the
+    split served as dev (a role, ``dev`` or ``test``, or a split name). ``check_run=False`` (evaluate,
+    predict, export: a model folder, not a run): neither the backbone check nor ``data.json``.
+    """
+    if check_run:
+        check_max_length(opts.max_length, resolve_backbone(opts.backbone))
+    layout = opts.layout()
+    roles = (["train"] if need_train else []) + [eval_split]
+    loaded = load_data(opts, roles, cache_dir=str(layout.datasets_cache))
+    if not check_run:
+        return loaded
+    problem = None
+    if _rank() == 0:
+        try:
+            check_data_record(layout.data_record, loaded)
+        except DataError as e:
+            problem = str(e)
+    problem = broadcast_object(problem)
+    if problem:
+        raise DataError(problem)
+    return loaded
+
+
+def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval_split: str = "dev",
+                 loaded: LoadedData | None = None, check_run: bool = True) -> TaskData:
+    """The run's data (``loaded``, else :func:`load_run_data`), sliced as asked, tokenized with the on-disk
+    cache (keyed by the data fingerprint: files' checksums, columns, labels; the slices; the tokenizer).
 
     ``eval_split``: the split served as ``dev`` (a role, ``dev`` or ``test``, or a split name):
     evaluate and predict score other splits than the stages' dev split.
     """
-    task = get_task(opts.task)
+    data = loaded if loaded is not None else load_run_data(opts, need_train, eval_split, check_run)
+    task, dsd, fp = data.task, dict(data.splits), data.fingerprint
     dev_split = split_names(task, [eval_split])[0]
-    splits = (["train"] if need_train else []) + [dev_split]
-    dsd = load_glue(task, data_dir=opts.glue_dir, hub_id=opts.hub_dataset, splits=splits)
-    fp = data_fingerprint(task, data_dir=opts.glue_dir, hub_id=opts.hub_dataset, splits=splits)
+    if not need_train:
+        dsd.pop("train", None)
     if opts.max_train_examples and need_train:
         n = min(opts.max_train_examples, len(dsd["train"]))
         dsd["train"] = dsd["train"].select(range(n))
@@ -118,9 +157,52 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval
         dsd[dev_split] = dsd[dev_split].select(range(n))
     source_fp = hashlib.sha256(f"{fp}|train:None|eval:None".encode()).hexdigest()
     fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
-    tokenized, hit = tokenize_dataset(dsd, tokenizer, opts.max_length, opts.layout().token_cache, fp)
+    tokenized, hit = tokenize_dataset(DatasetDict(dsd), tokenizer, opts.max_length, opts.layout().token_cache, fp,
+                                      is_pair=task.is_pair)
     return TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
                     dev_split=dev_split, fingerprint=fp, cache_hit=hit, source_fingerprint=source_fp)
+
+
+def run_task(opts: RunOptions) -> Task:
+    """The run's :class:`~dist_peakd.data.Task` (problem, labels, metrics with ``--metric``) for commands
+    that decide before the stages load the data (pipeline, sweep): a GLUE task without reading it, own
+    data from its train split (checked like every stage checks it)."""
+    if opts.data_options().is_glue:
+        return glue_task(opts)
+    layout = opts.layout()
+    return load_data(opts, ["train"], cache_dir=str(layout.datasets_cache)).task
+
+
+def set_task_labels(model: Any, task: Task) -> Any:
+    """Name the model's classes as the task does (``id2label`` / ``label2id`` of its config, so of every
+    export): :meth:`Task.id2label` is the one source (GLUE: the hub's class names; own data: the labels)."""
+    id2label = task.id2label()
+    model.config.id2label = dict(id2label)
+    model.config.label2id = {name: i for i, name in id2label.items()}
+    return model
+
+
+class MetricWarnings:
+    """The dev metrics of a stage with :func:`~dist_peakd.metrics.metric_report`'s warnings beside them.
+
+    ``metric_fn(task, to_metric_inputs)`` gives the trainer's metric function: it prints each new
+    warning (rank 0) next to the eval line and keeps them, in order, in :attr:`seen`, which the
+    stage puts in its summary (``metric_warnings``).
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def report(self, task: Task, predictions: Any, labels: Any) -> dict[str, float]:
+        from ..metrics import metric_report
+
+        report = metric_report(task, predictions, labels)
+        for warning in report.warnings:
+            if _rank() == 0:
+                print(f"[dist-peakd] warning: {warning}", flush=True)
+            if warning not in self.seen:
+                self.seen.append(warning)
+        return report.values
 
 
 def train_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGroupedBatchSampler:
@@ -153,12 +235,16 @@ def build_engine(model: Any, opts: RunOptions, batches: TrainData, dist_info: Di
     return Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
 
 
-def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], **hparams: Any) -> Tracker:
+def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], task: Task | None = None,
+                 **hparams: Any) -> Tracker:
     """TensorBoard in the stage folder itself (rank 0 only: the run is named like the folder), with the run's
-    full config and its HParams session (``hparams``: :meth:`Tracker.config`'s keywords, e.g. the metric
-    names including ``loss`` and the teacher's ``reference`` metrics)."""
+    full config and its HParams session (``hparams``: :meth:`Tracker.config`'s keywords, e.g. the teacher's
+    ``reference`` metrics). ``task``: the dev metrics are the task's (own data, ``--metric``) plus the dev
+    ``loss``, unless ``hparams`` names them; else the tracker's default for the config."""
     tracker = Tracker(tensorboard_dir(stage_dir), enabled=dist_info.is_main)
     if dist_info.is_main:
+        if task is not None:
+            hparams = {"main_metric": task.main_metric, "metric_names": [*task.metrics, "loss"], **hparams}
         tracker.config(config, **hparams)
     return tracker
 

@@ -29,7 +29,16 @@ from ..layout import RunLayout
 from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
 from .cards import ExportContext, model_label_names, student_method, teacher_reference
-from .common import build_engine, completed_summary, fit_tracked, open_tracker, stage_exporter, trainer_data
+from .common import (
+    MetricWarnings,
+    build_engine,
+    completed_summary,
+    fit_tracked,
+    open_tracker,
+    set_task_labels,
+    stage_exporter,
+    trainer_data,
+)
 from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
 from .student_common import K_HELP, StudentRun, open_student_run, validate_student_options
@@ -81,22 +90,23 @@ class DistillOptions(RunOptions):
 
 def build_distill_student(opts: DistillOptions, layout: RunLayout, run_: StudentRun) -> torch.nn.Module:
     """The student: the PTP encoder of this shape with a fresh head, or the backbone's bottom k layers."""
-    num_labels = run_.data.task.num_labels
+    task = run_.data.task
     if not opts.use_ptp:
-        return build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=num_labels)
+        return set_task_labels(build_student(run_.backbone, k=opts.k, variant=opts.variant,
+                                             num_labels=task.num_labels), task)
     ptp_dir = layout.ptp_encoder(opts.k, opts.variant)
     if not (ptp_dir / "config.json").is_file():
         raise FileNotFoundError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` "
                                 f"with the same k/variant first, or pass --use_ptp=False)")
-    model = load_student(ptp_dir, num_labels=num_labels)
+    model = load_student(ptp_dir, num_labels=task.num_labels)
     if model.config.num_hidden_layers != opts.k or model.config.sps_variant != opts.variant:
         raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={model.config.num_hidden_layers}, "
                           f"variant={model.config.sps_variant}; this run asks k={opts.k}, variant={opts.variant}")
-    return model
+    return set_task_labels(model, task)
 
 
 def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_cfg: DistillLossConfig,
-                      device: torch.device) -> Objective:
+                      device: torch.device, warnings: MetricWarnings | None = None) -> Objective:
     """KD + CE + Patient-KD against the cached teacher outputs, looked up by example id."""
     task, train_cache = run_.data.task, run_.cache.split("train")
 
@@ -116,7 +126,7 @@ def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_c
                                  batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression)
 
     return Objective(loss_fn=loss_fn, predict_fn=logits_predict,
-                     metric_fn=with_eval_loss(metrics_from_logits(task), task.is_regression),
+                     metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
                      main_metric=task.main_metric, batch_hook=add_teacher_outputs)
 
 
@@ -140,7 +150,7 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     tracker = open_tracker(run_.stage_dir, run_.dist_info, {
         **opts.__dict__, "stage": "distill", "world_size": run_.dist_info.world_size, "loss_weights": weights,
         "layer_map": layer_map, "precision_resolved": engine.precision, "total_steps": engine.total_steps},
-        metric_names=(*run_.data.task.metrics, "loss"), reference=run_.cache.manifest.get("teacher_dev_metrics"))
+        task=run_.data.task, reference=run_.cache.manifest.get("teacher_dev_metrics"))
     tracker.text("loss", f"weights kd={weights['kd']} ce={weights['ce']} pt={weights['pt']}; "
                          f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
                          f"Patient-KD map (student, teacher) = {layer_map}")
@@ -149,13 +159,16 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     context = ExportContext("distill", run_.data.task, opts, run_.stage_dir,
                             student_method(opts, model, layout.teacher), stats, model_label_names(run_.data.task),
                             teacher_metrics=teacher_metrics, teacher_stats=teacher_stats)
-    export = stage_exporter(engine, tokenizer=run_.tokenizer, head={"stage": "distill", "task": run_.data.task.name},
+    export = stage_exporter(engine, tokenizer=run_.tokenizer,
+                            head={"stage": "distill", "task": run_.data.task.name, "data": run_.data.task.describe()},
                             tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context)
+    warnings = MetricWarnings()
     loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
     trainer = Trainer(
-        engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device), run_.stage_dir, tracker,
-        loop, export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
+        engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device, warnings), run_.stage_dir,
+        tracker, loop, export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
                        "layer_map": layer_map,
-                       "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics")})
+                       "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics"),
+                       "metric_warnings": warnings.seen})
     return fit_tracked(trainer, tracker)

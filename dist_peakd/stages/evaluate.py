@@ -16,6 +16,7 @@ stages; a bf16 stage evaluated its bf16 weights, this command their fp32 export)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from ..data import is_glue_name
 from ..engine import init_distributed
 from ..engine.tracking import with_eval_loss
 from ..errors import ConfigError
-from .cards import folder_task_fields
+from .cards import folder_data_options, folder_task_fields
 from .common import collator_for, prepare_data
 from .finetune_teacher import metrics_from_logits
 from .inference import ModelFolder, has_labels, open_model_folder, rows_logits
@@ -57,7 +58,19 @@ class ModelDirOptions(RunOptions):
             self.task = recorded["task"]
         if not self.max_length:
             self.max_length = int(recorded.get("max_length", DEFAULT_MAX_LENGTH))
+        self._fill_data_options()
         super().validate()
+
+    def _fill_data_options(self) -> None:
+        """Own data: the files / hub dataset, columns and labels the folder's run recorded, unless the
+        command line gives a data source of its own (then all of its data options are the user's)."""
+        if is_glue_name(self.task) or self.train_file or self.dev_file or self.test_file or self.hub_dataset:
+            return
+        recorded = folder_data_options(self.model_dir)
+        if recorded and folder_task_fields(self.model_dir).get("task") == self.task:
+            for name, value in recorded.items():
+                if getattr(self, name) == _default(type(self), name):
+                    setattr(self, name, value)
 
 
 @dataclass
@@ -72,6 +85,11 @@ class EvaluateOptions(ModelDirOptions):
     def validate(self) -> None:
         super().validate()
         check_split(self.task, self.split, allow_test=False)
+
+
+def _default(cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default if field.default is not dataclasses.MISSING else None
 
 
 def check_split(task: str, split: str, allow_test: bool) -> None:
@@ -99,7 +117,7 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     """Score ``model_dir`` on the split; every rank returns the result, rank 0 writes ``--out``."""
     dist_info = init_distributed()
     model = open_model_folder(opts.model_dir, opts.onnx_file, dist_info.device)
-    data = prepare_data(opts, model.tokenizer, need_train=False, eval_split=opts.split)
+    data = prepare_data(opts, model.tokenizer, need_train=False, eval_split=opts.split, check_run=False)
     check_outputs(model, data.task)
     outputs = rows_logits(model, data.dev, collator_for(model.tokenizer), opts.eval_batch_size, dist_info)
     if not has_labels(outputs["labels"], data.task.is_regression):

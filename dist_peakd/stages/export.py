@@ -85,7 +85,8 @@ def _card(record: dict[str, Any], fmt: str, stats: dict[str, Any] | None) -> tup
 
 def verify_batches(opts: ExportOptions, tokenizer: Any) -> list[dict[str, Any]]:
     """``verify_rows`` dev rows of the model's task, in padded batches of up to 16 (the ONNX check)."""
-    data = prepare_data(dataclasses.replace(opts, max_eval_examples=opts.verify_rows), tokenizer, need_train=False)
+    data = prepare_data(dataclasses.replace(opts, max_eval_examples=opts.verify_rows), tokenizer, need_train=False,
+                        check_run=False)
     collate = collator_for(tokenizer)
     return [collate(fetch_rows(data.dev, b)) for b in eval_batches(list(data.dev["length"]), VERIFY_BATCH_SIZE)]
 

@@ -19,10 +19,10 @@ from ..engine.tracking import with_eval_loss
 from ..engine.trainer import Objective, Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
-from ..metrics import compute_metrics
 from ..models import load_teacher, model_stats
 from .cards import ExportContext, model_label_names, teacher_method
 from .common import (
+    MetricWarnings,
     build_engine,
     completed_summary,
     fit_tracked,
@@ -30,6 +30,7 @@ from .common import (
     open_tracker,
     prepare_data,
     resolve_backbone,
+    set_task_labels,
     stage_exporter,
     start_stage,
     trainer_data,
@@ -72,45 +73,50 @@ def logits_predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> di
     return {"logits": out.logits.float(), "labels": batch["labels"]}
 
 
-def metrics_from_logits(task: Any):
+def metrics_from_logits(task: Any, warnings: MetricWarnings | None = None):
+    """The dev metrics of gathered logits (``warnings``: where degenerate predictions are reported)."""
+    warnings = warnings or MetricWarnings()
+
     def metric_fn(preds: dict[str, np.ndarray]) -> dict[str, float]:
         logits = preds["logits"]
         predictions = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-        return compute_metrics(task, predictions, preds["labels"])
+        return warnings.report(task, predictions, preds["labels"])
 
     return metric_fn
 
 
-def classification_objective(task: Any) -> Objective:
+def classification_objective(task: Any, warnings: MetricWarnings | None = None) -> Objective:
     """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics and the dev loss."""
     return Objective(loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
-                     metric_fn=with_eval_loss(metrics_from_logits(task), task.is_regression),
+                     metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
                      main_metric=task.main_metric)
 
 
 def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict."""
     stage_dir = opts.layout().teacher_stage
-    dist_info = start_stage(opts, stage_dir)
+    dist_info, loaded = start_stage(opts, stage_dir)
     done = completed_summary(stage_dir)
     if done is not None:
         return done
     tokenizer = load_tokenizer(opts.backbone)
-    data = prepare_data(opts, tokenizer)
-    model = load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels)
+    data = prepare_data(opts, tokenizer, loaded=loaded)
+    model = set_task_labels(load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels),
+                            data.task)
     batches = trainer_data(data, tokenizer, opts, dist_info)
     engine = build_engine(model, opts, batches, dist_info)
     tracker = open_tracker(stage_dir, dist_info, {
         **opts.__dict__, "stage": STAGE, "world_size": dist_info.world_size,
         "gradient_accumulation_steps": engine.gradient_accumulation_steps,
-        "precision_resolved": engine.precision, "total_steps": engine.total_steps},
-        metric_names=(*data.task.metrics, "loss"))
+        "precision_resolved": engine.precision, "total_steps": engine.total_steps}, task=data.task)
     stats = model_stats(engine.module, seq_len=opts.max_length)
     context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts), stats,
                             model_label_names(data.task))
-    export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name}, {"model_stats": stats},
-                            context)
-    trainer = Trainer(engine, batches, classification_objective(data.task), stage_dir, tracker,
+    export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name, "data": data.task.describe()},
+                            {"model_stats": stats}, context)
+    warnings = MetricWarnings()
+    trainer = Trainer(engine, batches, classification_objective(data.task, warnings), stage_dir, tracker,
                       dataclasses.replace(opts.loop_options(), label="teacher"), export,
-                      extra_summary={"model_stats": stats, "stage_dir": str(stage_dir)})
+                      extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),
+                                     "metric_warnings": warnings.seen})
     return fit_tracked(trainer, tracker)

@@ -21,12 +21,14 @@ import torch
 from .. import console
 from ..artifacts import atomic_write_text
 from ..config import RunOptions, option
+from ..data import glue_task
 from ..engine import barrier, broadcast_object, init_distributed
 from ..errors import ConfigError
 from . import cache_teacher, distill, finetune_teacher, ptp
-from .common import options_differences
+from .common import options_differences, run_task
 from .depth import announce_k, resolve_k
 from .distill import DistillOptions
+from .ptp import validate_threshold_rule
 
 # Named presets: applied under the user's own options (the command line always wins).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -54,8 +56,12 @@ class EarlierStagesOptions(DistillOptions):
         super().validate()
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"option preset: {self.preset!r} is not one of {sorted(PRESETS)}")
-        if self.threshold_rule not in ("median", "paper"):
-            raise ConfigError(f"option threshold_rule: {self.threshold_rule!r} is not one of ['median', 'paper']")
+        data = self.data_options()
+        if data.is_glue and glue_task(data).is_regression:  # PTP is skipped: only the spelling matters
+            if self.threshold_rule not in ("median", "paper"):
+                raise ConfigError(f"option threshold_rule: {self.threshold_rule!r} is not one of ['median', 'paper']")
+        else:
+            validate_threshold_rule(self.threshold_rule, data)
 
 
 @dataclass
@@ -200,13 +206,12 @@ def _model_row(name: str, model: torch.nn.Module, metrics: dict[str, Any], batch
 def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], student_summary: dict[str, Any],
                                 device: torch.device) -> tuple[list[dict[str, Any]], int]:
     """Rank 0: the teacher-vs-student rows (metrics, size, FLOPs, latency on one dev batch)."""
-    from ..data import get_task
     from ..models import load_student, load_teacher
     from .common import collator_for, load_tokenizer, prepare_data
 
-    task = get_task(opts.task)
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(_subset(opts, RunOptions), tokenizer, need_train=False)
+    task = data.task
     dev_rows = [data.dev[i] for i in range(min(opts.latency_batch_size, len(data.dev)))]
     batch = collator_for(tokenizer)(dev_rows)
     teacher_model = load_teacher(opts.layout().teacher, num_labels=task.num_labels).to(device)
@@ -228,13 +233,11 @@ def add_latency_to_card(student_dir: Path, rows: list[dict[str, Any]], batch: in
 
 def run(opts: PipelineOptions) -> dict[str, Any]:
     """Run (or resume) every stage for one task and write the summary table."""
-    from ..data import get_task
-
     t_start = time.perf_counter()
     dist_info = init_distributed()
     opts, k_auto = resolve_k(opts)
     announce_k(k_auto, dist_info)
-    task = get_task(opts.task)
+    task = run_task(opts)
     layout = opts.layout()
     log: list[str] = []
     use_ptp = opts.use_ptp and not task.is_regression

@@ -160,7 +160,7 @@ def run(opts: PredictOptions) -> dict[str, Any]:
         task, split = input_task(opts, model), "input"
         rows = input_rows(opts, task, model.tokenizer)
     else:
-        data = prepare_data(opts, model.tokenizer, need_train=False, eval_split=opts.split)
+        data = prepare_data(opts, model.tokenizer, need_train=False, eval_split=opts.split, check_run=False)
         task, split, rows = data.task, data.dev_split, data.dev
     check_outputs(model, task)
     outputs = rows_logits(model, rows, collator_for(model.tokenizer), opts.eval_batch_size, dist_info)

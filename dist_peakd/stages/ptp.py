@@ -47,11 +47,21 @@ class PTPOptions(RunOptions):
     def validate(self) -> None:
         super().validate()
         self.k = validate_student_options(self.k, self.variant)
-        if self.threshold_rule not in ("median", "paper"):
-            raise ConfigError(f"option threshold_rule: {self.threshold_rule!r} is not one of ['median', 'paper']")
+        validate_threshold_rule(self.threshold_rule, self.data_options())
 
     def stage_name(self) -> str:
         return ptp_stage_name(self.k, self.variant)
+
+
+def validate_threshold_rule(rule: str, data: Any) -> None:
+    """``median`` always; ``paper`` only for the GLUE tasks the reference code has constants for."""
+    from ..distill.ptp import PAPER_THRESHOLDS
+
+    if rule not in ("median", "paper"):
+        raise ConfigError(f"option threshold_rule: {rule!r} is not one of ['median', 'paper']")
+    if rule == "paper" and (not data.is_glue or data.run_name() not in PAPER_THRESHOLDS):
+        raise ConfigError(f"option threshold_rule: 'paper' has constants for the GLUE tasks "
+                          f"{sorted(PAPER_THRESHOLDS)} only, not {data.task!r}; use threshold_rule=median")
 
 
 def _labels_by_id(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -114,21 +124,26 @@ def ptp_targets(opts: PTPOptions, run_: StudentRun) -> tuple[np.ndarray, np.ndar
     return train_ptp, dev_ptp, info
 
 
+def refuse_regression(task: Any) -> None:
+    """PTP needs a right/wrong teacher prediction: refuse a regression task (any number of classes is fine)."""
+    if task.is_regression:
+        raise ConfigError(f"option task: PTP is defined for classification tasks only; {task.name} is regression "
+                          "(its teacher has no right or wrong prediction): run distill with --use_ptp=False "
+                          "(the pipeline and sweeps skip PTP on regression tasks)")
+
+
 def run(opts: PTPOptions) -> dict[str, Any]:
     """Label from the cache, pretrain the 4-way student, keep the lowest-dev-PTP-loss encoder."""
-    from ..data import get_task
-
-    if get_task(opts.task).is_regression:
-        raise ConfigError(f"option task: PTP is defined for classification tasks only; {get_task(opts.task).name} "
-                          "is regression (run distill with --use_ptp=False)")
     opts, k_auto = resolve_k(opts)
-    run_ = open_student_run(opts, opts.layout())
+    run_ = open_student_run(opts, opts.layout(), check_task=refuse_regression)
     done = completed_summary(run_.stage_dir)
     if done is not None:
         return done
     announce_k(k_auto, run_.dist_info)
     train_ptp, dev_ptp, ptp_info = ptp_targets(opts, run_)
     model = build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES)
+    model.config.id2label = dict(enumerate(PTP_CLASS_NAMES))  # 4 PTP classes whatever the task's label count
+    model.config.label2id = {name: i for i, name in enumerate(PTP_CLASS_NAMES)}
     batches = trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info)
     engine = build_engine(model, opts, batches, run_.dist_info)
     tracker = open_tracker(run_.stage_dir, run_.dist_info, {

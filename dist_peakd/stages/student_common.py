@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import RunOptions
+from ..data import Task
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..models import VARIANTS
@@ -73,21 +75,25 @@ class StudentRun:
     cache: Any
 
 
-def open_student_run(opts: Any, layout: RunLayout) -> StudentRun:
-    """The shared preamble of the student stages: init, seed, depth check, stage-folder claim, data,
-    and the teacher cache verified against this run (sizes; checksums are the cache stage's job)."""
+def open_student_run(opts: Any, layout: RunLayout, check_task: Callable[[Task], None] | None = None) -> StudentRun:
+    """The shared preamble of the student stages: init, seed, depth check, the data read and checked
+    (``check_task(task)`` may refuse the task), stage-folder claim, tokenized data, and the teacher
+    cache verified against this run (sizes; checksums are the cache stage's job). A refusal writes nothing."""
     from ..cache import TeacherCache
     from ..engine import init_distributed, seed_everything
-    from .common import claim_stage_dir, load_tokenizer, prepare_data, resolve_backbone
+    from .common import claim_stage_dir, load_run_data, load_tokenizer, prepare_data, resolve_backbone
 
     dist_info = init_distributed()
     seed_everything(opts.seed)
     backbone = resolve_backbone(opts.backbone)
     check_k_against_backbone(opts.k, backbone)
+    loaded = load_run_data(opts)
+    if check_task is not None:
+        check_task(loaded.task)
     stage_dir = layout.stage_dir(opts.stage_name())
     claim_stage_dir(stage_dir, opts)
     tokenizer = load_tokenizer(opts.backbone)
-    data = prepare_data(opts, tokenizer)
+    data = prepare_data(opts, tokenizer, loaded=loaded)
     cache = TeacherCache.open(layout.teacher_cache,
                               expected=expected_cache_identity(opts, data, layout.teacher, tokenizer), verify="size")
     return StudentRun(dist_info, backbone, stage_dir, tokenizer, data, cache)

@@ -72,7 +72,6 @@ class SweepOptions(EarlierStagesOptions):
                                                 "trials (default 8)")
     search: str = option("grid", help="grid | random | optuna (optuna must be installed)")
     scheduler: str = option("asha", help="asha | fifo")
-    metric: str | None = option(None, help="metric to optimise (default: the task's main metric)")
     mode: str = option("max", help="max | min")
     scope: str = option("last", help="rank trials by their final metric (last) or best-on-dev (all)")
     grace_period: int = option(1, help="ASHA: evaluations before a trial can be stopped")
@@ -101,8 +100,6 @@ class SweepOptions(EarlierStagesOptions):
 
     def validate(self) -> None:
         super().validate()
-        from ..data import get_task
-
         choices = {"search": ("grid", "random", "optuna"), "scheduler": ("asha", "fifo"), "mode": ("max", "min"),
                    "scope": ("last", "all"), "trial_backend": ("auto", "function", "ray_train")}
         for name, allowed in choices.items():
@@ -128,10 +125,8 @@ class SweepOptions(EarlierStagesOptions):
         if self.search == "optuna" and importlib.util.find_spec("optuna") is None:
             raise ConfigError("option search: 'optuna' needs the optuna package (pip install optuna); "
                               "or use search=random or search=grid")
-        task = get_task(self.task)
-        if self.resolved_metric() not in task.metrics:
-            raise ConfigError(f"option metric: {self.metric!r} is not a dev metric of {task.name} "
-                              f"({list(task.metrics)})")
+        if self.data_options().is_glue:  # own data: load_data checks --metric against the problem
+            self.resolved_metric()
         dims = self.dimensions()
         if "k" in dims and any(normalise_k(v) == AUTO for v in dims["k"].candidates()):
             raise ConfigError("option space: k values must be integers (auto is the default of the fixed --k, "
@@ -147,10 +142,12 @@ class SweepOptions(EarlierStagesOptions):
         valid = {f.name for f in dataclasses.fields(DistillOptions)}
         return parse_space(load_space(self.space, self.space_file), valid, self.search)
 
-    def resolved_metric(self) -> str:
-        from ..data import get_task
+    def resolved_metric(self, task: Any = None) -> str:
+        """The metric trials are ranked by: ``--metric``, else the task's main metric (``task``: the run's
+        :class:`~dist_peakd.data.Task`, needed for own data; GLUE tasks are looked up)."""
+        from ..data import glue_task
 
-        return self.metric or get_task(self.task).main_metric
+        return (task or glue_task(self)).main_metric
 
     def backend(self) -> str:
         if self.trial_backend != "auto":
@@ -161,10 +158,10 @@ class SweepOptions(EarlierStagesOptions):
         return self.num_samples or (1 if self.search == "grid" else 8)
 
 
-    def tuner_spec(self, max_t: int, expected_trials: int, swept: tuple[str, ...]) -> Any:
+    def tuner_spec(self, max_t: int, expected_trials: int, swept: tuple[str, ...], task: Any = None) -> Any:
         from ..sweep.tuner import TunerSpec
 
-        return TunerSpec(metric=self.resolved_metric(), mode=self.mode, search=self.search, scheduler=self.scheduler,
+        return TunerSpec(metric=self.resolved_metric(task), mode=self.mode, search=self.search, scheduler=self.scheduler,
                          num_samples=self.samples(), grace_period=self.grace_period,
                          reduction_factor=self.reduction_factor, max_concurrent_trials=self.max_concurrent_trials,
                          max_failures=self.max_failures, seed=self.seed, resume_errored=self.resume_errored,
@@ -219,10 +216,13 @@ def _trial_base(opts: SweepOptions, use_ptp: bool) -> dict[str, Any]:
     names = [f.name for f in dataclasses.fields(DistillOptions) if f.name != "run_name"]
     base = {n: getattr(opts, n) for n in names}
     base["use_ptp"] = use_ptp
-    for name in ("output_dir", "glue_dir", "cache_dir", "teacher_cache_dir", "teacher_dir", "ptp_dir"):
+    for name in ("output_dir", "glue_dir", "cache_dir", "teacher_cache_dir", "teacher_dir", "ptp_dir",
+                 "train_file", "dev_file", "test_file"):
         if base.get(name):
             base[name] = str(Path(base[name]).resolve())
-    if base["glue_dir"] is None and base["hub_dataset"] is None:
+    if base["hub_dataset"] and Path(base["hub_dataset"]).exists():  # a local dataset folder
+        base["hub_dataset"] = str(Path(base["hub_dataset"]).resolve())
+    if opts.data_options().is_glue and base["glue_dir"] is None and base["hub_dataset"] is None:
         base["glue_dir"] = str(default_glue_dir().resolve())
     for name in ("backbone", "ds_config"):
         if Path(base[name]).exists():
@@ -230,17 +230,16 @@ def _trial_base(opts: SweepOptions, use_ptp: bool) -> dict[str, Any]:
     return base
 
 
-def prepare_shared_stages(opts: SweepOptions, dims: dict[str, Any]) -> tuple[list[str], bool]:
+def prepare_shared_stages(opts: SweepOptions, dims: dict[str, Any], task: Any) -> tuple[list[str], bool]:
     """Teacher fine-tune, teacher cache and one PTP encoder per (k, variant): each run once, else reused.
 
     Returns the stage log and whether trials use PTP (never on regression tasks).
     """
-    from ..data import get_task
     from ..sweep.space import values_of
     from . import ptp
     from .pipeline import _run_stage, _subset
 
-    task, layout = get_task(opts.task), opts.layout()
+    layout = opts.layout()
     log: list[str] = []
     if opts.teacher_cache_dir:
         log.append(f"teacher + cache: given ({opts.teacher_cache_dir})")
@@ -265,13 +264,12 @@ def _check_depths(opts: SweepOptions, dims: dict[str, Any]) -> None:
         check_k_against_backbone(int(k), backbone)
 
 
-def _shared_stage_count(opts: SweepOptions, dims: dict[str, Any]) -> int:
+def _shared_stage_count(opts: SweepOptions, dims: dict[str, Any], task: Any) -> int:
     """The stages run before the trials (each gets a banner): teacher, cache, one PTP encoder per shape."""
-    from ..data import get_task
     from ..sweep.space import values_of
 
     count = 0 if opts.teacher_cache_dir else 1 + (not opts.layout().teacher_is_given)
-    if any(values_of("use_ptp", dims, opts.use_ptp)) and not get_task(opts.task).is_regression and not opts.ptp_dir:
+    if any(values_of("use_ptp", dims, opts.use_ptp)) and not task.is_regression and not opts.ptp_dir:
         count += len(values_of("k", dims, opts.k)) * len(values_of("variant", dims, opts.variant))
     return count
 
@@ -319,13 +317,11 @@ def _plan_configs(dims: dict[str, Any], varied: list[str]) -> list[dict[str, Any
             for combo in itertools.product(*(dims[n].candidates() for n in varied))]
 
 
-def _report(opts: SweepOptions, dims: dict[str, Any]) -> Any:
-    from ..data import get_task
+def _report(opts: SweepOptions, dims: dict[str, Any], task: Any) -> Any:
     from ..sweep.report import SweepReport
     from ..sweep.space import grid_size
 
-    task = get_task(opts.task)
-    return SweepReport(task=task.name, task_metrics=list(task.metrics), metric=opts.resolved_metric(), mode=opts.mode,
+    return SweepReport(task=task.name, task_metrics=list(task.metrics), metric=task.main_metric, mode=opts.mode,
                        scope=opts.scope, search=opts.search, scheduler=opts.scheduler,
                        expected_trials=opts.samples() * grid_size(dims), fixed=dataclasses.asdict(opts),
                        keep_trial_final=opts.keep_trial_final)
@@ -338,7 +334,7 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     from ..sweep.space import grid_size
     from ..sweep.trainable import TrialSettings, make_trainable
     from ..sweep.tuner import check_resources, make_tuner, run_tuner
-    from .common import quiet_environment
+    from .common import quiet_environment, run_task
 
     t_start = time.perf_counter()
     quiet_environment()
@@ -346,6 +342,7 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("run the sweep as one process (not under deepspeed/torchrun); "
                           "each trial gets its own ranks with --workers_per_trial")
+    task = run_task(opts)  # own data: read and checked (and --metric against its problem) before anything
     opts, k_auto = resolve_k(opts)  # the fixed k of the trials; the folders and sweep.json hold the integer
     if k_auto is not None:
         print(f"[dist-peakd] {describe_resolution(k_auto)}", flush=True)
@@ -355,22 +352,22 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     restore = _check_sweep_state(opts, sweep_dir, dims)
     started = init_ray(opts.address, opts.num_cpus)
     try:
-        settings = TrialSettings(base={}, sweep_name=name, sweep_dir=str(sweep_dir), metric=opts.resolved_metric(),
+        settings = TrialSettings(base={}, sweep_name=name, sweep_dir=str(sweep_dir), metric=task.main_metric,
                                  mode=opts.mode, backend=opts.backend(), workers=opts.workers_per_trial,
                                  cpus_per_worker=opts.cpus_per_worker, gpus_per_worker=opts.gpus_per_worker,
                                  options_type=DistillOptions, trial_fn=distill.run)
         check_resources(settings, local=opts.address is None)
         swept = tuple(n for n, d in dims.items() if d.kind != "fixed")
-        with console.stage_plan(_shared_stage_count(opts, dims) + 1):
-            log, use_ptp = prepare_shared_stages(opts, dims)
+        with console.stage_plan(_shared_stage_count(opts, dims, task) + 1):
+            log, use_ptp = prepare_shared_stages(opts, dims, task)
             base, train_rows = _trial_base(opts, use_ptp), _train_rows(opts)
             settings = dataclasses.replace(settings, base=base, train_rows=train_rows, rungs=opts.rungs, swept=swept)
             max_t, budget = trial_budget(opts, dims, base, train_rows)
             console.banner("sweep", f"{'resuming ' if restore else ''}{budget} -> {sweep_dir}")
         console.info(f"trials: {settings.backend}, {opts.workers_per_trial} worker(s) each, {opts.search} search, "
                      f"{opts.scheduler}; shared stages: {'; '.join(log)}")
-        spec = opts.tuner_spec(max_t, opts.samples() * grid_size(dims), swept)
+        spec = opts.tuner_spec(max_t, opts.samples() * grid_size(dims), swept, task)
         run_tuner(make_tuner(spec, make_trainable(settings), dims, sweep_dir, restore), opts.stop_after_trials)
-        return write_results(_report(opts, dims), sweep_dir, dims, log, time.perf_counter() - t_start)
+        return write_results(_report(opts, dims, task), sweep_dir, dims, log, time.perf_counter() - t_start)
     finally:
         shutdown_ray(started)

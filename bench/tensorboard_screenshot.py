@@ -15,10 +15,9 @@ metric columns. Look at the PNG: the table's columns must show the metrics (fina
 The tiny sweep is ``dist-peakd sweep`` as it is (:func:`dist_peakd.stages.sweep.run`) on a GLUE task
 (``--task``, default SST-2: on small MRPC slices every student predicts the majority class, so all trials
 tie; data from ``DIST_PEAKD_GLUE_DIR`` or ``../shared/glue``); its results (``results.md``, the heatmap) are written
-by the sweep as usual, plus ``report.md`` from :func:`dist_peakd.sweep.results.render_report`. One
-stand-in for wiring the trials do not have yet (:func:`_trial_with_tracking`): each trial runs inside
-``dist_peakd.engine.tracking.defaults(varied=<its swept options>, reference=<the teacher's dev metrics>)``,
-so the HParams tab lists the swept options first and has a teacher column.
+by the sweep as usual (printed at the end). Each trial's TensorBoard run is its folder
+(``trial-<id>-temperature=..-alpha=..``) and declares the swept options as differing (listed first) and the
+teacher's dev metric as a reference column.
 """
 
 from __future__ import annotations
@@ -60,30 +59,10 @@ def _tiny_bert(out_dir: Path) -> Path:
     return out_dir
 
 
-def _trial_with_tracking(config: dict, settings) -> None:
-    """A sweep trial (the function trainable) whose TensorBoard run knows its swept options and the teacher.
-
-    Sent to the Ray workers by value (this module is ``__main__``); there it calls the project's own trial
-    (only this driver process has the patched name).
-    """
-    from dist_peakd.engine import tracking
-    from dist_peakd.sweep import trainable
-
-    project_trial = trainable.function_trial
-    if project_trial.__name__ != "function_trial":
-        raise RuntimeError("the trial runs in the sweep driver's process; expected a Ray worker")
-
-    cache = settings.base.get("teacher_cache_dir") or Path(settings.base["output_dir"]) / settings.base["task"] \
-        / "teacher_cache"
-    manifest = json.loads((Path(cache) / "manifest.json").read_text())
-    with tracking.defaults(varied=list(config), reference=manifest.get("teacher_dev_metrics")):
-        return project_trial(config, settings)
-
-
 #: The tiny sweep's data and training (``task`` is an option): 512 training examples, 32 steps per trial
-#: (student lr 3e-4), dev evaluations at steps 11, 22 and 32 (ASHA's rungs).
+#: (student lr 3e-4), 3 dev evaluations per trial (the sweep's default ``rungs``: steps 11, 22 and 32).
 SLICE = dict(max_length=64, max_train_examples=512, max_eval_examples=256, batch_size=16, eval_batch_size=64,
-             log_every_steps=4, eval_every_steps=11, epochs=1, lr=3e-4, seed=0, k=2, teacher_epochs=1,
+             log_every_steps=4, eval_every_steps=0, rungs=3, epochs=1, lr=3e-4, seed=0, k=2, teacher_epochs=1,
              teacher_lr=1e-4, ptp_epochs=1, ptp_lr=1e-4)
 
 
@@ -98,10 +77,6 @@ def run_tiny_sweep(out: Path, task: str, backbone: str) -> Path:
         os.environ.setdefault(name, value)
     from dist_peakd.config import build_options
     from dist_peakd.stages.sweep import SweepOptions, run
-    from dist_peakd.sweep import trainable
-    from dist_peakd.sweep.results import render_report
-
-    trainable.function_trial = _trial_with_tracking  # what make_trainable hands to Tune
 
     glue = Path(os.environ.get("DIST_PEAKD_GLUE_DIR", REPO.parent / "shared" / "glue"))
     if backbone == "tiny":
@@ -111,15 +86,8 @@ def run_tiny_sweep(out: Path, task: str, backbone: str) -> Path:
         SweepOptions, **SLICE, task=task, output_dir=str(out), glue_dir=str(glue), backbone=backbone,
         cache_dir=str(out / "tok"), sweep_name="tiny", scheduler="asha", num_cpus=2,
         space={"temperature": [2, 8], "alpha": [0.3, 0.9]})
-    result = run(opts)
-    sweep_dir = Path(result["sweep_dir"])
-    rows = json.loads((sweep_dir / "results.json").read_text())["rows"]
-    best = (result["best"] or {}).get("trial")
-    report = render_report(rows, f"## tiny sweep {sweep_dir.name} ({task}, grid, asha)", metric=result["metric"],
-                           swept=["temperature", "alpha"], fixed=vars(opts), best_trial=best,
-                           num_trials=result["num_trials"], plots=[Path(p) for p in result["plots"]])
-    (sweep_dir / "report.md").write_text(report)
-    print(report, flush=True)
+    sweep_dir = Path(run(opts)["sweep_dir"])
+    print((sweep_dir / "results.md").read_text(), flush=True)
     return sweep_dir
 
 

@@ -342,3 +342,34 @@ def writing(path: str | Path, what: str, consequence: str = "", cleanup: Iterabl
             else:
                 p.unlink(missing_ok=True)
         raise error from e
+
+
+def link_identical_files(folder: str | Path, reference: str | Path) -> int:
+    """Replace each file of export ``folder`` that is byte-identical to the same file of export
+    ``reference`` (same size and sha256 in both ``dist_peakd_files.json``) by a hard link to it.
+
+    E.g. ``final/`` of a run whose last evaluation was its best: the weights are stored once and
+    both folders stay complete. Each replacement is atomic (link beside, rename over); a file system
+    without hard links leaves the copies. Returns the bytes saved.
+    """
+    folder, reference = Path(folder), Path(reference)
+    try:
+        mine = json.loads((folder / EXPORT_MANIFEST).read_text())["files"]
+        theirs = json.loads((reference / EXPORT_MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    saved = 0
+    for rel, rec in mine.items():
+        src, dst = reference / rel, folder / rel
+        if theirs.get(rel) != rec or not src.is_file() or not dst.is_file() or os.path.samefile(src, dst):
+            continue
+        tmp = dst.with_name(f".link-{dst.name}")
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(src, tmp)
+            os.replace(tmp, dst)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            continue
+        saved += int(rec["bytes"])
+    return saved

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-import json
 import re
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -75,12 +76,18 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
         except ConfigError as e:
             print(f"dist-peakd {name}: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        from . import console
         from .guard import run_guarded  # failures -> one-line message + documented exit code
+        from .outcome import SELF_REPORTING, banner_detail
 
+        if name not in SELF_REPORTING:
+            console.banner(name, banner_detail(name, opts))
         result = run_guarded(name, runner, opts)
         if result is not None and _is_main_process():
-            printable = {k: v for k, v in result.items() if k != "history"} if isinstance(result, dict) else result
-            print(json.dumps(printable, indent=2, default=str))
+            from .outcome import outcome_lines  # one short summary; the details are in the JSON it names
+
+            for line in outcome_lines(name, result):
+                print(line, flush=True)
 
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")]
     for f in dataclasses.fields(options_cls):
@@ -181,7 +188,7 @@ def stage_help(name: str, options_cls: type, doc: str) -> str:
         lines += ["", f"{name} options:"]
         lines += [_field_line(options_cls, f) for f in own]
     lines += ["", _CONFIG_NOTE]
-    return "\n".join(lines)
+    return wrap_help("\n".join(lines))
 
 
 def main_help() -> str:
@@ -193,13 +200,15 @@ def main_help() -> str:
     shared = {f.name: _default_of(f) for f in shared_fields}
     width = max(len(n) for n, *_ in modules) + 2
     lines = ["usage: dist-peakd <stage> [--config FILE] [--option value ...]",
-             "       dist-peakd <stage> --help      (every option of a stage with its default)", "",
+             "       dist-peakd <stage> --help      (every option of a stage with its default)",
+             "       dist-peakd --version", "",
              "Pea-KD distillation of BERT classifiers; every stage runs in a DeepSpeed engine.", "",
              "Stages:"]
     lines += [f"  {name:<{width}}{doc}" for name, _, _, doc in modules]
     missing = [n for n, *_ in STAGES if n not in {m[0] for m in modules}]
     if missing:
         lines.append(f"  (not available in this installation: {', '.join(missing)})")
+    lines += ["", _tasks_line()]
     general, sections = _grouped_lines(RunOptions, list(shared_fields))
     lines += ["", "Options every stage takes (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP),
               *general, *sections]
@@ -216,7 +225,61 @@ def main_help() -> str:
     lines += ["", _CONFIG_NOTE,
               "Several ranks or nodes: launchers/single_node.sh, multi_node_hostfile.sh, multi_node_no_ssh.sh,",
               "slurm.sbatch, ray_cluster.sh (README, 'Scaling out')."]
-    return "\n".join(lines)
+    return wrap_help("\n".join(lines))
+
+
+def _tasks_line() -> str:
+    """Every task ``--task`` accepts, from the task registry."""
+    from .data.tasks import TASKS
+
+    return "Tasks (--task NAME, any case; '-' and '_' ignored): " + ", ".join(TASKS)
+
+
+#: The option and type columns of an option line (``_option_line``).
+_HEAD_WIDTH, _TYPE_WIDTH = 36, 12
+
+
+def help_width() -> int:
+    """The terminal's width (``COLUMNS`` when set), at least 60; 100 when it cannot be told."""
+    return max(60, shutil.get_terminal_size((100, 24)).columns)
+
+
+def wrap_help(text: str, width: int | None = None) -> str:
+    """Wrap every line of a help text to ``width`` (default :func:`help_width`).
+
+    An option line keeps its help in the help column (continuations indented to it; on a narrow
+    terminal the help goes under the option); other lines continue 4 spaces deeper than they start.
+    """
+    width = width or help_width()
+    out: list[str] = []
+    for line in text.splitlines():
+        column = _help_column(line)
+        if len(line) <= width:
+            out.append(line)
+        elif column is not None:
+            out += _wrap_option(line, column, width)
+        else:
+            indent = " " * (len(line) - len(line.lstrip()) + 4)
+            out += textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
+                                 break_on_hyphens=False)
+    return "\n".join(out)
+
+
+def _help_column(line: str) -> int | None:
+    """Where the help text of an option line starts (None: not an option line, or no help)."""
+    if not line.startswith("  --") or " " not in line[4:]:
+        return None
+    column = max(_HEAD_WIDTH, line.index(" ", 4)) + 1 + _TYPE_WIDTH + 1
+    return column if len(line) > column and line[column - 1] == " " and line[:column].strip() else None
+
+
+def _wrap_option(line: str, column: int, width: int) -> list[str]:
+    head, help_ = line[:column].rstrip(), line[column:].strip()
+    if width - column >= 30:
+        body = textwrap.wrap(help_, width - column, break_long_words=False, break_on_hyphens=False)
+        return [f"{head:<{column}}{body[0]}", *(" " * column + b for b in body[1:])]
+    return [head, *textwrap.wrap(help_, width, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                 break_long_words=False, break_on_hyphens=False)]
 
 
 # ------------------------------------------------------------------------------------ argument check
@@ -290,6 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if not a.startswith("--local_rank")]
     if not argv or argv[0] in ("-h", "--help") or argv == ["help"]:
         print(main_help())
+        return
+    if argv[0] in ("--version", "-V", "version"):
+        from . import __version__
+
+        print(f"dist-peakd {__version__}")
         return
     if argv[0] == "help":  # `dist-peakd help <stage>`
         argv = [argv[1], "--help"]

@@ -183,6 +183,9 @@ class RunOptions:
                                    result=False)
     keep_checkpoints: int = option(2, help="newest complete checkpoints kept; a corrupted newest falls back",
                                    result=False)
+    keep_checkpoints_after_success: bool = option(False, help="keep checkpoints/ after the stage completed "
+                                                              "(default: removed once summary.json is written)",
+                                                  result=False)
     # reliability
     trust_unverified: bool = option(False, help="accept a dist-peakd folder (export, checkpoint) that has no file "
                                                 "manifest; a file that fails its manifest is refused regardless",
@@ -282,14 +285,17 @@ class RunOptions:
 
 
 def check_folder_name(option_name: str, value: str | None) -> None:
-    """Refuse a name that would not be one plain folder inside ``--output_dir`` (ConfigError naming it)."""
+    """Refuse a name that would not be a folder inside ``--output_dir`` (ConfigError naming it): a relative
+    path of plain names (a sweep's ``sweep-<name>/<trial>``), none empty, ``.``/``..`` or starting with ``.``."""
     if value is None:
         return
     text = str(value)
-    if (not text.strip() or text in (".", "..") or text.startswith(".") or any(c in text for c in "/\\\0")
-            or Path(text).is_absolute()):
-        raise ConfigError(f"option {option_name}: {text!r} must be a plain folder name (not empty, no '/' or "
-                          "'\\', not starting with '.'): the run's folder stays inside --output_dir")
+    parts = text.split("/")
+    if (not text.strip() or Path(text).is_absolute() or any(c in text for c in "\\\0")
+            or any(not p.strip() or p.startswith(".") for p in parts)):
+        raise ConfigError(f"option {option_name}: {text!r} must be a folder name inside --output_dir (plain names "
+                          "separated by '/', none empty or starting with '.', no '\\'): the run's folder stays "
+                          "inside --output_dir")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

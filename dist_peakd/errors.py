@@ -183,3 +183,17 @@ class Preempted(StopRequested):
 
     def exit_message(self) -> str:
         return f"preempted (SIGTERM), checkpoint at {self.checkpoint}; rerun the same command to resume"
+
+
+class EarlyStopped(Exception):
+    """A scheduler (a sweep's ASHA) ended the run after the evaluation at ``step``.
+
+    Raised from a trainer hook; the trainer keeps ``best/``, writes ``summary.json`` with ``"stopped":
+    {"step", "by"}`` and returns normally (when ``step`` is the run's last, the run is simply complete).
+    """
+
+    exit_code = EXIT_OK
+
+    def __init__(self, step: int, by: str) -> None:
+        super().__init__(f"stopped by {by} after step {step}")
+        self.step, self.by = int(step), str(by)

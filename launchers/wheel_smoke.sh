@@ -61,7 +61,7 @@ EOF
 DP="$WORK/venv/bin/dist-peakd"
 COMMON=(--glue_dir "$GLUE" --output_dir "$WORK/runs" --cache_dir "$WORK/tok")
 "$DP" finetune-teacher --task mrpc --backbone "$WORK/tiny" "${COMMON[@]}" --max_train_examples 16 \
-  --max_eval_examples 16 --epochs 1 --batch_size 8 --max_length 32 --log_every_steps 1 > "$WORK/stage.json"
+  --max_eval_examples 16 --epochs 1 --batch_size 8 --max_length 32 --log_every_steps 1 > "$WORK/stage.log"
 "$DP" export --model_dir "$WORK/runs/mrpc/teacher/final" --format plain --out "$WORK/plain" "${COMMON[@]}" > /dev/null
 "$DP" evaluate --model_dir "$WORK/plain" "${COMMON[@]}" --max_eval_examples 16 --out "$WORK/eval.json" > /dev/null
 "$WORK/venv/bin/python" - "$WORK" <<'EOF'

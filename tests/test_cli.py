@@ -152,5 +152,54 @@ def test_unknown_stage_and_launcher_arguments(captured, capsys):
     cli.main(["--local_rank=1", "distill", "--k", "2"])  # what the deepspeed launcher adds
     cli.main(["distill", "--local_rank=0", "--k", "3"])
     assert [o.k for o in captured] == [2, 3]
+    assert capsys.readouterr().out.count("[1/1] distill: mrpc -> runs/mrpc/distill-k") == 2  # the banners
     cli.main(["finetune_teacher", "--help"])  # underscores name the stage too
     assert capsys.readouterr().out.startswith("usage: dist-peakd finetune-teacher")
+
+
+def test_stage_outcome_lines_carry_its_warnings_and_an_early_stop():
+    from dist_peakd.outcome import trainer_outcome
+
+    summary = {"main_metric": "pearson", "total_steps": 6, "stage_dir": "runs/stsb/distill-x",
+               "final": {"step": 4, "pearson": 0.0, "spearmanr": 0.0},
+               "best": {"step": 2, "pearson": 0.0}, "stopped": {"step": 4, "by": "asha"},
+               "metric_warnings": ["stsb: all 8 predictions are the same value 2.5: the model is collapsed"]}
+    assert trainer_outcome("distill", summary) == [
+        "[dist-peakd] distill stopped at step 4 (ASHA): pearson 0.0000, spearmanr 0.0000 (final, step 4/6); "
+        "best pearson 0.0000 at step 2",
+        "[dist-peakd] warning: stsb: all 8 predictions are the same value 2.5: the model is collapsed",
+        f"[dist-peakd] summary: {Path('runs/stsb/distill-x') / 'summary.json'}"]
+
+
+def test_model_commands_print_a_banner_and_one_outcome_line(monkeypatch, capsys, tmp_path):
+    """evaluate/predict/export: the banner names the model folder and what is made of it; the end is one
+    short line (plus the submission file), not the result's JSON."""
+    from dist_peakd.stages import evaluate, export, predict
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "dist_peakd.json").write_text(json.dumps({"task": "mrpc", "max_length": 40}))
+    model = str(tmp_path / "m")
+    results = {
+        "evaluate": {"model_dir": model, "task": "mrpc", "split": "dev", "rows": 40,
+                     "metrics": {"f1": 0.8125, "accuracy": 0.75, "loss": 0.5}},
+        "predict": {"model_dir": model, "task": "mrpc", "split": "test", "rows": 1725, "out": "p.tsv",
+                    "submission": "MRPC.tsv"},
+        "export": {"format": "onnx", "out": "ship", "files": ["README.md", "model.onnx", "model_int8.onnx"],
+                   "bytes": 12_500_000, "max_abs_diff": 2e-6, "max_abs_diff_int8": 0.03, "verify_rows": 64}}
+    for module, name in ((evaluate, "evaluate"), (predict, "predict"), (export, "export")):
+        monkeypatch.setattr(module, "run", lambda opts, name=name: results[name])
+    cli.main(["evaluate", "--model_dir", model])
+    cli.main(["predict", "--model_dir", model, "--out", "p.tsv"])
+    cli.main(["export", "--model_dir", model, "--format", "onnx", "--quantize", "int8", "--out", "ship"])
+    cli.main(["predict", "--model_dir", model, "--input", str(tmp_path / "m" / "dist_peakd.json"), "--out", "p.tsv"])
+    assert capsys.readouterr().out.splitlines() == [
+        f"[1/1] evaluate: {model}, dev split of mrpc",
+        "[dist-peakd] evaluate done: f1 0.8125, accuracy 0.7500, loss 0.5000 (dev, 40 rows)",
+        f"[1/1] predict: {model}, test split of mrpc -> p.tsv",
+        "[dist-peakd] predict done: 1725 rows of test -> p.tsv",
+        "[dist-peakd] GLUE submission file: MRPC.tsv",
+        f"[1/1] export: {model} -> ship (onnx, int8)",
+        "[dist-peakd] export done: onnx -> ship (12.5 MB, 3 files); verified on 64 dev rows, max |logit diff| "
+        "2e-06 (int8 0.03)",
+        f"[1/1] predict: {model}, rows of {tmp_path / 'm' / 'dist_peakd.json'} -> p.tsv",
+        "[dist-peakd] predict done: 1725 rows of test -> p.tsv", "[dist-peakd] GLUE submission file: MRPC.tsv"]

@@ -52,6 +52,56 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_bert, glue_dir, uninterr
     log_full = [json.loads(x) for x in (full_dir / "mrpc/teacher/train_log.jsonl").read_text().splitlines()]
     log_res = [json.loads(x) for x in (out / "mrpc/teacher/train_log.jsonl").read_text().splitlines()]
     assert [r["train/loss"] for r in log_full] == [r["train/loss"] for r in log_res]
+    # once complete, the exact-resume checkpoints are gone (both runs), and a rerun reuses the stage as it is
+    for run in (full_dir, out):
+        assert not (run / "mrpc" / "teacher" / "checkpoints").exists()
+    mtime = (out / "mrpc" / "teacher" / "summary.json").stat().st_mtime_ns
+    again = finetune_teacher.run(_opts(out, tiny_bert, glue_dir))
+    assert again == json.loads((out / "mrpc" / "teacher" / "summary.json").read_text())
+    assert (out / "mrpc" / "teacher" / "summary.json").stat().st_mtime_ns == mtime
+    assert len(list((out / "mrpc" / "teacher").glob("events.out.tfevents.*"))) == 2  # the stopped run + resume
+
+
+def test_final_shares_the_files_best_has_identical(uninterrupted):
+    """final/ and best/ are complete folders; identical files (e.g. the weights when the last evaluation was
+    the best) are stored once, as hard links."""
+    out, summary = uninterrupted
+    stage = out / "mrpc" / "teacher"
+    best, final = stage / "best", stage / "final"
+    same_step = summary["best"]["step"] == summary["final"]["step"]
+    assert (best / "model.safetensors").samefile(final / "model.safetensors") == same_step
+    assert (best / "tokenizer.json").samefile(final / "tokenizer.json")  # same tokenizer either way
+    from dist_peakd.artifacts import verify_export
+
+    verify_export(best)
+    verify_export(final)
+
+
+def test_kept_checkpoints_and_an_early_stop(tmp_path, tiny_bert, glue_dir, monkeypatch):
+    """--keep_checkpoints_after_success keeps checkpoints/; a hook raising EarlyStopped (a sweep's ASHA) ends
+    the run after that evaluation with best/ and a summary marked stopped, no final/, no checkpoints."""
+    kept = tmp_path / "kept"
+    finetune_teacher.run(_opts(kept, tiny_bert, glue_dir, epochs=1, keep_checkpoints_after_success=True))
+    assert (kept / "mrpc" / "teacher" / "checkpoints" / "latest").is_file()
+
+    (tmp_path / "stop_plugin.py").write_text(
+        "from dist_peakd.errors import EarlyStopped\n\n"
+        "class Stop:\n"
+        "    def on_eval(self, step, metrics):\n"
+        "        if step == 2:\n"
+        "            raise EarlyStopped(step, 'asha')\n\n"
+        "def trainer_hooks():\n"
+        "    return [Stop()]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DIST_PEAKD_PLUGINS", "stop_plugin")
+    out = tmp_path / "stopped"
+    summary = finetune_teacher.run(_opts(out, tiny_bert, glue_dir, eval_every_steps=2))
+    stage = out / "mrpc" / "teacher"
+    assert summary["stopped"] == {"step": 2, "by": "asha"} and summary["total_steps"] == 12
+    assert [h["step"] for h in summary["history"]] == [2] and summary["final"]["step"] == 2
+    assert json.loads((stage / "summary.json").read_text())["stopped"] == {"step": 2, "by": "asha"}
+    assert (stage / "best" / "model.safetensors").is_file()
+    assert not (stage / "final").exists() and not (stage / "checkpoints").exists()
 
 
 def test_exports_are_hf_folders_with_tokenizer(uninterrupted):
@@ -75,11 +125,11 @@ def test_tensorboard_has_the_listed_scalars(uninterrupted):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, _ = uninterrupted
-    acc = EventAccumulator(str(out / "mrpc" / "teacher" / "tb"))
+    acc = EventAccumulator(str(out / "mrpc" / "teacher"))  # the stage folder: TensorBoard's run "teacher"
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for tag in ("train/loss", "train/ce", "train/lr", "train/grad_norm", "train/samples_per_s",
-                "train/tokens_per_s", "eval/f1", "eval/accuracy"):
+                "train/tokens_per_s", "eval/f1", "eval/accuracy", "eval/loss", "best/f1"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
     assert len(acc.Scalars("train/loss")) == 12  # 2 epochs x 6 steps, logged every step
     assert "config" in "".join(acc.Tags()["tensors"])

@@ -42,7 +42,7 @@ def test_a_plugin_named_in_the_environment_sees_every_step_and_evaluation(tmp_pa
     summary = finetune_teacher.run(opts)
     # 3 steps per epoch, eval_every_steps=2: mid-epoch evaluations at steps 2 and 4 (each before that step's
     # on_step_end), epoch-end ones at 3 and 6 (after it)
-    ev = ["accuracy", "f1"]
+    ev = ["accuracy", "f1", "loss"]  # the task's metrics and the dev loss
     assert recorder_plugin.CALLS == [("step", 1, 1), ("eval", 2, ev), ("step", 2, 2), ("step", 3, 3), ("eval", 3, ev),
                                      ("eval", 4, ev), ("step", 4, 1), ("step", 5, 2), ("step", 6, 3), ("eval", 6, ev)]
     assert [h["step"] for h in summary["history"]] == [2, 3, 4, 6]

@@ -1,4 +1,5 @@
-"""The real ``deepspeed`` launcher on CPU (gloo): 1 rank vs 2 ranks give the same training losses."""
+"""The real ``deepspeed`` launcher on CPU (gloo): 1 rank vs 2 ranks give the same training losses; the 2-rank
+run prints its console lines once."""
 
 from __future__ import annotations
 
@@ -45,5 +46,12 @@ def test_one_vs_two_ranks_same_losses(tmp_path, tiny_bert_nodropout, glue_dir):
     s1 = json.loads((tmp_path / "r1" / "mrpc" / "teacher" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "r2" / "mrpc" / "teacher" / "summary.json").read_text())
     assert s1["final"]["accuracy"] == pytest.approx(s2["final"]["accuracy"], abs=1e-9)
-    tb_files = list((tmp_path / "r2" / "mrpc" / "teacher" / "tb").glob("events.out.tfevents*"))
-    assert tb_files, "rank 0 writes TensorBoard events"
+    tb_files = list((tmp_path / "r2" / "mrpc" / "teacher").glob("events.out.tfevents*"))
+    assert len(tb_files) == 1, "rank 0 writes TensorBoard events, in the stage folder (the run's name)"
+    # the console of the 2-rank run: banner, head re-initialisation line and outcome once each (rank 0), no
+    # load report table
+    out = two.stdout
+    for line in ("[1/1] finetune-teacher: mrpc -> ", "[dist-peakd] teacher: new 2-label head",
+                 "[dist-peakd] finetune-teacher done: f1 ", "[dist-peakd] summary: "):
+        assert out.count(line) == 1, (line, out[-3000:])
+    assert "LOAD REPORT" not in out + two.stderr and "MISMATCH" not in out + two.stderr

@@ -16,7 +16,7 @@ from dist_peakd.layout import RunLayout
 NOT_RESULT = {"stop_after_steps", "log_every_steps", "cache_dir", "output_dir", "rebuild", "eval_batch_size",
               "cache_batch_size", "preset", "latency_batch_size", "latency_repeats", "save_every_steps",
               "keep_checkpoints", "resume", "resume_errored", "address", "num_cpus", "max_concurrent_trials",
-              "stop_after_trials", "max_failures", "sweep_name",
+              "stop_after_trials", "max_failures", "sweep_name", "keep_checkpoints_after_success", "keep_trial_final",
               # reliability options (issue 14): how a run treats its folders and skipped steps
               "trust_unverified", "force", "max_skipped_fraction"}
 

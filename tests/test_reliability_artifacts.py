@@ -92,7 +92,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path, tiny_bert_
     bad = next((ckpts / "step-00000004").glob("*model_states.pt"))
     _flip_byte(bad)
     capsys.readouterr()
-    summary = _run_stage(**_stage_opts(out, tiny_bert_nodropout, glue_dir))
+    summary = _run_stage(**_stage_opts(out, tiny_bert_nodropout, glue_dir, keep_checkpoints_after_success=True))
     printed = capsys.readouterr().out
     assert f"checkpoint {ckpts / 'step-00000004'} is corrupted: {bad}: sha256 differs" in printed
     assert f"resumed from {ckpts / 'step-00000003'} at step 3" in printed

@@ -234,7 +234,7 @@ def test_cli_skip_policy_counts_skipped_steps(tmp_path, tiny_bert, glue_dir, nan
     stage = tmp_path / "run" / "mrpc" / "teacher"
     summary = json.loads((stage / "summary.json").read_text())
     assert summary["skipped_steps"] == 1 and summary["total_steps"] == 3
-    acc = EventAccumulator(str(stage / "tb"))
+    acc = EventAccumulator(str(stage))
     acc.Reload()
     assert [e.value for e in acc.Scalars("train/skipped_steps")] == [0.0, 1.0, 1.0]
     logged = [json.loads(x) for x in (stage / "train_log.jsonl").read_text().splitlines()]

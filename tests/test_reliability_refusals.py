@@ -85,7 +85,7 @@ def test_user_mistakes_end_in_one_line_and_leave_no_folder(tmp_path, capsys, tin
     _refused(capsys, "finetune-teacher", dict(base, hub_dataset="glue"), "options glue_dir and hub_dataset")
     _refused(capsys, "finetune-teacher", dict(base, weight_decay=-0.5), "option weight_decay: must be >= 0")
     _refused(capsys, "finetune-teacher", dict(base, eval_every_steps=-1), "option eval_every_steps: must be >= 0")
-    for name in ("../outside", "/abs", ".hidden"):
+    for name in ("../outside", "/abs", ".hidden", "sweep-x/../../outside"):
         _refused(capsys, "distill", dict(base, k=2, run_name=name), "option run_name:")
     _refused(capsys, "finetune-teacher", base, "DIST_PEAKD_COLLECTIVE_TIMEOUT='abc'",
              env={"DIST_PEAKD_COLLECTIVE_TIMEOUT": "abc"}, monkeypatch=monkeypatch)

@@ -135,6 +135,6 @@ def test_a_resume_after_a_kill_leaves_one_log_row_and_one_event_per_step(teacher
     assert resumed.returncode == 0, resumed.stdout
     steps = [json.loads(x)["step"] for x in (stage / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
-    acc = EventAccumulator(str(stage / "tb"))
+    acc = EventAccumulator(str(stage))  # the events live in the stage folder itself
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/lr")] == [1, 2, 3, 4, 5, 6]

@@ -6,8 +6,10 @@ first sweep only; one local Ray instance (2 CPUs) serves the whole module.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
+import io
 import json
 import os
 from pathlib import Path
@@ -137,63 +139,123 @@ def _opts(out: Path, tiny_bert: Path, glue_dir: Path, **kw) -> SweepOptions:
 
 @pytest.fixture(scope="module")
 def asha_sweep(ray_cluster, sweep_out, tiny_bert, glue_dir):
-    opts = _opts(sweep_out, tiny_bert, glue_dir, sweep_name="asha", scheduler="asha",
-                 space={"temperature": [2, 8], "k": [1, 2], "alpha": {"uniform": [0.3, 0.9]}})
-    return run_sweep(opts)
+    """A 2x2 temperature x alpha grid under ASHA with 3 rungs (6 steps per trial, dev evaluations at steps 2, 4
+    and 6), one trial at a time, on STS-B: regression KD has no temperature, so T=2 and T=8 train the same
+    student for each alpha, and with the trials in grid order ASHA then always stops one (the first trial
+    whose pearson is below the recorded one at a rung it reaches). Returns the result and what it printed."""
+    opts = _opts(sweep_out, tiny_bert, glue_dir, task="stsb", sweep_name="asha", scheduler="asha", k=2,
+                 eval_every_steps=0, rungs=3, max_concurrent_trials=1,
+                 space={"temperature": [2, 8], "alpha": [0.3, 0.9]})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run_sweep(opts)
+    return result, printed.getvalue()
+
+
+def _hparams(log_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    return {"experiment": metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG]),
+            "end": metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])}
 
 
 @pytest.mark.slow
-def test_asha_sweep_over_temperature_alpha_and_depth(asha_sweep, sweep_out):
-    result = asha_sweep
-    task_dir = sweep_out / "mrpc"
-    sweep_dir = task_dir / "sweep-asha"
+def test_asha_sweep_over_temperature_and_alpha(asha_sweep, sweep_out):
+    result, printed = asha_sweep
+    sweep_dir = sweep_out / "stsb" / "sweep-asha"
     assert result["sweep_dir"] == str(sweep_dir.resolve()) and not result["interrupted"]
     rows = _rows(sweep_dir)
-    assert len(rows) == 4
-    assert len({(r["temperature"], r["alpha"], r["k"]) for r in rows}) == 4
-    assert {r["status"] for r in rows} <= {"completed", "stopped"} and "completed" in {r["status"] for r in rows}
+    assert sorted((r["temperature"], r["alpha"]) for r in rows) == [("2", "0.3"), ("2", "0.9"), ("8", "0.3"),
+                                                                    ("8", "0.9")]
+    # every trial has its summary and best/, no checkpoints; its status matches what ASHA recorded and Tune saw
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    assert stopped and {r["status"] for r in rows} == {"completed", "stopped"}
+    for r in rows:
+        run = Path(r["run_dir"])
+        assert run.name == f"{r['trial']}" and run.name.endswith(f"-temperature={r['temperature']}-alpha={r['alpha']}")
+        summary = json.loads((run / "summary.json").read_text())
+        steps = [h["step"] for h in summary["history"]]
+        tune_reports = (sweep_dir / "tune" / f"trial-{run.name.split('-')[1]}" / "result.json").read_text().splitlines()
+        assert len(tune_reports) == len(steps) == int(r["evaluations"])
+        assert (run / "best" / "model.safetensors").is_file() and not (run / "checkpoints").exists()
+        assert summary["total_steps"] == int(r["total_steps"]) == 6
+        if r["status"] == "stopped":
+            at = int(r["stopped_at_step"])
+            assert summary["stopped"] == {"step": at, "by": "asha"} and steps[-1] == at < 6 and steps == [2, 4][:len(steps)]
+            assert json.loads((run / "trial.json").read_text())["stopped"] == summary["stopped"]
+            assert not (run / "final").exists()
+        else:
+            assert "stopped" not in summary and steps == [2, 4, 6]
     md = (sweep_dir / "results.md").read_text()
-    assert md.count("| trial-") == 4
-    best = result["best"]
-    assert best["trial"] in {r["trial"] for r in rows} and set(best["config"]) == {"temperature", "k", "alpha"}
-    assert best["f1_final"] == max(float(r["f1_final"]) for r in rows if r["f1_final"])
-    sizes = {r["k"]: int(r["parameters"]) for r in rows}
-    assert sizes["1"] < sizes["2"]
+    for r in stopped:
+        assert f"| stopped at step {r['stopped_at_step']} (ASHA) |" in md
+    assert "budget: 4 trials x 6 steps = 24 steps; used " in md and "fixed: k=2, variant=shuffle" in md
+    # disk: final/ only for the best trial; the heatmap of the 2-D grid
+    assert {Path(r["run_dir"]).name for r in rows if (Path(r["run_dir"]) / "final").is_dir()} == {result["best"]["trial"]}
+    heatmap = sweep_dir / "pearson_heatmap_temperature_x_alpha.png"
+    assert heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [Path(p).name for p in result["plots"]] == [heatmap.name]
+    # console: the budget up front, one line per ended trial, the table at the end
+    assert "[2/3] cache-teacher:" in printed and ("[3/3] sweep: 4 trials x 6 steps = 24 steps; 3 dev evaluation(s) "
+                                                  "per trial (ASHA may stop a trial after evaluation 1 or 2)") in printed
+    lines = [ln for ln in printed.splitlines() if ln.startswith("[dist-peakd] trial ")]
+    assert [ln.split()[2] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    for r in stopped:
+        assert any(r["trial"] in ln and f"stopped at step {r['stopped_at_step']} (ASHA)" in ln for ln in lines)
+    # TensorBoard: each trial's events in its folder (the run's name), with the HParams columns to compare
+    from tensorboard.plugins.hparams import api_pb2
 
-    # shared stages: the teacher and its cache once, one PTP encoder per depth, all before any trial
-    assert result["stages"][0].startswith("teacher: ran") and result["stages"][1].startswith("cache: built")
-    assert sorted(p.name for p in task_dir.glob("ptp-*")) == ["ptp-k1-shuffle", "ptp-k2-shuffle"]
-    assert sum(s.startswith("ptp k=") and "ran" in s for s in result["stages"]) == 2
-    assert len(list(task_dir.glob("**/teacher_cache/manifest.json"))) == 1
-    created = _when(json.loads((task_dir / "teacher_cache" / "manifest.json").read_text())["created_at"])
-    ptp_done = max((task_dir / f"ptp-k{k}-shuffle" / "summary.json").stat().st_mtime for k in (1, 2))
     for r in rows:
-        record = json.loads((Path(r["run_dir"]) / "trial.json").read_text())
-        assert record["attempts"] == 1 and _when(record["first_started_at"]) >= created
-        assert _when(record["first_started_at"]).timestamp() >= ptp_done
-        assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["use_ptp"] is True
+        data = _hparams(Path(r["run_dir"]))
+        tags = [m.name.tag for m in data["experiment"].metric_infos]
+        assert tags == ["eval/pearson", "best/pearson", "eval/spearmanr", "eval/loss", "reference/teacher_pearson"]
+        assert {h.name for h in data["experiment"].hparam_infos if h.differs} == {"temperature", "alpha"}
+        assert data["end"].status == api_pb2.STATUS_SUCCESS
 
-    # plots and per-trial TensorBoard logs under the sweep folder (Tune's own TB logs are off)
-    for name in ("temperature", "alpha", "k", "parameters"):
-        png = sweep_dir / f"f1_vs_{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    for r in rows:
-        assert list((Path(r["run_dir"]) / "tb").glob("events.out.tfevents.*")), r["trial"]
-    assert not list((sweep_dir / "tune").glob("**/events.out.tfevents.*"))
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    done = next(r for r in rows if r["status"] == "completed")
-    acc = EventAccumulator(str(Path(done["run_dir"]) / "tb"))
-    acc.Reload()
-    assert len(acc.Scalars("eval/f1")) == int(done["evaluations"]) == 3
+def test_a_stop_by_the_scheduler_becomes_an_early_stop(tmp_path):
+    """Tune ends a trial's report with SystemExit: an early stop when the driver recorded one, else it goes on."""
+    from dist_peakd.errors import EarlyStopped
+    from dist_peakd.sweep.trainable import STOP_RECORD, stopped_early
+
+    def tune_stops(result: dict) -> None:
+        raise SystemExit(0)
+
+    called = []
+    rep = EvalReporter("f1", "max", tune_stops, run_dir=tmp_path, on_stop=lambda: called.append(True))
+    with pytest.raises(SystemExit):  # no record: the sweep is ending, the trial stays unfinished
+        rep(2, {"f1": 0.5})
+    assert not rep.stopped and not called
+    (tmp_path / STOP_RECORD).write_text(json.dumps({"step": 2, "by": "asha", "total_steps": 6}))
+    with pytest.raises(EarlyStopped) as e:
+        rep(2, {"f1": 0.5})
+    assert (e.value.step, e.value.by) == (2, "asha") and rep.stopped and called == [True]
+    assert stopped_early({"step": 2, "total_steps": 6}) and not stopped_early({"step": 6, "total_steps": 6})
+
+
+def test_trial_plan_rungs_and_budget():
+    from dist_peakd.sweep.plan import asha_milestones, budget_text, trial_plan
+
+    plan = trial_plan({"batch_size": 8, "epochs": 1, "eval_every_steps": 0}, 48, rungs=3)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.eval_every_steps, plan.evaluations) == (6, 6, 2, 3)
+    plan = trial_plan({"batch_size": 16, "epochs": 2, "eval_every_steps": 0}, 512, rungs=3)
+    # every 11 global steps plus each epoch's end: 11 22 32 | 33 44 55 64
+    assert (plan.total_steps, plan.eval_every_steps, plan.evaluations) == (64, 11, 7)
+    assert trial_plan({"batch_size": 8, "epochs": 1, "eval_every_steps": 4}, 48, rungs=3).evaluations == 2
+    assert asha_milestones(3, 1, 2) == [1, 2] and asha_milestones(9, 1, 2) == [1, 2, 4, 8]
+    assert budget_text(4, plan, [1, 2, 4]) == ("4 trials x 64 steps = 256 steps; 7 dev evaluation(s) per trial "
+                                               "(ASHA may stop a trial after evaluation 1, 2 or 4)")
 
 
 @pytest.mark.slow
 def test_failing_trial_is_retried_and_reported_on_ray_train_workers(asha_sweep, sweep_out, tiny_bert, glue_dir):
-    """temperature=-1 fails DistillOptions.validate; the other trial runs on 2 DeepSpeed (gloo) workers."""
+    """temperature=-1 fails DistillOptions.validate; the other trial runs on 2 DeepSpeed (gloo) workers. The
+    shared stages (teacher, its cache, the k=2 PTP encoder) run once, before any trial."""
     opts = _opts(sweep_out, tiny_bert, glue_dir, sweep_name="faulty", k=2, space={"temperature": [-1, 3]},
                  workers_per_trial=2, cpus_per_worker=0.5, max_failures=1)
-    teacher_mtime = (sweep_out / "mrpc" / "teacher" / "summary.json").stat().st_mtime
     result = run_sweep(opts)
     assert result["status_counts"]["errored"] == 1 and result["status_counts"]["completed"] == 1
     rows = {float(r["temperature"]): r for r in _rows(Path(result["sweep_dir"]))}
@@ -203,17 +265,28 @@ def test_failing_trial_is_retried_and_reported_on_ray_train_workers(asha_sweep, 
     assert "ConfigError" in (Path(bad["run_dir"]) / "error.txt").read_text()
     assert good["status"] == "completed" and good["workers"] == "2" and good["attempts"] == "1"
     assert result["best"]["trial"] == good["trial"]
-    assert all("reused" in s for s in result["stages"]), result["stages"]
-    assert (sweep_out / "mrpc" / "teacher" / "summary.json").stat().st_mtime == teacher_mtime
+    assert [s.split(":")[0] + ":" + s.split(":")[1].split()[0] for s in result["stages"]] == \
+        ["teacher:ran", "cache:built", "ptp k=2 shuffle:ran"], result["stages"]
+    task_dir = sweep_out / "mrpc"
+    assert len(list(task_dir.glob("**/teacher_cache/manifest.json"))) == 1
+    ptp_done = (task_dir / "ptp-k2-shuffle" / "summary.json").stat().st_mtime
+    for r in (bad, good):
+        first = _when(json.loads((Path(r["run_dir"]) / "trial.json").read_text())["first_started_at"])
+        assert first.timestamp() >= ptp_done
+    assert json.loads((Path(good["run_dir"]) / "config.json").read_text())["use_ptp"] is True
+    assert (Path(good["run_dir"]) / "best").is_dir() and not (Path(good["run_dir"]) / "checkpoints").exists()
 
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(asha_sweep, sweep_out, tiny_bert, glue_dir):
     kw = dict(sweep_name="resumable", k=1, space={"temperature": [2, 4, 8]}, max_concurrent_trials=1,
               scheduler="fifo")
+    teacher_mtime = (sweep_out / "mrpc" / "teacher" / "summary.json").stat().st_mtime
     first = run_sweep(_opts(sweep_out, tiny_bert, glue_dir, stop_after_trials=1, **kw))
     sweep_dir = Path(first["sweep_dir"])
     assert first["interrupted"]
+    assert first["stages"][0].startswith("teacher: reused") and first["stages"][1].startswith("cache: reused")
+    assert (sweep_out / "mrpc" / "teacher" / "summary.json").stat().st_mtime == teacher_mtime
     finished = {p.parent.name: p.stat().st_mtime for p in sweep_dir.glob("trial-*/summary.json")}
     assert 1 <= len(finished) < 3
 

@@ -218,13 +218,19 @@ def test_a_teacher_stage_writes_its_hparams_and_metric_columns(tmp_path, tiny_be
                          log_every_steps=2, eval_every_steps=2, epochs=1, lr=1e-3, seed=0,
                          output_dir=str(tmp_path), glue_dir=str(glue_dir), backbone=str(tiny_bert),
                          cache_dir=str(tmp_path / "tok"))
+    from tensorboard.plugins.hparams import api_pb2
+
     summary = finetune_teacher.run(opts)
-    log_dir = next(p.parent for p in (tmp_path / "mrpc" / "teacher").glob("**/events.out.tfevents.*"))
+    log_dir = tmp_path / "mrpc" / "teacher"  # the stage folder itself: TensorBoard names the run "teacher"
+    assert [p.parent for p in log_dir.glob("**/events.out.tfevents.*")] == [log_dir]
     data = _hparams(log_dir)
-    assert [m.name.tag for m in data["experiment"].metric_infos] == ["eval/f1", "best/f1", "eval/accuracy"]
+    assert [m.name.tag for m in data["experiment"].metric_infos] == ["eval/f1", "best/f1", "eval/accuracy",
+                                                                      "eval/loss"]
     assert data["start"].hparams["stage"].string_value == "teacher"
     assert data["start"].hparams["lr"].number_value == pytest.approx(1e-3)
-    assert data["end"] is not None
+    assert data["end"].status == api_pb2.STATUS_SUCCESS
+    assert _scalars(log_dir, "eval/loss")[-1][1] == pytest.approx(summary["final"]["loss"])
+    assert 0 < summary["final"]["loss"] < 5
     assert _scalars(log_dir, "eval/f1")[-1][1] == pytest.approx(summary["final"]["f1"])
     assert _scalars(log_dir, "best/f1")[-1][1] == pytest.approx(summary["best"]["f1"])
     assert len(_scalars(log_dir, "eval/f1")) == len(summary["history"]) == 3

@@ -14,6 +14,7 @@ from typing import Any
 
 from datasets import DatasetDict, Features, List, Value, load_from_disk
 
+from .. import console
 from ..artifacts import publish_dir, verify_folder, write_export_manifest, writing
 from ..errors import ArtifactCorruptError
 
@@ -183,7 +184,8 @@ def _save(tokenized: DatasetDict, cache_dir: Path, final: Path) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name[:16]}-", dir=cache_dir))
         try:
-            tokenized.save_to_disk(str(tmp / "data"))
+            with console.datasets_bars_off():
+                tokenized.save_to_disk(str(tmp / "data"))
             write_export_manifest(tmp / "data")
             if final.is_dir():  # an unverifiable older folder: replace it in one step
                 publish_dir(tmp / "data", final)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .. import console
 from ..env import env_int
 from . import watchdog as _watchdog
 
@@ -80,6 +81,7 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     world = dist.get_world_size()
     local_rank = env_int("LOCAL_RANK", rank % max(1, torch.cuda.device_count() or 1), minimum=0)
     _register_peers(rank, world, heartbeat_timeout_s)
+    console.configure(rank)  # library output once, on rank 0
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=_device_for(local_rank))
 
 

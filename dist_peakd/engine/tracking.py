@@ -325,10 +325,11 @@ class Tracker:
         if self._writer is not None:
             self._writer.flush()
 
-    def close(self, status: str = "success") -> None:
-        """End the HParams session (``status``: success, failure, ...) and close the event file."""
+    def close(self, status: str | None = "success") -> None:
+        """End the HParams session (``status``: success, failure, ...; None: leave it open, the run goes on
+        later) and close the event file."""
         if self._writer is not None:
-            if self._session_open:
+            if self._session_open and status is not None:
                 self._writer._get_file_writer().add_summary(session_end_summary(status))
             self._writer.close()
             self._writer = None

@@ -12,13 +12,19 @@ Everything needed to resume exactly (model, optimizer, scheduler, epoch and posi
 states, best metric, history) lives in ``<output_dir>/checkpoints/<tag>`` (:mod:`.checkpoints`).
 Checkpoints are written at the end of every epoch, every ``save_every_steps`` steps and on a stop
 request (``stop_after_steps``, or SIGTERM on any rank: :mod:`.preemption`); the newest
-``keep_checkpoints`` complete ones are kept.
+``keep_checkpoints`` complete ones are kept, and all of them are removed once the run has ended and
+``summary.json`` is written (``keep_checkpoints_after_success`` keeps them). ``final/`` shares the
+files it has in common with ``best/`` (hard links: the last evaluation is often the best). A hook may
+end the run early (:class:`~dist_peakd.errors.EarlyStopped`, a sweep's ASHA): ``best/`` and a
+``summary.json`` marked ``"stopped"`` are kept, no ``final/``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +35,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..artifacts import atomic_write_text
+from ..artifacts import atomic_write_text, link_identical_files
 from ..data.collate import TokenColumns
 from ..data.rows import fetch_rows
-from ..errors import CheckpointCorruptError, Preempted, StopRequested, TooManySkippedSteps
+from ..errors import CheckpointCorruptError, EarlyStopped, Preempted, StopRequested, TooManySkippedSteps
 from .checkpoints import prune_checkpoints, select_checkpoint
-from .distributed import broadcast_object
+from .distributed import barrier, broadcast_object
 from .engine import Engine, LossFn
 from .hooks import plugin_hooks
 from .preemption import SigtermFlag, any_rank
@@ -60,6 +66,8 @@ class LoopOptions:
     keep_checkpoints: int = 2          # newest complete checkpoints kept (a corrupted one falls back)
     trust_unverified: bool = False     # resume from a checkpoint whose COMPLETE lists no files
     max_skipped_fraction: float = 0.1  # more skipped steps than this fraction: the run is not finished
+    keep_checkpoints_after_success: bool = False  # keep checkpoints/ once summary.json is written
+    label: str = ""                    # progress bars and eval lines (default: the output folder's name)
 
 
 @dataclass
@@ -105,6 +113,22 @@ def total_train_steps(steps_per_epoch: int, epochs: float) -> int:
     return max(1, math.ceil(steps_per_epoch * epochs))
 
 
+def evaluation_steps(steps_per_epoch: int, total_steps: int, eval_every_steps: int = 0) -> list[int]:
+    """The global steps after which :class:`Trainer` evaluates: every ``eval_every_steps`` inside an
+    epoch, at each epoch's end, and at the last step (a run of N such evaluations reports N times)."""
+    steps = [step for step in range(1, total_steps + 1)
+             if step % steps_per_epoch == 0 or (eval_every_steps and step % eval_every_steps == 0)]
+    if not steps or steps[-1] != total_steps:
+        steps.append(total_steps)
+    return steps
+
+
+def _on_terminal() -> bool:
+    """Progress bars redraw on a terminal; in a log file (or a Ray worker's output) the training bar writes
+    a line a minute and the evaluation bar none (each evaluation prints its metrics anyway)."""
+    return sys.stderr.isatty()
+
+
 class Trainer:
     """Train ``engine`` on ``data`` for ``objective``; :meth:`fit` returns the summary.
 
@@ -130,6 +154,7 @@ class Trainer:
                                       "history": [], "finished": False, "nonfinite_skipped": 0}
         self.stop_signal = SigtermFlag()
         self.log = TrainLog(self.output_dir / "train_log.jsonl", tracker, self.is_main)
+        self.label = options.label or self.output_dir.name
         self._bar: Any = None
 
     # ------------------------------------------------------------------ the loop
@@ -138,12 +163,15 @@ class Trainer:
         self.resume()
         self.log.resume_at(self.engine.global_step)  # rows an interrupted run logged after its checkpoint
         self.log.restart()
-        self._bar = tqdm(total=self.total_steps, initial=self.engine.global_step, desc="train",
-                         disable=not self.is_main, dynamic_ncols=True)
+        self._bar = tqdm(total=self.total_steps, initial=self.engine.global_step, desc=f"{self.label} train",
+                         disable=not self.is_main, dynamic_ncols=True, mininterval=0.1 if _on_terminal() else 60)
         try:
             with self.stop_signal:
                 while self._steps_left() and self.train_epoch():
                     pass
+        except EarlyStopped as stop:
+            if self.engine.global_step < self.total_steps:
+                return self.stopped_early(stop)
         finally:
             self._bar.close()
         return self.finish()
@@ -247,18 +275,22 @@ class Trainer:
         sampler = self.data.eval_sampler
         sampler.set_epoch(0)
         batches = (self.eval_batch(share) for share in
-                   tqdm(sampler, desc="eval", disable=not self.is_main, leave=False))
+                   tqdm(sampler, desc=f"{self.label} dev", disable=not (self.is_main and _on_terminal()), leave=False))
         return self.objective.metric_fn(self.engine.predict(batches, self.objective.predict_fn))
 
     def _record_eval(self, metrics: dict[str, float], epoch: float) -> None:
         """History, TensorBoard, a new ``best/`` when the main metric improved, then the hooks."""
         step = self.engine.global_step
         self.state["history"].append({"step": step, "epoch": round(epoch, 4), **metrics})
-        self.tracker.scalars({f"eval/{k}": v for k, v in metrics.items()}, step)
-        if self.is_main:
-            print(f"[dist-peakd] eval step {step}: {json.dumps(metrics)}", flush=True)
-        if self._is_better(metrics[self.objective.main_metric]):
+        improved = self._is_better(metrics[self.objective.main_metric])
+        if improved:
             self.state["best"], self.state["best_step"] = metrics[self.objective.main_metric], step
+        self.tracker.evaluation(step, metrics, best=self.state["best"])
+        if self.is_main:
+            values = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            tqdm.write(f"[dist-peakd] {self.label} dev, step {step}/{self.total_steps}: {values}"
+                       + (" (best so far)" if improved else ""))
+        if improved:
             self.export_fn(self.output_dir / "best", {"step": step, "metrics": metrics})
         for hook in self.hooks:
             if hasattr(hook, "on_eval"):
@@ -310,8 +342,10 @@ class Trainer:
                 f"max_skipped_fraction {limit:g}): the run is not finished, so no final/ export or summary.json "
                 f"was written ({self.output_dir}); lower the learning rate or check the data, or raise "
                 "--max_skipped_fraction")
+
     def finish(self) -> dict[str, Any]:
-        """Evaluate the last weights (unless just done), export ``final/``, write ``summary.json``.
+        """Evaluate the last weights (unless just done), export ``final/``, write ``summary.json``, remove
+        the checkpoints (unless kept).
 
         A run that skipped more than ``max_skipped_fraction`` of its steps (``nan_policy=skip``) is not
         finished: :class:`TooManySkippedSteps` (exit 3), no ``final/``, no summary.
@@ -320,14 +354,44 @@ class Trainer:
         self._refuse_if_mostly_skipped()
         step = self.engine.global_step
         if not self.state["history"] or self.state["history"][-1]["step"] != step:
-            self._record_eval(self.evaluate(),
-                              self.state["epoch"] + self.state["step_in_epoch"] / max(1, self.steps_per_epoch))
-        history = self.state["history"]
-        final_metrics = {k: v for k, v in history[-1].items() if k not in ("step", "epoch")}
+            try:
+                self._record_eval(self.evaluate(),
+                                  self.state["epoch"] + self.state["step_in_epoch"] / max(1, self.steps_per_epoch))
+            except EarlyStopped:  # a scheduler's stop at the last evaluation: the run is complete anyway
+                pass
+        final_metrics = {k: v for k, v in self.state["history"][-1].items() if k not in ("step", "epoch")}
         self.export_fn(self.output_dir / "final", {"step": step, "metrics": final_metrics})
+        if self.is_main and (self.output_dir / "best").is_dir():
+            link_identical_files(self.output_dir / "final", self.output_dir / "best")
+        summary = self.summary()
+        keep = self.options.keep_checkpoints_after_success
+        if keep and not self.state["finished"]:
+            self.state["finished"] = True
+            self.checkpoint()
+        self._write_summary(summary)
+        if not keep:
+            self.remove_checkpoints()
+        return summary
+
+    def stopped_early(self, stop: EarlyStopped) -> dict[str, Any]:
+        """A hook ended the run after an evaluation: ``summary.json`` marked ``stopped``, ``best/`` kept,
+        no ``final/``; the checkpoints are removed (unless kept)."""
+        summary = self.summary(stopped={"step": stop.step, "by": stop.by})
+        if self.is_main:
+            print(f"[dist-peakd] {self.label}: stopped by {stop.by} after step {stop.step} of {self.total_steps}",
+                  flush=True)
+        self._write_summary(summary)
+        if not self.options.keep_checkpoints_after_success:
+            self.remove_checkpoints()
+        return summary
+
+    def summary(self, stopped: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``summary.json``: main metric, the last (``final``) and the best evaluation, history, steps."""
+        history = self.state["history"]
+        last = history[-1]
         summary = {
             "main_metric": self.objective.main_metric,
-            "final": {"step": step, **final_metrics},
+            "final": {"step": last["step"], **{k: v for k, v in last.items() if k not in ("step", "epoch")}},
             "best": dict(next(h for h in history if h["step"] == self.state["best_step"])),
             "history": history,
             "total_steps": self.total_steps,
@@ -336,10 +400,18 @@ class Trainer:
             **({"compile_s": round(self.engine.compile_seconds(), 1)} if self.engine.options.compile else {}),
             **self.extra_summary,
         }
-        if not self.state["finished"]:
-            self.state["finished"] = True
-            self.checkpoint()
+        if stopped is not None:
+            summary["stopped"] = stopped
+        return summary
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
         if self.is_main:
             atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2))
         self.tracker.flush()
-        return summary
+
+    def remove_checkpoints(self) -> None:
+        """Delete ``checkpoints/`` (after ``summary.json``: the run is complete and is never resumed)."""
+        barrier()
+        if self.engine.dist.local_rank == 0:  # one process per node (a node-local checkpoint folder too)
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        barrier()

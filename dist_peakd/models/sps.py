@@ -25,6 +25,7 @@ from transformers import (
 
 from .configuration_sps_bert import VARIANTS, SPSBertConfig, check_variant, sps_schedule
 from .errors import ModelConfigError
+from .loading import load_reporting
 from .modeling_sps_bert import (
     SPSBertForSequenceClassification,
     SPSSequenceClassifierOutput,
@@ -165,10 +166,8 @@ def load_student(
             raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
         config.num_labels = num_labels
         config.problem_type = "regression" if num_labels == 1 else None
-    return SPSBertForSequenceClassification.from_pretrained(
-        str(path),
-        config=config,
-        ignore_mismatched_sizes=True,
-        dtype=torch.float32,
-        attn_implementation=attn_implementation,
-    )
+    return load_reporting(
+        lambda **extra: SPSBertForSequenceClassification.from_pretrained(
+            str(path), config=config, ignore_mismatched_sizes=True, dtype=torch.float32,
+            attn_implementation=attn_implementation, **extra),
+        str(path), "student", config.num_labels)

@@ -9,6 +9,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from .errors import ModelConfigError
+from .loading import load_reporting
 from .outputs import ClassifierOutput
 
 BERT_FAMILY: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
@@ -54,13 +55,11 @@ def load_teacher(
     kwargs: dict = {"num_labels": num_labels}
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path_or_id),
-        attn_implementation=attn_implementation,
-        ignore_mismatched_sizes=True,
-        dtype=dtype,
-        **kwargs,
-    )
+    model = load_reporting(
+        lambda **extra: AutoModelForSequenceClassification.from_pretrained(
+            str(path_or_id), attn_implementation=attn_implementation, ignore_mismatched_sizes=True, dtype=dtype,
+            **kwargs, **extra),
+        str(path_or_id), "teacher", num_labels)
     if num_labels > 1 and model.config.problem_type == "regression":
         model.config.problem_type = None  # a saved regression head re-used for classification
     return model

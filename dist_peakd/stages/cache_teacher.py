@@ -176,12 +176,12 @@ def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Pat
     engine.ds.eval()
     collate = collator_for(tokenizer)
     splits = {"train": data.train, data.dev_split: data.dev}
-    n_steps = sum(-(-len(rows) // opts.cache_batch_size) for rows in splits.values())
-    bar = tqdm(total=n_steps, desc="cache-teacher", disable=not dist_info.is_main)
     start = time.perf_counter()
-    records = {name: _build_split(engine, rows, name, cache_dir, opts, dist_info, collate, dims, bar)
-               for name, rows in splits.items()}
-    bar.close()
+    records = {}
+    for name, rows in splits.items():
+        with tqdm(total=-(-len(rows) // opts.cache_batch_size), desc=f"cache-teacher {name}",
+                  disable=not dist_info.is_main) as bar:
+            records[name] = _build_split(engine, rows, name, cache_dir, opts, dist_info, collate, dims, bar)
     gathered = all_gather_objects(records)  # also a barrier: every shard is on disk
     return {name: [g[name] for g in gathered] for name in splits}, dims, engine.precision, time.perf_counter() - start
 
@@ -273,5 +273,6 @@ def _verified_summary(build: Path, cache_dir: Path, expected: dict[str, Any], ma
     atomic_write_text(cache_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     print(f"[dist-peakd] cached {total_rows} rows ({', '.join(f'{k}: {v}' for k, v in summary['rows'].items())}) "
           f"in {build_s:.1f} s (teacher pass {infer_s:.1f} s, {summary['rows_per_s']} rows/s) on {world_size} "
-          f"rank(s); teacher dev {json.dumps(summary['teacher_dev_metrics'])}", flush=True)
+          "rank(s); teacher dev " + ", ".join(f"{k} {v:.4f}" for k, v in summary["teacher_dev_metrics"].items()),
+          flush=True)
     return summary

@@ -30,12 +30,12 @@ from ..data import (
     tokenize_dataset,
 )
 from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
-from ..engine.trainer import TrainData, total_train_steps
-from ..errors import ConfigError
+from ..engine.tracking import tensorboard_dir
+from ..engine.trainer import TrainData, Trainer, total_train_steps
+from ..errors import ConfigError, StopRequested
 from .stage_folder import _rank, claim_stage_dir
 
 
-#: What marks a stage folder as holding work (anything else in it can be rewritten freely).
 def backbone_fingerprint(name: str) -> str:
     """What a backbone is: sha256 of its config and weights for a folder, else its hub id."""
     from ..cache import teacher_fingerprint
@@ -263,25 +263,43 @@ def build_engine(model: Any, opts: RunOptions, batches: TrainData, dist_info: Di
     return Engine(model, opts.engine_options(), total_steps=total, dist_info=dist_info)
 
 
-def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], task: Task | None = None) -> Tracker:
-    """TensorBoard under ``stage_dir/tb`` (rank 0 only), with the run's full config recorded; ``task``: the
-    dev metrics are the task's (own data, ``--metric``), else the tracker's default for the config.
+def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], task: Task | None = None,
+                 **hparams: Any) -> Tracker:
+    """TensorBoard in the stage folder itself (rank 0 only: the run is named like the folder), with the run's
+    full config and its HParams session (``hparams``: :meth:`Tracker.config`'s keywords, e.g. the teacher's
+    ``reference`` metrics). ``task``: the dev metrics are the task's (own data, ``--metric``) plus the dev
+    ``loss``, unless ``hparams`` names them; else the tracker's default for the config.
 
     When the run will resume from a checkpoint, the events an interrupted run wrote after it are
     purged (TensorBoard's purge on restart), so every step has one value."""
     from ..engine.checkpoints import resume_step
     from ..engine.trainer import CHECKPOINT_DIR
 
+    log_dir = tensorboard_dir(stage_dir)
     purge = None
-    if dist_info.is_main and any((stage_dir / "tb").glob("events.out.tfevents.*")):
+    if dist_info.is_main and any(log_dir.glob("events.out.tfevents.*")):
         purge = resume_step(stage_dir / CHECKPOINT_DIR, bool(config.get("trust_unverified"))) + 1
-    tracker = Tracker(stage_dir / "tb", enabled=dist_info.is_main, purge_step=purge)
+    tracker = Tracker(log_dir, enabled=dist_info.is_main, purge_step=purge)
     if dist_info.is_main:
-        if task is None:
-            tracker.config(config)
-        else:
-            tracker.config(config, main_metric=task.main_metric, metric_names=list(task.metrics))
+        if task is not None:
+            hparams = {"main_metric": task.main_metric, "metric_names": [*task.metrics, "loss"], **hparams}
+        tracker.config(config, **hparams)
     return tracker
+
+
+def fit_tracked(trainer: Trainer, tracker: Tracker) -> dict[str, Any]:
+    """``trainer.fit()``, then the HParams session ended as it went: success, or failure on an error; a
+    stop request (resumable: the run goes on later) leaves the session open."""
+    try:
+        summary = trainer.fit()
+    except StopRequested:
+        tracker.close(None)
+        raise
+    except BaseException:
+        tracker.close("failure")
+        raise
+    tracker.close("success")
+    return summary
 
 
 def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any],

@@ -12,6 +12,7 @@ Ablations are options: ``alpha=0 beta=0`` (no KD), ``beta=0`` (KD), ``variant=no
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +22,22 @@ import torch
 from ..config import RunOptions, check_folder_name, option
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
 from ..engine.hooks import EvalCallback
+from ..engine.tracking import with_eval_loss
 from ..engine.trainer import Objective, Trainer
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
 from .cards import ExportContext, model_label_names, student_method, teacher_reference
-from .common import MetricWarnings, build_engine, open_tracker, set_task_labels, stage_exporter, trainer_data
+from .common import (
+    MetricWarnings,
+    build_engine,
+    fit_tracked,
+    open_tracker,
+    set_task_labels,
+    stage_exporter,
+    trainer_data,
+)
 from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
 from .stage_folder import check_inputs, releases_locks
@@ -131,7 +141,8 @@ def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_c
         return loss_terms(out.logits, out.cls_states, t_logits.to(device), t_cls.to(device),
                           batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression)
 
-    return Objective(loss_fn=loss_fn, predict_fn=logits_predict, metric_fn=metrics_from_logits(task, warnings),
+    return Objective(loss_fn=loss_fn, predict_fn=logits_predict,
+                     metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
                      main_metric=task.main_metric, batch_hook=add_teacher_outputs)
 
 
@@ -144,13 +155,13 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     opts, k_auto = resolve_k(opts)
     layout = opts.layout()
     run_ = open_student_run(opts, layout)
-    announce_k(k_auto, run_.dist_info)
     inputs = dict(run_.inputs)
     if opts.use_ptp:
         inputs["ptp_encoder"] = _ptp_fingerprint(opts, layout)
     done = check_inputs(run_.stage_dir, inputs, opts.force)
     if done is not None:
         return done
+    announce_k(k_auto, run_.dist_info)
     model = build_distill_student(opts, layout, run_)
     layer_map = patient_layer_map(model.num_effective_layers, run_.cache.num_layers)
     loss_cfg, weights = opts.loss_config(), opts.loss_weights()
@@ -159,7 +170,7 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     tracker = open_tracker(run_.stage_dir, run_.dist_info, {
         **opts.__dict__, "stage": "distill", "world_size": run_.dist_info.world_size, "loss_weights": weights,
         "layer_map": layer_map, "precision_resolved": engine.precision, "total_steps": engine.total_steps},
-        task=run_.data.task)
+        task=run_.data.task, reference=run_.cache.manifest.get("teacher_dev_metrics"))
     tracker.text("loss", f"weights kd={weights['kd']} ce={weights['ce']} pt={weights['pt']}; "
                          f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
                          f"Patient-KD map (student, teacher) = {layer_map}")
@@ -172,14 +183,12 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
                             head={"stage": "distill", "task": run_.data.task.name, "data": run_.data.task.describe()},
                             tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context)
     warnings = MetricWarnings()
+    loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
     trainer = Trainer(
         engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device, warnings, engine.compiled),
-        run_.stage_dir, tracker,
-        opts.loop_options(), export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
+        run_.stage_dir, tracker, loop, export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
                        "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics"),
                        "metric_warnings": warnings.seen})
-    summary = trainer.fit()
-    tracker.close()
-    return summary
+    return fit_tracked(trainer, tracker)

@@ -10,7 +10,8 @@ The folder may be a stage's ``best/``/``final/`` (teacher or student), a plain e
 ONNX folder (onnxruntime). Rows are read through the stages' data path (``prepare_data``: the same data
 options, slices and tokenization cache) and batched as the stages' dev evaluation batches them
 (:mod:`.inference`), so the metrics of a stage's folder equal the ones in its ``summary.json`` (fp32
-stages; a bf16 stage evaluated its bf16 weights, this command their fp32 export).
+stages; a bf16 stage evaluated its bf16 weights, this command their fp32 export), the dev ``loss``
+(cross-entropy / MSE on the gold labels) included.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..artifacts import atomic_write_json
 from ..config import RunOptions, option
 from ..data import is_glue_name
 from ..engine import init_distributed
+from ..engine.tracking import with_eval_loss
 from ..errors import ConfigError
 from .cards import folder_data_options, folder_task_fields
 from .common import collator_for, prepare_data
@@ -124,7 +126,7 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     result = {**model.describe(), "task": data.task.name, "split": data.dev_split,
               "rows": int(len(outputs["example_ids"])), "max_length": opts.max_length,
               "eval_batch_size": opts.eval_batch_size, "world_size": dist_info.world_size,
-              "metrics": metrics_from_logits(data.task)(outputs)}
+              "metrics": with_eval_loss(metrics_from_logits(data.task), data.task.is_regression)(outputs)}
     if opts.out and dist_info.is_main:
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(opts.out, result)

@@ -6,6 +6,7 @@ Outputs under ``<output_dir>/<task>/teacher/``: ``best/`` and ``final/`` (HF for
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunOptions
+from ..engine.tracking import with_eval_loss
 from ..engine.trainer import Objective, Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
@@ -23,6 +25,7 @@ from .common import (
     MetricWarnings,
     backbone_fingerprint,
     build_engine,
+    fit_tracked,
     load_tokenizer,
     open_tracker,
     prepare_data,
@@ -84,9 +87,10 @@ def metrics_from_logits(task: Any, warnings: MetricWarnings | None = None):
 
 
 def classification_objective(task: Any, warnings: MetricWarnings | None = None) -> Objective:
-    """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics."""
+    """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics and the dev loss."""
     return Objective(loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
-                     metric_fn=metrics_from_logits(task, warnings), main_metric=task.main_metric)
+                     metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
+                     main_metric=task.main_metric)
 
 
 @releases_locks
@@ -116,8 +120,7 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
                             {"model_stats": stats}, context)
     warnings = MetricWarnings()
     trainer = Trainer(engine, batches, classification_objective(data.task, warnings), stage_dir, tracker,
-                      opts.loop_options(), export, extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),
-                                                                  "metric_warnings": warnings.seen})
-    summary = trainer.fit()
-    tracker.close()
-    return summary
+                      dataclasses.replace(opts.loop_options(), label="teacher"), export,
+                      extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),
+                                     "metric_warnings": warnings.seen})
+    return fit_tracked(trainer, tracker)

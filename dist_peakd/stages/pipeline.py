@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import console
 from ..artifacts import atomic_write_text
 from ..config import RunOptions, option
 from ..data import glue_task
@@ -80,9 +81,17 @@ def _subset(opts: PipelineOptions, cls: type, **overrides: Any) -> Any:
     return sub
 
 
-def _run_stage(name: str, stage_dir: Path, stage_opts: RunOptions, runner: Any, log: list[str]) -> dict[str, Any]:
-    """Run one stage; the stage itself reuses its folder when it finished with the same options and inputs
-    (its upstream artifacts' fingerprints), refuses it when they changed (``--force`` redoes it)."""
+#: The command name of a stage in the banners (the stage log keeps the short names).
+BANNER_NAMES = {"teacher": "finetune-teacher", "cache": "cache-teacher"}
+
+
+def _run_stage(name: str, stage_dir: Path, stage_opts: RunOptions, runner: Any, log: list[str],
+               detail: str = "") -> dict[str, Any]:
+    """Run one stage under its banner; the stage itself reuses its folder when it finished with the same
+    options and inputs (its upstream artifacts' fingerprints), refuses it when they changed (``--force``
+    redoes it)."""
+    title = BANNER_NAMES.get(name.split(" ")[0], name.split(" ")[0])
+    console.banner(title, f"{detail} -> {stage_dir}" if detail else str(stage_dir))
     t0 = time.perf_counter()
     result = runner(stage_opts)
     if result.get("reused"):
@@ -152,8 +161,11 @@ def run_teacher_stages(opts: EarlierStagesOptions, log: list[str], **teacher_ove
     else:
         teacher_opts = _subset(opts, finetune_teacher.FinetuneTeacherOptions, epochs=opts.teacher_epochs,
                                lr=opts.teacher_lr, **teacher_overrides)
-        teacher_summary = _run_stage("teacher", layout.teacher_stage, teacher_opts, finetune_teacher.run, log)
+        teacher_summary = _run_stage("teacher", layout.teacher_stage, teacher_opts, finetune_teacher.run, log,
+                                     f"fine-tune {opts.backbone} on {opts.task}, {opts.teacher_epochs:g} epoch(s), "
+                                     f"lr {opts.teacher_lr:g}")
     t0 = time.perf_counter()
+    console.banner("cache-teacher", f"teacher {layout.teacher} over train + dev -> {layout.teacher_cache}")
     cache_summary = cache_teacher.run(_subset(opts, cache_teacher.CacheTeacherOptions))
     log.append(f"cache: {'reused' if cache_summary.get('skipped') else 'built'} in {time.perf_counter() - t0:.1f} s")
     return teacher_summary, cache_summary
@@ -219,14 +231,17 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
     task = run_task(opts)
     layout = opts.layout()
     log: list[str] = []
-    teacher_summary, cache_summary = run_teacher_stages(opts, log)
     use_ptp = opts.use_ptp and not task.is_regression
-    if use_ptp:
-        ptp_opts = _subset(opts, ptp.PTPOptions, epochs=opts.ptp_epochs, lr=opts.ptp_lr)
-        _run_stage("ptp", layout.stage_dir(ptp_opts.stage_name()), ptp_opts, ptp.run, log)
-    distill_opts = _subset(opts, DistillOptions, use_ptp=use_ptp)
-    student_summary = _run_stage("distill", layout.stage_dir(distill_opts.stage_name()), distill_opts,
-                                 distill.run, log)
+    with console.stage_plan(2 + (not layout.teacher_is_given) + use_ptp):
+        teacher_summary, cache_summary = run_teacher_stages(opts, log)
+        if use_ptp:
+            ptp_opts = _subset(opts, ptp.PTPOptions, epochs=opts.ptp_epochs, lr=opts.ptp_lr)
+            _run_stage("ptp", layout.stage_dir(ptp_opts.stage_name()), ptp_opts, ptp.run, log,
+                       f"pretrain the k={opts.k} {opts.variant} student on teacher-prediction labels, "
+                       f"{opts.ptp_epochs:g} epoch(s)")
+        distill_opts = _subset(opts, DistillOptions, use_ptp=use_ptp)
+        student_summary = _run_stage("distill", layout.stage_dir(distill_opts.stage_name()), distill_opts,
+                                     distill.run, log, distill_detail(distill_opts))
     result: dict[str, Any] = {}
     if dist_info.is_main:
         rows, latency_batch = compare_teacher_and_student(opts, _teacher_metrics(teacher_summary, cache_summary),
@@ -242,8 +257,31 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
                   f"{result['wall_time_s']} s on {dist_info.world_size} x {dist_info.device})")
         md = _markdown(rows, list(task.metrics), header)
         add_latency_to_card(Path(result["student_dir"]), rows, latency_batch, dist_info.device)
+        result["output_bytes"] = console.folder_size(layout.task_dir)
         atomic_write_text(layout.pipeline_summary("json"), json.dumps(result, indent=2))
         atomic_write_text(layout.pipeline_summary("md"), md)
-        print(md, flush=True)
+        print_summary(md, result, layout.task_dir, layout.pipeline_summary("json"),
+                      [teacher_summary or {}, student_summary], opts.keep_checkpoints_after_success)
     barrier()
     return result
+
+
+def distill_detail(opts: DistillOptions) -> str:
+    """The distillation banner: the student and the loss."""
+    start = "the PTP encoder" if opts.use_ptp else "the backbone's bottom layers"
+    return (f"k={opts.k} {opts.variant} student from {start}, alpha {opts.alpha:g}, T {opts.temperature:g}, "
+            f"beta {opts.beta:g}, {opts.epochs:g} epoch(s)")
+
+
+def print_summary(md: str, result: dict[str, Any], task_dir: Path, json_path: Path,
+                  summaries: list[dict[str, Any]], kept_checkpoints: bool) -> None:
+    """The end of the pipeline's console output: the table, warnings, where the details are, the disk used."""
+    from ..outcome import summary_warnings
+
+    print(md, flush=True)
+    for who, summary in zip(("teacher", "student"), summaries, strict=True):
+        for warning in summary_warnings(summary):
+            console.warn(f"{who}: {warning}")
+    console.info(f"summary: {json_path} (table: {json_path.with_suffix('.md')})")
+    note = "checkpoints kept" if kept_checkpoints else "checkpoints removed once each stage completed"
+    console.info(f"output folder {task_dir}: {console.human_size(result['output_bytes'])} ({note})")

@@ -26,7 +26,7 @@ from ..layout import ptp_stage_name
 from ..loss_output import LossOutput
 from ..models import build_student, model_stats
 from .cards import ExportContext, student_method, teacher_reference
-from .common import build_engine, open_tracker, stage_exporter, trainer_data
+from .common import build_engine, fit_tracked, open_tracker, stage_exporter, trainer_data
 from .depth import announce_k, resolve_k
 from .stage_folder import check_inputs, releases_locks
 from .student_common import K_HELP, StudentRun, open_student_run, validate_student_options
@@ -138,10 +138,10 @@ def run(opts: PTPOptions) -> dict[str, Any]:
     """Label from the cache, pretrain the 4-way student, keep the lowest-dev-PTP-loss encoder."""
     opts, k_auto = resolve_k(opts)
     run_ = open_student_run(opts, opts.layout(), check_task=refuse_regression)
-    announce_k(k_auto, run_.dist_info)
     done = check_inputs(run_.stage_dir, run_.inputs, opts.force)
     if done is not None:
         return done
+    announce_k(k_auto, run_.dist_info)
     train_ptp, dev_ptp, ptp_info = ptp_targets(opts, run_)
     model = build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES)
     model.config.id2label = dict(enumerate(PTP_CLASS_NAMES))  # 4 PTP classes whatever the task's label count
@@ -153,7 +153,10 @@ def run(opts: PTPOptions) -> dict[str, Any]:
         "precision_resolved": engine.precision, "total_steps": engine.total_steps})
     tracker.text("ptp", "```\n" + json.dumps(ptp_info, indent=2) + "\n```")
     if run_.dist_info.is_main:
-        print(f"[dist-peakd] PTP thresholds and histogram: {json.dumps(ptp_info)}", flush=True)
+        t, hist = ptp_info["thresholds"], ptp_info["histogram"]["train"]
+        print(f"[dist-peakd] PTP labels: confidence thresholds t1 {t['t1']:.4g} / t2 {t['t2']:.4g} ({t['rule']} "
+              f"rule; {t['n_correct']} right, {t['n_wrong']} wrong train examples); train: "
+              + ", ".join(f"{k} {v}" for k, v in hist.items()), flush=True)
     stats = model_stats(engine.module, seq_len=opts.max_length)
     teacher = opts.layout().teacher
     _, teacher_stats = teacher_reference(teacher, run_.cache.manifest)
@@ -165,6 +168,4 @@ def run(opts: PTPOptions) -> dict[str, Any]:
                       tracker, opts.loop_options(), export,
                       extra_summary={**ptp_info, "stage_dir": str(run_.stage_dir), "model_stats": stats, "k": opts.k,
                                      "k_auto": k_auto})
-    summary = trainer.fit()
-    tracker.close()
-    return summary
+    return fit_tracked(trainer, tracker)

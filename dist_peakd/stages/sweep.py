@@ -17,11 +17,16 @@ Before the trials start, the driver (this process) runs what every trial shares,
 (as the pipeline does): the teacher fine-tune, the teacher cache, and one PTP encoder per (k, variant)
 in the space. No trial runs the teacher. Each trial is one distillation run (``distill.run``) in its
 Tune actor (``workers_per_trial=1``) or on a Ray Train ``TorchTrainer`` of ``workers_per_trial``
-DeepSpeed workers; it reports the dev metrics after every evaluation, so ASHA can stop it early.
+DeepSpeed workers; it evaluates ``rungs`` times per epoch (unless ``eval_every_steps`` is set) and reports
+after every evaluation, so ASHA can stop it early: such a trial keeps its ``best/`` and a summary marked
+"stopped at step N (ASHA)". The budget (trials x steps) is printed before the trials start and one line
+as each trial ends.
 
-Layout, under ``<output_dir>/<task>/sweep-<name>/``: ``trial-<id>/`` (one distillation run each: ``tb/``,
-``summary.json``, ``trial.json``; ``tensorboard --logdir`` this folder shows all trials side by side),
-``tune/`` (Ray Tune's state, for ``--resume``), ``results.{csv,md,json}``, ``<metric>_vs_<option>.png``.
+Layout, under ``<output_dir>/<task>/sweep-<name>/``: ``trial-<id>-<swept values>/`` (one distillation run
+each: event files, ``summary.json``, ``trial.json``, ``best/``; ``final/`` only for the best trial unless
+``keep_trial_final``; ``tensorboard --logdir`` this folder shows all trials side by side, named like
+their folders), ``tune/`` (Ray Tune's state, for ``--resume``), ``results.{csv,md,json}`` and the plots
+(a heatmap for a 2-D grid, else ``<metric>_vs_<option>.png``).
 
 A trial that raises is retried ``max_failures`` times, then reported as ``errored``; the sweep goes on.
 Ctrl+C / SIGTERM (or ``stop_after_trials``) stops the sweep with its state saved: rerun the same
@@ -34,11 +39,13 @@ import dataclasses
 import importlib.util
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import console
 from ..artifacts import atomic_write_text
 from ..config import option, result_differences
 from ..env import env_int
@@ -54,9 +61,10 @@ from .stage_folder import releases_locks
 class SweepOptions(EarlierStagesOptions):
     """Distillation options (fixed for every trial unless swept) plus the search, resources and cluster.
 
-    Trials report after every dev evaluation: ``eval_every_steps`` > 0 gives ASHA more than one rung per epoch.
-    It applies to the trials only: the shared teacher and PTP stages evaluate once per epoch (as the
-    pipeline does by default), so a sweep can reuse a pipeline's teacher, cache and PTP encoders.
+    Trials report after every dev evaluation: ``rungs`` per epoch by default (``eval_every_steps`` > 0
+    sets the interval instead). Both apply to the trials only: the shared teacher and PTP stages evaluate
+    once per epoch (as the pipeline does by default), so a sweep can reuse a pipeline's teacher, cache and
+    PTP encoders.
     """
 
     # what to search
@@ -70,6 +78,10 @@ class SweepOptions(EarlierStagesOptions):
     scope: str = option("last", help="rank trials by their final metric (last) or best-on-dev (all)")
     grace_period: int = option(1, help="ASHA: evaluations before a trial can be stopped")
     reduction_factor: float = option(2.0, help="ASHA: keep the top 1/reduction_factor at each rung")
+    rungs: int = option(3, help="dev evaluations per epoch of each trial when eval_every_steps is 0 (ASHA's "
+                                "decision points; 1: at epoch ends only)")
+    keep_trial_final: bool = option(False, help="keep final/ of every trial (default: only the best trial's; "
+                                                "every trial keeps best/)", result=False)
     # how each trial runs
     workers_per_trial: int = option(1, help="ranks (Ray Train workers) per trial")
     cpus_per_worker: float = option(1.0, help="CPUs reserved per worker")
@@ -96,7 +108,7 @@ class SweepOptions(EarlierStagesOptions):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name}: {getattr(self, name)!r} is not one of {list(allowed)}")
         for name in ("num_samples", "workers_per_trial", "grace_period", "max_concurrent_trials", "num_cpus",
-                     "stop_after_trials"):
+                     "stop_after_trials", "rungs"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"option {name}: must be >= 1, got {value}")
@@ -148,13 +160,14 @@ class SweepOptions(EarlierStagesOptions):
         return self.num_samples or (1 if self.search == "grid" else 8)
 
 
-    def tuner_spec(self, task: Any = None) -> Any:
+    def tuner_spec(self, max_t: int, expected_trials: int, swept: tuple[str, ...], task: Any = None) -> Any:
         from ..sweep.tuner import TunerSpec
 
         return TunerSpec(metric=self.resolved_metric(task), mode=self.mode, search=self.search, scheduler=self.scheduler,
                          num_samples=self.samples(), grace_period=self.grace_period,
                          reduction_factor=self.reduction_factor, max_concurrent_trials=self.max_concurrent_trials,
-                         max_failures=self.max_failures, seed=self.seed, resume_errored=self.resume_errored)
+                         max_failures=self.max_failures, seed=self.seed, resume_errored=self.resume_errored,
+                         max_t=max_t, expected_trials=expected_trials, swept=swept)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -253,13 +266,67 @@ def _check_depths(opts: SweepOptions, dims: dict[str, Any]) -> None:
         check_k_against_backbone(int(k), backbone)
 
 
+def _shared_stage_count(opts: SweepOptions, dims: dict[str, Any], task: Any) -> int:
+    """The stages run before the trials (each gets a banner): teacher, cache, one PTP encoder per shape."""
+    from ..sweep.space import values_of
+
+    count = 0 if opts.teacher_cache_dir else 1 + (not opts.layout().teacher_is_given)
+    if any(values_of("use_ptp", dims, opts.use_ptp)) and not task.is_regression and not opts.ptp_dir:
+        count += len(values_of("k", dims, opts.k)) * len(values_of("variant", dims, opts.variant))
+    return count
+
+
+def _train_rows(opts: SweepOptions) -> int | None:
+    """Training examples every trial sees (the teacher cache's train split)."""
+    manifest = opts.layout().teacher_cache / "manifest.json"
+    try:
+        return int(json.loads(manifest.read_text())["splits"]["train"]["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def trial_budget(opts: SweepOptions, dims: dict[str, Any], base: dict[str, Any], train_rows: int | None
+                 ) -> tuple[int, str]:
+    """ASHA's ``max_t`` (evaluations of a full trial) and the budget line printed before the trials."""
+    from ..sweep.plan import (
+        ASHA_MAX_T,
+        PLAN_OPTIONS,
+        asha_milestones,
+        budget_text,
+        max_evaluations,
+        trial_plan,
+    )
+    from ..sweep.space import grid_size
+
+    trials = opts.samples() * grid_size(dims)
+    varied = [n for n in PLAN_OPTIONS if n in dims and dims[n].kind != "fixed"]
+    if train_rows is None:
+        return ASHA_MAX_T, f"{trials} trials"
+    if varied and not all(dims[n].discrete for n in varied):
+        return ASHA_MAX_T, budget_text(trials, None)
+    configs = _plan_configs(dims, varied)
+    max_t = max_evaluations(base, configs, train_rows, opts.rungs)
+    plan = None if varied else trial_plan(base, train_rows, opts.rungs)
+    milestones = asha_milestones(max_t, opts.grace_period, opts.reduction_factor) if opts.scheduler == "asha" else []
+    return max_t, budget_text(trials, plan, milestones)
+
+
+def _plan_configs(dims: dict[str, Any], varied: list[str]) -> list[dict[str, Any]] | None:
+    """Every combination of the swept plan options (None when none is swept)."""
+    if not varied:
+        return None
+    return [dict(zip(varied, combo, strict=True))
+            for combo in itertools.product(*(dims[n].candidates() for n in varied))]
+
+
 def _report(opts: SweepOptions, dims: dict[str, Any], task: Any) -> Any:
     from ..sweep.report import SweepReport
     from ..sweep.space import grid_size
 
     return SweepReport(task=task.name, task_metrics=list(task.metrics), metric=task.main_metric, mode=opts.mode,
                        scope=opts.scope, search=opts.search, scheduler=opts.scheduler,
-                       expected_trials=opts.samples() * grid_size(dims), fixed=dataclasses.asdict(opts))
+                       expected_trials=opts.samples() * grid_size(dims), fixed=dataclasses.asdict(opts),
+                       keep_trial_final=opts.keep_trial_final)
 
 
 @releases_locks
@@ -267,6 +334,7 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     """Build the shared stages, run the Tune sweep (resuming if asked), write the results; returns the summary."""
     from ..sweep.cluster import init_ray, shutdown_ray
     from ..sweep.report import write_results
+    from ..sweep.space import grid_size
     from ..sweep.trainable import TrialSettings, make_trainable
     from ..sweep.tuner import check_resources, make_tuner, run_tuner
     from .common import quiet_environment, run_task
@@ -274,6 +342,7 @@ def run(opts: SweepOptions) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     quiet_environment()
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")  # a stopped trial's summary before actor reuse
     if env_int("WORLD_SIZE", 1, minimum=1) > 1:
         raise ConfigError("run the sweep as one process (not under deepspeed/torchrun); "
                           "each trial gets its own ranks with --workers_per_trial")
@@ -293,12 +362,17 @@ def run(opts: SweepOptions) -> dict[str, Any]:
                                  cpus_per_worker=opts.cpus_per_worker, gpus_per_worker=opts.gpus_per_worker,
                                  options_type=DistillOptions, trial_fn=distill.run)
         check_resources(settings, local=opts.address is None)
-        log, use_ptp = prepare_shared_stages(opts, dims, task)
-        settings = dataclasses.replace(settings, base=_trial_base(opts, use_ptp))
-        print(f"[dist-peakd] sweep {sweep_dir}: {'resuming' if restore else 'starting'}; trials: {settings.backend}, "
-              f"{opts.workers_per_trial} worker(s) each; shared stages: {'; '.join(log)}", flush=True)
-        run_tuner(make_tuner(opts.tuner_spec(task), make_trainable(settings), dims, sweep_dir, restore),
-                  opts.stop_after_trials)
+        swept = tuple(n for n, d in dims.items() if d.kind != "fixed")
+        with console.stage_plan(_shared_stage_count(opts, dims, task) + 1):
+            log, use_ptp = prepare_shared_stages(opts, dims, task)
+            base, train_rows = _trial_base(opts, use_ptp), _train_rows(opts)
+            settings = dataclasses.replace(settings, base=base, train_rows=train_rows, rungs=opts.rungs, swept=swept)
+            max_t, budget = trial_budget(opts, dims, base, train_rows)
+            console.banner("sweep", f"{'resuming ' if restore else ''}{budget} -> {sweep_dir}")
+        console.info(f"trials: {settings.backend}, {opts.workers_per_trial} worker(s) each, {opts.search} search, "
+                     f"{opts.scheduler}; shared stages: {'; '.join(log)}")
+        spec = opts.tuner_spec(max_t, opts.samples() * grid_size(dims), swept, task)
+        run_tuner(make_tuner(spec, make_trainable(settings), dims, sweep_dir, restore), opts.stop_after_trials)
         return write_results(_report(opts, dims, task), sweep_dir, dims, log, time.perf_counter() - t_start)
     finally:
         shutdown_ray(started)

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import atomic_write_json
 from .naming import find_trial_dir
 from .plots import plot_results  # noqa: F401  (re-exported: the sweep driver imports it from here)
-from .trainable import TRIAL_RECORD
+from .trainable import TRIAL_RECORD, read_stop_record, stopped_early
 
 #: Options listed once in the report when they are not swept (the table has the swept ones only).
 SHOWN_OPTIONS = ("k", "variant", "temperature", "alpha", "beta", "lr")
@@ -42,6 +43,7 @@ class TrialState:
     status: str                   # Tune's: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
     config: dict[str, Any]
     last_result: dict[str, Any]
+    results_file: str | None = None   # Tune's result.json of the trial (every report)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -94,6 +96,9 @@ def collect_rows(sweep_dir: Path, trials: Iterable[TrialState], fixed: dict[str,
         run_dir = find_trial_dir(sweep_dir, t.trial_id)
         summary = _read_json(run_dir / "summary.json")
         record = _read_json(run_dir / TRIAL_RECORD) or {}
+        stop_file = read_stop_record(run_dir)
+        if stopped_early(stop_file) and "stopped" not in record:
+            record = {**record, "stopped": stop_file}
         last = t.last_result or {}
         status, stopped_at, stopped_by = _status(t, summary, record, scheduler)
         row: dict[str, Any] = {"trial": run_dir.name, "status": status, "stopped_at_step": stopped_at,
@@ -271,17 +276,61 @@ def progress_line(done: int, total: int, trial: str, values: Mapping[str, Any], 
 
 def render_report(rows: Sequence[dict[str, Any]], header: str, *, metric: str, swept: Sequence[str],
                   fixed: Mapping[str, Any], best_trial: str | None, num_trials: int,
-                  plots: Sequence[Path] = ()) -> str:
-    """``results.md``: header, budget, fixed options, the table (best in bold), notes, plots."""
+                  plots: Sequence[Path] = (), extra_notes: Sequence[str] = ()) -> str:
+    """``results.md``: header, budget, fixed options, the table (best in bold), notes (identical metrics
+    across a swept option, then ``extra_notes``, e.g. the trials' metric warnings), plots."""
     lines = [budget_line(num_trials, steps_per_trial(rows), rows)]
     if fixed_line(fixed, swept):
         lines.append(fixed_line(fixed, swept))
     table = to_markdown(rows, header, best_trial=best_trial)
     head, _, body = table.partition("\n\n")
     out = head + "\n\n" + "\n".join(f"{line}  " for line in lines) + "\n\n" + body
-    notes = identical_metric_notes(rows, swept, metric)
+    notes = [*identical_metric_notes(rows, swept, metric), *extra_notes]
     if notes:
         out += "\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     if plots:
         out += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
     return out
+
+
+def _tune_history(results_file: str | None, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The evaluations a trial reported to Tune (``step`` and the metrics ``names``), in order."""
+    history: list[dict[str, Any]] = []
+    try:
+        lines = Path(results_file).read_text().splitlines() if results_file else []
+    except OSError:
+        return history
+    for line in lines:
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(result.get("step"), int) and (not history or history[-1]["step"] != result["step"]):
+            history.append({"step": result["step"], **{m: result[m] for m in names if _number(result.get(m))}})
+    return history
+
+
+def recover_summaries(sweep_dir: Path, trials: Iterable[TrialState], metric: str, mode: str,
+                      task_metrics: Sequence[str]) -> list[str]:
+    """Write ``summary.json`` for trials the scheduler stopped whose process ended before writing it (a
+    Ray Train trial's workers, a trial process that exited first), from the reports Tune kept; returns
+    the trials written. Their ``best/`` is the one the run exported as it went."""
+    written = []
+    for t in trials:
+        run_dir = find_trial_dir(sweep_dir, t.trial_id)
+        stop = read_stop_record(run_dir)
+        if t.status != "TERMINATED" or stop is None or (run_dir / "summary.json").is_file():
+            continue
+        history = _tune_history(t.results_file, [*task_metrics, "loss"])
+        scored = [h for h in history if _number(h.get(metric))]
+        if not scored:
+            continue
+        best = (max if mode == "max" else min)(scored, key=lambda h: h[metric])
+        summary = {"main_metric": metric, "final": dict(history[-1]), "best": dict(best), "history": history,
+                   "total_steps": stop.get("total_steps"), "stage_dir": str(run_dir),
+                   "recovered": "from the reports Tune kept (the trial's process ended before writing it)"}
+        if stopped_early(stop):
+            summary["stopped"] = {"step": stop.get("step"), "by": stop.get("by")}
+        atomic_write_json(run_dir / "summary.json", summary)
+        written.append(run_dir.name)
+    return written

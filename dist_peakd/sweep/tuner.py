@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-
-#: ASHA's cap on evaluations per trial: never reached in practice (a run stops when its epochs end).
-ASHA_MAX_T = 10_000
+from .plan import ASHA_MAX_T
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,9 @@ class TunerSpec:
     max_failures: int = 1
     seed: int = 0
     resume_errored: bool = False
+    max_t: int = ASHA_MAX_T            # ASHA: evaluations of a trial that runs to its end
+    expected_trials: int = 0           # for the progress lines (trial i/N)
+    swept: tuple[str, ...] = ()        # the options the space varies (shown in the progress lines)
 
 
 @contextlib.contextmanager
@@ -58,9 +59,11 @@ def tune_environment() -> Iterator[None]:
             os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = previous
 
 
-def _search_and_scheduler(spec: TunerSpec) -> tuple[Any, int | None, Any]:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _search_and_scheduler(spec: TunerSpec, sweep_dir: Path) -> tuple[Any, int | None, Any]:
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from .callbacks import RecordingASHA
 
     if spec.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -69,7 +72,8 @@ def _search_and_scheduler(spec: TunerSpec) -> tuple[Any, int | None, Any]:
     else:  # Tune ignores max_concurrent_trials for a generator instance: give it to the generator
         search_alg = BasicVariantGenerator(max_concurrent=spec.max_concurrent_trials or 0, random_state=spec.seed)
         max_concurrent = None
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=ASHA_MAX_T, grace_period=spec.grace_period,
+    scheduler = (RecordingASHA(str(sweep_dir), time_attr="training_iteration", max_t=max(1, spec.max_t),
+                               grace_period=min(spec.grace_period, max(1, spec.max_t)),
                                reduction_factor=spec.reduction_factor)
                  if spec.scheduler == "asha" else FIFOScheduler())
     return search_alg, max_concurrent, scheduler
@@ -80,7 +84,7 @@ def make_tuner(spec: TunerSpec, trainable: Any, dims: dict[str, Any], sweep_dir:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from .callbacks import StopAfterTrials
+    from .callbacks import StopAfterTrials, TrialProgress
     from .space import to_tune
     from .trainable import trial_dirname
 
@@ -88,7 +92,7 @@ def make_tuner(spec: TunerSpec, trainable: Any, dims: dict[str, Any], sweep_dir:
     if restore:
         return tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=spec.resume_errored)
-    search_alg, max_concurrent, scheduler = _search_and_scheduler(spec)
+    search_alg, max_concurrent, scheduler = _search_and_scheduler(spec, sweep_dir)
     return tune.Tuner(
         trainable,
         param_space=to_tune(dims),
@@ -97,8 +101,10 @@ def make_tuner(spec: TunerSpec, trainable: Any, dims: dict[str, Any], sweep_dir:
                                     reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(sweep_dir),
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                  callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), StopAfterTrials()],
-                                  verbose=1),
+                                  callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), StopAfterTrials(),
+                                             TrialProgress(str(sweep_dir), spec.metric, spec.expected_trials,
+                                                           spec.swept)],
+                                  verbose=0),  # our own lines: the budget first, then one per ended trial
     )
 
 

@@ -34,8 +34,8 @@ from .engine.ds_config import (
     resolve_ds_config_path,
 )
 from .engine.engine import EngineOptions
+from .engine.loop_spec import LoopOptions
 from .engine.nonfinite import NAN_POLICIES
-from .engine.trainer import LoopOptions
 from .env import env_int
 from .errors import ConfigError
 from .layout import RunLayout

@@ -30,8 +30,9 @@ from ..data import (
     tokenize_dataset,
 )
 from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
+from ..engine.loop_spec import TrainData, total_train_steps
 from ..engine.tracking import tensorboard_dir
-from ..engine.trainer import TrainData, Trainer, total_train_steps
+from ..engine.trainer import Trainer
 from ..errors import ConfigError, StopRequested
 from .stage_folder import _rank, claim_stage_dir
 

@@ -22,8 +22,9 @@ import torch
 from ..config import RunOptions, check_folder_name, option
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
 from ..engine.hooks import EvalCallback
+from ..engine.loop_spec import Objective
 from ..engine.tracking import with_eval_loss
-from ..engine.trainer import Objective, Trainer
+from ..engine.trainer import Trainer
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..loss_output import LossOutput

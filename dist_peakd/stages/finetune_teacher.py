@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunOptions
+from ..engine.loop_spec import Objective
 from ..engine.tracking import with_eval_loss
-from ..engine.trainer import Objective, Trainer
+from ..engine.trainer import Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
 from ..models import load_teacher, model_stats

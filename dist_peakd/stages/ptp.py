@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ..config import RunOptions, option
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
 from ..distill.ptp import PTP_CLASS_NAMES
-from ..engine.trainer import Objective, Trainer
+from ..engine.loop_spec import Objective
+from ..engine.trainer import Trainer
 from ..errors import ConfigError
 from ..layout import ptp_stage_name
 from ..loss_output import LossOutput

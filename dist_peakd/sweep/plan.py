@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.trainer import evaluation_steps, total_train_steps
+from ..engine.loop_spec import evaluation_steps, total_train_steps
 
 #: ASHA's time axis when trials differ in their number of evaluations and the space cannot be listed.
 ASHA_MAX_T = 10_000

@@ -96,7 +96,7 @@ def test_mrpc_as_csv_and_jsonl_trains_exactly_like_the_glue_task(mrpc_runs, tiny
     assert len(expected_rows["train"]["idx"]) == N_TRAIN and len(expected_rows["dev"]["idx"]) == N_DEV
     expected_log, expected_summary = _train_log(glue), _summary(glue)
     assert len(expected_log) == 3 and all(r["train/ce"] > 0 for r in expected_log)  # 48 rows / 16 = 3 steps
-    assert expected_summary["main_metric"] == "f1" and set(expected_summary["final"]) == {"step", "f1", "accuracy"}
+    assert expected_summary["main_metric"] == "f1" and set(expected_summary["final"]) == {"step", "f1", "accuracy", "loss"}
     for name in ("mrpc_csv", "mrpc_jsonl"):
         own = mrpc_runs[name]
         assert _tokenized_rows(own, FinetuneTeacherOptions, tiny_bert) == expected_rows, name
@@ -207,7 +207,7 @@ def test_regression_runs_teacher_cache_distill_and_refuses_ptp(tiny_bert, tmp_pa
     record = json.loads((task_dir / "data.json").read_text())
     assert record["task"]["problem"] == "regression" and record["task"]["labels"] is None
     student = json.loads((task_dir / "student" / "summary.json").read_text())
-    assert student["main_metric"] == "pearson" and set(student["final"]) == {"step", "pearson", "spearmanr"}
+    assert student["main_metric"] == "pearson" and set(student["final"]) == {"step", "pearson", "spearmanr", "loss"}
     assert isinstance(student["metric_warnings"], list)
     config = json.loads((task_dir / "student" / "final" / "config.json").read_text())
     assert config["id2label"] == {"0": "stars"}
@@ -258,7 +258,7 @@ def test_sweep_on_own_data_ranks_trials_by_the_chosen_metric(animals, tiny_bert,
     assert result["best"]["macro_f1_final"] == max(float(r["macro_f1_final"]) for r in rows)
     for r in rows:
         summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
-        assert summary["main_metric"] == "macro_f1" and set(summary["final"]) == {"step", "accuracy", "macro_f1"}
+        assert summary["main_metric"] == "macro_f1" and set(summary["final"]) == {"step", "accuracy", "macro_f1", "loss"}
         config = json.loads((Path(r["run_dir"]) / "config.json").read_text())
         assert config["train_file"] == str(train) and config["use_ptp"] is True
 

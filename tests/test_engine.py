@@ -57,6 +57,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_bert, glue_dir, uninterr
         assert not (run / "mrpc" / "teacher" / "checkpoints").exists()
     mtime = (out / "mrpc" / "teacher" / "summary.json").stat().st_mtime_ns
     again = finetune_teacher.run(_opts(out, tiny_bert, glue_dir))
+    assert again.pop("reused") is True
     assert again == json.loads((out / "mrpc" / "teacher" / "summary.json").read_text())
     assert (out / "mrpc" / "teacher" / "summary.json").stat().st_mtime_ns == mtime
     assert len(list((out / "mrpc" / "teacher").glob("events.out.tfevents.*"))) == 2  # the stopped run + resume

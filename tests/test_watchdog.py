@@ -159,6 +159,7 @@ def test_stopped_peer_is_named_and_ends_the_survivor_with_exit_5(start_ranks, fr
     assert ranks[frozen].proc.poll() is None  # the stopped one is the launcher's to kill
 
 
+@pytest.mark.slow  # real processes and timeouts: the full suite (CI), not the fast tier
 def test_stopped_peer_is_found_across_network_namespaces(start_ranks):
     """Each rank in its own network namespace (veth link, no shared loopback), as on two hosts: the
     heartbeats go to the address on the route to MASTER_ADDR, and a stopped rank 0 is still named."""
@@ -182,6 +183,7 @@ def test_stopped_peer_is_found_across_network_namespaces(start_ranks):
         _drop_netns(names)
 
 
+@pytest.mark.slow  # real processes and timeouts: the full suite (CI), not the fast tier
 def test_long_single_rank_work_and_an_early_clean_exit_end_nobody(start_ranks):
     """Rank 0 computes alone for 4 timeouts while rank 1 waits in a barrier; then (second pair) rank 0
     exits at once (saying goodbye) while rank 1 carries on for 3 timeouts: both runs end 0, no alarm."""
@@ -192,6 +194,7 @@ def test_long_single_rank_work_and_an_early_clean_exit_end_nobody(start_ranks):
         assert not any("heartbeat" in r.text for r in pair)
 
 
+@pytest.mark.slow  # real processes and timeouts: the full suite (CI), not the fast tier
 def test_a_pause_of_every_rank_is_forgiven(start_ranks):
     """Both ranks stopped for 3 timeouts (a paused VM, a suspended job), then continued: each sees that
     its own thread did not run and blames nobody; the job finishes."""
@@ -207,6 +210,7 @@ def test_a_pause_of_every_rank_is_forgiven(start_ranks):
     assert not any("heartbeat" in r.text for r in ranks)
 
 
+@pytest.mark.slow  # real processes and timeouts: the full suite (CI), not the fast tier
 def test_a_recreated_process_group_gets_a_new_watchdog(start_ranks):
     """destroy_process_group stops the watchdog (goodbye, no alarm during the gap); the next
     init_distributed starts a new one on a new socket."""
@@ -276,6 +280,7 @@ def test_timeout_values_and_periods(monkeypatch):
     assert [watchdog.interval_for(t) for t in (1, 10, 60, 600)] == [0.1, 1.0, 2.0, 2.0]
 
 
+@pytest.mark.slow  # real processes and timeouts: the full suite (CI), not the fast tier
 def test_groups_created_later_get_the_collective_timeout(tmp_path):
     """torch's new_group (how DeepSpeed makes its data-parallel group) uses c10d's 30 min default unless
     init_distributed replaced it; the group DeepSpeed's engine reduces gradients over gets it too."""

@@ -4,6 +4,7 @@ real process), a fine-tuned tiny teacher with its cache, byte surgery on files."
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,14 @@ def run_process(args: list[str], env: dict | None = None, timeout: float = 300, 
                                 cwd=REPO)
     return subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout, cwd=REPO)
+
+
+def copy_run(teacher_run, tmp_path: Path) -> tuple[Path, dict]:
+    """A private copy of the shared teacher run (``tmp_path/run``) and its options pointing at it."""
+    src, opts = teacher_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    return out, dict(opts, output_dir=str(out))
 
 
 def flip_byte(path: Path, offset: int | None = None) -> None:

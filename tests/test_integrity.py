@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reliab_helpers
-from reliab_helpers import cli, flip_byte, slice_opts, tree_bytes
+from reliab_helpers import cli, copy_run, flip_byte, slice_opts, tree_bytes
 
 from dist_peakd import artifacts
 from dist_peakd.artifacts import EXPORT_MANIFEST, file_manifest
@@ -22,15 +22,8 @@ pytestmark = pytest.mark.slow
 teacher_run = reliab_helpers.teacher_run  # the shared module fixture
 
 
-def _copy_run(teacher_run, tmp_path: Path) -> tuple[Path, dict]:
-    src, opts = teacher_run
-    out = tmp_path / "run"
-    shutil.copytree(src, out)
-    return out, dict(opts, output_dir=str(out))
-
-
 def test_one_flipped_bit_in_the_cached_logits_is_refused_by_ptp_and_distill(teacher_run, tmp_path, capsys):
-    out, opts = _copy_run(teacher_run, tmp_path)
+    out, opts = copy_run(teacher_run, tmp_path)
     logits = out / "mrpc" / "teacher_cache" / "train" / "shard-00000-of-00001" / "logits.npy"
     flip_byte(logits, offset=logits.stat().st_size - 2)  # one bit of one value: sizes and headers unchanged
     for stage, extra in (("ptp", {"k": 2}), ("distill", {"k": 2, "use_ptp": False})):
@@ -42,7 +35,7 @@ def test_one_flipped_bit_in_the_cached_logits_is_refused_by_ptp_and_distill(teac
 
 
 def test_an_export_without_its_manifest_is_refused_unless_trusted(teacher_run, tmp_path, capsys):
-    out, opts = _copy_run(teacher_run, tmp_path)
+    out, opts = copy_run(teacher_run, tmp_path)
     best = out / "mrpc" / "teacher" / "best"
     (best / EXPORT_MANIFEST).unlink()
     cache = out / "mrpc" / "teacher_cache"
@@ -126,7 +119,7 @@ def test_a_failed_rebuild_keeps_the_previous_cache_valid_and_in_place(teacher_ru
     from dist_peakd.cache import TeacherCache
     from dist_peakd.stages import cache_teacher
 
-    out, opts = _copy_run(teacher_run, tmp_path)
+    out, opts = copy_run(teacher_run, tmp_path)
     cache = out / "mrpc" / "teacher_cache"
     before = tree_bytes(cache)
     weights = out / "mrpc" / "teacher" / "best" / "model.safetensors"

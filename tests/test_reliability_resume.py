@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import reliab_helpers
 from fault_plugin import plugin_env
-from reliab_helpers import args_of, cli, run_process, tree_bytes
+from reliab_helpers import args_of, cli, copy_run, run_process, tree_bytes
 
 from dist_peakd.artifacts import file_manifest
 from dist_peakd.engine.checkpoints import COMPLETE_FILE
@@ -22,16 +22,9 @@ pytestmark = pytest.mark.slow
 teacher_run = reliab_helpers.teacher_run  # the shared module fixture
 
 
-def _copy_run(teacher_run, tmp_path: Path) -> tuple[Path, dict]:
-    src, opts = teacher_run
-    out = tmp_path / "run"
-    shutil.copytree(src, out)
-    return out, dict(opts, output_dir=str(out))
-
-
 # ------------------------------------------------------------------------------------ item 3
 def test_a_retrained_teacher_invalidates_the_distilled_student(teacher_run, tmp_path, capsys):
-    out, opts = _copy_run(teacher_run, tmp_path)
+    out, opts = copy_run(teacher_run, tmp_path)
     student = dict(opts, k=2, use_ptp=False)
     code, err = cli("distill", student, capsys)
     assert code == 0, err
@@ -77,7 +70,7 @@ def test_a_planted_pickle_in_a_checkpoint_never_runs(teacher_run, tmp_path, caps
     the resume refuses the file (exit 4, naming it) and the planted code does not run."""
     import torch
 
-    out, opts = _copy_run(teacher_run, tmp_path)
+    out, opts = copy_run(teacher_run, tmp_path)
     shutil.rmtree(out / "mrpc" / "teacher")
     run = dict(opts, epochs=2, save_every_steps=2, stop_after_steps=2)
     code, err = cli("finetune-teacher", run, capsys)
@@ -102,7 +95,7 @@ def test_disk_full_during_a_cache_rebuild_is_exit_6_and_the_old_cache_stays(teac
                                                                             monkeypatch):
     from dist_peakd.cache import writer
 
-    out, opts = _copy_run(teacher_run, tmp_path)
+    out, opts = copy_run(teacher_run, tmp_path)
     cache = out / "mrpc" / "teacher_cache"
     before = tree_bytes(cache)
 
@@ -124,7 +117,7 @@ def test_a_resume_after_a_kill_leaves_one_log_row_and_one_event_per_step(teacher
     TensorBoard train/loss series then hold steps 1..6 once each."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out, opts = _copy_run(teacher_run, tmp_path)
+    out, opts = copy_run(teacher_run, tmp_path)
     shutil.rmtree(out / "mrpc" / "teacher")
     run = dict(opts, epochs=2, save_every_steps=2)
     killed = run_process(["finetune-teacher", *args_of(run)], env=plugin_env("sigkill:rank=0:step=3"))

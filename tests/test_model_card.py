@@ -64,6 +64,7 @@ def test_how_to_load_follows_the_format(fmt: str, must: str, must_not: str) -> N
     card = _card(export_format=fmt)
     section = card.split("## How to load", 1)[1].split("## How it was made", 1)[0]
     assert must in section and must_not not in section
+    assert ("--optimize False" in section) == (fmt == "onnx")  # the fused graph needs onnxruntime: say so
     assert parse_card_metadata(card)["library_name"] == ("onnx" if fmt == "onnx" else "transformers")
 
 

@@ -94,3 +94,33 @@ def test_bad_quantize_option_writes_nothing(tmp_path: Path, tiny_bert: Path) -> 
     with pytest.raises(ExportError, match="quantize"):
         export_onnx(student, tmp_path / "x", quantize="int4")
     assert not any(tmp_path.iterdir())
+
+
+def _op_types(path: Path) -> dict[str, set[str]]:
+    """Op types per domain ('' = standard ONNX) of a graph."""
+    ops: dict[str, set[str]] = {}
+    for node in onnx.load(str(path)).graph.node:
+        ops.setdefault(node.domain or "", set()).add(node.op_type)
+    return ops
+
+
+def test_default_graph_is_fused_and_optimize_false_keeps_standard_ops(student_onnx, tmp_path: Path, tok) -> None:
+    student, result = student_onnx
+    fused = _op_types(result["out_dir"] / ONNX_FILE)
+    assert {"SkipLayerNormalization", "BiasGelu"} <= fused.get("com.microsoft", set())
+    assert "com.microsoft" in _op_types(result["out_dir"] / ONNX_INT8_FILE)  # int8 is quantized from the fused graph
+    plain = export_onnx(student, tmp_path / "plain-onnx", verify_batches=_batches(tok), optimize=False)
+    assert set(_op_types(plain["out_dir"] / ONNX_FILE)) == {""}  # standard ONNX ops only
+    assert plain["max_abs_diff"] <= 1e-4
+    a = OnnxLogits(result["out_dir"] / ONNX_FILE)(_batches(tok)[0])
+    b = OnnxLogits(plain["out_dir"] / ONNX_FILE)(_batches(tok)[0])
+    assert abs(a - b).max() <= 1e-5  # fusion changes the ops, not the function
+
+
+def test_onnx_export_leaves_the_model_on_its_attention_implementation(tiny_bert: Path, tmp_path: Path) -> None:
+    from dist_peakd.export.onnx import export_onnx_file
+
+    student = build_student(tiny_bert, k=1, variant="shuffle", num_labels=2).eval()
+    before = student.config._attn_implementation
+    export_onnx_file(student, tmp_path / "m.onnx")
+    assert student.config._attn_implementation == before  # eager attention is set on the exported copy only

@@ -129,12 +129,14 @@ def _how_to_load(export_format: str, repo: str, example: tuple[str, str]) -> lis
                 f'tok = AutoTokenizer.from_pretrained("{repo}")',
                 f'sess = ort.InferenceSession("{repo}/model.onnx")  # or model_int8.onnx',
                 f'enc = tok("{a}", "{b}", return_tensors="np")',
-                'logits = sess.run(["logits"], {k: v for k, v in enc.items()})[0]', "```"]
+                'logits = sess.run(["logits"], {k: v for k, v in enc.items()})[0]', "```", "",
+                "`model.onnx` is fused for onnxruntime (its contrib ops: LayerNorm, GELU, attention); a graph of "
+                "standard ONNX ops only comes from `dist-peakd export --format onnx --optimize False`."]
     trust = ", trust_remote_code=True" if export_format == "compact" else ""
     lines = ["```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
              f'model = AutoModelForSequenceClassification.from_pretrained("{repo}"{trust})',
              f'tok = AutoTokenizer.from_pretrained("{repo}"{trust})',
-             'clf = pipeline("text-classification", model=model, tokenizer=tok)',
+             f'clf = pipeline("text-classification", model=model, tokenizer=tok{trust})',
              f'clf({{"text": "{a}", "text_pair": "{b}"}}, top_k=None)', "```"]
     if export_format == "compact":
         lines += ["", "This folder carries its model code (`modeling_sps_bert.py`, `configuration_sps_bert.py`, "

@@ -65,10 +65,28 @@ def example_inputs(vocab_size: int, batch: int = 2, seq: int = 16, seed: int = 0
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-def export_onnx_file(model: nn.Module, path: str | Path, opset: int | None = None) -> Path:
-    """Export ``model``'s logits to one ``.onnx`` file (weights inside), batch and sequence dynamic."""
+def _eager_attention(model: nn.Module) -> None:
+    """Trace attention as explicit matmul/softmax: onnxruntime fuses that pattern, not a decomposed SDPA."""
+    setter = getattr(model, "set_attn_implementation", None)
+    try:
+        if callable(setter):
+            setter("eager")
+            return
+    except (ValueError, TypeError, AttributeError):
+        pass
+    model.config._attn_implementation = "eager"
+
+
+def export_onnx_file(model: nn.Module, path: str | Path, opset: int | None = None, optimize: bool = True) -> Path:
+    """Export ``model``'s logits to one ``.onnx`` file (weights inside), batch and sequence dynamic.
+
+    ``optimize``: the graph is then fused offline by onnxruntime's transformer optimizer
+    (:func:`optimize_graph`); the logits stay those of the plain graph (fp32, checked by
+    :func:`verify_onnx` where a folder is written).
+    """
     _require("onnxscript")
     model = copy.deepcopy(model).float().cpu().eval()
+    _eager_attention(model)
     wrapper = _LogitsOnly(model).eval()
     inputs = example_inputs(model.config.vocab_size)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -78,14 +96,34 @@ def export_onnx_file(model: nn.Module, path: str | Path, opset: int | None = Non
         torch.onnx.export(wrapper, tuple(inputs[n] for n in INPUT_NAMES), str(path), input_names=list(INPUT_NAMES),
                           output_names=["logits"], dynamic_shapes=tuple(dims[n] for n in INPUT_NAMES),
                           dynamo=True, external_data=False, verbose=False, **kwargs)
+    if optimize:
+        optimize_graph(path, num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size)
     return Path(path)
+
+
+def optimize_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """Fuse a BERT graph in place with ``onnxruntime.transformers.optimizer`` (LayerNorm + residual,
+    bias + GELU, embeddings; attention where it matches); returns the fused-op counts.
+
+    The fused graph runs on onnxruntime's CPU provider (its contrib ops); it is written beside the
+    input and renamed over it only once it is complete.
+    """
+    optimizer = _require("onnxruntime.transformers.optimizer")
+    path = Path(path)
+    fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    tmp = path.with_name(path.name + ".fused")
+    fused.save_model_to_file(str(tmp))
+    tmp.replace(path)
+    return {name: int(n) for name, n in fused.get_fused_operator_statistics().items() if n}
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     """onnxruntime dynamic quantization: int8 weights of the MatMul/Gemm ops, activations quantized at run time."""
-    _require("onnx")
+    onnx = _require("onnx")
     quantization = _require("onnxruntime.quantization")
-    quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8)
+    # A fused graph has com.microsoft ops that shape inference cannot type: their outputs are fp32.
+    quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8,
+                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return Path(dst)
 
 
@@ -149,6 +187,7 @@ def export_onnx(
     verify_batches: Sequence[Mapping[str, Tensor]] | None = None,
     opset: int | None = None,
     extra_files: Mapping[str, Any] | None = None,
+    optimize: bool = True,
 ) -> dict[str, Any]:
     """Write an ONNX folder for ``model`` (SPS student or plain classifier); optionally int8 too.
 
@@ -156,7 +195,8 @@ def export_onnx(
     folder is published; the fp32 graph must agree within 1e-4. Returns ``{"out_dir", "files",
     "max_abs_diff", "max_abs_diff_int8"}`` (diffs None when no batches were given). ``extra_files``
     (name -> JSON-able object) are written too; a ``dist_peakd.json`` record among them gets the
-    check's figures in its ``export`` entry.
+    check's figures in its ``export`` entry. ``optimize``: fuse the graph offline (:func:`optimize_graph`);
+    int8 is quantized from that graph.
     """
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -167,7 +207,7 @@ def export_onnx(
     result: dict[str, Any] = {"max_abs_diff": None, "max_abs_diff_int8": None}
 
     def write(tmp: Path) -> None:
-        export_onnx_file(model, tmp / ONNX_FILE, opset=opset)
+        export_onnx_file(model, tmp / ONNX_FILE, opset=opset, optimize=optimize)
         if verify_batches is not None:
             result["max_abs_diff"] = verify_onnx(tmp / ONNX_FILE, model, verify_batches)
         if quantize == "int8":

@@ -30,7 +30,8 @@ from ..cache.store import IDENTITY_FIELDS, MANIFEST, TeacherCache, teacher_finge
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
 from ..config import RunOptions, option, save_resolved_config
 from ..data import LengthGroupedBatchSampler, tokenizer_fingerprint
-from ..data.rows import fetch_rows
+from ..data.collate import TokenColumns
+from ..data.rows import column_array
 from ..engine import (
     DistInfo,
     Engine,
@@ -124,21 +125,26 @@ def _cache_forward(engine: Engine, batch: dict[str, torch.Tensor]) -> tuple[torc
     return out.logits.float(), torch.stack(out.cls_states, dim=1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _build_split(engine: Engine, rows: Any, split: str, cache_dir: Path, opts: CacheTeacherOptions,
                  dist_info: DistInfo, collate: Any, dims: tuple[int, int, int], bar: Any) -> dict[str, Any]:
-    """This rank's share of ``rows`` through the teacher, streamed into its shard; returns the record."""
-    sampler = LengthGroupedBatchSampler(list(rows["length"]), global_batch_size=opts.cache_batch_size,
+    """This rank's share of ``rows`` through the teacher, streamed into its shard; returns the record.
+
+    The split is read once as flat token columns and every batch is gathered from them
+    (``collate.gather``: no per-row Python objects); the forward runs under ``inference_mode``.
+    """
+    columns = TokenColumns.from_dataset(rows)
+    sampler = LengthGroupedBatchSampler(columns.lengths.tolist(), global_batch_size=opts.cache_batch_size,
                                         num_replicas=dist_info.world_size, rank=dist_info.rank,
                                         seed=opts.seed, shuffle=False)
     shares = list(sampler)
-    idx_col = np.asarray(rows["idx"], dtype=np.int64)
-    mine = np.concatenate([idx_col[s] for s in shares if s]) if any(shares) else np.zeros(0, np.int64)
+    mine = (np.concatenate([columns.example_ids[s] for s in shares if s]) if any(shares)
+            else np.zeros(0, np.int64))
     writer = ShardWriter(cache_dir, split, dist_info.rank, dist_info.world_size, mine, *dims)
     try:
         for share in shares:
             if share:
-                batch = engine.to_device(collate(fetch_rows(rows, share)))
+                batch = engine.to_device(collate.gather(columns, share))
                 logits, cls = _cache_forward(engine, batch)
                 writer.add(batch["example_ids"], logits, cls.to(torch.float16))
             bar.update(1)
@@ -193,7 +199,7 @@ def _write_manifest(cache_dir: Path, expected: dict[str, Any], shards: dict[str,
         identity=expected, splits=shards, num_labels=dims[0], num_layers=dims[1], hidden_size=dims[2],
         teacher_dir=teacher_dir, world_size=world_size, dev_split=data.dev_split, precision=precision)
     dev = TeacherCache(cache_dir, manifest).split(data.dev_split)
-    label_of = dict(zip(map(int, data.dev["idx"]), data.dev["label"], strict=True))
+    label_of = dict(zip(column_array(data.dev, "idx").tolist(), column_array(data.dev, "label").tolist(), strict=True))
     labels = np.asarray([label_of[int(i)] for i in dev.ids])
     report = metric_report(data.task, dev.logits().numpy(), labels)
     manifest["teacher_dev_metrics"], manifest["teacher_dev_warnings"] = report.values, report.warnings

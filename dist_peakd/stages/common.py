@@ -29,6 +29,7 @@ from ..data import (
     split_names,
     tokenize_dataset,
 )
+from ..data.rows import column_array
 from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
 from ..engine.loop_spec import TrainData, total_train_steps
 from ..engine.tracking import tensorboard_dir
@@ -235,13 +236,13 @@ class MetricWarnings:
 
 
 def train_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGroupedBatchSampler:
-    return LengthGroupedBatchSampler(list(data["length"]), global_batch_size=opts.batch_size,
+    return LengthGroupedBatchSampler(column_array(data, "length").tolist(), global_batch_size=opts.batch_size,
                                      num_replicas=dist_info.world_size, rank=dist_info.rank,
                                      seed=opts.seed, shuffle=True)
 
 
 def eval_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGroupedBatchSampler:
-    return LengthGroupedBatchSampler(list(data["length"]), global_batch_size=opts.eval_batch_size,
+    return LengthGroupedBatchSampler(column_array(data, "length").tolist(), global_batch_size=opts.eval_batch_size,
                                      num_replicas=dist_info.world_size, rank=dist_info.rank,
                                      seed=opts.seed, shuffle=False)
 

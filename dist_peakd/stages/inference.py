@@ -18,7 +18,7 @@ import torch
 
 from ..artifacts import verify_export
 from ..data import LengthGroupedBatchSampler
-from ..data.rows import fetch_rows
+from ..data.rows import column_array, fetch_rows
 from ..engine import DistInfo, all_gather_objects
 from ..errors import ConfigError
 from ..export import ExportError, OnnxLogits, load_model_folder, read_folder_record
@@ -111,7 +111,7 @@ def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 def rows_logits(model: ModelFolder, rows: Any, collate: Callable[[list[dict]], Batch], batch_size: int,
                 dist_info: DistInfo) -> dict[str, np.ndarray]:
     """``{"example_ids", "logits", "labels"}`` of every row, sorted by example id, on every rank."""
-    batches = eval_batches(list(rows["length"]), batch_size)
+    batches = eval_batches(column_array(rows, "length").tolist(), batch_size)
     local: dict[str, list[np.ndarray]] = {"example_ids": [], "logits": [], "labels": []}
     for share in batches[dist_info.rank::dist_info.world_size]:
         batch = collate(fetch_rows(rows, share))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunOptions, option
+from ..data.rows import column_array
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
 from ..distill.ptp import PTP_CLASS_NAMES
 from ..engine.loop_spec import Objective
@@ -67,8 +68,8 @@ def validate_threshold_rule(rule: str, data: Any) -> None:
 
 
 def _labels_by_id(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.asarray(dataset["idx"], dtype=np.int64)
-    labels = np.asarray(dataset["label"])
+    ids = column_array(dataset, "idx").astype(np.int64)
+    labels = column_array(dataset, "label")
     order = np.argsort(ids)
     return ids[order], labels[order]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import RunOptions
 from ..data import Task
+from ..data.rows import column_array
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..models import VARIANTS
@@ -28,7 +29,7 @@ def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str |
         "max_length": opts.max_length,
         "rows": {"train": len(data.train), data.dev_split: len(data.dev)},
         "source_data_fingerprint": data.source_fingerprint or None,
-        "ids": {"train": data.train["idx"], data.dev_split: data.dev["idx"]},
+        "ids": {"train": column_array(data.train, "idx"), data.dev_split: column_array(data.dev, "idx")},
     }
     if tokenizer is not None:
         from ..data import tokenizer_fingerprint

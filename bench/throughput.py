@@ -44,6 +44,7 @@ def prepare_teacher(args: argparse.Namespace, work: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+    from dist_peakd.export import export_compact
     from dist_peakd.stages.common import resolve_backbone
 
     teacher_dir = work / "runs" / "mrpc" / "teacher" / "best"
@@ -58,8 +59,7 @@ def prepare_teacher(args: argparse.Namespace, work: Path) -> Path:
         model = BertForSequenceClassification(cfg)
     else:
         model = BertForSequenceClassification.from_pretrained(resolve_backbone("minilm"), num_labels=2)
-    model.save_pretrained(str(teacher_dir))
-    tok.save_pretrained(str(teacher_dir))
+    export_compact(model, teacher_dir, tokenizer=tok)  # with its file manifest: the stages verify it
     model.bert.save_pretrained(str(backbone_dir))  # the student's pretrained backbone (bottom k layers)
     tok.save_pretrained(str(backbone_dir))
     return backbone_dir

@@ -192,12 +192,20 @@ def test_fused_adamw_run_agrees_with_the_per_tensor_loop_to_rounding(caches, tin
     root, teacher, dirs = caches
     fused, w_fused = _distill_run(root, teacher, dirs["slice"], "fused", tiny_bert, glue_dir)
     loop, w_loop = _distill_run(root, teacher, dirs["slice"], "loop", tiny_bert, glue_dir, fused_optimizer=False)
-    assert len(fused) == len(loop) == 4
-    for a, b in zip(fused, loop, strict=True):
+    _assert_runs_close((fused, w_fused), (loop, w_loop), rel=1e-5, kd_rel=1e-3, abs_=1e-7, w_rtol=1e-5, w_atol=1e-6)
+
+
+def _assert_runs_close(got: tuple, want: tuple, rel: float, kd_rel: float, abs_: float, w_rtol: float,
+                       w_atol: float) -> None:
+    """Two runs' ``(logged terms, final weights)`` agree: 4 logged steps, each term to ``rel`` (KD to
+    ``kd_rel``), every weight to ``w_rtol``/``w_atol``."""
+    (logs, weights), (ref_logs, ref_weights) = got, want
+    assert len(logs) == len(ref_logs) == 4
+    for a, b in zip(logs, ref_logs, strict=True):
         for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-3 if k == "train/kd" else 1e-5, abs=1e-7), k
-    for k in w_fused:
-        torch.testing.assert_close(w_fused[k], w_loop[k], rtol=1e-5, atol=1e-6, msg=k)
+            assert a[k] == pytest.approx(b[k], rel=kd_rel if k == "train/kd" else rel, abs=abs_), k
+    for k in ref_weights:
+        torch.testing.assert_close(weights[k], ref_weights[k], rtol=w_rtol, atol=w_atol, msg=k)
 
 
 @pytest.mark.slow
@@ -211,9 +219,5 @@ def test_compiled_run_agrees_with_eager(caches, tiny_bert, glue_dir):
     compiled, w_compiled = _distill_run(root, teacher, dirs["slice"], "compiled", tiny_bert, glue_dir, compile=True)
     summary = json.loads((root / "compiled" / "mrpc").glob("*/summary.json").__next__().read_text())
     assert summary["compile_s"] > 0
-    assert len(eager) == len(compiled) == 4
-    for a, b in zip(compiled, eager, strict=True):
-        for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-2 if k == "train/kd" else 1e-4, abs=1e-6), k
-    for k in w_eager:
-        torch.testing.assert_close(w_compiled[k], w_eager[k], rtol=1e-4, atol=1e-5, msg=k)
+    _assert_runs_close((compiled, w_compiled), (eager, w_eager), rel=1e-4, kd_rel=1e-2, abs_=1e-6, w_rtol=1e-4,
+                       w_atol=1e-5)

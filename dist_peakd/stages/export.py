@@ -109,12 +109,12 @@ def export_folder(opts: ExportOptions) -> dict[str, Any]:
     card, new_record = _card(record, fmt, stats)
     info: dict[str, Any] = {"format": opts.format, "source": str(Path(opts.model_dir).resolve())}
     if fmt == "onnx":
+        info.update(verify_rows=opts.verify_rows, optimized=opts.optimize)
         result = export_onnx(model, opts.out, tokenizer, label_names=labels, card=card, quantize=opts.quantize,
                              verify_batches=verify_batches(opts, tokenizer), opset=opts.opset, optimize=opts.optimize,
-                             extra_files={RECORD_FILE: {**new_record, "export": {**info, "verify_rows": opts.verify_rows,
-                                                                           "optimized": opts.optimize}}})
+                             extra_files={RECORD_FILE: {**new_record, "export": dict(info)}})
         info.update(max_abs_diff=result["max_abs_diff"], max_abs_diff_int8=result["max_abs_diff_int8"],
-                    verify_rows=opts.verify_rows, quantize=opts.quantize, optimized=opts.optimize)
+                    quantize=opts.quantize)
     else:
         writer = export_compact if fmt == "compact" else export_plain
         writer(model, opts.out, tokenizer, label_names=labels, card=card,

@@ -339,3 +339,46 @@ def test_stage_skips_refuses_and_rebuilds(tmp_path, launched, teacher, glue_dir)
         cache_teacher.run(opts(teacher_dir=str(other)))
     # and the rebuilt cache is skipped the next time
     assert cache_teacher.run(opts())["skipped"] is True
+
+
+def test_length_run_batches_cache_equals_fixed_size_batches(tmp_path, teacher, glue_dir, monkeypatch):
+    """The pass's length-run batches (issue 16: no padding where a length has enough rows) give the cache
+    that fixed-size length-sorted batches gave, to rounding: the same rows, logits within 1e-6, [CLS]
+    states within one fp16 step (a padded key changes the order of fp32 sums inside attention)."""
+    from reliab_helpers import cli
+
+    from dist_peakd.data.sampler import length_run_batches
+    from dist_peakd.stages import cache_teacher
+
+    calls = []
+
+    def recording(lengths, max_rows, min_fill=0.5):
+        batches = length_run_batches(lengths, max_rows, min_fill)
+        calls.append((np.asarray(lengths), batches))
+        return batches
+
+    def fixed_size(lengths, max_rows, min_fill=0.5):
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        return [order[i:i + max_rows].tolist() for i in range(0, len(order), max_rows)]
+
+    opts = dict(task="sst2", output_dir=str(tmp_path / "runs"), glue_dir=str(glue_dir), teacher_dir=str(teacher),
+                max_length=32, max_train_examples=400, max_eval_examples=64, cache_batch_size=32,
+                cache_dir=str(tmp_path / "tok"), ds_config="fp32_zero0")
+    built = {}
+    for name, batching in (("runs", recording), ("fixed", fixed_size)):
+        monkeypatch.setattr(cache_teacher, "length_run_batches", batching)
+        code, _ = cli("cache-teacher", dict(opts, output_dir=str(tmp_path / name)))
+        assert code == 0
+        built[name] = TeacherCache.open(tmp_path / name / "sst2" / "teacher_cache", verify="checksum")
+    lengths, batches = calls[0]  # train: the batching differs, with more batches of a single length
+    def single(bs):
+        return sum(len(set(lengths[b].tolist())) == 1 for b in bs)
+    assert batches != fixed_size(lengths, 32) and single(batches) > single(fixed_size(lengths, 32))
+    for split in ("train", "dev"):
+        a, b = built["runs"].split(split), built["fixed"].split(split)
+        np.testing.assert_array_equal(np.sort(a.ids), np.sort(b.ids))
+        la, ca = a.lookup(a.ids)
+        lb, cb = b.lookup(a.ids)
+        torch.testing.assert_close(la, lb, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ca.float(), cb.float(), rtol=1e-3, atol=1e-3)
+    assert built["runs"].teacher_dev_metrics == pytest.approx(built["fixed"].teacher_dev_metrics)

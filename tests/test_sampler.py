@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dist_peakd.data import LengthGroupedBatchSampler
+from dist_peakd.data.sampler import length_run_batches, rank_share
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:
@@ -180,3 +181,46 @@ def test_property_exactly_once(n, batch, replicas, seed, epoch, factor, shuffle,
         assert len(shares) == len(s)
         seen += [i for share in shares for i in share]
     assert sorted(seen) == list(range(n))
+
+
+# ----------------------------------------------------------------- inference batches (the teacher-cache pass)
+def test_length_run_batches_golden():
+    # sorted (descending, stable): rows 3,5 (len 9), 0,2,6 (len 7), 1,4,7,8,9 (len 3)
+    lengths = [7, 3, 7, 9, 3, 9, 7, 3, 3, 3]
+    assert length_run_batches(lengths, 4) == [[3, 5], [0, 2, 6], [1, 4, 7, 8], [9]]
+    # the run of length 9 (2 rows) is below half of 6 rows: it is batched with the next length
+    assert length_run_batches(lengths, 6) == [[3, 5, 0, 2, 6], [1, 4, 7, 8, 9]]
+    assert length_run_batches(lengths, 6, min_fill=1.0) == [[3, 5, 0, 2, 6, 1], [4, 7, 8, 9]]
+    assert length_run_batches(lengths, 100) == [[3, 5, 0, 2, 6, 1, 4, 7, 8, 9]]
+
+
+@pytest.mark.parametrize("max_rows", [1, 2, 7, 64, 1000])
+def test_length_run_batches_cover_every_row_once_in_length_order(max_rows):
+    lengths = np.random.default_rng(max_rows).integers(1, 40, size=997)
+    batches = length_run_batches(lengths, max_rows)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert flat == np.argsort(-lengths, kind="stable").tolist()
+    floor = int(np.ceil(0.5 * max_rows))
+    for b, nxt in zip(batches, batches[1:], strict=False):
+        assert len(b) <= max_rows
+        mixed = len(set(lengths[b].tolist())) > 1
+        assert len(b) >= floor or not mixed  # a short batch is a whole run of one length
+        if len(b) < max_rows:  # it ended early: the next batch starts on a new length
+            assert lengths[nxt[0]] != lengths[b[-1]]
+
+
+def test_length_run_batches_share_over_ranks_like_the_sampler():
+    lengths = np.random.default_rng(3).integers(1, 9, size=101)
+    for b in length_run_batches(lengths, 16):
+        parts = [rank_share(b, 3, r) for r in range(3)]
+        assert [i for p in parts for i in p] == b
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_length_run_batches_invalid_arguments():
+    with pytest.raises(ValueError, match="max_rows must be an int >= 1"):
+        length_run_batches([1, 2], 0)
+    with pytest.raises(ValueError, match=r"min_fill must be in \[0, 1\]"):
+        length_run_batches([1, 2], 4, min_fill=1.5)
+    assert length_run_batches([], 4) == []

@@ -109,9 +109,7 @@ class LengthGroupedBatchSampler:
 
     def rank_share(self, global_batch: Sequence[int]) -> list[int]:
         """This rank's contiguous part of a global batch (``numpy.array_split`` sizes; may be empty)."""
-        q, rem = divmod(len(global_batch), self.num_replicas)
-        start = self.rank * q + min(self.rank, rem)
-        return list(global_batch[start:start + q + (1 if self.rank < rem else 0)])
+        return rank_share(global_batch, self.num_replicas, self.rank)
 
     def iter_from(self, start_step: int = 0) -> Iterator[list[int]]:
         """Yield this rank's share of each global batch of the current epoch from ``start_step`` on."""
@@ -144,3 +142,41 @@ class LengthGroupedBatchSampler:
         self.epoch = int(state["epoch"])
         self._start_step = start
         self._yielded = start
+
+
+def rank_share(global_batch: Sequence[int], num_replicas: int, rank: int) -> list[int]:
+    """Part ``rank`` of ``num_replicas`` contiguous parts of a global batch (``numpy.array_split`` sizes)."""
+    q, rem = divmod(len(global_batch), num_replicas)
+    start = rank * q + min(rank, rem)
+    return list(global_batch[start:start + q + (1 if rank < rem else 0)])
+
+
+def length_run_batches(lengths: Sequence[int], max_rows: int, min_fill: float = 0.5) -> list[list[int]]:
+    """Inference batches with little or no padding: every row once, sorted by length (descending, stable).
+
+    Each batch takes up to ``max_rows`` rows; where that would mix lengths it ends instead at the first
+    change of length that still leaves it at least ``ceil(min_fill * max_rows)`` rows (so the next batch
+    starts on a new length). A length with enough rows thus gets batches of that length alone: no
+    padding, so no attention mask (Hugging Face drops an all-ones mask); the many rare lengths of a long
+    tail are still batched together, never in batches below ``min_fill`` of the size except the last.
+    The batches depend only on the lengths and the two numbers (not on ranks).
+    """
+    arr = np.asarray(lengths, dtype=np.int64)
+    if not isinstance(max_rows, (int, np.integer)) or isinstance(max_rows, bool) or max_rows < 1:
+        raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}")
+    if not 0.0 <= min_fill <= 1.0:
+        raise ValueError(f"min_fill must be in [0, 1], got {min_fill!r}")
+    order = np.argsort(-arr, kind="stable")
+    sorted_len = arr[order]
+    # starts[i]: True where a new length begins (sorted order); a batch may end only at a start or at max_rows
+    starts = np.flatnonzero(np.r_[True, sorted_len[1:] != sorted_len[:-1]])
+    floor = max(1, int(np.ceil(min_fill * max_rows)))
+    batches, i, n = [], 0, len(order)
+    while i < n:
+        end = min(i + max_rows, n)
+        k = int(np.searchsorted(starts, i + floor, side="left"))  # first length change at or after i + floor
+        if k < len(starts) and starts[k] < end:
+            end = int(starts[k])
+        batches.append(order[i:end].tolist())
+        i = end
+    return batches

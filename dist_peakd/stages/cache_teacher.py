@@ -29,9 +29,10 @@ from ..artifacts import atomic_write_text, publish_dir, verify_export
 from ..cache.store import IDENTITY_FIELDS, MANIFEST, TeacherCache, teacher_fingerprint
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
 from ..config import RunOptions, option, save_resolved_config
-from ..data import LengthGroupedBatchSampler, tokenizer_fingerprint
+from ..data import tokenizer_fingerprint
 from ..data.collate import TokenColumns
 from ..data.rows import column_array
+from ..data.sampler import length_run_batches, rank_share
 from ..engine import (
     DistInfo,
     Engine,
@@ -67,8 +68,9 @@ class CacheTeacherOptions(RunOptions):
     teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
     rebuild: bool = option(False, help="build the teacher cache again even when a valid one exists (the old one "
                                        "is replaced only once the new one is verified)", result=False)
-    cache_batch_size: int = option(256, help="global inference batch of the teacher-cache pass (split over the "
-                                             "ranks)", result=False)
+    cache_batch_size: int = option(1024, help="most rows in a global inference batch of the teacher-cache pass "
+                                              "(split over the ranks); batches end early where the length "
+                                              "changes, at half this size or more", result=False)
 
     def validate(self) -> None:
         super().validate()
@@ -132,12 +134,12 @@ def _build_split(engine: Engine, rows: Any, split: str, cache_dir: Path, opts: C
 
     The split is read once as flat token columns and every batch is gathered from them
     (``collate.gather``: no per-row Python objects); the forward runs under ``inference_mode``.
+    Batches are runs of one length where the data allow (``length_run_batches``): no padding, no mask.
     """
     columns = TokenColumns.from_dataset(rows)
-    sampler = LengthGroupedBatchSampler(columns.lengths.tolist(), global_batch_size=opts.cache_batch_size,
-                                        num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                        seed=opts.seed, shuffle=False)
-    shares = list(sampler)
+    shares = [rank_share(b, dist_info.world_size, dist_info.rank)
+              for b in length_run_batches(columns.lengths, opts.cache_batch_size)]
+    bar.reset(total=len(shares))
     mine = (np.concatenate([columns.example_ids[s] for s in shares if s]) if any(shares)
             else np.zeros(0, np.int64))
     writer = ShardWriter(cache_dir, split, dist_info.rank, dist_info.world_size, mine, *dims)
@@ -185,7 +187,7 @@ def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Pat
     start = time.perf_counter()
     records = {}
     for name, rows in splits.items():
-        with tqdm(total=-(-len(rows) // opts.cache_batch_size), desc=f"cache-teacher {name}",
+        with tqdm(total=None, desc=f"cache-teacher {name}",
                   disable=not dist_info.is_main) as bar:
             records[name] = _build_split(engine, rows, name, cache_dir, opts, dist_info, collate, dims, bar)
     gathered = all_gather_objects(records)  # also a barrier: every shard is on disk

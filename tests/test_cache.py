@@ -382,3 +382,16 @@ def test_length_run_batches_cache_equals_fixed_size_batches(tmp_path, teacher, g
         torch.testing.assert_close(la, lb, rtol=0, atol=1e-6)
         torch.testing.assert_close(ca.float(), cb.float(), rtol=1e-3, atol=1e-3)
     assert built["runs"].teacher_dev_metrics == pytest.approx(built["fixed"].teacher_dev_metrics)
+
+
+def test_default_inference_rows_per_device():
+    from dist_peakd.stages.cache_teacher import CPU_BATCH_BUDGET, inference_rows
+
+    assert inference_rows(48, "cpu", 2, 32, 4) == 48 and inference_rows(48, "cuda", 1, 384, 12) == 48  # as given
+    assert inference_rows(None, "cuda", 4, 384, 12) == 256
+    rows = inference_rows(None, "cpu", 1, 32, 4)  # the tiny 4 x 32 BERT: short rows, big batches
+    assert CPU_BATCH_BUDGET == 4 * 2**20
+    assert (rows(13), rows(64)) == (4194304 // (13 * (32 + 4 * 13)), 4194304 // (64 * (32 + 4 * 64))) == (3840, 227)
+    minilm = inference_rows(None, "cpu", 2, 384, 12)  # per rank's share: twice the rows on 2 ranks
+    assert (minilm(70), minilm(128)) == (2 * 48, 2 * 17)
+    assert rows(1) == 8192 and inference_rows(None, "cpu", 1, 10**9, 1)(512) == 1  # the bounds

@@ -219,8 +219,23 @@ def test_length_run_batches_share_over_ranks_like_the_sampler():
 
 
 def test_length_run_batches_invalid_arguments():
-    with pytest.raises(ValueError, match="max_rows must be an int >= 1"):
+    with pytest.raises(ValueError, match="max_rows must be an int >= 1 or a function"):
         length_run_batches([1, 2], 0)
     with pytest.raises(ValueError, match=r"min_fill must be in \[0, 1\]"):
         length_run_batches([1, 2], 4, min_fill=1.5)
     assert length_run_batches([], 4) == []
+
+
+def test_length_run_batches_with_a_budget_per_length():
+    lengths = [50] * 10 + [5] * 100
+    # 1000 tokens per batch: up to 20 rows of length 50, of which there are 10 (half the cap: a batch of
+    # their own); then up to 200 rows of length 5: all 100 in one batch
+    batches = length_run_batches(lengths, lambda longest: 1000 // longest)
+    assert [len(b) for b in batches] == [10, 100]
+    # 400 tokens: 8 rows of 50; the 2 left are below half of 8, so they share a batch (capped by its
+    # longest row, 50) with 6 rows of length 5; then 80 and the last 14 rows of length 5
+    batches = length_run_batches(lengths, lambda longest: 400 // longest)
+    assert [len(b) for b in batches] == [8, 8, 80, 14]
+    assert [sorted({lengths[i] for i in b}) for b in batches] == [[50], [5, 50], [5], [5]]
+    with pytest.raises(ValueError, match=r"max_rows\(50\) must be >= 1"):
+        length_run_batches(lengths, lambda longest: 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -151,29 +151,34 @@ def rank_share(global_batch: Sequence[int], num_replicas: int, rank: int) -> lis
     return list(global_batch[start:start + q + (1 if rank < rem else 0)])
 
 
-def length_run_batches(lengths: Sequence[int], max_rows: int, min_fill: float = 0.5) -> list[list[int]]:
+def length_run_batches(lengths: Sequence[int], max_rows: int | Callable[[int], int],
+                       min_fill: float = 0.5) -> list[list[int]]:
     """Inference batches with little or no padding: every row once, sorted by length (descending, stable).
 
-    Each batch takes up to ``max_rows`` rows; where that would mix lengths it ends instead at the first
-    change of length that still leaves it at least ``ceil(min_fill * max_rows)`` rows (so the next batch
-    starts on a new length). A length with enough rows thus gets batches of that length alone: no
-    padding, so no attention mask (Hugging Face drops an all-ones mask); the many rare lengths of a long
-    tail are still batched together, never in batches below ``min_fill`` of the size except the last.
-    The batches depend only on the lengths and the two numbers (not on ranks).
+    Each batch takes up to ``max_rows`` rows (or ``max_rows(L)`` for a batch whose longest row has
+    length ``L``: a memory budget); where that would mix lengths it ends instead at the first change of
+    length that still leaves it at least ``ceil(min_fill * cap)`` rows, so the next batch starts on a new
+    length. A length with enough rows thus gets batches of that length alone: no padding, so no
+    attention mask (Hugging Face drops an all-ones mask); the rare lengths of a long tail are still
+    batched together. The batches depend only on the lengths and the arguments (not on ranks).
     """
     arr = np.asarray(lengths, dtype=np.int64)
-    if not isinstance(max_rows, (int, np.integer)) or isinstance(max_rows, bool) or max_rows < 1:
-        raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}")
+    cap_of = max_rows if callable(max_rows) else None
+    if cap_of is None and (not isinstance(max_rows, (int, np.integer)) or isinstance(max_rows, bool) or max_rows < 1):
+        raise ValueError(f"max_rows must be an int >= 1 or a function of the length, got {max_rows!r}")
     if not 0.0 <= min_fill <= 1.0:
         raise ValueError(f"min_fill must be in [0, 1], got {min_fill!r}")
     order = np.argsort(-arr, kind="stable")
     sorted_len = arr[order]
-    # starts[i]: True where a new length begins (sorted order); a batch may end only at a start or at max_rows
-    starts = np.flatnonzero(np.r_[True, sorted_len[1:] != sorted_len[:-1]])
-    floor = max(1, int(np.ceil(min_fill * max_rows)))
+    # where a new length begins (in sorted order): a batch ends early only there
+    starts = np.flatnonzero(np.r_[True, sorted_len[1:] != sorted_len[:-1]]) if len(arr) else np.zeros(0, np.int64)
     batches, i, n = [], 0, len(order)
     while i < n:
-        end = min(i + max_rows, n)
+        cap = int(cap_of(int(sorted_len[i]))) if cap_of is not None else int(max_rows)
+        if cap < 1:
+            raise ValueError(f"max_rows({int(sorted_len[i])}) must be >= 1, got {cap}")
+        end = min(i + cap, n)
+        floor = max(1, int(np.ceil(min_fill * cap)))
         k = int(np.searchsorted(starts, i + floor, side="left"))  # first length change at or after i + floor
         if k < len(starts) and starts[k] < end:
             end = int(starts[k])

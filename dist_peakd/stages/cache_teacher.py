@@ -17,6 +17,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ from .common import (
 from .stage_folder import lock_for_job, releases_locks
 
 STAGE = TEACHER_CACHE
+GPU_BATCH_ROWS = 256  # default rows per global batch of the pass on a GPU
+CPU_BATCH_BUDGET = 4 * 2**20  # default activation values per rank's batch on a CPU (a cache-sized working set)
+CPU_MAX_ROWS = 8192
 
 
 @dataclass
@@ -68,14 +72,31 @@ class CacheTeacherOptions(RunOptions):
     teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
     rebuild: bool = option(False, help="build the teacher cache again even when a valid one exists (the old one "
                                        "is replaced only once the new one is verified)", result=False)
-    cache_batch_size: int = option(1024, help="most rows in a global inference batch of the teacher-cache pass "
-                                              "(split over the ranks); batches end early where the length "
-                                              "changes, at half this size or more", result=False)
+    cache_batch_size: int | None = option(
+        None, ge=1, result=False,
+        help="most rows in a global inference batch of the teacher-cache pass (split over the ranks); batches "
+             "end early where the length changes, at half this size or more. Default: on a GPU 256; on a CPU "
+             f"as many rows as keep each rank's batch within {CPU_BATCH_BUDGET // 2**20}M activation values "
+             "(rows x length x (hidden + heads x length), at most 8192 rows), the fastest there for both tiny "
+             "and MiniLM-size teachers (docs/BENCHMARKS.md)")
 
-    def validate(self) -> None:
-        super().validate()
-        if self.cache_batch_size < 1:
-            raise ConfigError(f"option cache_batch_size: must be >= 1, got {self.cache_batch_size}")
+
+def inference_rows(cache_batch_size: int | None, device_type: str, world_size: int, hidden_size: int,
+                   num_heads: int) -> int | Callable[[int], int]:
+    """The pass's row cap per global batch: ``cache_batch_size`` when given; by default 256 on a GPU and on
+    a CPU a function of the batch's padded length ``L`` that keeps every rank's share within
+    :data:`CPU_BATCH_BUDGET` activation values (``rows * L * (hidden + heads * L)``: hidden states plus
+    attention scores), between ``world_size`` and ``world_size * CPU_MAX_ROWS`` rows."""
+    if cache_batch_size is not None:
+        return int(cache_batch_size)
+    if device_type != "cpu":
+        return GPU_BATCH_ROWS
+
+    def rows_for(length: int) -> int:
+        per_rank = CPU_BATCH_BUDGET // max(1, length * (hidden_size + num_heads * length))
+        return world_size * max(1, min(CPU_MAX_ROWS, per_rank))
+
+    return rows_for
 
 
 def expected_identity(opts: RunOptions, data: TaskData, tokenizer: Any, teacher_dir: str | Path) -> dict[str, Any]:
@@ -137,8 +158,10 @@ def _build_split(engine: Engine, rows: Any, split: str, cache_dir: Path, opts: C
     Batches are runs of one length where the data allow (``length_run_batches``): no padding, no mask.
     """
     columns = TokenColumns.from_dataset(rows)
-    shares = [rank_share(b, dist_info.world_size, dist_info.rank)
-              for b in length_run_batches(columns.lengths, opts.cache_batch_size)]
+    config = engine.module.config
+    max_rows = inference_rows(opts.cache_batch_size, engine.device.type, dist_info.world_size,
+                              int(config.hidden_size), int(getattr(config, "num_attention_heads", 1)))
+    shares = [rank_share(b, dist_info.world_size, dist_info.rank) for b in length_run_batches(columns.lengths, max_rows)]
     bar.reset(total=len(shares))
     mine = (np.concatenate([columns.example_ids[s] for s in shares if s]) if any(shares)
             else np.zeros(0, np.int64))

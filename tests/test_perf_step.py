@@ -84,7 +84,8 @@ def test_fused_optimizer_option_picks_the_kernel():
 
 def test_fused_adamw_agrees_with_the_per_tensor_loop_to_rounding():
     """Fused AdamW on CPU rounds differently from the per-tensor loop (reassociated arithmetic), by a few
-    ulps per step: after 20 steps the weights agree to 1e-6 relative."""
+    ulps per step: after 20 steps the weights agree to 1e-6 relative + 1e-6 absolute, 1,000x below one
+    step's size (lr 1e-3). How many ulps depends on the CPU's vector ISA: 1.75e-7 on an AVX-512 machine."""
     weights = []
     for fused in (True, False):
         model = _student().train()
@@ -95,7 +96,7 @@ def test_fused_adamw_agrees_with_the_per_tensor_loop_to_rounding():
             opt.zero_grad()
         weights.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*weights, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def _train_pass_keep_grads(model: SPSBertForSequenceClassification, seed: int) -> None:

@@ -163,18 +163,19 @@ def length_run_batches(lengths: Sequence[int], max_rows: int | Callable[[int], i
     batched together. The batches depend only on the lengths and the arguments (not on ranks).
     """
     arr = np.asarray(lengths, dtype=np.int64)
-    cap_of = max_rows if callable(max_rows) else None
-    if cap_of is None and (not isinstance(max_rows, (int, np.integer)) or isinstance(max_rows, bool) or max_rows < 1):
+    if not callable(max_rows) and (not isinstance(max_rows, (int, np.integer)) or isinstance(max_rows, bool)
+                                   or max_rows < 1):
         raise ValueError(f"max_rows must be an int >= 1 or a function of the length, got {max_rows!r}")
+    cap_of = max_rows if callable(max_rows) else (lambda _length: int(max_rows))
     if not 0.0 <= min_fill <= 1.0:
         raise ValueError(f"min_fill must be in [0, 1], got {min_fill!r}")
     order = np.argsort(-arr, kind="stable")
     sorted_len = arr[order]
     # where a new length begins (in sorted order): a batch ends early only there
-    starts = np.flatnonzero(np.r_[True, sorted_len[1:] != sorted_len[:-1]]) if len(arr) else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_len[1:] != sorted_len[:-1]])
     batches, i, n = [], 0, len(order)
     while i < n:
-        cap = int(cap_of(int(sorted_len[i]))) if cap_of is not None else int(max_rows)
+        cap = int(cap_of(int(sorted_len[i])))
         if cap < 1:
             raise ValueError(f"max_rows({int(sorted_len[i])}) must be >= 1, got {cap}")
         end = min(i + cap, n)

@@ -149,20 +149,12 @@ def _cache_forward(engine: Engine, batch: dict[str, torch.Tensor]) -> tuple[torc
 
 
 @torch.inference_mode()
-def _build_split(engine: Engine, rows: Any, split: str, cache_dir: Path, opts: CacheTeacherOptions,
+def _build_split(engine: Engine, columns: TokenColumns, shares: list[list[int]], split: str, cache_dir: Path,
                  dist_info: DistInfo, collate: Any, dims: tuple[int, int, int], bar: Any) -> dict[str, Any]:
-    """This rank's share of ``rows`` through the teacher, streamed into its shard; returns the record.
-
-    The split is read once as flat token columns and every batch is gathered from them
+    """This rank's ``shares`` (row positions in ``columns``, one per batch) through the teacher, streamed
+    into its shard; returns the record. Every batch is gathered from the flat token columns
     (``collate.gather``: no per-row Python objects); the forward runs under ``inference_mode``.
-    Batches are runs of one length where the data allow (``length_run_batches``): no padding, no mask.
     """
-    columns = TokenColumns.from_dataset(rows)
-    config = engine.module.config
-    max_rows = inference_rows(opts.cache_batch_size, engine.device.type, dist_info.world_size,
-                              int(config.hidden_size), int(getattr(config, "num_attention_heads", 1)))
-    shares = [rank_share(b, dist_info.world_size, dist_info.rank) for b in length_run_batches(columns.lengths, max_rows)]
-    bar.reset(total=len(shares))
     mine = (np.concatenate([columns.example_ids[s] for s in shares if s]) if any(shares)
             else np.zeros(0, np.int64))
     writer = ShardWriter(cache_dir, split, dist_info.rank, dist_info.world_size, mine, *dims)
@@ -206,13 +198,18 @@ def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Pat
     engine = Engine(model, engine_opts, total_steps=1, dist_info=dist_info, train=False)
     engine.ds.eval()
     collate = collator_for(tokenizer)
+    max_rows = inference_rows(opts.cache_batch_size, engine.device.type, dist_info.world_size, dims[2],
+                              int(getattr(model.config, "num_attention_heads", 1)))
     splits = {"train": data.train, data.dev_split: data.dev}
     start = time.perf_counter()
     records = {}
     for name, rows in splits.items():
-        with tqdm(total=None, desc=f"cache-teacher {name}",
-                  disable=not dist_info.is_main) as bar:
-            records[name] = _build_split(engine, rows, name, cache_dir, opts, dist_info, collate, dims, bar)
+        # runs of one length where the data allow (length_run_batches): no padding, no mask
+        columns = TokenColumns.from_dataset(rows)
+        shares = [rank_share(b, dist_info.world_size, dist_info.rank)
+                  for b in length_run_batches(columns.lengths, max_rows)]
+        with tqdm(total=len(shares), desc=f"cache-teacher {name}", disable=not dist_info.is_main) as bar:
+            records[name] = _build_split(engine, columns, shares, name, cache_dir, dist_info, collate, dims, bar)
     gathered = all_gather_objects(records)  # also a barrier: every shard is on disk
     return {name: [g[name] for g in gathered] for name in splits}, dims, engine.precision, time.perf_counter() - start
 

@@ -3,7 +3,7 @@
 ``datasets.load_dataset`` keeps what it parsed as ``*.arrow`` files under its ``cache_dir`` and reuses them
 without any check: a flipped byte there would train on a flipped label. Every load goes through
 :func:`verified_load` instead, on a folder of its own (own files: one per file content, hub data: one per
-hub id and config), under a lock beside it so ranks and concurrent runs take turns:
+hub id and config), under a lock beside it (``.<folder>.lock``) so ranks and concurrent runs take turns:
 
 * the folder's ``dist_peakd_files.json`` records the size and sha256 of every file the loaded splits use
   (their Arrow files and each one's ``dataset_info.json``); every later load checks all of them first,
@@ -44,7 +44,7 @@ def _parsed_files(folder: Path) -> bool:
 
 def _used_files(result: Any, folder: Path) -> set[str]:
     """The files under ``folder`` a loaded ``Dataset`` / ``DatasetDict`` reads (relative posix paths)."""
-    parts = result.values() if hasattr(result, "values") and not hasattr(result, "cache_files") else [result]
+    parts = list(result.values()) if isinstance(result, dict) else [result]  # a DatasetDict is a dict
     out: set[str] = set()
     root = folder.resolve()
     for ds in parts:
@@ -73,7 +73,7 @@ def verified_load(folder: str | Path, what: str, load: Callable[[str], T]) -> T:
     folder = Path(folder)
     with writing(folder, f"parse cache of {what}"):
         folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
         try:
             files = read_file_manifest(folder)
         except ArtifactCorruptError as e:

@@ -271,6 +271,16 @@ def test_predict_input_refuses_numbers_and_lists_as_texts(tmp_path, value):
     assert exit_code_of(e.value) == 4
 
 
+@pytest.mark.parametrize(("value", "says"), [(5, "int value 5"), (["x"], "list value ['x']")])
+def test_predict_input_refuses_a_number_or_list_among_texts(tmp_path, value, says):
+    from dist_peakd.stages.predict import _input_texts
+
+    path = _jsonl(tmp_path / "in.jsonl", [{"text": "fine"}, {"text": "fine too"}, {"text": value}])
+    with pytest.raises(DataValueError) as e:
+        _input_texts(path, SINGLE)
+    assert str(e.value) == f"{path}: row index 2, column 'text': {says} where a text is expected"
+
+
 def test_predict_input_takes_text_and_text_pair(tmp_path):
     from dist_peakd.stages.predict import _input_texts
 

@@ -39,6 +39,10 @@ def texts(raw: RawSplit, column: str, option: str = "text_columns") -> list[str]
     values = column_values(raw, column, option)
     feature = raw.rows.features[column]
     if not (isinstance(feature, Value) and feature.dtype in _TEXT_DTYPES):
+        mixed = next((row for row, v in enumerate(values) if v is not None and not isinstance(v, str)), None)
+        if mixed is not None and any(isinstance(v, str) for v in values):  # mixed types (a Json column)
+            raise DataValueError(raw.where, mixed, column, f"{type(values[mixed]).__name__} value "
+                                 f"{values[mixed]!r} where a text is expected", raw.line(mixed))
         raise ColumnError(raw.where, column, raw.rows.column_names, option,
                           detail=f"column {column!r} holds {_describe(feature)} values, expected text")
     for row, value in enumerate(values):

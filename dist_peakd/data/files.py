@@ -17,10 +17,12 @@ plus a JSON-able record of the source. Conventions, fixed so nothing is altered 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import warnings
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,10 @@ import datasets
 from datasets import Dataset, DatasetDict, Features, Value
 
 from ..artifacts import file_sha256
+from ..errors import ArtifactCorruptError, ArtifactWriteError
 from .errors import DataFileError, MalformedRowError
 from .options import file_format
+from .parse_cache import verified_load
 
 #: Bumped whenever how own files are read changes; part of the data fingerprint.
 OWN_READER_VERSION = "own-reader-v1"
@@ -59,11 +63,27 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+#: The longest CSV/TSV field the readers take (the csv module's default, 131,072 characters, would refuse
+#: a long document; tokenization truncates every text to ``--max_length`` anyway, as for JSONL).
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+@contextlib.contextmanager
+def long_csv_fields() -> Iterator[None]:
+    """``csv.field_size_limit`` raised to :data:`CSV_FIELD_LIMIT` for the block (a process-wide setting of
+    the csv module: the previous limit is restored after)."""
+    before = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
 def _scan_delimited(path: Path, delimiter: str, quoting: int) -> tuple[list[str], array]:
     """Header and each data row's end line; refuses bad UTF-8, field-count mismatches, no rows."""
     lines = array("q")
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
+        with long_csv_fields(), path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
             header: list[str] | None = None
             for row in reader:
@@ -102,14 +122,18 @@ def _utf8_error(path: Path) -> DataFileError:
     return DataFileError(path, "not valid UTF-8")
 
 
-def _load(builder: str, path: Path, cache_dir: str | None, **kwargs: Any) -> Dataset:
+def _load(builder: str, path: Path, cache_dir: str, **kwargs: Any) -> Dataset:
     import pandas as pd
 
-    try:
+    def load(folder: str) -> Dataset:
         with warnings.catch_warnings():  # pandas warns where it would drop fields: refuse instead
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir,
-                                         **kwargs)
+            return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=folder, **kwargs)
+
+    try:
+        return verified_load(cache_dir, str(path), load)
+    except (ArtifactCorruptError, ArtifactWriteError):
+        raise
     except Exception as e:
         cause = _root_cause(e)
         if "corresponds to no data" in str(e) or cause.startswith("StopIteration"):
@@ -127,7 +151,8 @@ def read_file(path: str | Path, option: str, cache_dir: str | None = None) -> Ra
         raise DataFileError(path, f"is empty (option {option})")
     sha256 = file_sha256(path)
     # datasets keys its cache of a local file on path + mtime only: a per-content folder means a
-    # rewritten file (same mtime, e.g. copied with ``cp -p``) is never served from a stale cache
+    # rewritten file (same mtime, e.g. copied with ``cp -p``) is never served from a stale cache; its
+    # parsed files are checked against the folder's record on every load (parse_cache.verified_load)
     cache_dir = str(Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "dist_peakd_files" / sha256[:20])
     lines = None
     if fmt in ("csv", "tsv"):
@@ -149,15 +174,20 @@ def read_file(path: str | Path, option: str, cache_dir: str | None = None) -> Ra
 
 def read_hub(hub_id: str, config: str | None, cache_dir: str | None = None) -> DatasetDict:
     """Every split of a hub dataset (or a local dataset folder) as raw rows."""
+    where = f"hub dataset {hub_id!r} (config {config!r})"
+    key = hashlib.sha256(f"{hub_id}\0{config}".encode()).hexdigest()[:20]
+    folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "dist_peakd_hub" / key
     try:
-        raw = datasets.load_dataset(hub_id, config, cache_dir=cache_dir)
+        raw = verified_load(folder, where, lambda path: datasets.load_dataset(hub_id, config, cache_dir=path))
+    except (ArtifactCorruptError, ArtifactWriteError):
+        raise
     except Exception as e:
-        where, cause = f"hub dataset {hub_id!r} (config {config!r})", _root_cause(e)
+        cause = _root_cause(e)
         if "corresponds to no data" in cause:  # datasets refuses a split without rows
             raise DataFileError(where, f"has a split with zero rows ({cause})") from None
         raise DataFileError(where, f"cannot be loaded: {cause}") from None
     if not isinstance(raw, DatasetDict):
-        raise DataFileError(f"hub dataset {hub_id!r} (config {config!r})", "did not load as a DatasetDict")
+        raise DataFileError(where, "did not load as a DatasetDict")
     return raw
 
 

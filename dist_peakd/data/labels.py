@@ -34,12 +34,16 @@ def column_values(raw: RawSplit, column: str, option: str) -> list[Any]:
     return raw.rows.select_columns([column]).to_dict()[column]
 
 
-def texts(raw: RawSplit, column: str) -> list[str]:
-    """The text column ``column``: every value a non-blank string."""
-    values = column_values(raw, column, "text_columns")
+def texts(raw: RawSplit, column: str, option: str = "text_columns") -> list[str]:
+    """The text column ``column``: every value a non-blank string (``option``: the option messages name)."""
+    values = column_values(raw, column, option)
     feature = raw.rows.features[column]
     if not (isinstance(feature, Value) and feature.dtype in _TEXT_DTYPES):
-        raise ColumnError(raw.where, column, raw.rows.column_names, "text_columns",
+        mixed = next((row for row, v in enumerate(values) if v is not None and not isinstance(v, str)), None)
+        if mixed is not None and any(isinstance(v, str) for v in values):  # mixed types (a Json column)
+            raise DataValueError(raw.where, mixed, column, f"{type(values[mixed]).__name__} value "
+                                 f"{values[mixed]!r} where a text is expected", raw.line(mixed))
+        raise ColumnError(raw.where, column, raw.rows.column_names, option,
                           detail=f"column {column!r} holds {_describe(feature)} values, expected text")
     for row, value in enumerate(values):
         if value is None:
@@ -58,19 +62,43 @@ def _class_names(raw: RawSplit, column: str) -> tuple[str, ...] | None:
     return tuple(feature.names) if isinstance(feature, ClassLabel) else None
 
 
-def infer_problem(raw: RawSplit, column: str, values: Sequence[Any]) -> str:
-    """``regression`` for float labels (a float column, or decimal strings not all integers), else
-    ``classification`` (the caller picks binary/multiclass from the label count)."""
+def _numeric(text: str) -> bool:
+    return bool(_DECIMAL.fullmatch(text) or _NON_FINITE.fullmatch(text))
+
+
+def infer_problem(raw: RawSplit, column: str, values: Sequence[Any]) -> tuple[str, str]:
+    """``(problem, why)``: ``regression`` for float labels (a float column, or numbers as text not all
+    integers), else ``classification`` (the caller picks binary/multiclass from the label count); ``why`` says
+    which. A ``nan``/``inf`` cell never makes a numeric column classes: it counts as a number (and is then
+    refused by :func:`scores` or :func:`check_class_values`, naming its row)."""
     feature = raw.rows.features[column]
     if isinstance(feature, ClassLabel):
-        return "classification"
-    if isinstance(feature, Value) and feature.dtype in _FLOAT_DTYPES:
-        return "regression"
-    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
-        present = [v.strip() for v in values if v is not None and v.strip()]
-        if present and all(_DECIMAL.fullmatch(v) for v in present) and not all(_INTEGER.fullmatch(v) for v in present):
-            return "regression"
-    return "classification"
+        return "classification", f"it is a ClassLabel column of {len(feature.names)} names"
+    dtype = feature.dtype if isinstance(feature, Value) else type(feature).__name__
+    if dtype in _FLOAT_DTYPES:
+        return "regression", f"it holds {dtype} numbers"
+    if dtype not in ("string", "large_string"):
+        return "classification", f"it holds {dtype} values"
+    present = [v.strip() for v in values if v is not None and v.strip()]
+    other = next((v for v in present if not _numeric(v)), None)
+    if other is not None:
+        return "classification", f"its values are not all numbers (e.g. {other!r})"
+    if any(not _INTEGER.fullmatch(v) and not _NON_FINITE.fullmatch(v) for v in present):
+        return "regression", "its values are numbers, not all integers"
+    return "classification", "every value is an integer (for scores pass --problem regression)"
+
+
+def check_class_values(raw: RawSplit, column: str, values: Sequence[Any]) -> None:
+    """Refuse a ``nan``/``inf`` label among numbers (a float ``inf``, or ``nan``/``inf`` text in a column whose
+    other values are all numbers): it is a broken cell, not a class (:class:`DataValueError` naming the row)."""
+    texts_ = [v.strip() for v in values if isinstance(v, str) and v.strip()]
+    numeric = bool(texts_) and all(_numeric(v) for v in texts_)
+    for row, v in enumerate(values):
+        bad = (isinstance(v, float) and math.isinf(v)) or (
+            numeric and isinstance(v, str) and _NON_FINITE.fullmatch(v.strip()) is not None)
+        if bad:
+            raise DataValueError(raw.where, row, column, f"NaN/inf label {v!r} in a column of numbers (a class "
+                                 "or a regression target must be a finite number)", raw.line(row))
 
 
 def class_values(raw: RawSplit, column: str, values: Sequence[Any]) -> list[str | None]:

@@ -53,6 +53,22 @@ class LoadedData:
     fingerprint: str
     sources: dict[str, dict[str, Any]]
     dev_ids: tuple[int, ...] | None = None
+    label_reason: str | None = None  # own data: why the label column was read as classes / scores
+
+    def summary(self) -> str:
+        """One line: how the label column was read and why, and each split's rows (own data; GLUE: "")."""
+        if self.label_reason is None:
+            return ""
+        t = self.task
+        if t.is_regression:
+            read = "regression targets"
+        else:
+            shown = ", ".join(map(repr, t.labels[:8])) + (", ..." if len(t.labels) > 8 else "")
+            read = f"{len(t.labels)} classes ({shown})"
+        rows = ", ".join(f"{name} {ds.num_rows} rows" + (" (carved from train)" if "carved_from" in
+                                                          self.sources.get(name, {}) else "")
+                         for name, ds in self.splits.items())
+        return f"data {t.name}: label column {t.label_column!r} read as {read} because {self.label_reason}; {rows}"
 
     def record(self) -> dict[str, Any]:
         """What :func:`check_data_record` writes and compares (JSON-able)."""
@@ -146,15 +162,22 @@ def _raw_splits(opts: DataOptions, roles: Sequence[str], cache_dir: str | None) 
     return out
 
 
-def _own_task(opts: DataOptions, train: RawSplit) -> tuple[Task, list[Any]]:
-    """The task described by the options and the train split (labels / problem inferred from it)."""
+def _own_task(opts: DataOptions, train: RawSplit) -> tuple[Task, list[Any], str]:
+    """The task described by the options and the train split (labels / problem inferred from it), the train
+    labels and why the label column was read as it was (for the data summary line)."""
     text_columns, label_column = opts.text_column_names(), opts.label_column_name()
     values = L.column_values(train, label_column, "label_column")
     given = opts.label_values()
-    problem = opts.problem or ("binary" if given and len(given) == 2 else "multiclass" if given else
-                               L.infer_problem(train, label_column, values))
+    if opts.problem:
+        problem, why = opts.problem, f"--problem {opts.problem}"
+    elif given:
+        problem, why = "binary" if len(given) == 2 else "multiclass", f"--labels lists {len(given)}"
+    else:
+        problem, why = L.infer_problem(train, label_column, values)
     labels = None
     if problem != "regression":
+        if not given:
+            L.check_class_values(train, label_column, values)
         classes = L.class_values(train, label_column, values)
         labels = given or L.sorted_labels(classes, train, label_column)
         if len(labels) < 2:
@@ -173,7 +196,7 @@ def _own_task(opts: DataOptions, train: RawSplit) -> tuple[Task, list[Any]]:
     task = Task(name=opts.task, text_columns=text_columns, label_column=label_column, labels=labels,
                 metrics=DEFAULT_METRICS[problem], main_metric=DEFAULT_METRICS[problem][0], problem=problem,
                 positive_label=positive)
-    return _with_metric(task, opts.metric), values
+    return _with_metric(task, opts.metric), values, why
 
 
 def _columns(task: Task, raw: RawSplit, role: str, origin: str, label_values: list[Any] | None = None) -> dict[str, list]:
@@ -199,7 +222,7 @@ def _load_own(opts: DataOptions, splits: Sequence[str] | None, cache_dir: str | 
     if unknown:
         raise DataOptionError("splits", f"unknown split(s) {unknown} for own data; splits: {', '.join(ROLES)}")
     raws = _raw_splits(opts, roles, cache_dir)
-    task, train_labels = _own_task(opts, raws["train"])
+    task, train_labels, why = _own_task(opts, raws["train"])
     origin = "--labels" if opts.labels is not None else f"label set of the train split {raws['train'].where}"
     columns = {role: _columns(task, raws[role], role, origin, train_labels if role == "train" else None)
                for role in raws}
@@ -217,7 +240,7 @@ def _load_own(opts: DataOptions, splits: Sequence[str] | None, cache_dir: str | 
             info = DatasetInfo(description=json.dumps(desc), features=features)
             out[role] = Dataset.from_dict(columns[role], features=features, info=info)
     return LoadedData(task=task, splits=DatasetDict(out), fingerprint=_own_fingerprint(task, sources, roles),
-                      sources={r: sources[r] for r in out}, dev_ids=dev_ids)
+                      sources={r: sources[r] for r in out}, dev_ids=dev_ids, label_reason=why)
 
 
 def _carve(task: Task, train: dict[str, list], opts: DataOptions) -> tuple[dict, dict, tuple[int, ...]]:

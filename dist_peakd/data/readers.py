@@ -31,6 +31,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, Features, Value
 
 from ..artifacts import file_sha256
 from .errors import GLUE_LAYOUT, DataError, DataLayoutError, EncodingError, LabelError, MalformedRowError
+from .files import long_csv_fields
 from .tasks import GlueTask, get_task
 
 #: Bumped whenever parsing/conversion semantics change; part of :func:`data_fingerprint`.
@@ -157,7 +158,8 @@ def _parse_tsv(task: GlueTask, path: Path, split: str, data: bytes) -> dict[str,
                               f"(columns {', '.join(task.text_columns)}, {task.label_column}) and data rows", path)
     reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
-        rows = list(reader)
+        with long_csv_fields():
+            rows = list(reader)
     except csv.Error as e:
         raise MalformedRowError(path, reader.line_num, detail=str(e)) from None
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from datasets import DatasetDict
 
+from .. import console
 from ..config import DEFAULT_BACKBONE, RunOptions
 from ..data import (
     DataError,
@@ -152,6 +153,7 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     layout = opts.layout()
     roles = (["train"] if need_train else []) + [eval_split]
     loaded = load_data(opts, roles, cache_dir=str(layout.datasets_cache))
+    _print_summary(loaded)
     if not check_run:
         return loaded
     problem = None
@@ -164,6 +166,17 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     if problem:
         raise DataError(problem)
     return loaded
+
+
+_SUMMARIES: set[str] = set()
+
+
+def _print_summary(loaded: LoadedData) -> None:
+    """Own data: the one-line summary (how the label column was read and why, rows per split), once per process."""
+    line = loaded.summary()
+    if line and line not in _SUMMARIES:
+        _SUMMARIES.add(line)
+        console.info(line)
 
 
 def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval_split: str = "dev",

@@ -13,7 +13,9 @@ prediction``) or ``.jsonl`` (``{"index", "label", "probabilities": {class: p}}``
 ``{"index", "prediction"}``). Rows are in index order: the 0-based row of the split file (GLUE: its
 ``index`` column) or of ``--input``. ``--input`` (.tsv/.csv/.json/.jsonl/.parquet) holds the task's
 text column(s): its own names (GLUE MRPC: ``#1 String``, ``#2 String``), the hub's (``sentence1``,
-``sentence2``) or ``text_a`` [, ``text_b``]; other columns are ignored.
+``sentence2``), ``text_a`` [, ``text_b``] or ``text`` [, ``text_pair``] (``pipeline()``'s names); other columns
+are ignored. Every text is checked as the stages check theirs: a null, a number, a list or a blank text is
+refused (exit 4) naming the file, the row and the column, never predicted as the string ``"None"``.
 """
 
 from __future__ import annotations
@@ -66,19 +68,29 @@ class PredictOptions(ModelDirOptions):
 
 
 # ------------------------------------------------------------------------------------------ input rows
-def _input_texts(path: str, task: Any) -> tuple[list[str], list[str]]:
-    """The text column(s) of ``--input``, under the task's, the hub's or the generic names."""
-    from ..data.files import read_file
+def input_columns(task: Any) -> list[tuple[str, ...]]:
+    """The column names ``--input`` may hold the texts under, in the order they are tried: the task's, the
+    hub's, ``text_a`` [, ``text_b``], and ``text`` [, ``text_pair``] (the names of ``pipeline()``'s inputs)."""
+    n = len(task.text_columns)
+    out = [tuple(task.text_columns), tuple(getattr(task, "hub_text_columns", ()) or ()),
+           ("text_a", "text_b")[:n], ("text", "text_pair")[:n]]
+    return [c for i, c in enumerate(out) if c and c not in out[:i]]
 
-    rows = read_file(path, "input").rows
-    candidates = [tuple(task.text_columns), tuple(getattr(task, "hub_text_columns", ()) or ()),
-                  ("text_a", "text_b")[:len(task.text_columns)], ("text",) if not task.is_pair else ()]
+
+def _input_texts(path: str, task: Any) -> tuple[list[str], list[str]]:
+    """The text column(s) of ``--input``, under one of :func:`input_columns`' names, checked as the stages check
+    a split's texts: a null, a number, a list or a blank text is refused naming the file, row and column."""
+    from ..data.files import read_file
+    from ..data.labels import texts
+
+    raw = read_file(path, "input")
+    candidates = input_columns(task)
     for names in candidates:
-        if names and set(names) <= set(rows.column_names):
-            a = [str(x) for x in rows[names[0]]]
-            return a, [str(x) for x in rows[names[1]]] if task.is_pair else [""] * len(a)
-    accepted = " or ".join(str(list(c)) for c in candidates if c)
-    raise ConfigError(f"option input: {path} has columns {rows.column_names}; {task.name} needs {accepted}")
+        if set(names) <= set(raw.rows.column_names):
+            a = texts(raw, names[0], "input")
+            return a, texts(raw, names[1], "input") if task.is_pair else [""] * len(a)
+    accepted = " or ".join(str(list(c)) for c in candidates)
+    raise ConfigError(f"option input: {path} has columns {raw.rows.column_names}; {task.name} needs {accepted}")
 
 
 def input_rows(opts: PredictOptions, task: Any, tokenizer: Any) -> Any:

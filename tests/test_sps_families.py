@@ -21,7 +21,12 @@ from transformers import AutoModelForSequenceClassification
 
 from dist_peakd.models import ModelConfigError, SPSBertConfig, SPSBertForSequenceClassification
 from dist_peakd.models.families import SUPPORTED_FAMILIES
-from dist_peakd.models.sps_generic import sps_from_classifier, unrolled_classifier
+from dist_peakd.models.sps_generic import (
+    build_family_student,
+    compact_state_dict,
+    sps_from_classifier,
+    unrolled_classifier,
+)
 
 VOCAB, LAYERS = 60, 4
 _SIZES = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
@@ -43,7 +48,7 @@ CONFIGS = {
     "distilbert": (lambda: T.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=LAYERS, n_heads=2,
                                               hidden_dim=37, max_position_embeddings=64,
                                               initializer_range=0.3), 0),
-    "modernbert": (lambda: T.ModernBertConfig(**_SIZES, local_attention=8, global_attn_every_n_layers=2,
+    "modernbert": (lambda: T.ModernBertConfig(**_SIZES, local_attention=8, global_attn_every_n_layers=3,
                                               attention_bias=True, pad_token_id=0, bos_token_id=2,
                                               eos_token_id=3, cls_token_id=2, sep_token_id=3), 0),
 }
@@ -173,9 +178,13 @@ def test_none_equals_the_family_k_layer_model(name: str) -> None:
     source = source_model(name)
     student = sps_from_classifier(source, 3, "none").eval()
     assert student.schedule == [(0, False), (1, False), (2, False)]
+    reference = bottom_k(source, 3)
+    labels = torch.tensor([0, 1, 1])
     with torch.no_grad():
-        logits, cls = run(bottom_k(source, 3), name)
-        assert_close(student(**inputs(name)), logits, cls, 1e-6)
+        logits, cls = run(reference, name)
+        out = student(**inputs(name), labels=labels)
+    assert_close(out, logits, cls, 1e-6)
+    assert abs(out.loss.item() - torch.nn.functional.cross_entropy(logits, labels).item()) <= 1e-6
 
 
 # k=2: L1 L2 L1* L2* (re-runs the bottom layer); k=4: L1..L4 L3* L4* (the top-half rule)
@@ -222,6 +231,9 @@ def test_no_added_parameters_and_gradients_of_both_passes_accumulate(name: str) 
     assert not torch.allclose(bottom_q.grad, ref_grads[f"{prefix}.0." + (
         qk_of(source.config.model_type)[0][0] if name != "modernbert" else "attn.Wqkv") + ".weight"])
     assert checked == len(list(plain_k.parameters()))
+    compact, reference = compact_state_dict(student), plain_k.state_dict()
+    assert compact.keys() == reference.keys()
+    assert all(torch.equal(compact[n], reference[n]) for n in reference)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -239,6 +251,18 @@ def test_plain_export_is_a_standard_folder_equal_to_the_student(name: str, tmp_p
         assert_close(student(**inputs(name)), logits, cls, 1e-5)
 
 
+@pytest.mark.parametrize("name", ["roberta", "modernbert"])
+def test_build_from_a_checkpoint_folder(name: str, tmp_path) -> None:
+    source = source_model(name)
+    source.save_pretrained(tmp_path)
+    student = build_family_student(tmp_path, 2, "shuffle", num_labels=2).eval()
+    expected = sps_from_classifier(source, 2, "shuffle").eval()
+    assert student.config.num_hidden_layers == 2 and student.num_effective_layers == 4
+    with torch.no_grad():
+        theirs = expected(**inputs(name))
+        assert_close(student(**inputs(name)), theirs.logits, list(theirs.cls_states), 1e-6)
+
+
 def test_bert_shuffle_equals_the_hand_written_sps_bert() -> None:
     source = source_model("bert")
     student = sps_from_classifier(source, 2, "shuffle").eval()
@@ -252,11 +276,14 @@ def test_bert_shuffle_equals_the_hand_written_sps_bert() -> None:
         assert (a - b).abs().max().item() <= 1e-5
 
 
-def test_refusals_name_the_problem() -> None:
+def test_refusals_name_the_problem(tmp_path) -> None:
     gpt2 = AutoModelForSequenceClassification.from_config(T.GPT2Config(n_layer=2, n_embd=32, n_head=2,
                                                                        vocab_size=VOCAB, pad_token_id=0))
     with pytest.raises(ModelConfigError, match=r"model_type 'gpt2'.*'modernbert'"):
         sps_from_classifier(gpt2, 1)
+    gpt2.save_pretrained(tmp_path)
+    with pytest.raises(ModelConfigError, match=r"student backbone '.*' has model_type 'gpt2'"):
+        build_family_student(tmp_path, 1)
     source = source_model("roberta")
     with pytest.raises(ModelConfigError, match=r"k must be an integer in 1\.\.4.*got 5"):
         sps_from_classifier(source, 5)

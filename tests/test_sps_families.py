@@ -119,7 +119,7 @@ def bottom_k(source: nn.Module, k: int) -> nn.Module:
     return model
 
 
-def swapped_copy(layer: nn.Module, model_type: str, is_bottom: bool) -> nn.Module:
+def swapped_copy(layer: nn.Module, model_type: str) -> nn.Module:
     """A deep copy of ``layer`` with Q and K swapped by copying weights and biases."""
     twin = copy.deepcopy(layer)
     with torch.no_grad():
@@ -145,7 +145,7 @@ def reference_unrolled(source: nn.Module, k: int, schedule: list[tuple[int, bool
     """The k-layer model run along ``schedule``: independent deep copies, swapped ones where asked."""
     ref = bottom_k(source, k)
     model_type = ref.config.model_type
-    layers = [copy.deepcopy(layers_of(ref)[i]) if not s else swapped_copy(layers_of(ref)[i], model_type, i == 0)
+    layers = [copy.deepcopy(layers_of(ref)[i]) if not s else swapped_copy(layers_of(ref)[i], model_type)
               for i, s in schedule]
     if model_type == "modernbert":  # the bottom layer re-run higher up gets a norm without parameters
         for pos, (i, _) in enumerate(schedule):
@@ -226,10 +226,9 @@ def test_no_added_parameters_and_gradients_of_both_passes_accumulate(name: str) 
     for p in student.parameters():
         assert torch.allclose(p.grad, expected[id(p)], rtol=1e-5, atol=1e-6)
         checked += 1
-    bottom_q = layers_of(student.model)[0].get_submodule(qk_of(source.config.model_type)[0][0]
-                                                         if name != "modernbert" else "attn.Wqkv").weight
-    assert not torch.allclose(bottom_q.grad, ref_grads[f"{prefix}.0." + (
-        qk_of(source.config.model_type)[0][0] if name != "modernbert" else "attn.Wqkv") + ".weight"])
+    q_path = "attn.Wqkv" if name == "modernbert" else qk_of(source.config.model_type)[0][0]
+    bottom_q = layers_of(student.model)[0].get_submodule(q_path).weight  # runs in both passes:
+    assert not torch.allclose(bottom_q.grad, ref_grads[f"{prefix}.0.{q_path}.weight"])  # not the first's alone
     assert checked == len(list(plain_k.parameters()))
     compact, reference = compact_state_dict(student), plain_k.state_dict()
     assert compact.keys() == reference.keys()

@@ -46,25 +46,26 @@ def swap_qk_rows(tensor: Tensor | None) -> Tensor | None:
 class SwappedQKLinear(nn.Module):
     """A fused ``[Q; K; V]`` ``Linear`` run with its Q and K blocks swapped (weights and biases).
 
-    It owns no parameter: the source ``Linear`` (the parameter layer's, registered there) is held
-    unregistered, so the twin adds nothing to ``parameters()`` and gradients flow into the shared
-    tensors. In ``state_dict`` it appears as a plain ``Linear`` holding the swapped values (what the
-    unrolled export stores); loading such an entry writes it back, swapped, into the source.
+    Its ``weight`` / ``bias`` are the source ``Linear``'s own ``Parameter`` objects (registered here
+    too, as any tied weight: ``parameters()`` lists each once, a ZeRO-3 gather before this module's
+    forward finds them, gradients flow into the shared tensors). In ``state_dict`` it appears as a
+    plain ``Linear`` holding the swapped values (what the unrolled export stores); loading such an
+    entry writes it back, swapped, into the shared tensors.
     """
 
     def __init__(self, source: nn.Linear) -> None:
         super().__init__()
         if source.out_features % 3:
             raise ModelConfigError(f"fused QKV projection has {source.out_features} outputs, not a multiple of 3")
-        self.__dict__["source"] = source  # unregistered: the parameter layer owns it
+        self.weight, self.bias = source.weight, source.bias
         self.in_features, self.out_features = source.in_features, source.out_features
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return F.linear(hidden, swap_qk_rows(self.source.weight), swap_qk_rows(self.source.bias))
+        return F.linear(hidden, swap_qk_rows(self.weight), swap_qk_rows(self.bias))
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         for name in ("weight", "bias"):
-            value = getattr(self.source, name)
+            value = getattr(self, name)
             if value is not None:
                 value = swap_qk_rows(value)
                 destination[prefix + name] = value if keep_vars else value.detach()
@@ -72,7 +73,7 @@ class SwappedQKLinear(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
         for name in ("weight", "bias"):
-            target = getattr(self.source, name)
+            target = getattr(self, name)
             if target is None:
                 continue
             if prefix + name not in state_dict:

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from dist_peakd.models import ModelConfigError, SPSBertConfig, SPSBertForSequenceClassification
-from dist_peakd.models.families import SUPPORTED_FAMILIES
+from dist_peakd.models.sps_families import SUPPORTED_FAMILIES
 from dist_peakd.models.sps_generic import (
     build_family_student,
     compact_state_dict,
@@ -53,7 +53,7 @@ CONFIGS = {
                                               eos_token_id=3, cls_token_id=2, sep_token_id=3), 0),
 }
 
-# This file's own table of where each family keeps Q/K (independent of dist_peakd.models.families).
+# This file's own table of where each family keeps Q/K (independent of dist_peakd.models.sps_families).
 LAYERS_AT = {"bert": "bert.encoder.layer", "electra": "electra.encoder.layer", "mpnet": "mpnet.encoder.layer",
              "deberta-v2": "deberta.encoder.layer", "distilbert": "distilbert.transformer.layer",
              "modernbert": "model.layers", "roberta": "roberta.encoder.layer",

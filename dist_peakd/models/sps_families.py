@@ -1,4 +1,4 @@
-"""The encoder families an SPS student can be built from: one table of per-family facts.
+"""The encoder families a family-generic SPS student can be built from: one table of per-family facts.
 
 Every supported family is one :class:`FamilySpec` row in :data:`FAMILIES`, keyed by the
 ``model_type`` of its ``config.json``. A row says where the encoder layers live in the family's

@@ -1,0 +1,294 @@
+"""A family-generic SPS student: Shuffled Parameter Sharing as weight tying (docs/method.md).
+
+The student is the family's own ``AutoModelForSequenceClassification`` whose encoder layer list holds
+one module per *effective* layer of the schedule ``[(param_layer, swap_qk), ...]``:
+
+- the first ``k`` entries are the ``k`` parameter layers (the bottom ``k`` of the source model);
+- every later entry is a *twin* of its parameter layer: a structural copy whose parameters are the
+  parameter layer's own ``Parameter`` objects (no new tensors). In a swapped twin each query
+  projection's weight and bias are the key projection's, and each key's the query's (the pairs in
+  :data:`.families.FAMILIES`); a fused ``[Q; K; V]`` projection (ModernBERT ``Wqkv``) is replaced by
+  :class:`SwappedQKLinear`, which reads the shared weight with its Q and K row blocks swapped.
+
+So the family's HF forward and attention kernels run unchanged, ``parameters()`` holds exactly the
+``k``-layer model's tensors and the gradients of both passes accumulate in them. ``state_dict()``
+lists every effective layer (the unrolled form): :func:`unrolled_classifier` turns it into a plain
+``E``-layer model of the family, :func:`compact_state_dict` keeps the ``k`` parameter layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+
+from .configuration_sps_bert import sps_schedule
+from .errors import ModelConfigError
+from .sps_families import FamilySpec, family_of, layer_list, qk_pairs_present, set_layer_list
+from .loading import load_reporting
+from .modeling_sps_bert import classification_loss
+from .outputs import ClassifierOutput
+
+
+def swap_qk_rows(tensor: Tensor | None) -> Tensor | None:
+    """``[Q; K; V]`` stacked along dim 0 (three equal blocks) -> ``[K; Q; V]``. Its own inverse."""
+    if tensor is None:
+        return None
+    q, k, v = tensor.chunk(3, dim=0)
+    return torch.cat((k, q, v), dim=0)
+
+
+class SwappedQKLinear(nn.Module):
+    """A fused ``[Q; K; V]`` ``Linear`` run with its Q and K blocks swapped (weights and biases).
+
+    Its ``weight`` / ``bias`` are the source ``Linear``'s own ``Parameter`` objects (registered here
+    too, as any tied weight: ``parameters()`` lists each once, a ZeRO-3 gather before this module's
+    forward finds them, gradients flow into the shared tensors). In ``state_dict`` it appears as a
+    plain ``Linear`` holding the swapped values (what the unrolled export stores); loading such an
+    entry writes it back, swapped, into the shared tensors.
+    """
+
+    def __init__(self, source: nn.Linear) -> None:
+        super().__init__()
+        if source.out_features % 3:
+            raise ModelConfigError(f"fused QKV projection has {source.out_features} outputs, not a multiple of 3")
+        self.weight, self.bias = source.weight, source.bias
+        self.in_features, self.out_features = source.in_features, source.out_features
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return F.linear(hidden, swap_qk_rows(self.weight), swap_qk_rows(self.bias))
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        for name in ("weight", "bias"):
+            value = getattr(self, name)
+            if value is not None:
+                value = swap_qk_rows(value)
+                destination[prefix + name] = value if keep_vars else value.detach()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        for name in ("weight", "bias"):
+            target = getattr(self, name)
+            if target is None:
+                continue
+            if prefix + name not in state_dict:
+                missing_keys.append(prefix + name)
+                continue
+            with torch.no_grad():
+                target.copy_(swap_qk_rows(state_dict[prefix + name]))
+
+
+def _tie(twin_module: nn.Module, source: nn.Module) -> None:
+    """Give ``twin_module`` the weight and bias ``Parameter`` objects of ``source`` (or its ``None`` bias)."""
+    for name in ("weight", "bias"):
+        setattr(twin_module, name, getattr(source, name))
+
+
+def make_twin(layer: nn.Module, spec: FamilySpec, swap_qk: bool, first_layer: bool,
+              config: PretrainedConfig) -> nn.Module:
+    """A structural copy of ``layer`` that shares all its parameters and buffers, Q/K swapped if asked.
+
+    ``first_layer``: ``layer`` is the encoder's bottom layer; for a family with ``first_layer_norm``
+    its missing input norm becomes a parameter-free LayerNorm in the twin (the twin runs higher up,
+    on an un-normalised residual stream, where every other layer of the family has that norm).
+    """
+    memo = {id(t): t for t in itertools.chain(layer.parameters(), layer.buffers())}
+    twin = copy.deepcopy(layer, memo)
+    if swap_qk:
+        for q_path, k_path in qk_pairs_present(layer, spec):
+            _tie(twin.get_submodule(q_path), layer.get_submodule(k_path))
+            _tie(twin.get_submodule(k_path), layer.get_submodule(q_path))
+        if spec.fused_qkv:
+            parent, _, name = spec.fused_qkv.rpartition(".")
+            setattr(twin.get_submodule(parent), name, SwappedQKLinear(layer.get_submodule(spec.fused_qkv)))
+    if first_layer and spec.first_layer_norm:
+        parent, _, name = spec.first_layer_norm.rpartition(".")
+        if isinstance(twin.get_submodule(spec.first_layer_norm), nn.Identity):
+            eps = getattr(config, "norm_eps", getattr(config, "layer_norm_eps", 1e-5))
+            setattr(twin.get_submodule(parent), name, nn.LayerNorm(config.hidden_size, eps=eps,
+                                                                   elementwise_affine=False))
+    return twin
+
+
+def truncate_classifier(model: PreTrainedModel, k: int, spec: FamilySpec) -> PreTrainedModel:
+    """Keep the bottom ``k`` encoder layers of ``model`` (in place); the config says ``k`` layers."""
+    layers = layer_list(model, spec)
+    set_layer_list(model, spec, nn.ModuleList(list(layers)[:k]))
+    model.config.num_hidden_layers = k
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = list(model.config.layer_types[:k])
+    return model
+
+
+class SPSFamilyStudent(nn.Module):
+    """An SPS student of any family in :data:`.families.FAMILIES` (see the module docstring).
+
+    Attributes:
+        model: the family's classifier; its config describes the ``k`` parameter layers, its encoder
+            layer list holds the ``E`` effective layers.
+        family: the family's :class:`~.families.FamilySpec`.
+        schedule: ``[(param_layer, swap_qk), ...]`` (0-based), one entry per effective layer.
+        variant: ``none``, ``share`` or ``shuffle``.
+    """
+
+    def __init__(self, model: PreTrainedModel, variant: str) -> None:
+        super().__init__()
+        self.family = family_of(model.config)
+        k = model.config.num_hidden_layers
+        if len(layer_list(model, self.family)) != k:
+            raise ModelConfigError(f"the classifier holds {len(layer_list(model, self.family))} layers, "
+                                   f"its config says {k}")
+        self.variant = variant
+        self.schedule: list[tuple[int, bool]] = sps_schedule(k, variant)
+        self.model = model
+        layers = list(layer_list(model, self.family))
+        effective = layers + [make_twin(layers[i], self.family, swap, i == 0, model.config)
+                              for i, swap in self.schedule[k:]]
+        set_layer_list(model, self.family, nn.ModuleList(effective))
+
+    @property
+    def config(self) -> PretrainedConfig:
+        """The family config of the ``k`` parameter layers."""
+        return self.model.config
+
+    @property
+    def k(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def num_effective_layers(self) -> int:
+        return len(self.schedule)
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None,
+                **kwargs) -> ClassifierOutput:
+        """Logits, the [CLS] vector (position 0) after every effective layer, the loss with ``labels``.
+
+        ``token_type_ids`` is passed on only to families whose forward takes it.
+        """
+        if token_type_ids is not None and self.family.token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                         return_dict=True, **kwargs)
+        cls_states = tuple(h[:, 0] for h in out.hidden_states[1:])
+        loss = classification_loss(out.logits, labels, self.config.num_labels) if labels is not None else None
+        return ClassifierOutput(logits=out.logits, cls_states=cls_states, loss=loss)
+
+
+def _check_k(k: int, n_layers: int, source: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
+        raise ModelConfigError(f"k must be an integer in 1..{n_layers} (layers of {source}), got {k!r}")
+
+
+def sps_from_classifier(model: PreTrainedModel, k: int, variant: str = "shuffle",
+                        source: str = "model") -> SPSFamilyStudent:
+    """An SPS student from the bottom ``k`` layers of a family classifier (embeddings and head kept).
+
+    ``model`` itself is left untouched (the student works on a deep copy).
+
+    Raises:
+        ModelConfigError: unsupported family, ``k`` out of range, unknown variant.
+    """
+    spec = family_of(model.config, source)
+    sps_schedule(1, variant)  # unknown variant: refused before any copy
+    _check_k(k, len(layer_list(model, spec)), source)
+    return SPSFamilyStudent(truncate_classifier(copy.deepcopy(model), k, spec), variant)
+
+
+def build_family_student(backbone: str | Path, k: int, variant: str = "shuffle", num_labels: int = 2,
+                         attn_implementation: str | None = None) -> SPSFamilyStudent:
+    """An SPS student from a pretrained checkpoint of a supported family (path or hub id), in fp32.
+
+    Embeddings, the bottom ``k`` layers and whatever head parts the checkpoint has are loaded; the
+    rest of the head is new (caller's torch RNG). ``num_labels == 1`` means regression.
+
+    Raises:
+        ModelConfigError: unsupported family (before any weight is read), ``k`` out of range, unknown
+            variant, ``num_labels < 1``.
+    """
+    if num_labels < 1:
+        raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
+    sps_schedule(1, variant)
+    config = AutoConfig.from_pretrained(str(backbone))
+    family_of(config, f"student backbone {str(backbone)!r}")
+    _check_k(k, config.num_hidden_layers, repr(str(backbone)))
+    kwargs: dict = {"num_labels": num_labels, "problem_type": "regression" if num_labels == 1 else None}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = load_reporting(
+        lambda **extra: AutoModelForSequenceClassification.from_pretrained(
+            str(backbone), dtype=torch.float32, ignore_mismatched_sizes=True, **kwargs, **extra),
+        str(backbone), "student", num_labels)
+    spec = family_of(model.config)
+    return SPSFamilyStudent(truncate_classifier(model, k, spec), variant)
+
+
+def compact_state_dict(student: SPSFamilyStudent) -> dict[str, Tensor]:
+    """The ``k``-layer state (what a compact checkpoint stores): the unrolled twins left out."""
+    prefix = student.family.layers + "."
+    out = {}
+    for name, tensor in student.model.state_dict().items():
+        if name.startswith(prefix) and int(name[len(prefix):].split(".", 1)[0]) >= student.k:
+            continue
+        out[name] = tensor
+    return out
+
+
+def unrolled_classifier(student: SPSFamilyStudent) -> PreTrainedModel:
+    """A plain classifier of the student's family with ``E`` layers computing what the student computes.
+
+    Layer ``e`` holds a copy of the effective layer ``e``'s weights (query/key swapped in a swapped
+    twin). A ``layer_types`` list in the config (ModernBERT: local/global attention) follows the
+    schedule; a twin's parameter-free input norm becomes the family's norm with unit weight, zero bias.
+    The result is a standard model of the family: ``save_pretrained`` gives a folder that
+    ``AutoModelForSequenceClassification`` loads with no custom code.
+    """
+    config = copy.deepcopy(student.config)
+    config.num_hidden_layers = student.num_effective_layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [student.config.layer_types[i] for i, _ in student.schedule]
+    plain = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    state = {name: tensor.detach().float() for name, tensor in student.model.state_dict().items()}
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    missing = _fill_unit_norms(plain, student, missing)
+    if missing or unexpected:
+        raise ModelConfigError(f"{student.family.model_type}: the unrolled model does not match the student's "
+                               f"state (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    return plain.train(student.training)
+
+
+def _fill_unit_norms(plain: PreTrainedModel, student: SPSFamilyStudent, missing: list[str]) -> list[str]:
+    """Set the norms the student's twins run without parameters to weight 1, bias 0; the other missing keys."""
+    path = student.family.first_layer_norm
+    if not path:
+        return list(missing)
+    left = set(missing)
+    plain_layers = layer_list(plain, student.family)
+    for e, twin in enumerate(layer_list(student.model, student.family)):
+        norm = twin.get_submodule(path)
+        if isinstance(norm, nn.LayerNorm) and not norm.elementwise_affine:
+            target = plain_layers[e].get_submodule(path)
+            with torch.no_grad():
+                for name, value in (("weight", 1.0), ("bias", 0.0)):
+                    if getattr(target, name, None) is not None:
+                        getattr(target, name).fill_(value)
+                        left.discard(f"{student.family.layers}.{e}.{path}.{name}")
+    return sorted(left)
+
+
+__all__ = [
+    "SPSFamilyStudent",
+    "SwappedQKLinear",
+    "build_family_student",
+    "compact_state_dict",
+    "make_twin",
+    "sps_from_classifier",
+    "swap_qk_rows",
+    "truncate_classifier",
+    "unrolled_classifier",
+]

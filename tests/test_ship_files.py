@@ -1,0 +1,101 @@
+"""Issue 27 items 6/7: what a user ships. Every file a stage / export writes follows the umask (safetensors and
+``mkstemp`` write 0600); exported tokenizers carry the trained length, so ``pipeline()`` with truncation
+gives ``predict``'s probabilities; the model card of a subset run says so, with the trivial baseline and
+the class skew of the predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from own_data_helpers import three_class_rows, write_table
+from transformers import AutoTokenizer
+
+from dist_peakd import cli
+from dist_peakd.config import build_options
+from dist_peakd.export import export_compact, export_plain
+from dist_peakd.models import build_student
+
+MAX_LENGTH = 24
+N_DEV, N_EVAL = 20, 12
+TINY = ["--max_length", MAX_LENGTH, "--batch_size", "16", "--eval_batch_size", "32", "--epochs", "1",
+        "--log_every_steps", "1", "--seed", "0", "--lr", "1e-3"]
+LONG_TEXT = " ".join(["the dog and the cat and the bird walked home slowly"] * 6)
+
+
+def _modes(root: Path) -> dict[str, int]:
+    """Permission bits of every regular file under ``root`` (relative path -> mode)."""
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink()}
+
+
+def _wrong_modes(root: Path, umask: int) -> dict[str, str]:
+    want = 0o666 & ~umask
+    return {name: oct(mode) for name, mode in _modes(root).items() if mode != want}
+
+
+@pytest.fixture()
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+@pytest.fixture(scope="module")
+def animals(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("animals_files")
+    rows = three_class_rows(60)
+    return write_table(root / "train.csv", rows[:40]), write_table(root / "dev.csv", rows[40:40 + N_DEV])
+
+
+def _teacher(out: Path, animals: tuple[Path, Path], backbone: Path, *extra) -> Path:
+    train, dev = animals
+    cli.main([str(a) for a in ["finetune-teacher", "--task", "animals", "--train_file", train, "--dev_file", dev,
+                               "--output_dir", out, "--backbone", backbone, "--cache_dir", out / "tok", *TINY,
+                               *extra]])
+    return out / "animals" / "teacher"
+
+
+@pytest.fixture(scope="module")
+def subset_teacher(tmp_path_factory, animals, tiny_bert) -> Path:
+    """An own-data teacher trained under umask 002, scored on the first N_EVAL of N_DEV dev rows."""
+    old = os.umask(0o002)
+    try:
+        return _teacher(tmp_path_factory.mktemp("subset"), animals, tiny_bert, "--max_eval_examples", N_EVAL)
+    finally:
+        os.umask(old)
+
+
+# ------------------------------------------------------------------------------ item 1: the umask
+def test_every_file_a_stage_writes_follows_the_umask(subset_teacher):
+    """umask 002: group-writable 0664 everywhere (model.safetensors and data.json were 0600)."""
+    run_dir = subset_teacher.parent.parent
+    assert (run_dir / "animals" / "data.json").is_file() and (subset_teacher / "final" / "model.safetensors").is_file()
+    assert _wrong_modes(run_dir, 0o002) == {}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], indirect=True)
+def test_every_file_an_export_writes_follows_the_umask(umask, tmp_path, tiny_bert):
+    torch.manual_seed(0)
+    student = build_student(tiny_bert, k=2, variant="shuffle", num_labels=2).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    export_compact(student, tmp_path / "compact", tokenizer=tok)
+    export_plain(student, tmp_path / "plain", tokenizer=tok)
+    assert stat.S_IMODE((tmp_path / "compact" / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+    assert _wrong_modes(tmp_path, umask) == {}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], indirect=True)
+def test_the_export_command_and_data_record_follow_the_umask(umask, tmp_path, animals, tiny_bert):
+    from dist_peakd.stages import export
+
+    teacher = _teacher(tmp_path / "run", animals, tiny_bert)
+    for fmt in ("hf", "plain"):
+        export.run(build_options(export.ExportOptions, format=fmt, out=str(tmp_path / "ship" / fmt),
+                                 model_dir=str(teacher / "best"), output_dir=str(tmp_path / "run"),
+                                 cache_dir=str(tmp_path / "run" / "tok")))
+    assert _wrong_modes(tmp_path, umask) == {}

@@ -99,3 +99,44 @@ def test_the_export_command_and_data_record_follow_the_umask(umask, tmp_path, an
                                  model_dir=str(teacher / "best"), output_dir=str(tmp_path / "run"),
                                  cache_dir=str(tmp_path / "run" / "tok")))
     assert _wrong_modes(tmp_path, umask) == {}
+
+
+# ------------------------------------------------------------------------------ item 2: the trained length
+def _pipeline_probabilities(folder: Path, text: str) -> dict[str, float]:
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(folder), device="cpu")
+    return {r["label"]: r["score"] for r in clf(text, top_k=None, truncation=True)}
+
+
+def test_stage_folders_carry_the_trained_length_and_pipeline_gives_predicts_outputs(subset_teacher, tmp_path):
+    from dist_peakd.stages import predict
+
+    for which in ("best", "final"):
+        tok = AutoTokenizer.from_pretrained(str(subset_teacher / which))
+        assert tok.model_max_length == MAX_LENGTH, which
+        assert len(tok(LONG_TEXT)["input_ids"]) > MAX_LENGTH  # the text is cut: the length matters
+    texts = write_table(tmp_path / "long.jsonl", [{"text": LONG_TEXT}])
+    out = tmp_path / "preds.jsonl"
+    run_dir = subset_teacher.parent.parent
+    predict.run(build_options(predict.PredictOptions, input=str(texts), out=str(out), output_dir=str(run_dir),
+                              cache_dir=str(run_dir / "tok"), model_dir=str(subset_teacher / "final")))
+    want = json.loads(out.read_text().splitlines()[0])["probabilities"]
+    got = _pipeline_probabilities(subset_teacher / "final", LONG_TEXT)
+    assert set(got) == set(want) and max(abs(got[k] - want[k]) for k in want) < 1e-6, (got, want)
+
+
+def test_exports_carry_the_trained_length(subset_teacher, tmp_path):
+    """hf and plain (the ONNX export saves its tokenizer through the same save_tokenizer(..., trained
+    max_length of the record); its graph export takes a minute on a shared CPU, so it is not run here)."""
+    from dist_peakd.stages import export
+
+    run_dir = subset_teacher.parent.parent
+    for fmt in ("hf", "plain"):
+        export.run(build_options(export.ExportOptions, format=fmt, out=str(tmp_path / fmt),
+                                 model_dir=str(subset_teacher / "best"), output_dir=str(run_dir),
+                                 cache_dir=str(run_dir / "tok")))
+        assert AutoTokenizer.from_pretrained(str(tmp_path / fmt)).model_max_length == MAX_LENGTH, fmt
+    want = _pipeline_probabilities(subset_teacher / "best", LONG_TEXT)
+    got = _pipeline_probabilities(tmp_path / "plain", LONG_TEXT)
+    assert max(abs(got[k] - want[k]) for k in want) < 1e-6

@@ -46,30 +46,21 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 # ------------------------------------------------------------------------------------ files
-def process_umask() -> int:
-    """The process umask (``/proc/self/status`` where the kernel has it, else set and restored)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def umask_file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the process umask."""
-    return 0o666 & ~process_umask()
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the process umask (read from
+    ``/proc/self/status`` where the kernel has it, else set and restored)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        mask = int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def apply_umask(folder: str | Path) -> None:
-    """Give every regular file under ``folder`` the umask's mode (:func:`umask_file_mode`).
-
-    Some serializers create their files ``0600`` whatever the umask (safetensors, ``tempfile.mkstemp``);
-    a folder a user ships or shares must follow the umask like every other file dist-peakd writes.
-    """
+    """Give every regular file under ``folder`` the umask's mode: some serializers (safetensors,
+    ``tempfile.mkstemp``) create 0600 files, and what a user ships follows the umask like the rest."""
     mode = umask_file_mode()
     for path in Path(folder).rglob("*"):
         if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:

@@ -140,3 +140,56 @@ def test_exports_carry_the_trained_length(subset_teacher, tmp_path):
     want = _pipeline_probabilities(subset_teacher / "best", LONG_TEXT)
     got = _pipeline_probabilities(tmp_path / "plain", LONG_TEXT)
     assert max(abs(got[k] - want[k]) for k in want) < 1e-6
+
+
+# ------------------------------------------------------------------------------ item 7: the card of a real run
+def _dev_gold(animals) -> list[str]:
+    import csv
+
+    with open(animals[1], newline="") as f:
+        return [row["label"] for row in csv.DictReader(f)]
+
+
+def test_stage_card_labels_the_subset_and_states_baseline_and_skew(subset_teacher, animals):
+    from collections import Counter
+
+    from dist_peakd.export.card import parse_card_metadata
+
+    card = (subset_teacher / "final" / "README.md").read_text()
+    assert f"## Dev metrics (dev subset: first {N_EVAL} of {N_DEV} rows)" in card
+    dataset = parse_card_metadata(card)["model-index"][0]["results"][0]["dataset"]
+    assert f"first {N_EVAL} of {N_DEV} rows" in dataset["name"] and "validation" not in json.dumps(dataset)
+    gold = Counter(_dev_gold(animals)[:N_EVAL])  # the rows the card's metrics are of
+    majority, count = sorted(gold.items(), key=lambda kv: (-kv[1], ["bird", "cat", "dog"].index(kv[0])))[0]
+    section = card[card.index("## Limitations"):card.index("## How to load")]
+    assert f"always the most frequent gold class of those rows, `{majority}`): accuracy {count / N_EVAL:.4f}" in section
+    for name in ("bird", "cat", "dog"):
+        assert f"| {gold[name] / N_EVAL:.4f} |" in section.split(f"| {name} |")[1].split("\n")[0] + "|", name
+    record = json.loads((subset_teacher / "final" / "dist_peakd.json").read_text())
+    shares = record["card"]["limitations"]["predicted_share"]
+    assert set(shares) == {"bird", "cat", "dog"} and sum(shares.values()) == pytest.approx(1.0)
+    assert str(subset_teacher.parent.parent) not in card.split("## How it was made")[0]  # no local path above
+
+
+@pytest.fixture(scope="module")
+def student_of_subset_teacher(subset_teacher, tiny_bert) -> Path:
+    run_dir = subset_teacher.parent.parent
+    train = json.loads((subset_teacher / "config.json").read_text())["train_file"]
+    dev = json.loads((subset_teacher / "config.json").read_text())["dev_file"]
+    args = ["--task", "animals", "--train_file", train, "--dev_file", dev, "--output_dir", run_dir, "--backbone",
+            tiny_bert, "--cache_dir", run_dir / "tok", *TINY, "--max_eval_examples", N_EVAL]
+    cli.main([str(a) for a in ["cache-teacher", *args]])
+    cli.main([str(a) for a in ["distill", "--k", "1", "--use_ptp", "false", "--run_name", "student", *args]])
+    return run_dir / "animals" / "student"
+
+
+def test_student_card_names_its_teacher_by_name_and_fingerprint(student_of_subset_teacher, subset_teacher):
+    from dist_peakd.cache import teacher_fingerprint
+
+    card = (student_of_subset_teacher / "final" / "README.md").read_text()
+    fingerprint = teacher_fingerprint(subset_teacher / "best")  # the run's teacher: teacher/best
+    assert "distilled from the teacher `dist-peakd-animals-teacher-best` (fingerprint " in card
+    assert f"fingerprint `sha256:{fingerprint[:16]}`" in card
+    assert str(subset_teacher) not in card.split("## How it was made")[0]
+    section = card[card.index("## Limitations"):card.index("## How to load")]
+    assert "of the teacher's gain over the baseline" in section

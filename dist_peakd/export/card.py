@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ..models.configuration_sps_bert import MIN_TRANSFORMERS
 from .card_limits import eval_rows_note, limitations_section
 
 FORMATS: tuple[str, ...] = ("compact", "plain", "onnx")
@@ -166,7 +167,9 @@ def _how_to_load(export_format: str, repo: str, example: tuple[str, str]) -> lis
              "whole and scores differently."]
     if export_format == "compact":
         lines += ["", "This folder carries its model code (`modeling_sps_bert.py`, `configuration_sps_bert.py`, "
-                  "`auto_map` in `config.json`), hence `trust_remote_code=True`. A plain "
+                  "`auto_map` in `config.json`), hence `trust_remote_code=True`. The code needs **transformers >= "
+                  f"{MIN_TRANSFORMERS}** (checked when it loads: an older one gets an ImportError naming both "
+                  "versions); the plain export loads with any transformers. A plain "
                   "`BertForSequenceClassification.from_pretrained` refuses it with an error "
                   "(`num_hidden_layers` records parameter and effective layers). For runtimes without custom code use the "
                   "plain export (`--format plain`): a standard `bert` folder of the effective layers, same "

@@ -193,3 +193,44 @@ def test_student_card_names_its_teacher_by_name_and_fingerprint(student_of_subse
     assert str(subset_teacher) not in card.split("## How it was made")[0]
     section = card[card.index("## Limitations"):card.index("## How to load")]
     assert "of the teacher's gain over the baseline" in section
+
+
+def test_onnx_card_carries_the_int8_dev_metrics_next_to_fp32(subset_teacher, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from dist_peakd.export.card import _fmt
+    from dist_peakd.stages import evaluate, export
+
+    run_dir = subset_teacher.parent.parent
+    common = dict(output_dir=str(run_dir), cache_dir=str(run_dir / "tok"))
+    out = tmp_path / "onnx"
+    result = export.run(build_options(export.ExportOptions, format="onnx", quantize="int8", out=str(out),
+                                      verify_rows=4, model_dir=str(subset_teacher / "best"), **common))
+    card = (out / "README.md").read_text()
+    header = next(line for line in card.splitlines() if line.startswith("| metric |"))
+    assert header == "| metric | best | onnx fp32 | onnx int8 |"
+    accuracy_row = next(line for line in card.splitlines() if line.startswith("| accuracy |")).split(" | ")
+    for i, (graph, column) in enumerate((("model.onnx", "onnx fp32"), ("model_int8.onnx", "onnx int8"))):
+        # the same rows as the card's PyTorch column: the run's first N_EVAL dev rows
+        want = evaluate.run(build_options(evaluate.EvaluateOptions, model_dir=str(out), onnx_file=graph,
+                                          max_eval_examples=N_EVAL, **common))
+        assert result["dev_metrics"][column] == pytest.approx(want["metrics"], abs=1e-6)
+        assert accuracy_row[2 + i].strip(" |") == _fmt(want["metrics"]["accuracy"]), column
+    assert "## Dev metrics (dev subset: first" in card
+
+
+def test_pipeline_latency_in_the_card_names_the_machine_and_threads(student_of_subset_teacher, tmp_path):
+    import shutil
+
+    from dist_peakd.export.card_limits import cpu_name
+    from dist_peakd.stages.pipeline import add_latency_to_card
+
+    folder = tmp_path / "final"
+    shutil.copytree(student_of_subset_teacher / "final", folder)
+    add_latency_to_card(folder, [{"model": "teacher", "latency_ms": 4.0}, {"model": "student", "latency_ms": 2.0}],
+                        batch=8, device=torch.device("cpu"))
+    card = (folder / "README.md").read_text()
+    section = card[card.index("## Measured latency"):card.index("## Limitations")]
+    assert "| model | runtime | batch | seq | median_ms | machine | threads |" in section
+    row = next(line for line in section.splitlines() if line.startswith("| student |"))
+    assert f"| {cpu_name()} (CPU, {os.cpu_count()} logical cores) | {torch.get_num_threads()} |" in row
+    assert "were not recorded" not in section

@@ -237,7 +237,10 @@ class MetricWarnings:
         from ..metrics import metric_report, prediction_profile
 
         report = metric_report(task, predictions, labels)
-        self.last_profile = prediction_profile(task, predictions, labels)
+        try:  # the card's figures never stop a run
+            self.last_profile = prediction_profile(task, predictions, labels)
+        except ValueError:
+            self.last_profile = None
         for warning in report.warnings:
             if _rank() == 0:
                 print(f"[dist-peakd] warning: {warning}", flush=True)

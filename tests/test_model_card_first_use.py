@@ -53,7 +53,8 @@ def test_prediction_profile_is_the_hand_computed_one():
 def test_card_names_the_teacher_by_identity_not_a_path():
     card = _card()
     assert "distilled from the teacher `dist-peakd-mrpc-teacher-best` (fine-tuned from " \
-           "`sentence-transformers/all-MiniLM-L6-v2`; fingerprint `sha256:ab12cd34ef56ab78`" in card
+           "`sentence-transformers/all-MiniLM-L6-v2`; fingerprint `sha256:ab12cd34ef56ab78` of its config.json and weights) " \
+           "with" in card
 
 
 def test_subset_metrics_are_labelled_as_a_subset_in_body_and_metadata():
@@ -77,6 +78,8 @@ def test_limitations_section_has_baseline_gain_kept_and_class_skew():
     assert "| not_equivalent | 0.2000 | 0.4000 |" in section and "| equivalent | 0.8000 | 0.6000 |" in section
     assert "first 10 of 408 dev rows" in section
     assert "## Limitations" not in _card(limitations=None)
+    weak = _card(dev_metrics={"final": {"accuracy": 0.7, "f1": 0.8}, "teacher": {"accuracy": 0.6, "f1": 0.75}})
+    assert "The teacher scores accuracy 0.6000, no better than the baseline" in weak and "keeps **" not in weak
 
 
 def test_latency_names_the_machine_and_threads():

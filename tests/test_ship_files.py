@@ -192,7 +192,15 @@ def test_student_card_names_its_teacher_by_name_and_fingerprint(student_of_subse
     assert f"fingerprint `sha256:{fingerprint[:16]}`" in card
     assert str(subset_teacher) not in card.split("## How it was made")[0]
     section = card[card.index("## Limitations"):card.index("## How to load")]
-    assert "of the teacher's gain over the baseline" in section
+    inputs = json.loads((student_of_subset_teacher / "final" / "dist_peakd.json").read_text())["card"]
+    main = inputs["limitations"]["main_metric"]
+    model, teacher = inputs["dev_metrics"]["final"][main], inputs["dev_metrics"]["teacher"][main]
+    base = inputs["limitations"]["baseline"]["metrics"][main]
+    assert f"The teacher scores {main} {teacher:.4f}" in section
+    if teacher > base:  # the share of the teacher's gain over the baseline the student keeps
+        assert f"keeps **{(model - base) / (teacher - base):.1%}** of the teacher's gain" in section
+    else:
+        assert "no better than the baseline" in section
 
 
 def test_onnx_card_carries_the_int8_dev_metrics_next_to_fp32(subset_teacher, tmp_path):

@@ -75,7 +75,7 @@ def _teacher_name(method: Mapping[str, Any]) -> str:
     if method.get("teacher_base_model"):
         extra.append(f"fine-tuned from `{method['teacher_base_model']}`")
     if method.get("teacher_fingerprint"):
-        extra.append(f"fingerprint `sha256:{str(method['teacher_fingerprint'])[:16]}` (of its config.json and weights)")
+        extra.append(f"fingerprint `sha256:{str(method['teacher_fingerprint'])[:16]}` of its config.json and weights")
     return text + (f" ({'; '.join(extra)})" if extra else "")
 
 

@@ -40,9 +40,12 @@ def _baseline_lines(lim: Mapping[str, Any], metrics: Mapping[str, float], teache
              f"This model: {main} {metrics.get(main, float('nan')):.4f}."]
     if teacher and main in teacher and main in metrics:
         kept = gain_kept(metrics[main], base["metrics"][main], teacher[main])
-        share = "-" if kept is None else f"{kept:.1%}"
-        lines.append(f"- The teacher scores {main} {teacher[main]:.4f}: this model keeps **{share}** of the teacher's "
-                     f"gain over the baseline ((model - baseline) / (teacher - baseline) on {main}).")
+        if kept is None:
+            lines.append(f"- The teacher scores {main} {teacher[main]:.4f}, no better than the baseline: there is no "
+                         "gain of the teacher's for this model to keep.")
+        else:
+            lines.append(f"- The teacher scores {main} {teacher[main]:.4f}: this model keeps **{kept:.1%}** of the "
+                         f"teacher's gain over the baseline ((model - baseline) / (teacher - baseline) on {main}).")
     return lines
 
 

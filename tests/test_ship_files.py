@@ -224,6 +224,7 @@ def test_onnx_card_carries_the_int8_dev_metrics_next_to_fp32(subset_teacher, tmp
         assert result["dev_metrics"][column] == pytest.approx(want["metrics"], abs=1e-6)
         assert accuracy_row[2 + i].strip(" |") == _fmt(want["metrics"]["accuracy"]), column
     assert "## Dev metrics (dev subset: first" in card
+    assert AutoTokenizer.from_pretrained(str(out)).model_max_length == MAX_LENGTH  # item 6: the ONNX folder too
 
 
 def test_pipeline_latency_in_the_card_names_the_machine_and_threads(student_of_subset_teacher, tmp_path):

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -45,6 +46,27 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 # ------------------------------------------------------------------------------------ files
+def umask_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the process umask (read from
+    ``/proc/self/status`` where the kernel has it, else set and restored)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        mask = int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def apply_umask(folder: str | Path) -> None:
+    """Give every regular file under ``folder`` the umask's mode: some serializers (safetensors,
+    ``tempfile.mkstemp``) create 0600 files, and what a user ships follows the umask like the rest."""
+    mode = umask_file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
+            os.chmod(path, mode)
+
+
 def file_sha256(path: str | Path) -> str:
     """sha256 hex digest of a file's bytes, read in 4 MiB chunks."""
     h = hashlib.sha256()

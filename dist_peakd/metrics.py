@@ -226,3 +226,32 @@ def _prepared(task: Task, predictions: Any, labels: Any) -> tuple[np.ndarray, np
     if p.ndim != 1:
         raise ValueError(f"{task.name}: predictions must be 1-D, got shape {p.shape}")
     return p, y
+
+
+def prediction_profile(task: str | Task, predictions: Any, labels: Any) -> dict[str, Any]:
+    """What a model card's limitations section states about one dev evaluation.
+
+    ``baseline``: the trivial model's metrics on the same rows (classification: always the dev split's
+    most frequent gold class, ties to the lower index; regression: always the dev labels' mean, whose
+    correlations read 0.0). Classification adds the share of each class among the predictions and
+    among the gold labels; regression the mean and standard deviation of both.
+    """
+    task = get_task(task)
+    p, y = _prepared(task, predictions, labels)
+    _pair(p, y)
+    out: dict[str, Any] = {"rows": int(y.size)}
+    if task.is_regression:
+        mean = float(y.mean())
+        out["baseline"] = {"rule": "mean", "value": mean,
+                           "metrics": metric_report(task, np.full(y.size, mean), y).values}
+        out["predictions"] = {"mean": float(p.mean()), "std": float(p.std())}
+        out["gold"] = {"mean": mean, "std": float(y.std())}
+        return out
+    names = task.id2label()
+    counts_y, counts_p = np.bincount(y, minlength=task.num_labels), np.bincount(p, minlength=task.num_labels)
+    majority = int(np.argmax(counts_y))
+    out["baseline"] = {"rule": "majority", "class": names.get(majority, str(majority)),
+                       "metrics": metric_report(task, np.full(y.size, majority), y).values}
+    out["predicted_share"] = {names.get(i, str(i)): float(c / y.size) for i, c in enumerate(counts_p)}
+    out["gold_share"] = {names.get(i, str(i)): float(c / y.size) for i, c in enumerate(counts_y)}
+    return out

@@ -26,6 +26,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, DatasetInfo
 
+from ..artifacts import umask_file_mode
 from . import labels as L
 from .errors import DataError, DataFileError, DataOptionError
 from .files import OWN_READER_VERSION, RawSplit, hub_split, read_file, read_hub
@@ -303,6 +304,7 @@ def check_data_record(path: str | Path, data: LoadedData) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".data-", suffix=".json", dir=path.parent)
     try:
+        os.fchmod(fd, umask_file_mode())  # mkstemp creates 0600; the record follows the umask
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=2, sort_keys=True)
         os.replace(tmp, path)

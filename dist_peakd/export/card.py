@@ -12,6 +12,9 @@ from typing import Any
 
 import yaml
 
+from ..models.configuration_sps_bert import MIN_TRANSFORMERS
+from .card_limits import eval_rows_note, limitations_section
+
 FORMATS: tuple[str, ...] = ("compact", "plain", "onnx")
 _LIBRARIES: tuple[str, ...] = ("dist_peakd", "torch", "transformers", "deepspeed", "onnx", "onnxruntime", "onnxscript")
 _METRIC_NAMES = {"accuracy": "Accuracy", "f1": "F1", "macro_f1": "Macro F1", "mcc": "Matthews correlation",
@@ -65,6 +68,17 @@ def _metadata(name: str, task: Mapping[str, Any], metrics: Mapping[str, float], 
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
+def _teacher_name(method: Mapping[str, Any]) -> str:
+    """The teacher by its identity: name, the model it was fine-tuned from, fingerprint (older records: as kept)."""
+    text = f"`{method.get('teacher', '?')}`"
+    extra = []
+    if method.get("teacher_base_model"):
+        extra.append(f"fine-tuned from `{method['teacher_base_model']}`")
+    if method.get("teacher_fingerprint"):
+        extra.append(f"fingerprint `sha256:{str(method['teacher_fingerprint'])[:16]}` of its config.json and weights")
+    return text + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def _what_it_is(method: Mapping[str, Any]) -> list[str]:
     if method.get("kind") == "teacher":
         return [f"A fine-tuned BERT-family classifier (the teacher), from `{method.get('backbone', '?')}`."]
@@ -72,14 +86,14 @@ def _what_it_is(method: Mapping[str, Any]) -> list[str]:
         return [f"A **Pea-KD PTP encoder**: SPS BERT with k = {method.get('k')} parameter layers run as "
                 f"{method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`), "
                 "pretrained on teacher-prediction labels (teacher right/wrong x confident/unsure, 4 classes) of "
-                f"the teacher `{method.get('teacher', '?')}`. It is the starting point of distillation (which puts "
+                f"the teacher {_teacher_name(method)}. It is the starting point of distillation (which puts "
                 "a fresh task head on it), not a task classifier: its outputs are the 4 PTP classes."]
     lines = [
         f"A **Pea-KD** student: SPS (Shuffled Parameter Sharing) BERT with k = {method.get('k')} parameter "
         f"layers run as {method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`; "
         "a second pass re-uses layers with the query and key projections swapped), "
         f"{'pretrained with PTP, ' if method.get('ptp') else ''}distilled from the teacher "
-        f"`{method.get('teacher', '?')}` with {method.get('distillation', 'KD + Patient-KD')}.",
+        f"{_teacher_name(method)} with {method.get('distillation', 'KD + Patient-KD')}.",
     ]
     if method.get("schedule") is not None:
         lines.append(f"Effective-layer schedule `[param_layer, swap_qk]`: `{json.dumps(method['schedule'])}`.")
@@ -122,13 +136,23 @@ def _latency_table(latency: Sequence[Mapping[str, Any]]) -> list[str]:
            ["| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for row in latency]
 
 
+def _latency_section(latency: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """The measured latency (each row names its machine and threads; older records did not)."""
+    if not latency:
+        return []
+    out = ["## Measured latency", "", *_latency_table(latency), ""]
+    if not all(row.get("machine") for row in latency):
+        out += ["The machine and thread count of these figures were not recorded.", ""]
+    return out
+
+
 def _how_to_load(export_format: str, repo: str, example: tuple[str, str]) -> list[str]:
     a, b = example
     if export_format == "onnx":
         return ["```python", "import onnxruntime as ort", "from transformers import AutoTokenizer",
                 f'tok = AutoTokenizer.from_pretrained("{repo}")',
                 f'sess = ort.InferenceSession("{repo}/model.onnx")  # or model_int8.onnx',
-                f'enc = tok("{a}", "{b}", return_tensors="np")',
+                f'enc = tok("{a}", "{b}", truncation=True, return_tensors="np")  # at the trained length',
                 'logits = sess.run(["logits"], {k: v for k, v in enc.items()})[0]', "```", "",
                 "`model.onnx` is fused for onnxruntime (its contrib ops: LayerNorm, GELU, attention); a graph of "
                 "standard ONNX ops only comes from `dist-peakd export --format onnx --optimize False`."]
@@ -137,10 +161,15 @@ def _how_to_load(export_format: str, repo: str, example: tuple[str, str]) -> lis
              f'model = AutoModelForSequenceClassification.from_pretrained("{repo}"{trust})',
              f'tok = AutoTokenizer.from_pretrained("{repo}"{trust})',
              f'clf = pipeline("text-classification", model=model, tokenizer=tok{trust})',
-             f'clf({{"text": "{a}", "text_pair": "{b}"}}, top_k=None)', "```"]
+             f'clf({{"text": "{a}", "text_pair": "{b}"}}, top_k=None, truncation=True)', "```", "",
+             "`truncation=True` cuts inputs at the length the model was trained at (the tokenizer's "
+             "`model_max_length`), as training and `dist-peakd predict` do; without it a longer input runs "
+             "whole and scores differently."]
     if export_format == "compact":
         lines += ["", "This folder carries its model code (`modeling_sps_bert.py`, `configuration_sps_bert.py`, "
-                  "`auto_map` in `config.json`), hence `trust_remote_code=True`. A plain "
+                  "`auto_map` in `config.json`), hence `trust_remote_code=True`. The code needs **transformers >= "
+                  f"{MIN_TRANSFORMERS}** (checked when it loads: an older one gets an ImportError naming both "
+                  "versions); the plain export loads with any transformers. A plain "
                   "`BertForSequenceClassification.from_pretrained` refuses it with an error "
                   "(`num_hidden_layers` records parameter and effective layers). For runtimes without custom code use the "
                   "plain export (`--format plain`): a standard `bert` folder of the effective layers, same "
@@ -149,6 +178,13 @@ def _how_to_load(export_format: str, repo: str, example: tuple[str, str]) -> lis
         lines += ["", "A standard `bert` folder: `BertForSequenceClassification`, ONNX exporters, optimum and "
                   "other BERT runtimes load it without custom code."]
     return lines
+
+
+def _check_inputs(export_format: str, exported: str, dev_metrics: Mapping[str, Any]) -> None:
+    if export_format not in FORMATS:
+        raise ValueError(f"export_format must be one of {list(FORMATS)}, got {export_format!r}")
+    if exported not in dev_metrics:
+        raise ValueError(f"exported={exported!r} is not a key of dev_metrics {list(dev_metrics)}")
 
 
 def render_model_card(
@@ -168,6 +204,8 @@ def render_model_card(
     base_model: str | None = None,
     license_id: str = "apache-2.0",
     example: tuple[str, str] = ("The cat sat on the mat.", "A cat was sitting on the mat."),
+    eval_rows: Mapping[str, Any] | None = None,
+    limitations: Mapping[str, Any] | None = None,
 ) -> str:
     """The README.md of an export folder.
 
@@ -186,11 +224,9 @@ def render_model_card(
         latency: rows of measured latency (e.g. ``{"runtime": "onnxruntime fp32", "batch": 1, "seq": 128,
             "median_ms": 3.1}``), shown as given.
         versions: library versions (default: the installed ones).
+        eval_rows / limitations: see :mod:`.card_limits` (a subset's row counts; the baseline and skew).
     """
-    if export_format not in FORMATS:
-        raise ValueError(f"export_format must be one of {list(FORMATS)}, got {export_format!r}")
-    if exported not in dev_metrics:
-        raise ValueError(f"exported={exported!r} is not a key of dev_metrics {list(dev_metrics)}")
+    _check_inputs(export_format, exported, dev_metrics)
     kind = method.get("kind", "student")
     tags = ["dist-peakd", "bert", "text-classification"] + (["knowledge-distillation", "pea-kd", "sps"]
                                                            if kind in ("student", "ptp") else [])
@@ -198,10 +234,9 @@ def render_model_card(
     out += [f"# {name}", "", *_what_it_is(method), "",
             f"Task: **{task.get('dataset_name', task['name'])}** (`{task['name']}`). This folder holds the "
             f"`{exported}` checkpoint, in the **{export_format}** format.", "",
-            "## Dev metrics", "", *_metrics_table(dev_metrics), "",
+            f"## Dev metrics{eval_rows_note(eval_rows)}", "", *_metrics_table(dev_metrics), "",
             "## Size and compute", "", *_cost_table(stats, teacher_stats), ""]
-    if latency:
-        out += ["## Measured latency", "", *_latency_table(latency), ""]
+    out += _latency_section(latency) + limitations_section(limitations, dev_metrics, exported, eval_rows)
     # a teacher is a plain BERT-family classifier: its compact folder is a plain one (no custom code)
     load_format = "plain" if kind == "teacher" and export_format == "compact" else export_format
     out += ["## How to load", "", *_how_to_load(load_format, f"path/to/{name}", example), "",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import EXPORT_MANIFEST, publish_dir, verify_export, write_export_manifest
+from ..artifacts import EXPORT_MANIFEST, apply_umask, publish_dir, verify_export, write_export_manifest
 
 #: Keys transformers writes into tokenizer_config.json from the *loading* call (offline mode, a local
 #: path); they describe the machine that saved the folder, not the tokenizer, and are dropped.
@@ -79,22 +79,36 @@ def set_label_names(config: Any, label_names: Sequence[str] | None) -> None:
     config.label2id = {n: i for i, n in enumerate(names)}
 
 
-def save_tokenizer(tokenizer: Any, folder: Path) -> None:
-    """Save the tokenizer files, without the machine-specific keys of :data:`MACHINE_TOKENIZER_KEYS`."""
+def save_tokenizer(tokenizer: Any, folder: Path, max_length: int | None = None) -> None:
+    """Save the tokenizer files, without the machine-specific keys of :data:`MACHINE_TOKENIZER_KEYS`,
+    with ``model_max_length`` = ``max_length`` (the length the model was trained at) when given."""
     tokenizer.save_pretrained(str(folder))
-    clean_tokenizer_config(folder)
+    clean_tokenizer_config(folder, max_length)
 
 
-def clean_tokenizer_config(folder: str | Path) -> None:
-    """Drop :data:`MACHINE_TOKENIZER_KEYS` from ``folder/tokenizer_config.json`` (when present)."""
+def clean_tokenizer_config(folder: str | Path, max_length: int | None = None) -> None:
+    """Drop :data:`MACHINE_TOKENIZER_KEYS` from ``folder/tokenizer_config.json`` (when present) and set
+    its ``model_max_length`` to ``max_length`` (when given): ``tok(..., truncation=True)`` and
+    ``pipeline(...)(..., truncation=True)`` then cut inputs where training and ``predict`` cut them
+    (the backbone's tokenizer says 512, or 128 for MiniLM)."""
     path = Path(folder) / "tokenizer_config.json"
     if not path.is_file():
         return
     data = json.loads(path.read_text())
-    if any(k in data for k in MACHINE_TOKENIZER_KEYS):
-        for key in MACHINE_TOKENIZER_KEYS:
-            data.pop(key, None)
+    changed = any(k in data for k in MACHINE_TOKENIZER_KEYS)
+    for key in MACHINE_TOKENIZER_KEYS:
+        data.pop(key, None)
+    if max_length is not None and data.get("model_max_length") != int(max_length):
+        data["model_max_length"], changed = int(max_length), True
+    if changed:
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def trained_max_length(extra_files: Mapping[str, Any] | None) -> int | None:
+    """The ``max_length`` a folder's record (``extra_files[RECORD_FILE]``) says the model was trained at."""
+    record = (extra_files or {}).get(RECORD_FILE)
+    value = record.get("max_length") if isinstance(record, Mapping) else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def fp32_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -104,7 +118,8 @@ def fp32_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def write_folder(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
     """Build an export folder beside ``out_dir`` (``.tmp-<name>``), add ``dist_peakd_files.json``, publish.
 
-    ``write(tmp)`` fills the folder. The file manifest (size + sha256 of every file) is written last;
+    ``write(tmp)`` fills the folder; every file then gets the umask's mode (safetensors writes 0600).
+    The file manifest (size + sha256 of every file) is written last;
     the finished folder then replaces ``out_dir`` without a gap. On any error the temporary folder is
     removed and an existing ``out_dir`` is left untouched.
     """
@@ -115,6 +130,7 @@ def write_folder(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
     tmp.mkdir()
     try:
         write(tmp)
+        apply_umask(tmp)  # safetensors writes its file 0600 whatever the umask
         write_export_manifest(tmp)
         publish_dir(tmp, out_dir)
     except BaseException:

@@ -25,6 +25,7 @@ from .folder import (
     mark_fp32,
     save_tokenizer,
     set_label_names,
+    trained_max_length,
     write_card,
     write_folder,
     write_json_files,
@@ -80,7 +81,7 @@ def export_compact(
         if is_sps_config(config):
             _check_code_files(tmp)
         if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp)
+            save_tokenizer(tokenizer, tmp, trained_max_length(extra_files))
         write_card(tmp, card)
         write_json_files(tmp, extra_files)
 
@@ -150,7 +151,7 @@ def export_plain(
         plain.save_pretrained(str(tmp), state_dict=fp32_state_dict(plain))
         mark_fp32(tmp)
         if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp)
+            save_tokenizer(tokenizer, tmp, trained_max_length(extra_files))
         write_card(tmp, card)
         write_json_files(tmp, extra_files)
 

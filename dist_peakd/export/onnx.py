@@ -23,6 +23,7 @@ from .folder import (
     is_sps_config,
     save_tokenizer,
     set_label_names,
+    trained_max_length,
     write_card,
     write_folder,
     write_json_files,
@@ -216,7 +217,7 @@ def export_onnx(
                 result["max_abs_diff_int8"] = verify_onnx(tmp / ONNX_INT8_FILE, model, verify_batches, None)
         config.save_pretrained(str(tmp))
         if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp)
+            save_tokenizer(tokenizer, tmp, trained_max_length(extra_files))
         write_card(tmp, card)
         files = dict(extra_files or {})
         if RECORD_FILE in files:

@@ -1,6 +1,6 @@
 """Configuration of the SPS (Shuffled Parameter Sharing) BERT student.
 
-Self-contained (imports only transformers, huggingface_hub and the standard library): dist-peakd copies this file
+Self-contained (imports only transformers, huggingface_hub, packaging and the standard library): dist-peakd copies this file
 verbatim into every exported model folder, next to ``modeling_sps_bert.py``, so that
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` works
 without dist-peakd installed.
@@ -20,8 +20,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from huggingface_hub.dataclasses import strict
-from transformers import BertConfig
+import transformers
+from packaging.version import Version
+
+#: The oldest transformers this code runs with: 5.4 made ``PreTrainedConfig`` a strict
+#: (``huggingface_hub.dataclasses.strict``) dataclass, which ``SPSBertConfig`` subclasses (tried: 5.3.0
+#: and 4.57.6 fail with ``StrictDataclassDefinitionError``; 5.4.0, 5.5.0, 5.12.0, 5.25.0 load and run).
+MIN_TRANSFORMERS = "5.4.0"
+
+
+def check_transformers_version(installed: str | None = None) -> None:
+    """Refuse a transformers older than :data:`MIN_TRANSFORMERS` with an ImportError naming both versions
+    (instead of the ``StrictDataclassDefinitionError`` the class definition below would raise)."""
+    installed = installed or transformers.__version__
+    if Version(installed).release < Version(MIN_TRANSFORMERS).release:
+        raise ImportError(
+            f"this SPS student (configuration_sps_bert.py) needs transformers >= {MIN_TRANSFORMERS}; installed: "
+            f"transformers {installed}. Upgrade (pip install 'transformers>={MIN_TRANSFORMERS}'), or use the plain "
+            "export (dist-peakd export --format plain), a standard BERT folder without custom code"
+        )
+
+
+check_transformers_version()
+
+from huggingface_hub.dataclasses import strict  # noqa: E402  (after the version check: 4.x has no strict configs)
+from transformers import BertConfig  # noqa: E402
 
 VARIANTS: tuple[str, ...] = ("none", "share", "shuffle")
 
@@ -144,4 +167,5 @@ class SPSBertConfig(BertConfig):
         return len(self.sps_schedule)
 
 
-__all__ = ["VARIANTS", "ModelConfigError", "SPSBertConfig", "sps_schedule"]
+__all__ = ["MIN_TRANSFORMERS", "VARIANTS", "ModelConfigError", "SPSBertConfig", "check_transformers_version",
+           "sps_schedule"]

@@ -50,13 +50,29 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def task_card_info(task: Any) -> dict[str, Any]:
-    """The model-index ``dataset`` entry of a task (GLUE: the hub copy's id, config and dev split)."""
+def task_card_info(task: Any, eval_rows: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model-index ``dataset`` entry of a task (GLUE: the hub copy's id, config and dev split).
+
+    ``eval_rows`` (a ``--max_eval_examples`` run: ``{"rows": N, "of": M}``): the metrics are of the first
+    N dev rows, not of the split: the name says so and the split is ``validation[:N]``."""
     if getattr(task, "is_glue", False):
         split = {"dev": "validation"}.get(task.dev_splits[0], task.dev_splits[0].replace("dev", "validation"))
-        return {"name": task.name, "dataset_name": f"GLUE {task.folder}", "dataset_type": "nyu-mll/glue",
+        info = {"name": task.name, "dataset_name": f"GLUE {task.folder}", "dataset_type": "nyu-mll/glue",
                 "config": task.hub_config, "split": split}
-    return {"name": task.name, "dataset_name": task.name}
+    else:
+        info = {"name": task.name, "dataset_name": task.name}
+    if eval_rows:
+        info["dataset_name"] += f" (dev subset: first {eval_rows['rows']:,} of {eval_rows['of']:,} rows)"
+        if "split" in info:
+            info["split"] = f"{info['split']}[:{eval_rows['rows']}]"
+    return info
+
+
+def eval_subset(dev_rows: tuple[int, int | None] | None) -> dict[str, int] | None:
+    """``{"rows": N, "of": M}`` when the dev metrics are of the first N of M dev rows, else None."""
+    if not dev_rows or dev_rows[1] is None or dev_rows[0] >= dev_rows[1]:
+        return None
+    return {"rows": int(dev_rows[0]), "of": int(dev_rows[1])}
 
 
 def base_model_id(backbone: str) -> str | None:
@@ -79,6 +95,8 @@ class ExportContext:
     label_names: list[str]
     teacher_metrics: dict[str, float] | None = None
     teacher_stats: dict[str, Any] | None = None
+    dev_rows: tuple[int, int | None] | None = None  # TaskData.dev_rows: (scored, in the split)
+    profile: Any = None                          # a MetricWarnings: its last_profile (baseline, class shares)
 
     def card_inputs(self, which: str, metrics: dict[str, float]) -> dict[str, Any]:
         """``render_model_card`` keyword arguments for the ``which`` (best | final) folder."""
@@ -88,9 +106,13 @@ class ExportContext:
             dev["best"] = best
         if self.teacher_metrics:
             dev["teacher"] = dict(self.teacher_metrics)
+        subset = eval_subset(self.dev_rows)
+        profile = getattr(self.profile, "last_profile", None)
         return jsonable({
             "name": f"dist-peakd-{self.task.name}-{self.stage_dir.name}-{which}",
-            "task": task_card_info(self.task), "dev_metrics": dev, "method": self.method,
+            "task": task_card_info(self.task, subset), "dev_metrics": dev, "method": self.method,
+            "eval_rows": subset,
+            "limitations": {**profile, "main_metric": self.task.main_metric} if profile else None,
             "stats": {**self.stats, "seq_len": self.opts.max_length},
             "command": command_line(self.stage, self.opts), "options": dataclasses.asdict(self.opts),
             "exported": which, "teacher_stats": self.teacher_stats,
@@ -104,12 +126,36 @@ class ExportContext:
 
 
 def teacher_method(opts: Any) -> dict[str, Any]:
-    return {"kind": "teacher", "backbone": str(opts.backbone)}
+    backbone = str(opts.backbone)
+    return {"kind": "teacher", "backbone": base_model_id(backbone) or f"{Path(backbone).name} (a local folder)"}
 
 
-def student_method(opts: Any, model: Any, teacher: Path, kind: str = "student") -> dict[str, Any]:
+def teacher_identity(teacher: Path, cache_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How a student's card names its teacher: not a local path but its name (its own card's, e.g.
+    ``dist-peakd-mrpc-teacher-best``; else the hub id its config records; else its folder's name), the
+    model it was fine-tuned from, and its fingerprint (sha256 of ``config.json`` + weights, the teacher
+    cache's key: the cache's value when given, i.e. the teacher the student was distilled from)."""
+    from ..cache import teacher_fingerprint
+
+    card = read_record(teacher).get("card") or {}
+    name = card.get("name")
+    if not name:
+        config = Path(teacher) / "config.json"
+        hub = json.loads(config.read_text()).get("_name_or_path", "") if config.is_file() else ""
+        name = hub if hub and "/" in hub and not Path(hub).exists() else Path(teacher).name
+    fingerprint = (cache_manifest or {}).get("teacher_fingerprint")
+    if not fingerprint:
+        try:
+            fingerprint = teacher_fingerprint(teacher)
+        except FileNotFoundError:
+            fingerprint = None
+    return {"teacher": name, "teacher_fingerprint": fingerprint, "teacher_base_model": card.get("base_model")}
+
+
+def student_method(opts: Any, model: Any, teacher: Path, kind: str = "student",
+                   cache_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The card's ``method`` of a PTP encoder (``kind="ptp"``) or a distilled student."""
-    method = {"kind": kind, "teacher": str(teacher), "k": model.config.num_hidden_layers,
+    method = {"kind": kind, **teacher_identity(teacher, cache_manifest), "k": model.config.num_hidden_layers,
               "variant": model.config.sps_variant, "num_effective_layers": len(model.config.sps_schedule),
               "schedule": [list(map(_plain, e)) for e in model.config.sps_schedule], "backbone": str(opts.backbone)}
     if kind == "student":

@@ -135,6 +135,12 @@ class TaskData:
     fingerprint: str
     cache_hit: bool
     source_fingerprint: str = ""  # the fingerprint of the same data unsliced (a full cache's)
+    dev_total: int | None = None  # rows of the dev split before --max_eval_examples
+
+    @property
+    def dev_rows(self) -> tuple[int, int | None]:
+        """``(rows scored, rows of the split)``: a ``--max_eval_examples`` run scores a subset."""
+        return len(self.dev), self.dev_total
 
 
 def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "dev",
@@ -195,6 +201,7 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval
     if opts.max_train_examples and need_train:
         n = min(opts.max_train_examples, len(dsd["train"]))
         dsd["train"] = dsd["train"].select(range(n))
+    dev_total = len(dsd[dev_split])
     if opts.max_eval_examples:
         n = min(opts.max_eval_examples, len(dsd[dev_split]))
         dsd[dev_split] = dsd[dev_split].select(range(n))
@@ -203,7 +210,8 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval
     tokenized, hit = tokenize_dataset(DatasetDict(dsd), tokenizer, opts.max_length, opts.layout().token_cache, fp,
                                       is_pair=task.is_pair)
     return TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
-                    dev_split=dev_split, fingerprint=fp, cache_hit=hit, source_fingerprint=source_fp)
+                    dev_split=dev_split, fingerprint=fp, cache_hit=hit, source_fingerprint=source_fp,
+                    dev_total=dev_total)
 
 
 def run_task(opts: RunOptions) -> Task:
@@ -230,16 +238,22 @@ class MetricWarnings:
 
     ``metric_fn(task, to_metric_inputs)`` gives the trainer's metric function: it prints each new
     warning (rank 0) next to the eval line and keeps them, in order, in :attr:`seen`, which the
-    stage puts in its summary (``metric_warnings``).
+    stage puts in its summary (``metric_warnings``). :attr:`last_profile` is the latest evaluation's
+    :func:`~dist_peakd.metrics.prediction_profile` (trivial baseline, class shares) for the model card.
     """
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.last_profile: dict[str, Any] | None = None  # the latest evaluation's, for the model card
 
     def report(self, task: Task, predictions: Any, labels: Any) -> dict[str, float]:
-        from ..metrics import metric_report
+        from ..metrics import metric_report, prediction_profile
 
         report = metric_report(task, predictions, labels)
+        try:  # the card's figures never stop a run
+            self.last_profile = prediction_profile(task, predictions, labels)
+        except ValueError:
+            self.last_profile = None
         for warning in report.warnings:
             if _rank() == 0:
                 print(f"[dist-peakd] warning: {warning}", flush=True)

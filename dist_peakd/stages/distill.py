@@ -177,13 +177,14 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
                          f"Patient-KD map (student, teacher) = {layer_map}")
     stats = model_stats(engine.module, seq_len=opts.max_length)
     teacher_metrics, teacher_stats = teacher_reference(layout.teacher, run_.cache.manifest)
+    warnings = MetricWarnings()
     context = ExportContext("distill", run_.data.task, opts, run_.stage_dir,
-                            student_method(opts, model, layout.teacher), stats, model_label_names(run_.data.task),
-                            teacher_metrics=teacher_metrics, teacher_stats=teacher_stats)
+                            student_method(opts, model, layout.teacher, cache_manifest=run_.cache.manifest), stats,
+                            model_label_names(run_.data.task), teacher_metrics=teacher_metrics,
+                            teacher_stats=teacher_stats, dev_rows=run_.data.dev_rows, profile=warnings)
     export = stage_exporter(engine, tokenizer=run_.tokenizer,
                             head={"stage": "distill", "task": run_.data.task.name, "data": run_.data.task.describe()},
                             tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context)
-    warnings = MetricWarnings()
     loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
     trainer = Trainer(
         engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device, warnings, engine.compiled),

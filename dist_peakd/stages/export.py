@@ -115,6 +115,10 @@ def export_folder(opts: ExportOptions) -> dict[str, Any]:
                              extra_files={RECORD_FILE: {**new_record, "export": dict(info)}})
         info.update(max_abs_diff=result["max_abs_diff"], max_abs_diff_int8=result["max_abs_diff_int8"],
                     quantize=opts.quantize)
+        if opts.quantize:  # the card gets each graph's measured dev metrics next to PyTorch's
+            from .export_metrics import add_onnx_metrics
+
+            info["dev_metrics"] = add_onnx_metrics(opts, Path(opts.out))
     else:
         writer = export_compact if fmt == "compact" else export_plain
         writer(model, opts.out, tokenizer, label_names=labels, card=card,

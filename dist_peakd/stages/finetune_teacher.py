@@ -115,11 +115,11 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
         "gradient_accumulation_steps": engine.gradient_accumulation_steps,
         "precision_resolved": engine.precision, "total_steps": engine.total_steps}, task=data.task)
     stats = model_stats(engine.module, seq_len=opts.max_length)
+    warnings = MetricWarnings()
     context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts), stats,
-                            model_label_names(data.task))
+                            model_label_names(data.task), dev_rows=data.dev_rows, profile=warnings)
     export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name, "data": data.task.describe()},
                             {"model_stats": stats}, context)
-    warnings = MetricWarnings()
     trainer = Trainer(engine, batches, classification_objective(data.task, warnings), stage_dir, tracker,
                       dataclasses.replace(opts.loop_options(), label="teacher"), export,
                       extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),

@@ -216,9 +216,11 @@ def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], 
 def add_latency_to_card(student_dir: Path, rows: list[dict[str, Any]], batch: int, device: Any) -> None:
     """Put the measured teacher/student latency into the student's ``final/`` model card."""
     from ..export import update_card
+    from ..export.card_limits import machine_description
 
+    machine = machine_description(device)  # the CPU model / GPU name and the threads of these figures
     latency = [{"model": r["model"], "runtime": f"PyTorch eager ({device})", "batch": batch,
-                "seq": "dev rows, dynamic padding", "median_ms": r["latency_ms"]} for r in rows]
+                "seq": "dev rows, dynamic padding", "median_ms": r["latency_ms"], **machine} for r in rows]
     update_card(student_dir, latency=latency)
 
 

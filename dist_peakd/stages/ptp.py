@@ -162,8 +162,9 @@ def run(opts: PTPOptions) -> dict[str, Any]:
     stats = model_stats(engine.module, seq_len=opts.max_length)
     teacher = opts.layout().teacher
     _, teacher_stats = teacher_reference(teacher, run_.cache.manifest)
-    context = ExportContext("ptp", run_.data.task, opts, run_.stage_dir, student_method(opts, model, teacher, "ptp"),
-                            stats, list(PTP_CLASS_NAMES), teacher_stats=teacher_stats)
+    context = ExportContext("ptp", run_.data.task, opts, run_.stage_dir,
+                            student_method(opts, model, teacher, "ptp", run_.cache.manifest),
+                            stats, list(PTP_CLASS_NAMES), teacher_stats=teacher_stats, dev_rows=run_.data.dev_rows)
     export = stage_exporter(engine, run_.tokenizer, {"stage": "ptp", "task": run_.data.task.name},
                             {**ptp_info, "model_stats": stats}, context)
     trainer = Trainer(engine, batches, ptp_objective(run_, train_ptp, dev_ptp, engine.device), run_.stage_dir,

@@ -254,3 +254,30 @@ def test_readme_examples_write_outside_the_repo_or_ignored_paths():
     ignored = {line.split("\t")[-1] for line in proc.stdout.splitlines() if not line.startswith("::")}
     not_ignored = sorted({p for p in inside if p not in ignored and f"{p}/probe" not in ignored})
     assert not not_ignored, f"README examples write these paths inside the repository, not in .gitignore: {not_ignored}"
+
+
+def test_library_warnings_off_keeps_errors_and_restores_levels(capsys):
+    """What ``export`` runs under: warnings and library WARNING logs gone, ERROR logs still printed,
+    every level and filter as it was afterwards."""
+    import logging
+    import warnings
+
+    from dist_peakd import console
+
+    handler = logging.StreamHandler()  # stderr, as torch's and onnxruntime's handlers
+    lib = logging.getLogger("onnxruntime.quantization")
+    lib.addHandler(handler)
+    before = {name: logging.getLogger(name).level for name in console.LIBRARY_LOGGERS}
+    try:
+        with console.library_warnings_off():
+            warnings.warn("axis name batch will not be used", UserWarning, stacklevel=1)
+            lib.warning("Please consider to run pre-processing before quantization")
+            lib.error("the graph could not be quantized")
+        err = capsys.readouterr().err
+        assert "pre-processing" not in err and "axis name" not in err
+        assert "the graph could not be quantized" in err
+        assert {name: logging.getLogger(name).level for name in console.LIBRARY_LOGGERS} == before
+        with pytest.warns(UserWarning, match="after"):
+            warnings.warn("after", UserWarning, stacklevel=1)
+    finally:
+        lib.removeHandler(handler)

@@ -24,6 +24,7 @@ from typing import Any
 
 from .coerce import coerce_options
 from .config import OPTION_GROUPS, build_options, option_meta
+from .env import default_ds_accelerator
 from .errors import ConfigError, UsageError
 
 #: ``--config`` is the one option that is not a field of an options class (it fills them).
@@ -69,6 +70,7 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
     """A fire-friendly function whose signature lists every option of ``options_cls`` with its default."""
 
     def command(config: str | None = None, **kwargs: Any) -> None:
+        default_ds_accelerator()  # before anything imports deepspeed (option checks do): no accelerator guess
         try:
             if config is not None and not isinstance(config, str):
                 raise ConfigError(f"option config: expected a file name, got {config!r}")
@@ -79,9 +81,10 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
         from . import console
         from .guard import run_guarded  # failures -> one-line message + documented exit code
         from .outcome import SELF_REPORTING, banner_detail
+        from .stages.depth import with_k_resolved  # the banner names the folder the stage writes
 
         if name not in SELF_REPORTING:
-            console.banner(name, banner_detail(name, opts))
+            console.banner(name, banner_detail(name, run_guarded(name, with_k_resolved, opts)))
         result = run_guarded(name, runner, opts)
         if result is not None and _is_main_process():
             from .outcome import outcome_lines  # one short summary; the details are in the JSON it names

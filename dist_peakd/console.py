@@ -8,6 +8,8 @@
   set up): no per-load progress bars from transformers ("Loading weights", "Writing model shards");
   on every rank but 0 no library warnings, no datasets progress bars and no Python warnings, so a
   2-rank run prints everything once;
+* :func:`library_warnings_off`: a command whose whole output is one line (``export``) keeps the libraries'
+  warnings about their own internals off the console (errors still print);
 * :func:`folder_size` / :func:`human_size`: the disk a run folder takes (hard links counted once).
 
 A leaf module (imports nothing from the package), so every layer may print through it.
@@ -105,6 +107,31 @@ def configure(rank: int | None = None) -> None:
     for name in ("DeepSpeed", "torch.distributed", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
+
+
+#: The libraries an export drives (torch.onnx's exporter, onnx/onnxscript, onnxruntime's optimizer and
+#: quantizer, transformers) and the root logger (onnxruntime's quantizer warns through it): their warnings
+#: are about their own internals ("torchvision is not installed", "consider pre-processing before
+#: quantization", axis renames), not about the user's model.
+LIBRARY_LOGGERS = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers", "")
+
+
+@contextlib.contextmanager
+def library_warnings_off(loggers: tuple[str, ...] = LIBRARY_LOGGERS) -> Iterator[None]:
+    """Inside: no Python warnings, and ``loggers`` (``""``: the root logger) only at ERROR and above, so
+    a failure is still printed and still raises; every filter and level is restored on the way out."""
+    import logging
+
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for name, level in saved.items():
+                logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager

@@ -42,3 +42,31 @@ def env_number(name: str, default: float, *, minimum: float | None = None, integ
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """:func:`env_number` for a whole number."""
     return int(env_number(name, default, minimum=minimum, maximum=maximum, integer=True))
+
+
+DS_ACCELERATOR = "DS_ACCELERATOR"
+#: Variables this process set itself (name -> value), as opposed to the user's environment.
+_DEFAULTED: dict[str, str] = {}
+
+
+def default_ds_accelerator() -> str:
+    """Name DeepSpeed's accelerator before DeepSpeed is imported, unless the user named one.
+
+    DeepSpeed picks its accelerator on import; on a machine without one it logs "Setting accelerator to
+    CPU. If you have GPU or other accelerator, we were unable to detect it." (once per process, and
+    before every command). What this process runs on is known: ``cuda`` when torch sees a CUDA device,
+    else ``cpu`` (the backend :func:`~dist_peakd.engine.distributed.init_distributed` picks). A value the
+    user set (``DS_ACCELERATOR=...``) is left exactly as it is. Returns the value in effect.
+    """
+    if DS_ACCELERATOR not in os.environ:
+        import torch
+
+        value = "cuda" if torch.cuda.is_available() else "cpu"
+        os.environ[DS_ACCELERATOR] = value
+        _DEFAULTED[DS_ACCELERATOR] = value
+    return os.environ[DS_ACCELERATOR]
+
+
+def set_by_user(name: str) -> bool:
+    """Whether ``name`` is in the environment with a value the user gave (not one this process defaulted)."""
+    return name in os.environ and _DEFAULTED.get(name) != os.environ[name]

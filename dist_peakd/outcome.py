@@ -10,7 +10,9 @@
     [1/1] evaluate: runs/mrpc/distill-.../final, dev split of mrpc
     [dist-peakd] evaluate done: f1 0.8239, accuracy 0.7255 (dev, 408 rows)
 
-``pipeline`` and ``sweep`` print their own tables, the JSON's path and the folder's size themselves.
+A stage that finished earlier with the same options and inputs says ``reused`` instead of ``done``.
+``pipeline`` and ``sweep`` print their own tables, the JSON's path and the folder's size themselves
+(and, after each stage they run, that stage's lines as its own command prints them).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def trainer_outcome(stage: str, summary: Mapping[str, Any]) -> list[str]:
     total = summary.get("total_steps")
     steps = f"step {final.get('step')}" + (f"/{total}" if total else "")
     stopped = summary.get("stopped")
-    how = "done"
+    how = "reused" if summary.get("reused") else "done"
     if isinstance(stopped, Mapping):
         by = f" ({str(stopped.get('by')).upper()})" if stopped.get("by") else ""
         how = f"stopped at step {stopped.get('step')}{by}"

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .. import console
-from ..env import env_int
+from ..env import default_ds_accelerator, env_int
 from . import watchdog as _watchdog
 
 
@@ -57,7 +57,7 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     otherwise wait 30 min). With more than one rank, a heartbeat watchdog (``engine/watchdog.py``,
     ``DIST_PEAKD_HEARTBEAT_TIMEOUT``, default 60 s) ends this rank with exit 5 naming a stopped peer.
     """
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    default_ds_accelerator()  # before deepspeed is imported: no "Setting accelerator to CPU" warning
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # malformed launcher variables: one line, exit 2
         env_int(name, 0, minimum=0)
     env_int("MASTER_PORT", 29500, minimum=1, maximum=65535)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..env import default_ds_accelerator
 from ..errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast")
@@ -156,6 +157,7 @@ def check_ds_config(cfg: dict[str, Any], path: str | Path, *, precision: str | N
         raise ConfigError(f"{where}: gradient_clipping must be a number >= 0, got {clip!r}")
     built = build_ds_config(cfg, micro_batch_size=1, global_batch_size=1, world_size=1, precision=precision,
                             zero_stage=zero_stage, gradient_clipping=gradient_clipping, on_gpu=True)
+    default_ds_accelerator()  # before deepspeed is imported (it logs its accelerator guess otherwise)
     from deepspeed.runtime.config import DeepSpeedConfig
 
     try:

@@ -70,6 +70,13 @@ def resolve_k(opts: Any) -> tuple[Any, dict[str, Any] | None]:
     return dataclasses.replace(opts, k=k), note
 
 
+def with_k_resolved(opts: Any) -> Any:
+    """``opts`` with ``--k auto`` resolved when the options have a ``k`` (others as they are): what a
+    command's banner shows, so it names the folder the stage writes (``distill-k2-...``, never
+    ``distill-kauto-...``). The stage resolves ``k`` again itself and announces it."""
+    return resolve_k(opts)[0] if hasattr(opts, "k") else opts
+
+
 def describe_resolution(note: dict[str, Any] | None) -> str | None:
     """``--k auto: k=2 (ceil(L/4) of the 6-layer teacher ...)`` (None when k was given)."""
     if note is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import console
 from ..config import option
 from ..data.rows import column_array, fetch_rows
 from ..engine import barrier, broadcast_object, init_distributed
@@ -129,8 +130,14 @@ def export_folder(opts: ExportOptions) -> dict[str, Any]:
 
 
 def run(opts: ExportOptions) -> dict[str, Any]:
-    """Rank 0 writes the export; under a launcher the other ranks wait and return the same result."""
+    """Rank 0 writes the export; under a launcher the other ranks wait and return the same result.
+
+    The console gets the banner and the outcome line only: the libraries' warnings about their own
+    internals and the check's small tokenization bar are kept off it (errors still surface)."""
     dist_info = init_distributed()
-    result = export_folder(opts) if dist_info.is_main else None
+    result = None
+    if dist_info.is_main:
+        with console.library_warnings_off(), console.datasets_bars_off():
+            result = export_folder(opts)
     barrier()
     return broadcast_object(result)

@@ -24,6 +24,7 @@ from ..config import RunOptions, option
 from ..data import glue_task
 from ..engine import barrier, init_distributed
 from ..errors import ConfigError
+from ..outcome import outcome_lines
 from . import cache_teacher, distill, finetune_teacher, ptp
 from .common import run_task
 from .depth import announce_k, resolve_k
@@ -85,6 +86,14 @@ def _subset(opts: PipelineOptions, cls: type, **overrides: Any) -> Any:
 BANNER_NAMES = {"teacher": "finetune-teacher", "cache": "cache-teacher"}
 
 
+def print_outcome(stage: str, result: dict[str, Any]) -> None:
+    """A stage's end lines (``distill done: f1 ... (final, step ...); best ...``, ``... reused: ...``,
+    warnings, the summary's path) on the main process, as the stage's own command prints them."""
+    if console.is_main_process():
+        for line in outcome_lines(stage, result):
+            print(line, flush=True)
+
+
 def _run_stage(name: str, stage_dir: Path, stage_opts: RunOptions, runner: Any, log: list[str],
                detail: str = "") -> dict[str, Any]:
     """Run one stage under its banner; the stage itself reuses its folder when it finished with the same
@@ -94,6 +103,7 @@ def _run_stage(name: str, stage_dir: Path, stage_opts: RunOptions, runner: Any, 
     console.banner(title, f"{detail} -> {stage_dir}" if detail else str(stage_dir))
     t0 = time.perf_counter()
     result = runner(stage_opts)
+    print_outcome(title, result)  # the stage's end line(s), as its own command prints them
     if result.get("reused"):
         log.append(f"{name}: reused {stage_dir}")
     else:
@@ -167,6 +177,7 @@ def run_teacher_stages(opts: EarlierStagesOptions, log: list[str], **teacher_ove
     t0 = time.perf_counter()
     console.banner("cache-teacher", f"teacher {layout.teacher} over train + dev -> {layout.teacher_cache}")
     cache_summary = cache_teacher.run(_subset(opts, cache_teacher.CacheTeacherOptions))
+    print_outcome("cache-teacher", cache_summary)
     log.append(f"cache: {'reused' if cache_summary.get('skipped') else 'built'} in {time.perf_counter() - t0:.1f} s")
     return teacher_summary, cache_summary
 

@@ -31,9 +31,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from ..env import set_by_user
+
 RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                    "GROUP_RANK", "NODE_RANK")
-#: Variables forwarded to trials on a joined cluster (their workers do not inherit this process's env).
+#: Variables forwarded to trials on a joined cluster (their workers do not inherit this process's env); only
+#: values the user set: a ``DS_ACCELERATOR`` this process defaulted from its own hardware is not theirs.
 FORWARDED_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR",
                   "TOKENIZERS_PARALLELISM", "DIST_PEAKD_GLUE_DIR", "TORCH_EXTENSIONS_DIR",
                   "DIST_PEAKD_COLLECTIVE_TIMEOUT")
@@ -86,7 +89,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
                 ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
                          include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
         else:  # the cluster's workers do not inherit this process's environment
-            env = {k: os.environ[k] for k in FORWARDED_VARS if k in os.environ}
+            env = {k: os.environ[k] for k in FORWARDED_VARS if set_by_user(k)}  # not a default of this machine
             ray.init(address=address, runtime_env={"env_vars": env} if env else None)
     return True
 

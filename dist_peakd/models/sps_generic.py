@@ -29,10 +29,10 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Pretrai
 
 from .configuration_sps_bert import sps_schedule
 from .errors import ModelConfigError
-from .sps_families import FamilySpec, family_of, layer_list, qk_pairs_present, set_layer_list
 from .loading import load_reporting
 from .modeling_sps_bert import classification_loss
 from .outputs import ClassifierOutput
+from .sps_families import FamilySpec, family_of, layer_list, qk_pairs_present, set_layer_list
 
 
 def swap_qk_rows(tensor: Tensor | None) -> Tensor | None:

@@ -101,7 +101,8 @@ def test_export_never_replaces_the_users_files_or_the_run_folder(run_dir, tmp_pa
     a_file.write_text("x")
     before_run, before_tmp = _tree(run_dir), sorted(p.name for p in tmp_path.iterdir())
     cases = [
-        (user, f"option out: {str(user)!r} already exists and is not a dist-peakd export"),
+        (user, f"option out: {str(user)!r} already exists and is not a folder `dist-peakd export` wrote"),
+        (model.parent, "is a folder above the model folder"),
         (run_dir, f"option out: {str(run_dir)!r} is a folder above the model folder (--model_dir) ({model})"),
         (run_dir / "mrpc", "is a folder above the model folder (--model_dir)"),
         (model, f"option out: {str(model)!r} is the model folder (--model_dir), an input of this command"),

@@ -100,9 +100,9 @@ def _check_previous_export(option: str, given: str, out: Path, fmt: str) -> None
     export = record.get("export") if isinstance(record, dict) else None
     listed = files.get("files") if isinstance(files, dict) else None
     if not isinstance(export, dict) or not isinstance(listed, dict):
-        raise ConfigError(f"option {option}: {given!r} already exists and is not a dist-peakd export (no "
-                          f"{RECORD_FILE} with an export record and {EXPORT_MANIFEST}); nothing in it is "
-                          f"replaced: {expected}")
+        raise ConfigError(f"option {option}: {given!r} already exists and is not a folder `dist-peakd export` "
+                          f"wrote (no {RECORD_FILE} with an export record, or no {EXPORT_MANIFEST}); nothing in it "
+                          f"is replaced: {expected}")
     if export.get("format") != fmt:
         raise ConfigError(f"option {option}: {given!r} holds a `dist-peakd export --format {export.get('format')}` "
                           f"export, not --format {fmt}; {expected}")

@@ -45,7 +45,10 @@ def command_inputs(opts: Any) -> list[tuple[str, Path, str]]:
     if opts.hub_dataset and Path(opts.hub_dataset).exists():
         inputs.append(("the --hub_dataset folder", Path(opts.hub_dataset), "file"))
     inputs.append(("the tokenization cache", opts.layout().token_cache, "area"))
-    inputs.append(("the current directory", Path.cwd(), "area"))
+    try:
+        inputs.append(("the current directory", Path.cwd(), "area"))
+    except OSError:  # it was removed: nothing of it to protect
+        pass
     return inputs
 
 

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 import dist_peakd.models as models_pkg
+from dist_peakd.errors import ArtifactWriteError
 from dist_peakd.export import CODE_FILES, ExportError, export_compact, load_model_folder
 from dist_peakd.models import SPSBertConfig, SPSBertForSequenceClassification, build_student
 
@@ -170,8 +171,8 @@ def test_failed_export_keeps_previous_folder(tmp_path: Path, student, compact_di
         def save_pretrained(self, folder: str) -> None:
             raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
-        export_compact(student, out, tokenizer=BrokenTokenizer())
+    with pytest.raises(ArtifactWriteError, match=f"writing export {out} failed: no space left on device"):
+        export_compact(student, out, tokenizer=BrokenTokenizer())  # exit 6, naming the folder
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not (tmp_path / ".tmp-keep").exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import EXPORT_MANIFEST, apply_umask, publish_dir, verify_export, write_export_manifest
+from ..artifacts import (
+    EXPORT_MANIFEST,
+    apply_umask,
+    is_disk_full,
+    publish_dir,
+    verify_export,
+    write_error,
+    write_export_manifest,
+)
+from ..errors import ArtifactWriteError, exit_code_of
 
 #: Keys transformers writes into tokenizer_config.json from the *loading* call (offline mode, a local
 #: path); they describe the machine that saved the folder, not the tokenizer, and are dropped.
@@ -50,7 +60,7 @@ def load_model_folder(model_dir: str | Path, trust_unverified: bool = False) -> 
     verify_export(model_dir, trust_unverified=trust_unverified)
     config = AutoConfig.from_pretrained(str(model_dir))
     if is_sps_config(config):
-        model = load_student(model_dir)
+        model = load_student(model_dir, trust_unverified=trust_unverified)
     else:
         try:
             model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
@@ -120,23 +130,47 @@ def write_folder(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
 
     ``write(tmp)`` fills the folder; every file then gets the umask's mode (safetensors writes 0600).
     The file manifest (size + sha256 of every file) is written last;
-    the finished folder then replaces ``out_dir`` without a gap. On any error the temporary folder is
-    removed and an existing ``out_dir`` is left untouched.
+    the finished folder then replaces ``out_dir`` without a gap. On any error the temporary folder (and
+    any parent folder made for it) is removed and an existing ``out_dir`` is left untouched; a failed
+    write (disk full, ...) is :class:`~dist_peakd.errors.ArtifactWriteError` (exit 6) naming ``out_dir``.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    given, out_dir = Path(out_dir), Path(out_dir).resolve()
+    made = [p for p in out_dir.parents if not p.exists()]
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    existed = out_dir.exists()
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         write(tmp)
         apply_umask(tmp)  # safetensors writes its file 0600 whatever the umask
         write_export_manifest(tmp)
         publish_dir(tmp, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # innermost first; only the ones this call made, and only when empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if _is_write_failure(e, out_dir):
+            kept = f"the previous export in {given} is untouched" if existed else "nothing was written"
+            raise write_error(_unwrapped(e), given, "export", kept) from e
         raise
-    return out_dir
+    return given
+
+
+def _is_write_failure(exc: BaseException, path: Path) -> bool:
+    """An OSError, or a serializer's own error hiding a full disk; never one of the package's typed errors."""
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, Exception) or isinstance(exc, ExportError) or exit_code_of(exc) is not None:
+        return False
+    return is_disk_full(exc, path)
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """A write error already classified for one file of the temporary folder: its cause, so that the
+    message names the export folder instead."""
+    return exc.__cause__ if isinstance(exc, ArtifactWriteError) and exc.__cause__ is not None else exc
 
 
 def write_card(folder: Path, card: str | None) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .folder import (
     RECORD_FILE,
     ExportError,
@@ -32,6 +33,10 @@ from .folder import (
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_int8.onnx"
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+#: The opsets an export can be written in: torch.onnx writes 18 and up and converts down to 17 at the lowest
+#: (a BERT graph's LayerNormalization has no earlier version: below 17 it silently kept 18); onnxruntime
+#: 1.32 runs graphs up to 25 (26+ are refused when loaded). Checked with torch 2.13, onnx 1.23.
+OPSET_RANGE: tuple[int, int] = (17, 25)
 
 
 def _require(module: str) -> Any:
@@ -97,9 +102,28 @@ def export_onnx_file(model: nn.Module, path: str | Path, opset: int | None = Non
         torch.onnx.export(wrapper, tuple(inputs[n] for n in INPUT_NAMES), str(path), input_names=list(INPUT_NAMES),
                           output_names=["logits"], dynamic_shapes=tuple(dims[n] for n in INPUT_NAMES),
                           dynamo=True, external_data=False, verbose=False, **kwargs)
+    if opset is not None:
+        _check_opset(path, opset)
     if optimize:
         optimize_graph(path, num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size)
     return Path(path)
+
+
+def graph_opset(path: str | Path) -> int | None:
+    """The default-domain opset a graph file was written in."""
+    onnx = _require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _check_opset(path: str | Path, opset: int) -> None:
+    """Refuse a graph that the exporter wrote in another opset than the one asked for (its version
+    conversion can fail and keep its own): the export is then not what ``--opset`` said."""
+    written = graph_opset(path)
+    if written != opset:
+        low, high = OPSET_RANGE
+        raise ConfigError(f"option opset: {opset} was asked, torch.onnx wrote opset {written} (it could not convert "
+                          f"this model); use an opset in {low}..{high}")
 
 
 def optimize_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:

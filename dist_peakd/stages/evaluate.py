@@ -31,6 +31,7 @@ from .cards import folder_data_options, folder_task_fields
 from .common import collator_for, prepare_data
 from .finetune_teacher import metrics_from_logits
 from .inference import ModelFolder, has_labels, open_model_folder, rows_logits
+from .outputs import check_output_file, command_inputs
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -85,6 +86,8 @@ class EvaluateOptions(ModelDirOptions):
     def validate(self) -> None:
         super().validate()
         check_split(self.task, self.split, allow_test=False)
+        if self.out:
+            check_output_file("out", self.out, command_inputs(self))
 
 
 def _default(cls: type, name: str) -> Any:

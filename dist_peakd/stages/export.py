@@ -38,9 +38,11 @@ from ..export import (
     render_model_card,
     unroll_student,
 )
+from ..export.onnx import OPSET_RANGE
 from .common import collator_for, prepare_data
 from .evaluate import ModelDirOptions
 from .inference import eval_batches
+from .outputs import check_export_folder, command_inputs
 
 FORMATS = {"hf": "compact", "plain": "plain", "onnx": "onnx"}
 VERIFY_BATCH_SIZE = 16
@@ -51,10 +53,12 @@ class ExportOptions(ModelDirOptions):
     """The format, where it goes, int8, how many dev rows check an ONNX graph."""
 
     format: str = option("hf", help="hf (compact, custom code) | plain (standard bert, no custom code) | onnx")
-    out: str | None = option(None, help="output folder (required; replaced atomically when it exists)")
+    out: str | None = option(None, help="output folder (required): a new folder, or one a previous export of the "
+                                        "same --format wrote (replaced atomically); anything else is refused")
     quantize: str | None = option(None, help="onnx: also write model_int8.onnx (onnxruntime dynamic int8)")
     verify_rows: int = option(64, help="onnx: dev rows of the model's task run through both runtimes")
-    opset: int | None = option(None, help="onnx: opset (default: torch.onnx's, 20 here)")
+    opset: int | None = option(None, help=f"onnx: opset, {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (default: torch.onnx's, "
+                                          "20 here)")
     optimize: bool = option(True, help="onnx: fuse the graph offline with onnxruntime's transformer optimizer "
                                        "(LayerNorm, GELU, embeddings; faster on CPU, same logits within 1e-4); "
                                        "False: the plain torch.onnx graph, standard ONNX ops only")
@@ -65,14 +69,24 @@ class ExportOptions(ModelDirOptions):
             raise ConfigError(f"option format: {self.format!r} is not one of {list(FORMATS)}")
         if not self.out:
             raise ConfigError("option out: required (the folder to write)")
-        if Path(self.out).resolve() == Path(self.model_dir).resolve():
-            raise ConfigError("option out: must differ from model_dir")
+        self._check_opset()
         if self.quantize not in (None, "int8"):
             raise ConfigError(f"option quantize: {self.quantize!r} is not 'int8'")
         if self.quantize and self.format != "onnx":
             raise ConfigError("option quantize: int8 applies to --format onnx")
         if self.verify_rows < 1:
             raise ConfigError(f"option verify_rows: must be >= 1, got {self.verify_rows}")
+        check_export_folder("out", self.out, self.format, command_inputs(self))
+
+    def _check_opset(self) -> None:
+        if self.opset is None:
+            return
+        if self.format != "onnx":
+            raise ConfigError(f"option opset: applies to --format onnx, not {self.format}")
+        low, high = OPSET_RANGE
+        if not low <= self.opset <= high:
+            raise ConfigError(f"option opset: {self.opset} is outside the supported range {low}..{high} (torch.onnx "
+                              f"converts down to {low} at the lowest; onnxruntime runs up to {high})")
 
 
 def _card(record: dict[str, Any], fmt: str, stats: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:

@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from .common import collator_for, prepare_data
 from .evaluate import ModelDirOptions, check_outputs, check_split
 from .inference import ModelFolder, open_model_folder, rows_logits
+from .outputs import check_output_file, command_inputs
 
 #: The file name the GLUE server expects for each task's (test split's) predictions.
 GLUE_SUBMISSION_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
@@ -65,6 +66,7 @@ class PredictOptions(ModelDirOptions):
             check_split(self.task, self.split, allow_test=True)
         elif not Path(self.input).is_file():
             raise ConfigError(f"option input: {self.input!r} is not a file")
+        check_output_file("out", self.out, command_inputs(self))
 
 
 # ------------------------------------------------------------------------------------------ input rows

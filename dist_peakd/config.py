@@ -177,8 +177,9 @@ class RunOptions:
     eval_batch_size: int = option(128, help="global evaluation batch size", result=False)
     eval_every_steps: int = option(0, help="also evaluate every N steps (0: end of each epoch only)", ge=0)
     log_every_steps: int = option(10, help="log train scalars every N steps", result=False)
-    stop_after_steps: int | None = option(None, help="checkpoint and stop after N steps (rerun to resume)",
-                                          result=False)
+    stop_after_steps: int | None = option(None, help="checkpoint and stop (exit 75) after N steps of this "
+                                                     "invocation; rerunning the same command resumes and runs N "
+                                                     "more (the run's last step finishes it)", result=False)
     save_every_steps: int = option(0, help="also checkpoint every N steps (0: at epoch ends and on SIGTERM only)",
                                    result=False)
     keep_checkpoints: int = option(2, help="newest complete checkpoints kept; a corrupted newest falls back",

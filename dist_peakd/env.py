@@ -42,3 +42,26 @@ def env_number(name: str, default: float, *, minimum: float | None = None, integ
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """:func:`env_number` for a whole number."""
     return int(env_number(name, default, minimum=minimum, maximum=maximum, integer=True))
+
+
+#: DeepSpeed's accelerator names (``deepspeed.accelerator.real_accelerator.SUPPORTED_ACCELERATOR_LIST``;
+#: tests/test_reliability_config.py keeps the two equal).
+DS_ACCELERATORS = ("cuda", "cpu", "xpu", "npu", "mps", "hpu", "mlu", "sdaa", "supa", "klxpu")
+
+
+def check_accelerator() -> None:
+    """Refuse (ConfigError, exit 2) a ``DS_ACCELERATOR`` that DeepSpeed cannot use, before it is imported:
+    an unknown name (DeepSpeed would raise on its first import, a traceback), or a known one whose
+    package is missing (DeepSpeed's own reason is kept). Unset: DeepSpeed detects the accelerator."""
+    raw = os.environ.get("DS_ACCELERATOR")
+    if raw is None:
+        return
+    if raw not in DS_ACCELERATORS:
+        raise ConfigError(f"environment variable DS_ACCELERATOR={raw!r}: expected one of {', '.join(DS_ACCELERATORS)}"
+                          " (or unset it: DeepSpeed then detects the accelerator)")
+    try:
+        from deepspeed.accelerator import get_accelerator
+
+        get_accelerator()
+    except ValueError as e:  # e.g. "XPU_Accelerator requires intel_extension_for_pytorch ..."
+        raise ConfigError(f"environment variable DS_ACCELERATOR={raw!r}: {e}") from None

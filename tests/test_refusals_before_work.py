@@ -7,13 +7,12 @@ values outside the options' bounds, and ``sweep --address`` where nothing listen
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
+from reliab_helpers import run_process
 
 from dist_peakd import cli
 from dist_peakd.env import DS_ACCELERATORS
-from reliab_helpers import run_process
 
 
 def _run(args: list[str], capsys) -> tuple[int, str]:

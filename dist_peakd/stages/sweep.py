@@ -331,25 +331,26 @@ def _run_sweep(opts: SweepOptions, t_start: float) -> dict[str, Any]:
     from .common import run_task
     from .stage_folder import lock_for_job
 
-    task = run_task(opts)  # own data: read and checked (and --metric against its problem) before anything
+    settings = TrialSettings(base={}, sweep_name="", sweep_dir="", metric="", mode=opts.mode,
+                             backend=opts.backend(), workers=opts.workers_per_trial,
+                             cpus_per_worker=opts.cpus_per_worker, gpus_per_worker=opts.gpus_per_worker,
+                             options_type=DistillOptions, trial_fn=distill.run)
+    check_resources(settings, local=opts.address is None)
     opts, k_auto = resolve_k(opts)  # the fixed k of the trials; the folders and sweep.json hold the integer
     if k_auto is not None:
         print(f"[dist-peakd] {describe_resolution(k_auto)}", flush=True)
     dims, name = opts.dimensions(), _sweep_name(opts)
     sweep_dir = opts.layout().sweep_dir(name).resolve()
     _check_depths(opts, dims)
-    settings = TrialSettings(base={}, sweep_name=name, sweep_dir=str(sweep_dir), metric=task.main_metric,
-                             mode=opts.mode, backend=opts.backend(), workers=opts.workers_per_trial,
-                             cpus_per_worker=opts.cpus_per_worker, gpus_per_worker=opts.gpus_per_worker,
-                             options_type=DistillOptions, trial_fn=distill.run)
-    check_resources(settings, local=opts.address is None)
+    task = run_task(opts)  # own data: read and checked (and --metric against its problem) before anything
     lock_for_job(sweep_dir, "sweep folder")
     restore = _check_sweep_state(opts, sweep_dir, dims)
     swept = tuple(n for n, d in dims.items() if d.kind != "fixed")
     with console.stage_plan(_shared_stage_count(opts, dims, task) + 1):
         log, use_ptp = prepare_shared_stages(opts, dims, task)
         base, train_rows = _trial_base(opts, use_ptp), _train_rows(opts)
-        settings = dataclasses.replace(settings, base=base, train_rows=train_rows, rungs=opts.rungs, swept=swept)
+        settings = dataclasses.replace(settings, base=base, train_rows=train_rows, rungs=opts.rungs, swept=swept,
+                                       sweep_name=name, sweep_dir=str(sweep_dir), metric=task.main_metric)
         max_t, budget = trial_budget(opts, dims, base, train_rows)
         console.banner("sweep", f"{'resuming ' if restore else ''}{budget} -> {sweep_dir}")
     console.info(f"trials: {settings.backend}, {opts.workers_per_trial} worker(s) each, {opts.search} search, "

@@ -72,6 +72,9 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
     def command(config: str | None = None, **kwargs: Any) -> None:
         default_ds_accelerator()  # before anything imports deepspeed (option checks do): no accelerator guess
         try:
+            from .env import check_accelerator
+
+            check_accelerator()  # before anything imports DeepSpeed
             if config is not None and not isinstance(config, str):
                 raise ConfigError(f"option config: expected a file name, got {config!r}")
             opts = build_options(options_cls, config, **coerce_values(options_cls, kwargs))

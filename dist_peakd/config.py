@@ -36,7 +36,7 @@ from .engine.ds_config import (
 from .engine.engine import EngineOptions
 from .engine.loop_spec import LoopOptions
 from .engine.nonfinite import NAN_POLICIES
-from .env import env_int
+from .env import check_accelerator, env_int
 from .errors import ConfigError
 from .layout import RunLayout
 
@@ -177,8 +177,9 @@ class RunOptions:
     eval_batch_size: int = option(128, help="global evaluation batch size", result=False)
     eval_every_steps: int = option(0, help="also evaluate every N steps (0: end of each epoch only)", ge=0)
     log_every_steps: int = option(10, help="log train scalars every N steps", result=False)
-    stop_after_steps: int | None = option(None, help="checkpoint and stop after N steps (rerun to resume)",
-                                          result=False)
+    stop_after_steps: int | None = option(None, help="checkpoint and stop (exit 75) after N steps of this "
+                                                     "invocation; rerunning the same command resumes and runs N "
+                                                     "more (the run's last step finishes it)", result=False)
     save_every_steps: int = option(0, help="also checkpoint every N steps (0: at epoch ends and on SIGTERM only)",
                                    result=False)
     keep_checkpoints: int = option(2, help="newest complete checkpoints kept; a corrupted newest falls back",
@@ -225,6 +226,8 @@ class RunOptions:
     def validate(self) -> None:
         """Refuse bad values before any work starts, naming the option."""
         self.data_options().validate()
+        for name in ("output_dir", "cache_dir"):
+            check_folder_path(name, getattr(self, name))
         for name in ("max_length", "batch_size", "eval_batch_size", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"option {name}: must be >= 1, got {getattr(self, name)}")
@@ -258,6 +261,7 @@ class RunOptions:
     def _validate_engine(self) -> None:
         import torch
 
+        check_accelerator()  # before DeepSpeed is imported (check_ds_config)
         base = load_ds_config(self.ds_config)
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(f"option precision: {self.precision!r} is not one of {list(PRECISIONS)}")
@@ -282,6 +286,21 @@ class RunOptions:
         if world > 1 and self.batch_size % (micro * world) != 0:
             raise ConfigError(f"option batch_size: global batch {self.batch_size} is not divisible by "
                               f"micro_batch_size x ranks = {micro} x {world} = {micro * world}")
+
+
+def check_folder_path(option_name: str, value: str | None) -> None:
+    """Refuse (ConfigError naming it) a folder option whose path, or a folder above it, is an existing file:
+    nothing could be written under it (an ``mkdir`` would fail with a traceback after the run started)."""
+    if value is None or not str(value).strip():
+        return
+    path = Path(value)
+    for here in (path, *path.parents):
+        if here.exists() or here.is_symlink():
+            if not here.is_dir():
+                what = "is a file" if here == path else f"is below {str(here)!r}, a file"
+                raise ConfigError(f"option {option_name}: {str(value)!r} {what}: expected a folder (an existing "
+                                  "one, or a path where one can be made)")
+            return
 
 
 def check_folder_name(option_name: str, value: str | None) -> None:

@@ -70,3 +70,26 @@ def default_ds_accelerator() -> str:
 def set_by_user(name: str) -> bool:
     """Whether ``name`` is in the environment with a value the user gave (not one this process defaulted)."""
     return name in os.environ and _DEFAULTED.get(name) != os.environ[name]
+
+
+#: DeepSpeed's accelerator names (``deepspeed.accelerator.real_accelerator.SUPPORTED_ACCELERATOR_LIST``;
+#: tests/test_reliability_config.py keeps the two equal).
+DS_ACCELERATORS = ("cuda", "cpu", "xpu", "npu", "mps", "hpu", "mlu", "sdaa", "supa", "klxpu")
+
+
+def check_accelerator() -> None:
+    """Refuse (ConfigError, exit 2) a ``DS_ACCELERATOR`` that DeepSpeed cannot use, before it is imported:
+    an unknown name (DeepSpeed would raise on its first import, a traceback), or a known one whose
+    package is missing (DeepSpeed's own reason is kept). Unset: DeepSpeed detects the accelerator."""
+    raw = os.environ.get("DS_ACCELERATOR")
+    if raw is None or not set_by_user("DS_ACCELERATOR"):  # unset, or named by default_ds_accelerator
+        return
+    if raw not in DS_ACCELERATORS:
+        raise ConfigError(f"environment variable DS_ACCELERATOR={raw!r}: expected one of {', '.join(DS_ACCELERATORS)}"
+                          " (or unset it: DeepSpeed then detects the accelerator)")
+    try:
+        from deepspeed.accelerator import get_accelerator
+
+        get_accelerator()
+    except ValueError as e:  # e.g. "XPU_Accelerator requires intel_extension_for_pytorch ..."
+        raise ConfigError(f"environment variable DS_ACCELERATOR={raw!r}: {e}") from None

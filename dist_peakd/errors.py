@@ -14,7 +14,8 @@ gets its code where it is defined. Exit codes (each rank; docs/RELIABILITY.md ha
 5     a peer rank died or a collective timed out (the ranks that are gone are named when known)
 6     an artifact could not be written, e.g. disk full (the path is named; the previous checkpoint
       / export is intact)
-75    stopped on request (``stop_after_steps``) after writing a checkpoint; rerun to continue
+75    stopped on request (``stop_after_steps`` steps of this invocation) after writing a checkpoint; rerun to
+      continue
 143   preempted (SIGTERM) after writing a checkpoint; rerun the same command to resume
 ====  =======================================================================================
 """

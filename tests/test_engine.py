@@ -63,6 +63,23 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_bert, glue_dir, uninterr
     assert len(list((out / "mrpc" / "teacher").glob("events.out.tfevents.*"))) == 2  # the stopped run + resume
 
 
+def test_rerunning_a_stop_after_steps_command_advances_that_many_steps(tmp_path, tiny_bert, glue_dir,
+                                                                       uninterrupted):
+    """--stop_after_steps counts the steps of this invocation: the identical command rerun resumes and runs N
+    more (4, 8 of 12), and the invocation that reaches the run's last step finishes it; the metrics equal
+    the uninterrupted run's."""
+    _, full_summary = uninterrupted
+    out = tmp_path / "run"
+    latest = out / "mrpc" / "teacher" / "checkpoints" / "latest"
+    for step in (4, 8):
+        with pytest.raises(StopRequested, match=rf"stopped after step {step} of 12 \(4 steps this run"):
+            finetune_teacher.run(_opts(out, tiny_bert, glue_dir, stop_after_steps=4))
+        assert latest.read_text().strip() == f"step-{step:08d}"
+    resumed = finetune_teacher.run(_opts(out, tiny_bert, glue_dir, stop_after_steps=4))  # steps 9-12: done
+    assert resumed["final"] == full_summary["final"] and resumed["history"] == full_summary["history"]
+    assert (out / "mrpc" / "teacher" / "summary.json").is_file()
+
+
 def test_final_shares_the_files_best_has_identical(uninterrupted):
     """final/ and best/ are complete folders; identical files (e.g. the weights when the last evaluation was
     the best) are stored once, as hard links."""

@@ -28,7 +28,7 @@ class LoopOptions:
     eval_batch_size: int = 128
     eval_every_steps: int = 0          # 0: evaluate at the end of each epoch only
     log_every_steps: int = 10
-    stop_after_steps: int | None = None  # checkpoint and stop after this many steps (resume later)
+    stop_after_steps: int | None = None  # checkpoint and stop after this many steps of this run (rerun: N more)
     save_every_steps: int = 0          # 0: checkpoint at epoch ends (and on stop requests) only
     keep_checkpoints: int = 2          # newest complete checkpoints kept (a corrupted one falls back)
     trust_unverified: bool = False     # resume from a checkpoint whose COMPLETE lists no files

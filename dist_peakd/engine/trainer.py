@@ -81,11 +81,13 @@ class Trainer:
         self.log = TrainLog(self.output_dir / "train_log.jsonl", tracker, self.is_main)
         self.label = options.label or self.output_dir.name
         self._bar: Any = None
+        self.start_step = 0
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Resume (if a checkpoint exists), train the remaining steps, finish; returns the summary."""
         self.resume()
+        self.start_step = self.engine.global_step  # stop_after_steps counts the steps of this run
         self.log.resume_at(self.engine.global_step)  # rows an interrupted run logged after its checkpoint
         self.log.restart()
         self._bar = tqdm(total=self.total_steps, initial=self.engine.global_step, desc=f"{self.label} train",
@@ -170,16 +172,23 @@ class Trainer:
         rank, :class:`StopRequested` for ``stop_after_steps``); every ``save_every_steps`` checkpoint."""
         opts, step = self.options, self.engine.global_step
         preempted = any_rank(self.stop_signal.requested)
-        if preempted or (opts.stop_after_steps is not None and step >= opts.stop_after_steps):
+        if preempted or self._stop_requested(step):
             path = self.checkpoint()
             self.tracker.flush()
             if preempted:
                 raise Preempted(f"preempted (SIGTERM) after step {step}; checkpoint at {path}", path)
-            raise StopRequested(f"stopped after step {step}; checkpoint at {path}", path)
+            raise StopRequested(f"stopped after step {step} of {self.total_steps} ({step - self.start_step} steps "
+                                f"this run, --stop_after_steps {opts.stop_after_steps}); checkpoint at {path}", path)
         mid_epoch = self.state["step_in_epoch"] < self.steps_per_epoch
         if opts.save_every_steps and step % opts.save_every_steps == 0 and mid_epoch and step < self.total_steps:
             with self.log.paused():
                 self.checkpoint()
+
+    def _stop_requested(self, step: int) -> bool:
+        """``stop_after_steps`` steps ran in this invocation (counted from where it resumed), and the run
+        has steps left: a rerun of the same command advances that many steps again; the last step finishes."""
+        n = self.options.stop_after_steps
+        return n is not None and step - self.start_step >= n and step < self.total_steps
 
     def _prepare(self, share: list[int]) -> tuple[list[Batch], float]:
         """This rank's micro-batches for one step (collated, hooked, pinned) and its token count."""

@@ -136,6 +136,10 @@ class SweepOptions(EarlierStagesOptions):
         if self.ptp_dir and ({"k", "variant"} & set(dims)):
             raise ConfigError("option ptp_dir: one PTP encoder cannot serve several k/variant values; drop ptp_dir "
                               "(each (k, variant) gets its own, built before the trials)")
+        from ..sweep.space import check_space_values
+
+        fixed = {f.name: getattr(self, f.name) for f in dataclasses.fields(DistillOptions)}
+        check_space_values(dims, DistillOptions, fixed)  # every swept value as a trial would check it
 
     def dimensions(self) -> dict[str, Any]:
         """The parsed search space (name -> :class:`dist_peakd.sweep.space.Dimension`)."""
@@ -285,40 +289,6 @@ def _train_rows(opts: SweepOptions) -> int | None:
         return None
 
 
-def trial_budget(opts: SweepOptions, dims: dict[str, Any], base: dict[str, Any], train_rows: int | None
-                 ) -> tuple[int, str]:
-    """ASHA's ``max_t`` (evaluations of a full trial) and the budget line printed before the trials."""
-    from ..sweep.plan import (
-        ASHA_MAX_T,
-        PLAN_OPTIONS,
-        asha_milestones,
-        budget_text,
-        max_evaluations,
-        trial_plan,
-    )
-    from ..sweep.space import grid_size
-
-    trials = opts.samples() * grid_size(dims)
-    varied = [n for n in PLAN_OPTIONS if n in dims and dims[n].kind != "fixed"]
-    if train_rows is None:
-        return ASHA_MAX_T, f"{trials} trials"
-    if varied and not all(dims[n].discrete for n in varied):
-        return ASHA_MAX_T, budget_text(trials, None)
-    configs = _plan_configs(dims, varied)
-    max_t = max_evaluations(base, configs, train_rows, opts.rungs)
-    plan = None if varied else trial_plan(base, train_rows, opts.rungs)
-    milestones = asha_milestones(max_t, opts.grace_period, opts.reduction_factor) if opts.scheduler == "asha" else []
-    return max_t, budget_text(trials, plan, milestones)
-
-
-def _plan_configs(dims: dict[str, Any], varied: list[str]) -> list[dict[str, Any]] | None:
-    """Every combination of the swept plan options (None when none is swept)."""
-    if not varied:
-        return None
-    return [dict(zip(varied, combo, strict=True))
-            for combo in itertools.product(*(dims[n].candidates() for n in varied))]
-
-
 def _report(opts: SweepOptions, dims: dict[str, Any], task: Any) -> Any:
     from ..sweep.report import SweepReport
     from ..sweep.space import grid_size
@@ -331,14 +301,12 @@ def _report(opts: SweepOptions, dims: dict[str, Any], task: Any) -> Any:
 
 @releases_locks
 def run(opts: SweepOptions) -> dict[str, Any]:
-    """Build the shared stages, run the Tune sweep (resuming if asked), write the results; returns the summary."""
-    from ..sweep.cluster import init_ray, shutdown_ray
-    from ..sweep.report import write_results
-    from ..sweep.space import grid_size
-    from ..sweep.trainable import TrialSettings, make_trainable
-    from ..sweep.tuner import check_resources, make_tuner, run_tuner
-    from .common import quiet_environment, run_task
-    from .stage_folder import lock_for_job
+    """Build the shared stages, run the Tune sweep (resuming if asked), write the results; returns the summary.
+
+    Ray is started or joined (a dead ``--address`` refused in seconds) and the trial's resources checked
+    before anything is written: a refused sweep leaves no folder."""
+    from ..sweep.cluster import init_ray, probe_address, shutdown_ray
+    from .common import quiet_environment
 
     t_start = time.perf_counter()
     quiet_environment()
@@ -346,33 +314,47 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     if env_int("WORLD_SIZE", 1, minimum=1) > 1:
         raise ConfigError("run the sweep as one process (not under deepspeed/torchrun); "
                           "each trial gets its own ranks with --workers_per_trial")
-    task = run_task(opts)  # own data: read and checked (and --metric against its problem) before anything
+    probe_address(opts.address)
+    started = init_ray(opts.address, opts.num_cpus)
+    try:
+        return _run_sweep(opts, t_start)
+    finally:
+        shutdown_ray(started)
+
+
+def _run_sweep(opts: SweepOptions, t_start: float) -> dict[str, Any]:
+    from ..sweep.plan import trial_budget
+    from ..sweep.report import write_results
+    from ..sweep.space import grid_size
+    from ..sweep.trainable import TrialSettings, make_trainable
+    from ..sweep.tuner import check_resources, make_tuner, run_tuner
+    from .common import run_task
+    from .stage_folder import lock_for_job
+
+    settings = TrialSettings(base={}, sweep_name="", sweep_dir="", metric="", mode=opts.mode,
+                             backend=opts.backend(), workers=opts.workers_per_trial,
+                             cpus_per_worker=opts.cpus_per_worker, gpus_per_worker=opts.gpus_per_worker,
+                             options_type=DistillOptions, trial_fn=distill.run)
+    check_resources(settings, local=opts.address is None)
     opts, k_auto = resolve_k(opts)  # the fixed k of the trials; the folders and sweep.json hold the integer
     if k_auto is not None:
         print(f"[dist-peakd] {describe_resolution(k_auto)}", flush=True)
     dims, name = opts.dimensions(), _sweep_name(opts)
     sweep_dir = opts.layout().sweep_dir(name).resolve()
     _check_depths(opts, dims)
+    task = run_task(opts)  # own data: read and checked (and --metric against its problem) before anything
     lock_for_job(sweep_dir, "sweep folder")
     restore = _check_sweep_state(opts, sweep_dir, dims)
-    started = init_ray(opts.address, opts.num_cpus)
-    try:
-        settings = TrialSettings(base={}, sweep_name=name, sweep_dir=str(sweep_dir), metric=task.main_metric,
-                                 mode=opts.mode, backend=opts.backend(), workers=opts.workers_per_trial,
-                                 cpus_per_worker=opts.cpus_per_worker, gpus_per_worker=opts.gpus_per_worker,
-                                 options_type=DistillOptions, trial_fn=distill.run)
-        check_resources(settings, local=opts.address is None)
-        swept = tuple(n for n, d in dims.items() if d.kind != "fixed")
-        with console.stage_plan(_shared_stage_count(opts, dims, task) + 1):
-            log, use_ptp = prepare_shared_stages(opts, dims, task)
-            base, train_rows = _trial_base(opts, use_ptp), _train_rows(opts)
-            settings = dataclasses.replace(settings, base=base, train_rows=train_rows, rungs=opts.rungs, swept=swept)
-            max_t, budget = trial_budget(opts, dims, base, train_rows)
-            console.banner("sweep", f"{'resuming ' if restore else ''}{budget} -> {sweep_dir}")
-        console.info(f"trials: {settings.backend}, {opts.workers_per_trial} worker(s) each, {opts.search} search, "
-                     f"{opts.scheduler}; shared stages: {'; '.join(log)}")
-        spec = opts.tuner_spec(max_t, opts.samples() * grid_size(dims), swept, task)
-        run_tuner(make_tuner(spec, make_trainable(settings), dims, sweep_dir, restore), opts.stop_after_trials)
-        return write_results(_report(opts, dims, task), sweep_dir, dims, log, time.perf_counter() - t_start)
-    finally:
-        shutdown_ray(started)
+    swept = tuple(n for n, d in dims.items() if d.kind != "fixed")
+    with console.stage_plan(_shared_stage_count(opts, dims, task) + 1):
+        log, use_ptp = prepare_shared_stages(opts, dims, task)
+        base, train_rows = _trial_base(opts, use_ptp), _train_rows(opts)
+        settings = dataclasses.replace(settings, base=base, train_rows=train_rows, rungs=opts.rungs, swept=swept,
+                                       sweep_name=name, sweep_dir=str(sweep_dir), metric=task.main_metric)
+        max_t, budget = trial_budget(opts, dims, base, train_rows)
+        console.banner("sweep", f"{'resuming ' if restore else ''}{budget} -> {sweep_dir}")
+    console.info(f"trials: {settings.backend}, {opts.workers_per_trial} worker(s) each, {opts.search} search, "
+                 f"{opts.scheduler}; shared stages: {'; '.join(log)}")
+    spec = opts.tuner_spec(max_t, opts.samples() * grid_size(dims), swept, task)
+    run_tuner(make_tuner(spec, make_trainable(settings), dims, sweep_dir, restore), opts.stop_after_trials)
+    return write_results(_report(opts, dims, task), sweep_dir, dims, log, time.perf_counter() - t_start)

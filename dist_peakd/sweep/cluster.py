@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 
 from ..env import set_by_user
+from ..errors import ConfigError
 
 RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                    "GROUP_RANK", "NODE_RANK")
@@ -44,6 +46,10 @@ FORWARDED_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE
 WORKER_NICENESS_VAR = "RAY_worker_niceness"
 #: Object store size of a local instance: trials exchange only small metrics.
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
+
+
+#: Seconds :func:`probe_address` waits for a TCP answer (Ray itself retries for minutes, printing warnings).
+PROBE_TIMEOUT_S = 5.0
 
 
 #: What a local instance starts with, unless the user set these variables.
@@ -89,9 +95,36 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
                 ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
                          include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
         else:  # the cluster's workers do not inherit this process's environment
+            probe_address(address)
             env = {k: os.environ[k] for k in FORWARDED_VARS if set_by_user(k)}  # not a default of this machine
-            ray.init(address=address, runtime_env={"env_vars": env} if env else None)
+            try:
+                ray.init(address=address, runtime_env={"env_vars": env} if env else None)
+            except ConnectionError as e:  # e.g. address="auto" and no cluster on this machine
+                raise ConfigError(f"option address: no Ray cluster at {address!r}: {e}") from None
     return True
+
+
+def probe_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse (ConfigError, exit 2) a ``HOST:PORT`` / ``ray://HOST:PORT`` address where nothing accepts a TCP
+    connection within ``timeout_s``: ``ray.init`` would retry for minutes. ``auto``/``local`` and
+    addresses without a port are left to Ray."""
+    if address is None:
+        return
+    host, sep, port = str(address).split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except ConnectionRefusedError:
+        reason = "connection refused: nothing listens on that port"
+    except TimeoutError:
+        reason = f"no answer within {timeout_s:g} s"
+    except OSError as e:
+        reason = e.strerror or str(e)
+    raise ConfigError(f"option address: no Ray cluster at {address!r} ({reason}); start the head there "
+                      f"(ray start --head --port {port}) or leave --address out to start a local Ray instance")
 
 
 def shutdown_ray(started: bool) -> None:

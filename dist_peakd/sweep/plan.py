@@ -8,6 +8,7 @@ and ASHA's ``max_t`` is the number of evaluations of a trial that runs to its en
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -70,3 +71,30 @@ def budget_text(num_trials: int, plan: TrialPlan | None, milestones: Iterable[fl
         text += f" (ASHA may stop a trial after evaluation {', '.join(marks[:-1]) + ' or ' if len(marks) > 1 else ''}" \
                 f"{marks[-1]})"
     return text
+
+
+def trial_budget(opts: Any, dims: dict[str, Any], base: dict[str, Any], train_rows: int | None
+                 ) -> tuple[int, str]:
+    """ASHA's ``max_t`` (evaluations of a full trial) and the budget line printed before the trials
+    (``opts``: the sweep's options; ``base``: a trial's fixed values; ``train_rows``: the teacher cache's)."""
+    from .space import grid_size
+
+    trials = opts.samples() * grid_size(dims)
+    varied = [n for n in PLAN_OPTIONS if n in dims and dims[n].kind != "fixed"]
+    if train_rows is None:
+        return ASHA_MAX_T, f"{trials} trials"
+    if varied and not all(dims[n].discrete for n in varied):
+        return ASHA_MAX_T, budget_text(trials, None)
+    configs = _plan_configs(dims, varied)
+    max_t = max_evaluations(base, configs, train_rows, opts.rungs)
+    plan = None if varied else trial_plan(base, train_rows, opts.rungs)
+    milestones = asha_milestones(max_t, opts.grace_period, opts.reduction_factor) if opts.scheduler == "asha" else []
+    return max_t, budget_text(trials, plan, milestones)
+
+
+def _plan_configs(dims: dict[str, Any], varied: list[str]) -> list[dict[str, Any]] | None:
+    """Every combination of the swept plan options (None when none is swept)."""
+    if not varied:
+        return None
+    return [dict(zip(varied, combo, strict=True))
+            for combo in itertools.product(*(dims[n].candidates() for n in varied))]

@@ -190,3 +190,30 @@ def values_of(name: str, dims: Mapping[str, Dimension], fixed: Any) -> list[Any]
 def describe(dims: Mapping[str, Dimension]) -> dict[str, Any]:
     """A JSON-friendly echo of the parsed space (what was swept, how)."""
     return {name: {"kind": d.kind, "values": list(d.values)} for name, d in dims.items()}
+
+
+def _checked_values(d: Dimension) -> list[Any]:
+    """The values of a dimension to check: every candidate, or the ends of a range (randint's high is open)."""
+    if d.discrete:
+        return list(d.values)
+    low, high = d.values
+    return [low, int(high) - 1] if d.kind == "randint" else [low, high]
+
+
+def check_space_values(dims: Mapping[str, Dimension], options_type: type, fixed: Mapping[str, Any]) -> None:
+    """Refuse (ConfigError naming the option and the value) a swept value a trial would refuse: its type, the
+    option's bounds (``option(..., ge=, gt=, le=)``) and ``options_type.validate()``, each value with the
+    sweep's fixed values (``fixed``) for the other options; before anything is built."""
+    from ..coerce import coerce_options
+    from ..config import check_bounds
+
+    for name, d in dims.items():
+        for value in _checked_values(d):
+            try:
+                typed = coerce_options(options_type, {name: value}, "the space")
+                opts = options_type(**{**fixed, **typed})
+                check_bounds(opts)
+                opts.validate()
+            except ConfigError as e:
+                reason = str(e).removeprefix("the space: ")
+                raise ConfigError(f"option space: {name} = {value!r} is refused: {reason}") from None

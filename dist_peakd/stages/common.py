@@ -104,6 +104,11 @@ def check_model_source(name: str, option_name: str = "backbone") -> str:
             raise ConfigError(f"option {option_name}: {config} has no model_type: not a Hugging Face model folder")
         if not any((path / w).is_file() for w in _WEIGHTS):
             raise ConfigError(f"option {option_name}: folder {path} has no weights ({' or '.join(_WEIGHTS[::2])})")
+        from ..models.families import pickle_only, pickle_refusal
+
+        pickle = pickle_only(path)
+        if pickle is not None:
+            raise ConfigError(pickle_refusal(option_name, pickle))
         return source
     from transformers import AutoConfig
 

@@ -36,6 +36,7 @@ from .common import (
     start_stage,
     trainer_data,
 )
+from .preflight import check_models
 from .stage_folder import check_inputs, releases_locks
 
 STAGE = TEACHER_STAGE
@@ -98,6 +99,7 @@ def classification_objective(task: Any, warnings: MetricWarnings | None = None) 
 def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict (that of the
     earlier run, with ``reused``, when the stage finished with the same options and inputs)."""
+    check_models(opts, "finetune-teacher")  # a backbone no later stage can use is refused before training
     stage_dir = opts.layout().teacher_stage
     dist_info, loaded = start_stage(opts, stage_dir)
     tokenizer = load_tokenizer(opts.backbone)

@@ -30,6 +30,7 @@ from ..models import build_student, model_stats
 from .cards import ExportContext, student_method, teacher_reference
 from .common import build_engine, fit_tracked, open_tracker, stage_exporter, trainer_data
 from .depth import announce_k, resolve_k
+from .preflight import check_models
 from .stage_folder import check_inputs, releases_locks
 from .student_common import K_HELP, StudentRun, open_student_run, validate_student_options
 
@@ -138,6 +139,7 @@ def refuse_regression(task: Any) -> None:
 @releases_locks
 def run(opts: PTPOptions) -> dict[str, Any]:
     """Label from the cache, pretrain the 4-way student, keep the lowest-dev-PTP-loss encoder."""
+    check_models(opts, "ptp")
     opts, k_auto = resolve_k(opts)
     run_ = open_student_run(opts, opts.layout(), check_task=refuse_regression)
     done = check_inputs(run_.stage_dir, run_.inputs, opts.force)

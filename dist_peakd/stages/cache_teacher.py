@@ -236,12 +236,13 @@ def _write_manifest(cache_dir: Path, expected: dict[str, Any], shards: dict[str,
 def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     """Build (or reuse) the teacher cache; returns a summary (rows, timing, teacher dev metrics)."""
     quiet_environment()
-    check_models(opts, "cache-teacher")  # the teacher: present, this task's, a trained head, the backbone's tokens
     dist_info = init_distributed()
     seed_everything(opts.seed)
     layout = opts.layout()
     cache_dir, teacher_dir = layout.teacher_cache, layout.teacher
-    loaded = load_run_data(opts)  # bad data are refused first, before anything is written
+    # bad data are refused first, then the teacher (present, this task's, a trained head, the backbone's
+    # tokenizer), before anything is written
+    loaded = load_run_data(opts, before_record=lambda task: check_models(opts, "cache-teacher", task))
     verify_export(teacher_dir, required=True if not layout.teacher_is_given else None,
                   trust_unverified=opts.trust_unverified)
     lock_for_job(cache_dir, "teacher cache")

@@ -46,13 +46,15 @@ def backbone_fingerprint(name: str) -> str:
     return teacher_fingerprint(path) if Path(path).is_dir() else f"hub:{path}"
 
 
-def start_stage(opts: RunOptions, stage_dir: Path) -> tuple[DistInfo, LoadedData]:
+def start_stage(opts: RunOptions, stage_dir: Path,
+                before_record: Callable[[Task], None] | None = None) -> tuple[DistInfo, LoadedData]:
     """The first steps of every training stage: check the backbone, join the process group, seed, read
-    and check the data (:func:`load_run_data`: a refusal writes nothing), claim the stage folder."""
+    and check the data (:func:`load_run_data`, then ``before_record(task)``: a refusal writes nothing),
+    claim the stage folder."""
     check_model_source(opts.backbone)
     dist_info = init_distributed()
     seed_everything(opts.seed)
-    loaded = load_run_data(opts)
+    loaded = load_run_data(opts, before_record=before_record)
     claim_stage_dir(stage_dir, opts)
     return dist_info, loaded
 
@@ -142,7 +144,7 @@ class TaskData:
 
 
 def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "dev",
-                  check_run: bool = True) -> LoadedData:
+                  check_run: bool = True, before_record: Callable[[Task], None] | None = None) -> LoadedData:
     """The run's data (a GLUE task or own files / hub dataset), checked before anything is written.
 
     ``--max_length`` against the backbone's position limit (both numbers named), every file / row /
@@ -151,6 +153,8 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     every rank). Not sliced (``max_*_examples``): :func:`prepare_data` does that. ``eval_split``: the
     split served as dev (a role, ``dev`` or ``test``, or a split name). ``check_run=False`` (evaluate,
     predict, export: a model folder, not a run): neither the backbone check nor ``data.json``.
+    ``before_record(task)``: the stage's own checks (its models: :mod:`.preflight`), after the data are read
+    and checked and before ``data.json`` is written, so that a refusal there leaves nothing either.
     """
     if check_run:
         check_max_length(opts.max_length, resolve_backbone(opts.backbone))
@@ -159,6 +163,9 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     loaded = load_data(opts, roles, cache_dir=str(layout.datasets_cache))
     if not check_run:
         return loaded
+    recorded = layout.data_record.is_file()  # then the data are compared with it first, else it is written
+    if before_record is not None and not recorded:
+        before_record(loaded.task)
     problem = None
     if _rank() == 0:
         try:
@@ -168,6 +175,8 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     problem = broadcast_object(problem)
     if problem:
         raise DataError(problem)
+    if before_record is not None and recorded:
+        before_record(loaded.task)
     return loaded
 
 

@@ -33,6 +33,7 @@ from .cards import ExportContext, model_label_names, student_method, teacher_ref
 from .common import (
     MetricWarnings,
     build_engine,
+    check_model_source,
     fit_tracked,
     open_tracker,
     set_task_labels,
@@ -41,7 +42,7 @@ from .common import (
 )
 from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
-from .preflight import check_models, check_ptp_encoder
+from .preflight import check_ptp_encoder
 from .stage_folder import check_inputs, releases_locks
 from .student_common import K_HELP, StudentRun, export_fingerprint, open_student_run, validate_student_options
 
@@ -147,10 +148,10 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
 
     ``on_eval(step, metrics)`` is called on every rank after each dev evaluation (sweeps report to Ray Tune).
     """
-    check_models(opts, "distill")  # backbone, teacher, cache tokenizer, k, PTP encoder: before the folder is claimed
+    check_model_source(opts.backbone)  # before --k auto reads its depth
     opts, k_auto = resolve_k(opts)
     layout = opts.layout()
-    run_ = open_student_run(opts, layout)
+    run_ = open_student_run(opts, layout, "distill")
     inputs = dict(run_.inputs)
     if opts.use_ptp:
         inputs["ptp_encoder"] = _ptp_fingerprint(opts, layout)

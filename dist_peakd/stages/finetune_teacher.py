@@ -99,9 +99,9 @@ def classification_objective(task: Any, warnings: MetricWarnings | None = None) 
 def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict (that of the
     earlier run, with ``reused``, when the stage finished with the same options and inputs)."""
-    check_models(opts, "finetune-teacher")  # a backbone no later stage can use is refused before training
     stage_dir = opts.layout().teacher_stage
-    dist_info, loaded = start_stage(opts, stage_dir)
+    # a backbone no later stage can use is refused before anything is trained or written
+    dist_info, loaded = start_stage(opts, stage_dir, lambda task: check_models(opts, "finetune-teacher", task))
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer, loaded=loaded)
     done = check_inputs(stage_dir, {"data": data.fingerprint, "backbone": backbone_fingerprint(opts.backbone)},

@@ -29,9 +29,13 @@ from .common import check_model_source
 STUDENT_STAGES = ("ptp", "distill", "pipeline", "sweep")
 
 
-def check_models(opts: Any, stage: str) -> None:
+def check_models(opts: Any, stage: str, task: Any = None) -> None:
     """Refuse (ConfigError naming the option, folder, model type and what to do) a backbone, teacher, teacher
-    cache, ``k`` or PTP encoder that ``stage`` (or a stage after it) cannot use."""
+    cache, ``k`` or PTP encoder that ``stage`` (or a stage after it) cannot use. ``task``: the run's
+    :class:`~dist_peakd.data.Task` once the data are read (else a GLUE task is looked up, own data unknown).
+
+    The training stages call it once their data are checked and before ``data.json`` is written
+    (:func:`.common.load_run_data`'s ``before_record``); pipeline and sweep also call it first of all."""
     backbone = check_model_source(opts.backbone)
     _refuse(family_refusal("backbone", "backbone", backbone, _model_type(backbone)))
     backbone_tokens = tokenizer_fingerprint_of("backbone", backbone)
@@ -40,12 +44,11 @@ def check_models(opts: Any, stage: str) -> None:
         stage in ("pipeline", "sweep") and layout.teacher_is_given and not getattr(opts, "teacher_cache_dir", None))
     teacher_found = (Path(layout.teacher) / "config.json").is_file()
     if teacher_needed or teacher_found:
-        check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens)
+        check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens, task)
     elif stage in ("ptp", "distill"):
         check_cache_tokenizer(Path(layout.teacher_cache), backbone, backbone_tokens)
     if stage in STUDENT_STAGES:
         from .depth import resolve_k
-        from .student_common import check_k_against_backbone
 
         resolved, _ = resolve_k(opts)
         for k in _depths(resolved, stage):
@@ -109,7 +112,16 @@ def _record_task(folder: Path) -> str | None:
     return str(task) if task else None
 
 
-def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str) -> None:
+def check_k_against_backbone(k: int, backbone_path: str) -> None:
+    """Refuse a depth larger than the backbone's layer count."""
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(backbone_path).num_hidden_layers
+    if k > layers:
+        raise ConfigError(f"option k: student depth {k} exceeds the backbone's {layers} layers ({backbone_path})")
+
+
+def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str, task: Any = None) -> None:
     """The teacher folder: present, a teacher family, this run's task, a trained head of the task's size, the
     backbone's tokenizer."""
     if not (teacher / "config.json").is_file():
@@ -117,7 +129,7 @@ def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str)
                           "finetune-teacher first or pass --teacher_dir")
     check_model_source(str(teacher), "teacher_dir")
     _refuse(family_refusal("teacher", "teacher_dir", str(teacher), read_model_type(teacher)))
-    task = _run_task(opts)
+    task = task if task is not None else _run_task(opts)
     run_task = task.name if task is not None else str(opts.task)
     trained_on = _record_task(teacher)
     if trained_on is not None and trained_on != run_task:

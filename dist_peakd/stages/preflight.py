@@ -37,6 +37,7 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
     The training stages call it once their data are checked and before ``data.json`` is written
     (:func:`.common.load_run_data`'s ``before_record``); pipeline and sweep also call it first of all."""
     backbone = check_model_source(opts.backbone)
+    _verified(backbone, opts)
     _refuse(family_refusal("backbone", "backbone", backbone, _model_type(backbone)))
     backbone_tokens = tokenizer_fingerprint_of("backbone", backbone)
     layout = opts.layout()
@@ -55,6 +56,15 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
             check_k_against_backbone(int(k), backbone)
         if stage == "distill" and resolved.use_ptp:
             check_ptp_encoder(resolved)
+
+
+def _verified(folder: str | Path, opts: Any) -> None:
+    """A dist-peakd export is checked against its file manifest before anything of it is read, so a damaged
+    file is named as such (exit 4), not taken for a wrong model."""
+    if Path(folder).is_dir():
+        from ..artifacts import verify_export
+
+        verify_export(folder, trust_unverified=bool(getattr(opts, "trust_unverified", False)))
 
 
 def _refuse(message: str | None) -> None:
@@ -128,6 +138,7 @@ def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str,
         raise ConfigError(f"option teacher_dir: teacher folder {teacher} not found (no config.json); run "
                           "finetune-teacher first or pass --teacher_dir")
     check_model_source(str(teacher), "teacher_dir")
+    _verified(teacher, opts)
     _refuse(family_refusal("teacher", "teacher_dir", str(teacher), read_model_type(teacher)))
     task = task if task is not None else _run_task(opts)
     run_task = task.name if task is not None else str(opts.task)
@@ -178,6 +189,7 @@ def check_ptp_encoder(opts: Any) -> None:
     if not (ptp_dir / "config.json").is_file():
         raise ConfigError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` with the same "
                           "k/variant first, or pass --use_ptp=False)")
+    _verified(ptp_dir, opts)
     _refuse(family_refusal("student", "ptp_dir", str(ptp_dir), read_model_type(ptp_dir)))
     from transformers import AutoConfig
 

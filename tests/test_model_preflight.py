@@ -207,6 +207,8 @@ def test_model_role_mixups_are_one_line_refusals(tmp_path, capsys, zoo, tiny_ber
     _refused(capsys, "cache-teacher", dict(base, teacher_dir=str(zoo["deberta-v2"])),
              "has model_type 'deberta-v2'; a teacher must be one of")
     _refused(capsys, "cache-teacher", base, "option teacher_dir: teacher folder", "not found")
+    _refused(capsys, "pipeline", dict(base, k=1, ptp_dir=str(zoo["sst2_model"])),  # before the teacher trains
+             f"option ptp_dir: {zoo['sst2_model']} has model_type 'bert', not a PTP encoder")
 
 
 @pytest.mark.parametrize("stage", ["cache-teacher", "pipeline"])

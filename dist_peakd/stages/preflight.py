@@ -13,7 +13,8 @@ role accepts lives in :mod:`dist_peakd.models.families`.
   the teacher cache by the backbone's token ids);
 - the teacher cache (ptp, distill without a teacher folder): built with the backbone's tokenizer;
 - ``k`` (each swept value): within the backbone's layers;
-- the PTP encoder (distill with ``use_ptp``): present, an SPS student of this run's k and variant.
+- the PTP encoder (distill with ``use_ptp``; pipeline/sweep when ``--ptp_dir`` is given): present, an SPS
+  student of this run's k and variant.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
         resolved, _ = resolve_k(opts)
         for k in _depths(resolved, stage):
             check_k_against_backbone(int(k), backbone)
-        if stage == "distill" and resolved.use_ptp:
+        # distill: its encoder; pipeline/sweep: a given one (--ptp_dir), before anything trains
+        given = stage in ("pipeline", "sweep") and getattr(resolved, "ptp_dir", None)
+        if getattr(resolved, "use_ptp", False) and (stage == "distill" or given):
             check_ptp_encoder(resolved)
 
 

@@ -65,9 +65,10 @@ class UsageError(ValueError):
 
 
 class ModelConfigError(ValueError):
-    """An invalid model request: bad ``k``, unknown SPS variant, or a checkpoint of the wrong family."""
+    """An invalid model request: bad ``k``, unknown SPS variant, a checkpoint of the wrong family or role
+    (a teacher where a PTP encoder belongs, a backbone without a trained head): refused, exit 2."""
 
-    exit_code = EXIT_ERROR
+    exit_code = EXIT_CONFIG
 
 
 # ------------------------------------------------------------------------------------ input data

@@ -116,7 +116,7 @@ def model_command_outcome(stage: str, result: Mapping[str, Any]) -> list[str]:
         lines = [f"[dist-peakd] predict done: {result.get('rows')} rows of {result.get('split')} -> {result.get('out')}"]
         if result.get("submission"):
             lines.append(f"[dist-peakd] GLUE submission file: {result['submission']}")
-        return lines
+        return lines + [f"[dist-peakd] warning: {w}" for w in summary_warnings(result)]
     else:
         size = f"{float(result.get('bytes') or 0) / 1e6:.1f} MB"
         line = f"[dist-peakd] export done: {result.get('format')} -> {result.get('out')} ({size}, " \

@@ -177,7 +177,10 @@ def test_pipeline_uses_and_names_the_teacher_given_by_teacher_dir(tmp_path, mini
     """With --teacher_dir the pipeline fine-tunes nothing, caches and compares against THAT teacher."""
     from conftest import make_tiny_bert
 
+    from dist_peakd.models import load_teacher
+
     given = make_tiny_bert(tmp_path / "given_teacher", minilm_path, num_layers=2, seed=7)
+    load_teacher(given, 2).save_pretrained(str(given))  # a teacher has a trained head (a bare backbone is refused)
     out = tmp_path / "run"
     result = run_pipeline(_pipeline_opts(out, str(tiny_bert), glue_dir, teacher_dir=str(given)))
     assert result["teacher_dir"] == str(given)

@@ -22,7 +22,7 @@ from ..artifacts import (
     write_error,
     write_export_manifest,
 )
-from ..errors import ArtifactWriteError, exit_code_of
+from ..errors import EXIT_BAD_INPUT, ArtifactWriteError, ModelConfigError, exit_code_of
 
 #: Keys transformers writes into tokenizer_config.json from the *loading* call (offline mode, a local
 #: path); they describe the machine that saved the folder, not the tokenizer, and are dropped.
@@ -33,7 +33,9 @@ RECORD_FILE = "dist_peakd.json"
 
 
 class ExportError(ValueError):
-    """A model folder cannot be exported as asked (wrong kind of folder, bad labels, failed check)."""
+    """A model folder cannot be exported as asked (wrong kind of folder, bad labels, failed check): exit 4."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def is_sps_config(config: Any) -> bool:
@@ -47,11 +49,13 @@ def load_model_folder(model_dir: str | Path, trust_unverified: bool = False) -> 
     Returns ``(model, tokenizer)``; the tokenizer is None when the folder has none.
 
     Raises:
-        ExportError: the folder has no ``config.json`` or is not a sequence classifier.
+        ExportError: the folder has no ``config.json``, is not a sequence classifier, or has no trained
+            classification head (a pretrained backbone: its head would be random).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from ..models import load_student  # registers sps-bert with the Auto classes
+    from ..models.loading import load_reporting
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -59,13 +63,18 @@ def load_model_folder(model_dir: str | Path, trust_unverified: bool = False) -> 
                           "e.g. <stage>/final or <stage>/best)")
     verify_export(model_dir, trust_unverified=trust_unverified)
     config = AutoConfig.from_pretrained(str(model_dir))
-    if is_sps_config(config):
-        model = load_student(model_dir, trust_unverified=trust_unverified)
-    else:
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
-        except ValueError as e:
-            raise ExportError(f"model_dir {str(model_dir)!r} is not a sequence classifier ({e})") from e
+    try:
+        if is_sps_config(config):
+            model = load_student(model_dir, trust_unverified=trust_unverified, require_head=True)
+        else:
+            model = load_reporting(
+                lambda **extra: AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                                                   **extra),
+                str(model_dir), "model_dir", config.num_labels, require_head=True)
+    except ModelConfigError as e:  # no trained head: refused, never run with a random one
+        raise ExportError(str(e)) from None
+    except ValueError as e:
+        raise ExportError(f"model_dir {str(model_dir)!r} is not a sequence classifier ({e})") from e
     tokenizer = None
     if any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

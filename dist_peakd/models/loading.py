@@ -82,11 +82,32 @@ def describe_load(info: dict[str, Any], source: str, what: str, num_labels: int)
     return line, warnings
 
 
-def load_reporting(load: Callable[..., Any], source: str, what: str, num_labels: int) -> Any:
+def head_refusal(info: dict[str, Any], source: str, what: str, num_labels: int) -> str | None:
+    """Why a load that must keep a trained task head did not (None when it did): the head's weights are
+    missing (a pretrained backbone) or have another number of outputs than ``num_labels``."""
+    missing = [k for k in _keys(info, "missing_keys") if k.startswith(HEAD_PREFIX)]
+    mismatched = [k for k in _keys(info, "mismatched_keys") if k.startswith(HEAD_PREFIX)]
+    if missing:
+        return (f"{what} {source} has no trained classification head ({_listed(missing)} missing from its weights: "
+                "a pretrained backbone, not a fine-tuned classifier)")
+    if mismatched:
+        return (f"{what} {source} has a classification head of another size than this task's {num_labels} "
+                f"output(s) ({_listed(mismatched)}): it was trained on other classes")
+    return None
+
+
+def load_reporting(load: Callable[..., Any], source: str, what: str, num_labels: int,
+                   require_head: bool = False) -> Any:
     """``load(output_loading_info=True)`` without transformers' load report; prints the head line
-    (rank 0) and a warning for every unexpected key; returns the model."""
+    (rank 0) and a warning for every unexpected key; returns the model. ``require_head``: a new or
+    re-initialised head is refused (:class:`ModelConfigError`), not reported."""
     with _report_silenced():
         model, info = load(output_loading_info=True)
+    refusal = head_refusal(info, source, what, num_labels) if require_head else None
+    if refusal:
+        from .errors import ModelConfigError
+
+        raise ModelConfigError(refusal)
     line, warnings = describe_load(info, source, what, num_labels)
     if line:
         console.info(line)

@@ -25,6 +25,7 @@ from transformers import (
 
 from .configuration_sps_bert import VARIANTS, SPSBertConfig, check_variant, sps_schedule
 from .errors import ModelConfigError
+from .families import supported
 from .loading import load_reporting
 from .modeling_sps_bert import (
     SPSBertForSequenceClassification,
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager")
-STUDENT_BACKBONE_TYPES: tuple[str, ...] = ("bert",)
 
 AutoConfig.register(SPSBertConfig.model_type, SPSBertConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(SPSBertConfig, SPSBertForSequenceClassification, exist_ok=True)
@@ -96,10 +96,10 @@ def build_student(
         raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
     base_cfg = AutoConfig.from_pretrained(str(backbone))
     model_type = getattr(base_cfg, "model_type", None)
-    if model_type not in STUDENT_BACKBONE_TYPES:
+    if model_type not in supported("backbone"):
         raise ModelConfigError(
             f"student backbone {str(backbone)!r} has model_type {model_type!r}; the SPS student is built "
-            f"from a pretrained checkpoint of type {list(STUDENT_BACKBONE_TYPES)}"
+            f"from a pretrained checkpoint of type {list(supported('backbone'))}"
         )
     n_layers = base_cfg.num_hidden_layers
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
@@ -139,6 +139,7 @@ def load_student(
     num_labels: int | None = None,
     attn_implementation: str = "sdpa",
     trust_unverified: bool = False,
+    require_head: bool = False,
 ) -> SPSBertForSequenceClassification:
     """Load a saved SPS student folder (fp32); its schedule and variant come from its config.
 
@@ -146,7 +147,8 @@ def load_student(
     a 2-class task), the classifier is re-initialised fresh (caller's torch RNG) and every other
     weight is kept. A dist-peakd export is checked against its file manifest first (one without it
     is refused unless ``trust_unverified``). The model code is this package's, never the folder's
-    ``modeling_sps_bert.py``.
+    ``modeling_sps_bert.py``. ``require_head``: the folder's own trained head must be loaded (evaluate,
+    predict, export), else ModelConfigError.
 
     Raises:
         ModelConfigError: the folder is not an ``sps-bert`` checkpoint.
@@ -170,4 +172,4 @@ def load_student(
         lambda **extra: SPSBertForSequenceClassification.from_pretrained(
             str(path), config=config, ignore_mismatched_sizes=True, dtype=torch.float32,
             attn_implementation=attn_implementation, **extra),
-        str(path), "student", config.num_labels)
+        str(path), "student", config.num_labels, require_head=require_head)

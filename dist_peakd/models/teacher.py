@@ -9,10 +9,12 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from .errors import ModelConfigError
+from .families import TEACHER_TYPES, supported
 from .loading import load_reporting
 from .outputs import ClassifierOutput
 
-BERT_FAMILY: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
+#: The model types a teacher may have (:data:`.families.TEACHER_TYPES`, the one list to extend).
+BERT_FAMILY: tuple[str, ...] = TEACHER_TYPES
 
 
 def check_bert_family(path_or_id: str | Path) -> PretrainedConfig:
@@ -23,10 +25,10 @@ def check_bert_family(path_or_id: str | Path) -> PretrainedConfig:
     """
     config = AutoConfig.from_pretrained(str(path_or_id))
     model_type = getattr(config, "model_type", None)
-    if model_type not in BERT_FAMILY:
+    if model_type not in supported("teacher"):
         raise ModelConfigError(
             f"checkpoint {str(path_or_id)!r} has model_type {model_type!r}; the teacher must be a "
-            f"BERT-family encoder, one of {list(BERT_FAMILY)}"
+            f"BERT-family encoder, one of {list(supported('teacher'))}"
         )
     return config
 
@@ -38,6 +40,7 @@ def load_teacher(
     dtype: torch.dtype = torch.float32,
     require_manifest: bool | None = None,
     trust_unverified: bool = False,
+    require_head: bool = False,
 ) -> PreTrainedModel:
     """Load a teacher with ``AutoModelForSequenceClassification``.
 
@@ -46,7 +49,8 @@ def load_teacher(
     otherwise). ``num_labels == 1`` means regression (``problem_type="regression"``). Weights are
     loaded in ``dtype`` (fp32 by default; mixed precision is the trainer's business). A folder is
     checked against its file manifest first: required for a dist-peakd export (or when
-    ``require_manifest``), unless ``trust_unverified``.
+    ``require_manifest``), unless ``trust_unverified``. ``require_head``: the folder must hold a trained
+    head with ``num_labels`` outputs (a teacher to run, not a backbone to fine-tune), else ModelConfigError.
     """
     if num_labels < 1:
         raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
@@ -59,7 +63,7 @@ def load_teacher(
         lambda **extra: AutoModelForSequenceClassification.from_pretrained(
             str(path_or_id), attn_implementation=attn_implementation, ignore_mismatched_sizes=True, dtype=dtype,
             **kwargs, **extra),
-        str(path_or_id), "teacher", num_labels)
+        str(path_or_id), "teacher", num_labels, require_head=require_head)
     if num_labels > 1 and model.config.problem_type == "regression":
         model.config.problem_type = None  # a saved regression head re-used for classification
     return model

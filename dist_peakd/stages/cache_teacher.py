@@ -43,19 +43,19 @@ from ..engine import (
     init_distributed,
     seed_everything,
 )
-from ..errors import CacheCorruptError, CacheMismatchError, ConfigError
+from ..errors import CacheCorruptError, CacheMismatchError
 from ..layout import TEACHER_CACHE
 from ..metrics import metric_report
 from ..models import load_teacher, teacher_forward
 from .common import (
     TaskData,
-    check_model_source,
     collator_for,
     load_run_data,
     load_tokenizer,
     prepare_data,
     quiet_environment,
 )
+from .preflight import check_models
 from .stage_folder import lock_for_job, releases_locks
 
 STAGE = TEACHER_CACHE
@@ -191,7 +191,8 @@ def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Pat
                   teacher_dir: Path) -> tuple[dict[str, Any], tuple[int, int, int], str, float]:
     """Every rank runs the teacher over its share of each split into its shards; returns every rank's
     shard records per split, the cache dimensions, the precision and the pass's wall time."""
-    model = load_teacher(teacher_dir, num_labels=data.task.num_labels, trust_unverified=opts.trust_unverified)
+    model = load_teacher(teacher_dir, num_labels=data.task.num_labels, trust_unverified=opts.trust_unverified,
+                         require_head=True)
     dims = (data.task.num_labels, int(model.config.num_hidden_layers), int(model.config.hidden_size))
     # inference only: the batch options just have to satisfy DeepSpeed's batch arithmetic
     engine_opts = dataclasses.replace(opts.engine_options(), batch_size=dist_info.world_size, micro_batch_size=1)
@@ -239,11 +240,9 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     seed_everything(opts.seed)
     layout = opts.layout()
     cache_dir, teacher_dir = layout.teacher_cache, layout.teacher
-    loaded = load_run_data(opts)  # bad data are refused first, before anything is written
-    if not (teacher_dir / "config.json").is_file():
-        raise ConfigError(f"option teacher_dir: teacher folder {teacher_dir} not found (no config.json); run "
-                          "finetune-teacher first or pass --teacher_dir")
-    check_model_source(str(teacher_dir), "teacher_dir")
+    # bad data are refused first, then the teacher (present, this task's, a trained head, the backbone's
+    # tokenizer), before anything is written
+    loaded = load_run_data(opts, before_record=lambda task: check_models(opts, "cache-teacher", task))
     verify_export(teacher_dir, required=True if not layout.teacher_is_given else None,
                   trust_unverified=opts.trust_unverified)
     lock_for_job(cache_dir, "teacher cache")

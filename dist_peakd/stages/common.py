@@ -47,13 +47,15 @@ def backbone_fingerprint(name: str) -> str:
     return teacher_fingerprint(path) if Path(path).is_dir() else f"hub:{path}"
 
 
-def start_stage(opts: RunOptions, stage_dir: Path) -> tuple[DistInfo, LoadedData]:
+def start_stage(opts: RunOptions, stage_dir: Path,
+                before_record: Callable[[Task], None] | None = None) -> tuple[DistInfo, LoadedData]:
     """The first steps of every training stage: check the backbone, join the process group, seed, read
-    and check the data (:func:`load_run_data`: a refusal writes nothing), claim the stage folder."""
+    and check the data (:func:`load_run_data`, then ``before_record(task)``: a refusal writes nothing),
+    claim the stage folder."""
     check_model_source(opts.backbone)
     dist_info = init_distributed()
     seed_everything(opts.seed)
-    loaded = load_run_data(opts)
+    loaded = load_run_data(opts, before_record=before_record)
     claim_stage_dir(stage_dir, opts)
     return dist_info, loaded
 
@@ -105,6 +107,11 @@ def check_model_source(name: str, option_name: str = "backbone") -> str:
             raise ConfigError(f"option {option_name}: {config} has no model_type: not a Hugging Face model folder")
         if not any((path / w).is_file() for w in _WEIGHTS):
             raise ConfigError(f"option {option_name}: folder {path} has no weights ({' or '.join(_WEIGHTS[::2])})")
+        from ..models.families import pickle_only, pickle_refusal
+
+        pickle = pickle_only(path)
+        if pickle is not None:
+            raise ConfigError(pickle_refusal(option_name, pickle))
         return source
     from transformers import AutoConfig
 
@@ -144,7 +151,7 @@ class TaskData:
 
 
 def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "dev",
-                  check_run: bool = True) -> LoadedData:
+                  check_run: bool = True, before_record: Callable[[Task], None] | None = None) -> LoadedData:
     """The run's data (a GLUE task or own files / hub dataset), checked before anything is written.
 
     ``--max_length`` against the backbone's position limit (both numbers named), every file / row /
@@ -153,6 +160,8 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     every rank). Not sliced (``max_*_examples``): :func:`prepare_data` does that. ``eval_split``: the
     split served as dev (a role, ``dev`` or ``test``, or a split name). ``check_run=False`` (evaluate,
     predict, export: a model folder, not a run): neither the backbone check nor ``data.json``.
+    ``before_record(task)``: the stage's own checks (its models: :mod:`.preflight`), after the data are read
+    and checked and before ``data.json`` is written, so that a refusal there leaves nothing either.
     """
     if check_run:
         check_max_length(opts.max_length, resolve_backbone(opts.backbone))
@@ -162,6 +171,9 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     _print_summary(loaded)
     if not check_run:
         return loaded
+    recorded = layout.data_record.is_file()  # then the data are compared with it first, else it is written
+    if before_record is not None and not recorded:
+        before_record(loaded.task)
     problem = None
     if _rank() == 0:
         try:
@@ -171,6 +183,8 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     problem = broadcast_object(problem)
     if problem:
         raise DataError(problem)
+    if before_record is not None and recorded:
+        before_record(loaded.task)
     return loaded
 
 

@@ -33,6 +33,7 @@ from .cards import ExportContext, model_label_names, student_method, teacher_ref
 from .common import (
     MetricWarnings,
     build_engine,
+    check_model_source,
     fit_tracked,
     open_tracker,
     set_task_labels,
@@ -41,6 +42,7 @@ from .common import (
 )
 from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
+from .preflight import check_ptp_encoder
 from .stage_folder import check_inputs, releases_locks
 from .student_common import K_HELP, StudentRun, export_fingerprint, open_student_run, validate_student_options
 
@@ -100,21 +102,14 @@ def build_distill_student(opts: DistillOptions, layout: RunLayout, run_: Student
         return set_task_labels(build_student(run_.backbone, k=opts.k, variant=opts.variant,
                                              num_labels=task.num_labels), task)
     ptp_dir = layout.ptp_encoder(opts.k, opts.variant)
-    if not (ptp_dir / "config.json").is_file():
-        raise FileNotFoundError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` "
-                                f"with the same k/variant first, or pass --use_ptp=False)")
+    check_ptp_encoder(opts)
     model = load_student(ptp_dir, num_labels=task.num_labels, trust_unverified=opts.trust_unverified)
-    if model.config.num_hidden_layers != opts.k or model.config.sps_variant != opts.variant:
-        raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={model.config.num_hidden_layers}, "
-                          f"variant={model.config.sps_variant}; this run asks k={opts.k}, variant={opts.variant}")
     return set_task_labels(model, task)
 
 
 def _ptp_fingerprint(opts: DistillOptions, layout: RunLayout) -> str:
     ptp_dir = layout.ptp_encoder(opts.k, opts.variant)
-    if not (ptp_dir / "config.json").is_file():
-        raise FileNotFoundError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` "
-                                f"with the same k/variant first, or pass --use_ptp=False)")
+    check_ptp_encoder(opts)
     return export_fingerprint(ptp_dir, opts.trust_unverified)
 
 
@@ -153,9 +148,10 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
 
     ``on_eval(step, metrics)`` is called on every rank after each dev evaluation (sweeps report to Ray Tune).
     """
+    check_model_source(opts.backbone)  # before --k auto reads its depth
     opts, k_auto = resolve_k(opts)
     layout = opts.layout()
-    run_ = open_student_run(opts, layout)
+    run_ = open_student_run(opts, layout, "distill")
     inputs = dict(run_.inputs)
     if opts.use_ptp:
         inputs["ptp_encoder"] = _ptp_fingerprint(opts, layout)

@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from .cards import folder_data_options, folder_task_fields
 from .common import collator_for, prepare_data
 from .finetune_teacher import metrics_from_logits
-from .inference import ModelFolder, has_labels, open_model_folder, rows_logits
+from .inference import ModelFolder, has_labels, open_model_folder, rows_logits, trained_task_note
 from .outputs import check_output_file, command_inputs
 
 DEFAULT_MAX_LENGTH = 128
@@ -116,12 +116,30 @@ def check_outputs(model: ModelFolder, task: Any) -> None:
                           f"{task.num_labels} (a PTP encoder is not a task classifier: evaluate distill/*)")
 
 
+def check_model_task(model: ModelFolder, task: Any) -> dict[str, Any]:
+    """The model folder fits ``task`` (:func:`~.inference.trained_task_note`, then its output count); returns
+    what the result says about a model of another task with the same classes."""
+    note = trained_task_note(model, task)
+    check_outputs(model, task)
+    return note
+
+
+def check_glue_model_task(model: ModelFolder, task_name: str) -> None:
+    """Before any data is read or cached: the checks of :func:`check_model_task` for a GLUE task (own data:
+    after its files are read)."""
+    if is_glue_name(task_name):
+        from ..data import get_task
+
+        check_model_task(model, get_task(task_name))
+
+
 def run(opts: EvaluateOptions) -> dict[str, Any]:
     """Score ``model_dir`` on the split; every rank returns the result, rank 0 writes ``--out``."""
     dist_info = init_distributed()
     model = open_model_folder(opts.model_dir, opts.onnx_file, dist_info.device, opts.trust_unverified)
+    check_glue_model_task(model, opts.task)  # before anything is read or cached
     data = prepare_data(opts, model.tokenizer, need_train=False, eval_split=opts.split, check_run=False)
-    check_outputs(model, data.task)
+    other_task = check_model_task(model, data.task)  # another task's classes: refused; the same: said plainly
     outputs = rows_logits(model, data.dev, collator_for(model.tokenizer), opts.eval_batch_size, dist_info)
     if not has_labels(outputs["labels"], data.task.is_regression):
         raise ConfigError(f"option split: {data.dev_split} of {data.task.name} has no labels; "
@@ -129,7 +147,8 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     result = {**model.describe(), "task": data.task.name, "split": data.dev_split,
               "rows": int(len(outputs["example_ids"])), "max_length": opts.max_length,
               "eval_batch_size": opts.eval_batch_size, "world_size": dist_info.world_size,
-              "metrics": with_eval_loss(metrics_from_logits(data.task), data.task.is_regression)(outputs)}
+              "metrics": with_eval_loss(metrics_from_logits(data.task), data.task.is_regression)(outputs),
+              **other_task}
     if opts.out and dist_info.is_main:
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(opts.out, result)

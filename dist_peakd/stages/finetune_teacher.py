@@ -36,6 +36,7 @@ from .common import (
     start_stage,
     trainer_data,
 )
+from .preflight import check_models
 from .stage_folder import check_inputs, releases_locks
 
 STAGE = TEACHER_STAGE
@@ -99,7 +100,8 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict (that of the
     earlier run, with ``reused``, when the stage finished with the same options and inputs)."""
     stage_dir = opts.layout().teacher_stage
-    dist_info, loaded = start_stage(opts, stage_dir)
+    # a backbone no later stage can use is refused before anything is trained or written
+    dist_info, loaded = start_stage(opts, stage_dir, lambda task: check_models(opts, "finetune-teacher", task))
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(opts, tokenizer, loaded=loaded)
     done = check_inputs(stage_dir, {"data": data.fingerprint, "backbone": backbone_fingerprint(opts.backbone)},

@@ -20,7 +20,7 @@ from ..artifacts import verify_export
 from ..data import LengthGroupedBatchSampler
 from ..data.rows import column_array, fetch_rows
 from ..engine import DistInfo, all_gather_objects
-from ..errors import ConfigError
+from ..errors import ArtifactCorruptError, ConfigError
 from ..export import ExportError, OnnxLogits, load_model_folder, read_folder_record
 from ..export.onnx import ONNX_FILE, ONNX_INT8_FILE
 
@@ -50,6 +50,25 @@ class ModelFolder:
                 "graph": None if self.graph is None else self.graph.name}
 
 
+def trained_task_note(model: ModelFolder, task: Any) -> dict[str, Any]:
+    """What to add to a result when the folder records another task than ``task``: nothing for its own task
+    (or a folder without a record); ``trained_on`` and a warning when the classes are the same (the same
+    names in the same order); refused (ConfigError) when they differ: its outputs mean other classes."""
+    trained_on = model.record.get("task")
+    if not trained_on or trained_on == task.name:
+        return {}
+    names = task.id2label()
+    theirs = [str(names[i]) for i in range(task.num_labels)]
+    ours = [str(model.config.id2label.get(i, i)) for i in range(model.config.num_labels)]
+    if ours != theirs:
+        raise ConfigError(f"option task: {model.folder} was trained on {trained_on} (classes {', '.join(ours)}), not "
+                          f"on {task.name} (classes {', '.join(theirs)}): its outputs mean another task's classes; leave "
+                          f"--task out to use the task the folder records, or give a model of {task.name}")
+    note = (f"{model.folder} was trained on {trained_on}, not on {task.name} (the same classes: {', '.join(ours)}): "
+            f"these are another task's model's results on {task.name}")
+    return {"trained_on": trained_on, "warnings": [note]}
+
+
 def is_onnx_folder(folder: str | Path) -> bool:
     return any((Path(folder) / name).is_file() for name in (ONNX_FILE, ONNX_INT8_FILE))
 
@@ -75,14 +94,28 @@ def open_model_folder(model_dir: str | Path, onnx_file: str | None = None,
     from transformers import AutoConfig, AutoTokenizer
 
     graph = folder / (onnx_file or ONNX_FILE)
+    present = sorted(p.name for p in folder.glob("*.onnx"))
     if not graph.is_file():
-        present = [n for n in (ONNX_FILE, ONNX_INT8_FILE) if (folder / n).is_file()]
         raise ConfigError(f"option onnx_file: {graph} not found; this folder has {present}")
+    if graph.suffix.lower() != ".onnx":
+        raise ConfigError(f"option onnx_file: {graph} is not an ONNX graph (a .onnx file); this folder has {present}")
     verify_export(folder, trust_unverified=trust_unverified)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    runner = OnnxLogits(graph)
+    runner = _onnx_session(graph, onnx_file)
     return ModelFolder(folder, "onnxruntime", graph, tokenizer, AutoConfig.from_pretrained(str(folder)),
                        runner, read_folder_record(folder))
+
+
+def _onnx_session(graph: Path, onnx_file: str | None) -> OnnxLogits:
+    """An onnxruntime session of ``graph``; a file onnxruntime cannot load is refused in one line (the option's
+    file: exit 2; the folder's own graph, which its manifest vouched for: a corrupted artifact, exit 4)."""
+    try:
+        return OnnxLogits(graph)
+    except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, ...: a file that is not a usable graph
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if onnx_file is not None:
+            raise ConfigError(f"option onnx_file: {graph} is not a loadable ONNX graph ({first})") from None
+        raise ArtifactCorruptError(graph, f"not a loadable ONNX graph ({first})") from None
 
 
 def _require_tokenizer(tokenizer: Any, folder: Path) -> Any:

@@ -29,6 +29,7 @@ from . import cache_teacher, distill, finetune_teacher, ptp
 from .common import run_task
 from .depth import announce_k, resolve_k
 from .distill import DistillOptions
+from .preflight import check_models
 from .ptp import validate_threshold_rule
 
 # Named presets: applied under the user's own options (the command line always wins).
@@ -216,7 +217,7 @@ def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], 
     dev_rows = [data.dev[i] for i in range(min(opts.latency_batch_size, len(data.dev)))]
     batch = collator_for(tokenizer)(dev_rows)
     teacher_model = load_teacher(opts.layout().teacher, num_labels=task.num_labels,
-                                 trust_unverified=opts.trust_unverified).to(device)
+                                 trust_unverified=opts.trust_unverified, require_head=True).to(device)
     student_model = load_student(Path(student_summary["stage_dir"]) / "final").to(device)
     student = {"final": student_summary["final"], "best": student_summary["best"]}
     rows = [_model_row("teacher", teacher_model, teacher, batch, opts),
@@ -238,6 +239,7 @@ def add_latency_to_card(student_dir: Path, rows: list[dict[str, Any]], batch: in
 def run(opts: PipelineOptions) -> dict[str, Any]:
     """Run (or resume) every stage for one task and write the summary table."""
     t_start = time.perf_counter()
+    check_models(opts, "pipeline")  # every model of every stage, before the teacher trains
     dist_info = init_distributed()
     opts, k_auto = resolve_k(opts)
     announce_k(k_auto, dist_info)

@@ -33,7 +33,7 @@ from ..config import option
 from ..engine import barrier, init_distributed
 from ..errors import ConfigError
 from .common import collator_for, prepare_data
-from .evaluate import ModelDirOptions, check_outputs, check_split
+from .evaluate import ModelDirOptions, check_glue_model_task, check_model_task, check_split
 from .inference import ModelFolder, open_model_folder, rows_logits
 from .outputs import check_output_file, command_inputs
 
@@ -172,11 +172,13 @@ def run(opts: PredictOptions) -> dict[str, Any]:
     model = open_model_folder(opts.model_dir, opts.onnx_file, dist_info.device, opts.trust_unverified)
     if opts.input is not None:
         task, split = input_task(opts, model), "input"
+        check_model_task(model, task)  # before the rows are tokenized and cached
         rows = input_rows(opts, task, model.tokenizer)
     else:
+        check_glue_model_task(model, opts.task)  # before anything is read or cached
         data = prepare_data(opts, model.tokenizer, need_train=False, eval_split=opts.split, check_run=False)
         task, split, rows = data.task, data.dev_split, data.dev
-    check_outputs(model, task)
+    other_task = check_model_task(model, task)  # another task's classes: refused; the same: said plainly
     outputs = rows_logits(model, rows, collator_for(model.tokenizer), opts.eval_batch_size, dist_info)
     logits, ids = outputs["logits"], outputs["example_ids"]
     submission = submission_path(opts, task, split)
@@ -189,4 +191,5 @@ def run(opts: PredictOptions) -> dict[str, Any]:
             atomic_write_text(submission, "\n".join(submission_lines(task, logits, ids)) + "\n")
     barrier()
     return {**model.describe(), "task": task.name, "split": split, "rows": int(len(ids)), "out": str(opts.out),
-            "submission": None if submission is None else str(submission), "world_size": dist_info.world_size}
+            "submission": None if submission is None else str(submission), "world_size": dist_info.world_size,
+            **other_task}

@@ -28,7 +28,7 @@ from ..layout import ptp_stage_name
 from ..loss_output import LossOutput
 from ..models import build_student, model_stats
 from .cards import ExportContext, student_method, teacher_reference
-from .common import build_engine, fit_tracked, open_tracker, stage_exporter, trainer_data
+from .common import build_engine, check_model_source, fit_tracked, open_tracker, stage_exporter, trainer_data
 from .depth import announce_k, resolve_k
 from .stage_folder import check_inputs, releases_locks
 from .student_common import K_HELP, StudentRun, open_student_run, validate_student_options
@@ -138,8 +138,9 @@ def refuse_regression(task: Any) -> None:
 @releases_locks
 def run(opts: PTPOptions) -> dict[str, Any]:
     """Label from the cache, pretrain the 4-way student, keep the lowest-dev-PTP-loss encoder."""
+    check_model_source(opts.backbone)  # before --k auto reads its depth
     opts, k_auto = resolve_k(opts)
-    run_ = open_student_run(opts, opts.layout(), check_task=refuse_regression)
+    run_ = open_student_run(opts, opts.layout(), "ptp", check_task=refuse_regression)
     done = check_inputs(run_.stage_dir, run_.inputs, opts.force)
     if done is not None:
         return done

@@ -55,15 +55,6 @@ def validate_student_options(k: int | str, variant: str) -> int | str:
     return k
 
 
-def check_k_against_backbone(k: int, backbone_path: str) -> None:
-    """Refuse a depth larger than the backbone's layer count, before any work starts."""
-    from transformers import AutoConfig
-
-    layers = AutoConfig.from_pretrained(backbone_path).num_hidden_layers
-    if k > layers:
-        raise ConfigError(f"option k: student depth {k} exceeds the backbone's {layers} layers ({backbone_path})")
-
-
 @dataclass
 class StudentRun:
     """What both student stages (PTP, distill) start from; ``inputs``: the fingerprints of what they consume."""
@@ -77,22 +68,27 @@ class StudentRun:
     inputs: dict[str, str]
 
 
-def open_student_run(opts: Any, layout: RunLayout, check_task: Callable[[Task], None] | None = None) -> StudentRun:
-    """The shared preamble of the student stages: init, seed, depth check, the data read and checked
-    (``check_task(task)`` may refuse the task), stage-folder claim, tokenized data, and the teacher
-    cache verified against this run (identity, sizes and every file's sha256). A refusal writes nothing."""
+def open_student_run(opts: Any, layout: RunLayout, stage: str,
+                     check_task: Callable[[Task], None] | None = None) -> StudentRun:
+    """The shared preamble of the student stages (``stage``: ptp or distill): init, seed, the data read and
+    checked, then ``check_task(task)`` (may refuse the task) and the models (:func:`.preflight.check_models`:
+    backbone, teacher, cache tokenizer, depth, PTP encoder), stage-folder claim, tokenized data, and the
+    teacher cache verified against this run (identity, sizes and every file's sha256). A refusal writes nothing."""
     from ..cache import TeacherCache, cache_fingerprint
     from ..engine import init_distributed, seed_everything
     from .common import backbone_fingerprint, check_model_source, load_run_data, load_tokenizer, prepare_data
+    from .preflight import check_models
     from .stage_folder import claim_stage_dir
+
+    def before_record(task: Task) -> None:
+        if check_task is not None:
+            check_task(task)
+        check_models(opts, stage, task)
 
     backbone = check_model_source(opts.backbone)
     dist_info = init_distributed()
     seed_everything(opts.seed)
-    check_k_against_backbone(opts.k, backbone)
-    loaded = load_run_data(opts)
-    if check_task is not None:
-        check_task(loaded.task)
+    loaded = load_run_data(opts, before_record=before_record)
     stage_dir = layout.stage_dir(opts.stage_name())
     claim_stage_dir(stage_dir, opts)
     tokenizer = load_tokenizer(opts.backbone)

@@ -54,6 +54,7 @@ from . import distill
 from .depth import AUTO, describe_resolution, normalise_k, resolve_k
 from .distill import DistillOptions
 from .pipeline import EarlierStagesOptions, run_teacher_stages
+from .preflight import check_models
 from .stage_folder import releases_locks
 
 
@@ -260,16 +261,6 @@ def prepare_shared_stages(opts: SweepOptions, dims: dict[str, Any], task: Any) -
     return log, use_ptp
 
 
-def _check_depths(opts: SweepOptions, dims: dict[str, Any]) -> None:
-    from ..sweep.space import values_of
-    from .common import resolve_backbone
-    from .student_common import check_k_against_backbone
-
-    backbone = resolve_backbone(opts.backbone)
-    for k in values_of("k", dims, opts.k):
-        check_k_against_backbone(int(k), backbone)
-
-
 def _shared_stage_count(opts: SweepOptions, dims: dict[str, Any], task: Any) -> int:
     """The stages run before the trials (each gets a banner): teacher, cache, one PTP encoder per shape."""
     from ..sweep.space import values_of
@@ -314,6 +305,7 @@ def run(opts: SweepOptions) -> dict[str, Any]:
     if env_int("WORLD_SIZE", 1, minimum=1) > 1:
         raise ConfigError("run the sweep as one process (not under deepspeed/torchrun); "
                           "each trial gets its own ranks with --workers_per_trial")
+    check_models(opts, "sweep")  # backbone, given teacher, every swept k: before anything is built
     probe_address(opts.address)
     started = init_ray(opts.address, opts.num_cpus)
     try:
@@ -341,7 +333,6 @@ def _run_sweep(opts: SweepOptions, t_start: float) -> dict[str, Any]:
         print(f"[dist-peakd] {describe_resolution(k_auto)}", flush=True)
     dims, name = opts.dimensions(), _sweep_name(opts)
     sweep_dir = opts.layout().sweep_dir(name).resolve()
-    _check_depths(opts, dims)
     task = run_task(opts)  # own data: read and checked (and --metric against its problem) before anything
     lock_for_job(sweep_dir, "sweep folder")
     restore = _check_sweep_state(opts, sweep_dir, dims)

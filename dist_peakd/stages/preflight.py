@@ -1,0 +1,208 @@
+"""The run's checkpoints checked before any stage trains or writes anything: a refusal is one line, exit 2.
+
+Every training command calls :func:`check_models` first (finetune-teacher, cache-teacher, ptp, distill,
+pipeline, sweep), so a model that a later stage could not use is refused before an earlier one trains.
+It reads ``config.json`` files, safetensors headers, records and tokenizers only; which families each
+role accepts lives in :mod:`dist_peakd.models.families`.
+
+- backbone: a folder or hub id with a config and safetensors weights, of a type the SPS student can be
+  built from (the teacher is fine-tuned from it too), with a tokenizer;
+- teacher (needed by cache-teacher, and by pipeline/sweep when ``--teacher_dir`` is given; checked
+  wherever it exists): a supported family and not a student, trained on this run's task (its record),
+  with a trained head of the task's size (GLUE tasks), tokenizing like the backbone (the student reads
+  the teacher cache by the backbone's token ids);
+- the teacher cache (ptp, distill without a teacher folder): built with the backbone's tokenizer;
+- ``k`` (each swept value): within the backbone's layers;
+- the PTP encoder (distill with ``use_ptp``; pipeline/sweep when ``--ptp_dir`` is given): present, an SPS
+  student of this run's k and variant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..models.families import family_refusal, has_trained_head, read_config, read_model_type
+from .common import check_model_source
+
+STUDENT_STAGES = ("ptp", "distill", "pipeline", "sweep")
+
+
+def check_models(opts: Any, stage: str, task: Any = None) -> None:
+    """Refuse (ConfigError naming the option, folder, model type and what to do) a backbone, teacher, teacher
+    cache, ``k`` or PTP encoder that ``stage`` (or a stage after it) cannot use. ``task``: the run's
+    :class:`~dist_peakd.data.Task` once the data are read (else a GLUE task is looked up, own data unknown).
+
+    The training stages call it once their data are checked and before ``data.json`` is written
+    (:func:`.common.load_run_data`'s ``before_record``); pipeline and sweep also call it first of all."""
+    backbone = check_model_source(opts.backbone)
+    _verified(backbone, opts)
+    _refuse(family_refusal("backbone", "backbone", backbone, _model_type(backbone)))
+    backbone_tokens = tokenizer_fingerprint_of("backbone", backbone)
+    layout = opts.layout()
+    teacher_needed = stage == "cache-teacher" or (
+        stage in ("pipeline", "sweep") and layout.teacher_is_given and not getattr(opts, "teacher_cache_dir", None))
+    teacher_found = (Path(layout.teacher) / "config.json").is_file()
+    if teacher_needed or teacher_found:
+        check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens, task)
+    elif stage in ("ptp", "distill"):
+        check_cache_tokenizer(Path(layout.teacher_cache), backbone, backbone_tokens)
+    if stage in STUDENT_STAGES:
+        from .depth import resolve_k
+
+        resolved, _ = resolve_k(opts)
+        for k in _depths(resolved, stage):
+            check_k_against_backbone(int(k), backbone)
+        # distill: its encoder; pipeline/sweep: a given one (--ptp_dir), before anything trains
+        given = stage in ("pipeline", "sweep") and getattr(resolved, "ptp_dir", None)
+        if getattr(resolved, "use_ptp", False) and (stage == "distill" or given):
+            check_ptp_encoder(resolved)
+
+
+def _verified(folder: str | Path, opts: Any) -> None:
+    """A dist-peakd export is checked against its file manifest before anything of it is read, so a damaged
+    file is named as such (exit 4), not taken for a wrong model."""
+    if Path(folder).is_dir():
+        from ..artifacts import verify_export
+
+        verify_export(folder, trust_unverified=bool(getattr(opts, "trust_unverified", False)))
+
+
+def _refuse(message: str | None) -> None:
+    if message:
+        raise ConfigError(message)
+
+
+def _model_type(source: str) -> str | None:
+    if Path(source).is_dir():
+        return read_model_type(source)
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(source), "model_type", None)  # a hub id check_model_source fetched
+
+
+def _depths(opts: Any, stage: str) -> list[Any]:
+    if stage != "sweep":
+        return [opts.k]
+    from ..sweep.space import values_of
+
+    return list(values_of("k", opts.dimensions(), opts.k))
+
+
+def tokenizer_fingerprint_of(option: str, source: str) -> str:
+    """The fingerprint of the tokenizer a model option's folder or hub id holds (refused when it has none)."""
+    from transformers import AutoTokenizer
+
+    from ..data import tokenizer_fingerprint
+
+    needs = "a model folder needs its tokenizer files (tokenizer.json, or vocab.txt + tokenizer_config.json)"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as e:  # OSError, ValueError, ...: no usable tokenizer files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"option {option}: {source} has no usable tokenizer ({first}); {needs}") from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers builds an empty one without files
+        raise ConfigError(f"option {option}: {source} has no usable tokenizer (no vocabulary beyond its "
+                          f"{len(tokenizer)} special tokens: every word would be [UNK]); {needs}")
+    return tokenizer_fingerprint(tokenizer)
+
+
+def _run_task(opts: Any) -> Any:
+    """The run's task when it is known without reading data (a GLUE task), else None."""
+    from ..data import glue_task
+
+    return glue_task(opts) if opts.data_options().is_glue else None
+
+
+def _record_task(folder: Path) -> str | None:
+    try:
+        record = json.loads((folder / "dist_peakd.json").read_text())
+    except (OSError, ValueError):
+        return None
+    task = record.get("task") if isinstance(record, dict) else None
+    return str(task) if task else None
+
+
+def check_k_against_backbone(k: int, backbone_path: str) -> None:
+    """Refuse a depth larger than the backbone's layer count."""
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(backbone_path).num_hidden_layers
+    if k > layers:
+        raise ConfigError(f"option k: student depth {k} exceeds the backbone's {layers} layers ({backbone_path})")
+
+
+def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str, task: Any = None) -> None:
+    """The teacher folder: present, a teacher family, this run's task, a trained head of the task's size, the
+    backbone's tokenizer."""
+    if not (teacher / "config.json").is_file():
+        raise ConfigError(f"option teacher_dir: teacher folder {teacher} not found (no config.json); run "
+                          "finetune-teacher first or pass --teacher_dir")
+    check_model_source(str(teacher), "teacher_dir")
+    _verified(teacher, opts)
+    _refuse(family_refusal("teacher", "teacher_dir", str(teacher), read_model_type(teacher)))
+    task = task if task is not None else _run_task(opts)
+    run_task = task.name if task is not None else str(opts.task)
+    trained_on = _record_task(teacher)
+    if trained_on is not None and trained_on != run_task:
+        raise ConfigError(f"option teacher_dir: {teacher} was trained on task {trained_on!r} (its dist_peakd.json), "
+                          f"this run is {run_task!r}: its outputs are another task's; give a teacher of {run_task} "
+                          "or run finetune-teacher")
+    if has_trained_head(teacher) is False:
+        raise ConfigError(f"option teacher_dir: {teacher} has no trained classification head (no classifier.* "
+                          "weights): a pretrained backbone, not a fine-tuned teacher; run finetune-teacher or give "
+                          "the fine-tuned teacher folder")
+    if task is not None:
+        config = read_config(teacher)
+        outputs = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels")
+        if outputs is not None and int(outputs) != task.num_labels:
+            raise ConfigError(f"option teacher_dir: {teacher} has {outputs} output(s), {run_task} has "
+                              f"{task.num_labels}: it was trained on other classes; give a teacher of {run_task}")
+    teacher_tokens = tokenizer_fingerprint_of("teacher_dir", str(teacher))
+    if teacher_tokens != backbone_tokens:
+        raise ConfigError(tokenizer_refusal(f"the teacher {teacher}", backbone, teacher_tokens, backbone_tokens))
+
+
+def tokenizer_refusal(holder: str, backbone: str, theirs: str, ours: str) -> str:
+    """Two different tokenizers: no cache rebuild can help, so say so (both folders named)."""
+    return (f"option teacher_dir: {holder} and the backbone {backbone} use two different tokenizers (fingerprints "
+            f"{theirs[:12]} vs {ours[:12]}): the teacher cache holds the teacher's outputs by its token ids, the "
+            "student built from the backbone reads the backbone's, so rebuilding the cache cannot match them; give "
+            "a teacher fine-tuned from this backbone, or the backbone the teacher was fine-tuned from")
+
+
+def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str) -> None:
+    """Without a teacher folder: a teacher cache built with another tokenizer than the backbone's is refused
+    naming both (its teacher's folder as the manifest records it)."""
+    try:
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return  # no cache (or a broken one): the stage's own cache check names it
+    cached = manifest.get("tokenizer_fingerprint") if isinstance(manifest, dict) else None
+    if cached and cached != backbone_tokens:
+        holder = f"the teacher cache {cache_dir} (teacher {manifest.get('teacher_dir')})"
+        raise ConfigError(tokenizer_refusal(holder, backbone, str(cached), backbone_tokens))
+
+
+def check_ptp_encoder(opts: Any) -> None:
+    """distill with ``use_ptp``: the PTP encoder exists, is an SPS student, has this run's k and variant."""
+    ptp_dir = Path(opts.layout().ptp_encoder(opts.k, opts.variant))
+    if not (ptp_dir / "config.json").is_file():
+        raise ConfigError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` with the same "
+                          "k/variant first, or pass --use_ptp=False)")
+    _verified(ptp_dir, opts)
+    _refuse(family_refusal("student", "ptp_dir", str(ptp_dir), read_model_type(ptp_dir)))
+    from transformers import AutoConfig
+
+    from ..models import SPSBertConfig  # registered with AutoConfig: the depth as the model reads it
+
+    try:
+        config = AutoConfig.from_pretrained(str(ptp_dir))
+    except Exception as e:  # a config the SPS code cannot read
+        raise ConfigError(f"option ptp_dir: {ptp_dir / 'config.json'} is not a readable SPS config ({e})") from None
+    k, variant = (config.num_hidden_layers, config.sps_variant) if isinstance(config, SPSBertConfig) else (None, None)
+    if k != opts.k or variant != opts.variant:
+        raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={k}, variant={variant}; this run asks "
+                          f"k={opts.k}, variant={opts.variant}")

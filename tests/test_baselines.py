@@ -146,3 +146,17 @@ def test_card_warns_as_the_console_does():
             "equivalent, on the same 5 rows): the model is no better than always predicting the majority class.") in text
     good = "\n".join(limitations_section(lim, {"final": {"f1": 0.8}}, "final", None))
     assert "Warning" not in good
+
+
+def test_sweep_results_note_the_baseline_of_the_trials_dev_rows(tmp_path):
+    import json
+
+    from dist_peakd.sweep.report import baseline_note
+
+    empty, trial = tmp_path / "t0", tmp_path / "t1"
+    empty.mkdir(), trial.mkdir()
+    (trial / "summary.json").write_text(json.dumps(_summary(0.83, False)))
+    assert baseline_note([{"run_dir": str(empty)}]) == []
+    assert baseline_note([{"run_dir": str(empty)}, {"run_dir": str(trial)}]) == [
+        "trivial baseline on the same 408 dev rows (majority: equivalent): f1 0.8122, accuracy 0.6838; teacher f1 "
+        "0.8459; a trial at or below the baseline has learned nothing the trivial model does not give"]

@@ -255,3 +255,49 @@ def prediction_profile(task: str | Task, predictions: Any, labels: Any) -> dict[
     out["predicted_share"] = {names.get(i, str(i)): float(c / y.size) for i, c in enumerate(counts_p)}
     out["gold_share"] = {names.get(i, str(i)): float(c / y.size) for i, c in enumerate(counts_y)}
     return out
+
+
+def gain_kept(model: float, baseline: float, teacher: float) -> float | None:
+    """Share of the teacher's gain over the trivial baseline the model keeps: ``(m - b) / (t - b)``
+    (None when the teacher does not beat the baseline)."""
+    return None if teacher <= baseline else (model - baseline) / (teacher - baseline)
+
+
+def baseline_comparison(task: str | Task, predictions: Any, labels: Any,
+                        teacher: dict[str, float] | None = None) -> dict[str, Any]:
+    """The trivial baseline of these rows (:func:`prediction_profile`'s) beside the model's main metric.
+
+    Returns the baseline (``rule``, ``class`` or ``value``, ``rows``, ``metrics``, ``label``:
+    :func:`baseline_label`) plus ``main_metric``,
+    ``model`` (the model's value of it), ``baseline_value``, ``teacher`` (``teacher[main]`` or None),
+    ``gain_kept`` (:func:`gain_kept`; None without a teacher or when the teacher does not beat the
+    baseline) and ``at_or_below`` (the model scores no better than the baseline: a warning)."""
+    task = get_task(task)
+    profile = prediction_profile(task, predictions, labels)
+    values = metric_report(task, predictions, labels).values
+    return compare_to_baseline(task.main_metric, values, {**profile["baseline"], "rows": profile["rows"]}, teacher)
+
+
+def compare_to_baseline(main: str, metrics: dict[str, float], baseline: dict[str, Any],
+                        teacher: dict[str, float] | None = None) -> dict[str, Any]:
+    """:func:`baseline_comparison` from metrics already computed (``baseline``: a profile's baseline)."""
+    model, base = float(metrics[main]), float(baseline["metrics"][main])
+    t = float(teacher[main]) if teacher and teacher.get(main) is not None else None
+    return {**baseline, "label": baseline_label(baseline), "main_metric": main, "model": model,
+            "baseline_value": base, "teacher": t,
+            "gain_kept": None if t is None else gain_kept(model, base, t), "at_or_below": model <= base}
+
+
+def baseline_label(block: dict[str, Any]) -> str:
+    """``majority: equivalent`` / ``mean: 2.7000``: what the trivial model always predicts."""
+    return f"majority: {block['class']}" if block.get("rule") == "majority" else f"mean: {block['value']:.4f}"
+
+
+def baseline_warning(task_name: str, block: dict[str, Any]) -> str | None:
+    """The warning for a model at or below the trivial baseline on the main metric (None otherwise)."""
+    if not block or not block.get("at_or_below"):
+        return None
+    what = "the majority class" if block.get("rule") == "majority" else "the mean"
+    return (f"{task_name}: {block['main_metric']} {block['model']:.4f} is at or below the trivial baseline's "
+            f"{block['baseline_value']:.4f} ({baseline_label(block)}, on the same {block['rows']} rows): the model "
+            f"is no better than always predicting {what}")

@@ -2,13 +2,16 @@
 
 ``dist-peakd distill ...`` ends with::
 
-    [dist-peakd] distill done: f1 0.8239, accuracy 0.7255 (final, step 230/230); best f1 0.8239 at step 230
+    [dist-peakd] distill done: f1 0.8239, accuracy 0.7255 (final, step 230/230); best f1 0.8239 at step 230; baseline f1 0.8122 (majority: equivalent); keeps 34.7% of the teacher's gain over it
     [dist-peakd] summary: runs/mrpc/distill-k3-shuffle-ptp-a0.7-T10-b100-s0/summary.json
 
 ``evaluate``, ``predict`` and ``export`` say what they scored or wrote the same way::
 
     [1/1] evaluate: runs/mrpc/distill-.../final, dev split of mrpc
-    [dist-peakd] evaluate done: f1 0.8239, accuracy 0.7255 (dev, 408 rows)
+    [dist-peakd] evaluate done: f1 0.8239, accuracy 0.7255 (dev, 408 rows); baseline f1 0.8122 (majority: equivalent)
+
+The baseline is the trivial model of the same rows (the majority class; the mean for regression); a model
+at or below it on the main metric adds a warning line.
 
 A stage that finished earlier with the same options and inputs says ``reused`` instead of ``done``.
 ``pipeline`` and ``sweep`` print their own tables, the JSON's path and the folder's size themselves
@@ -46,6 +49,19 @@ def summary_warnings(summary: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def baseline_text(block: Mapping[str, Any] | None) -> str:
+    """``; baseline f1 0.8122 (majority: equivalent); keeps 25.3% of the teacher's gain`` from a
+    ``baseline`` block (:func:`dist_peakd.metrics.compare_to_baseline`); ``""`` without one."""
+    if not isinstance(block, Mapping) or "baseline_value" not in block:
+        return ""
+    text = f"; baseline {block['main_metric']} {float(block['baseline_value']):.4f} ({block.get('label')})"
+    if block.get("teacher") is not None:
+        kept = block.get("gain_kept")
+        text += ("; the teacher does not beat the baseline" if kept is None
+                 else f"; keeps {float(kept):.1%} of the teacher's gain over it")
+    return text
+
+
 def trainer_outcome(stage: str, summary: Mapping[str, Any]) -> list[str]:
     """The lines of a training stage's summary (``Trainer.fit``)."""
     main = summary.get("main_metric")
@@ -60,7 +76,7 @@ def trainer_outcome(stage: str, summary: Mapping[str, Any]) -> list[str]:
     line = f"[dist-peakd] {stage} {how}: {_metrics(final, main)} (final, {steps})"
     if main in best:
         line += f"; best {main} {float(best[main]):.4f} at step {best.get('step')}"
-    lines = [line]
+    lines = [line + baseline_text(summary.get("baseline"))]
     lines += [f"[dist-peakd] warning: {w}" for w in summary_warnings(summary)]
     if summary.get("stage_dir"):
         lines.append(f"[dist-peakd] summary: {Path(summary['stage_dir']) / 'summary.json'}")
@@ -111,7 +127,7 @@ def model_command_outcome(stage: str, result: Mapping[str, Any]) -> list[str]:
     """The lines of ``evaluate`` / ``predict`` / ``export``."""
     if stage == "evaluate":
         lines = [f"[dist-peakd] evaluate done: {_metrics(result.get('metrics') or {})} ({result.get('split')}, "
-                 f"{result.get('rows')} rows)"]
+                 f"{result.get('rows')} rows){baseline_text(result.get('baseline'))}"]
     elif stage == "predict":
         lines = [f"[dist-peakd] predict done: {result.get('rows')} rows of {result.get('split')} -> {result.get('out')}"]
         if result.get("submission"):

@@ -25,7 +25,8 @@ from reliab_helpers import args_of
 
 REPO = Path(__file__).resolve().parents[1]
 DS_GUESS = "Setting accelerator to CPU"
-END_LINE = re.compile(r"^\[dist-peakd\] (?P<stage>[\w-]+) (?P<how>done|reused): .+ \(final, step \d+/\d+\); best .+ at step \d+$")
+END_LINE = re.compile(r"^\[dist-peakd\] (?P<stage>[\w-]+) (?P<how>done|reused): .+ \(final, step \d+/\d+\); best .+ at step "
+                      r"\d+(?P<baseline>; baseline .+)?$")
 
 
 def _cli(stage: str, opts: dict) -> tuple[int, list[str]]:
@@ -80,6 +81,12 @@ def test_pipeline_prints_each_stage_end_line(tiny_pipeline, run):
         section = _after(lines, banner)
         ends = [m for m in map(END_LINE.match, section) if m]
         assert [(m["stage"], m["how"]) for m in ends] == [(stage, how)], section
+        # the trivial baseline of the 16 dev rows (10 "equivalent": always 1 -> F1 20/26); no teacher for the teacher
+        want = {"finetune-teacher": "; baseline f1 0.7692 (majority: equivalent)", "ptp": None,
+                "distill": "; baseline f1 0.7692 (majority: equivalent); keeps "}[stage]
+        got = ends[0]["baseline"]
+        assert got == want if stage != "distill" else got.startswith(want) or got.startswith(
+            "; baseline f1 0.7692 (majority: equivalent); the teacher does not beat the baseline"), section
         assert f"[dist-peakd] summary: {task_dir / folder / 'summary.json'}" in section, section
         if run == "rerun":  # and why: the folder finished earlier with the same options and inputs
             assert f"[dist-peakd] {task_dir / folder} finished earlier with the same options and inputs: reused" \

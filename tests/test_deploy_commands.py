@@ -252,18 +252,28 @@ def test_predicted_dev_probabilities_are_the_cached_teachers(run, glue_dir):
     assert len(rows) == 40 and np.abs(got - want).max() < 2e-6
 
 
-def test_evaluate_command_prints_its_banner_and_the_metrics_in_one_line(run, glue_dir, capsys):
+def test_evaluate_command_prints_its_banner_and_the_metrics_in_one_line(run, glue_dir, capsys, tmp_path):
     from dist_peakd import cli
 
     out, _ = run
     folder = out / "mrpc" / STUDENT / "final"
     cli.main(["evaluate", "--model_dir", str(folder), "--output_dir", str(out), "--glue_dir", str(glue_dir),
-              "--cache_dir", str(out / "tok"), "--max_eval_examples", "40", "--eval_batch_size", "16"])
+              "--cache_dir", str(out / "tok"), "--max_eval_examples", "40", "--eval_batch_size", "16",
+              "--out", str(tmp_path / "eval.json")])
     printed = capsys.readouterr().out.splitlines()
     want = _metrics(_summary(folder)["final"])  # the stage's dev metrics, its dev loss included
     assert "loss" in want
     assert printed[0] == f"[1/1] evaluate: {folder}, dev split of mrpc"
-    assert printed[-1] == ("[dist-peakd] evaluate done: " + ", ".join(f"{k} {v:.4f}" for k, v in want.items())
-                           + " (dev, 40 rows)")
-    # in between only the metric warnings (the tiny student predicts one class for these 40 rows)
-    assert printed[1:-1] == ["[dist-peakd] warning: mrpc: all 40 predictions are class 'equivalent'"]
+    # the trivial baseline of the same 40 dev rows (25 "equivalent"): always 1 -> F1 50/65, accuracy 25/40
+    baseline = json.loads((tmp_path / "eval.json").read_text())["baseline"]
+    assert baseline["metrics"] == {"f1": pytest.approx(50 / 65), "accuracy": pytest.approx(25 / 40)}
+    assert baseline["metrics"] == _summary(folder)["baseline"]["metrics"]  # the stage's, of the same rows
+    end = printed[-2]  # the tiny student predicts one class for these 40 rows: then the baseline warning
+    assert end.startswith("[dist-peakd] evaluate done: " + ", ".join(f"{k} {v:.4f}" for k, v in want.items())
+                          + " (dev, 40 rows); baseline f1 0.7692 (majority: equivalent); ")
+    assert "of the teacher's gain over it" in end or end.endswith("the teacher does not beat the baseline")
+    assert printed[-1] == ("[dist-peakd] warning: mrpc: f1 0.7692 is at or below the trivial baseline's 0.7692 "
+                           "(majority: equivalent, on the same 40 rows): the model is no better than always "
+                           "predicting the majority class")
+    # before it only the metric warnings
+    assert printed[1:-2] == ["[dist-peakd] warning: mrpc: all 40 predictions are class 'equivalent'"]

@@ -9,6 +9,7 @@ import pytest
 
 from dist_peakd.config import build_options
 from dist_peakd.engine import ConfigError
+from dist_peakd.metrics import gain_kept
 from dist_peakd.stages import distill
 from dist_peakd.stages.pipeline import PipelineOptions
 from dist_peakd.stages.pipeline import run as run_pipeline
@@ -52,6 +53,20 @@ def test_pipeline_writes_summary_with_sane_values(tiny_pipeline):
     assert student["parameters"] < teacher["parameters"]
     assert student["flops_per_token"] == pytest.approx(teacher["flops_per_token"])  # same compute: 4 layers
     assert "| teacher |" in md and "| student |" in md
+    # the trivial baseline of the same 32 dev rows (20 "equivalent"): always 1 -> F1 40/52, accuracy 20/32
+    base = summary["baseline"]
+    assert (base["rule"], base["class"], base["rows"], base["main_metric"]) == ("majority", "equivalent", 32, "f1")
+    assert base["metrics"] == {"f1": pytest.approx(40 / 52), "accuracy": pytest.approx(0.625)}
+    kept = gain_kept(student["final"]["f1"], 40 / 52, teacher["final"]["f1"])
+    assert base["gain_kept"] == (None if kept is None else pytest.approx(kept))
+    assert "| trivial baseline (majority: equivalent) | 76.92 | 62.50 | 76.92 | 62.50 | 0 | - | - | - |" in md
+    assert ("student keeps" in md) if kept is not None else ("the teacher does not beat the trivial baseline" in md)
+    for stage_summary in (json.loads((Path(student_dir) / "summary.json").read_text())
+                          for student_dir in (task_dir / "teacher", Path(summary["student_dir"]).parent)):
+        block = stage_summary["baseline"]
+        assert block["metrics"] == base["metrics"] and block["model"] == stage_summary["final"]["f1"]
+        below = [w for w in stage_summary["metric_warnings"] if "at or below the trivial baseline" in w]
+        assert len(below) == int(block["at_or_below"])
     for stage in ("teacher", "teacher_cache", "ptp-k2-shuffle"):
         assert (task_dir / stage).is_dir(), stage
     ptp_summary = json.loads((task_dir / "ptp-k2-shuffle" / "summary.json").read_text())

@@ -195,6 +195,9 @@ def test_asha_sweep_over_temperature_and_alpha(asha_sweep, sweep_out):
     for r in stopped:
         assert f"| stopped at step {r['stopped_at_step']} (ASHA) |" in md
     assert "budget: 4 trials x 6 steps = 24 steps; used " in md and "fixed: k=2, variant=shuffle" in md
+    base = json.loads((Path(rows[0]["run_dir"]) / "summary.json").read_text())["baseline"]  # stsb: the dev mean
+    assert base["rule"] == "mean" and base["metrics"] == {"pearson": 0.0, "spearmanr": 0.0}
+    assert f"- trivial baseline on the same {base['rows']} dev rows (mean: {base['value']:.4f}): pearson 0.0000" in md
     # disk: final/ only for the best trial; the heatmap of the 2-D grid
     assert {Path(r["run_dir"]).name for r in rows if (Path(r["run_dir"]) / "final").is_dir()} == {result["best"]["trial"]}
     heatmap = sweep_dir / "pearson_heatmap_temperature_x_alpha.png"

@@ -15,18 +15,14 @@ import platform
 from collections.abc import Mapping
 from typing import Any
 
+from ..metrics import baseline_warning, compare_to_baseline, gain_kept
+
 
 def eval_rows_note(eval_rows: Mapping[str, Any] | None) -> str:
     """``" (dev subset: first N of M rows)"`` for a ``--max_eval_examples`` run, else ``""``."""
     if not eval_rows:
         return ""
     return f" (dev subset: first {int(eval_rows['rows']):,} of {int(eval_rows['of']):,} rows)"
-
-
-def gain_kept(model: float, baseline: float, teacher: float) -> float | None:
-    """Share of the teacher's gain over the trivial baseline the model keeps: ``(m - b) / (t - b)``
-    (None when the teacher does not beat the baseline)."""
-    return None if teacher <= baseline else (model - baseline) / (teacher - baseline)
 
 
 def _baseline_lines(lim: Mapping[str, Any], metrics: Mapping[str, float], teacher: Mapping[str, float] | None,
@@ -38,6 +34,10 @@ def _baseline_lines(lim: Mapping[str, Any], metrics: Mapping[str, float], teache
     values = ", ".join(f"{k} {v:.4f}" for k, v in base["metrics"].items())
     lines = [f"- **Trivial baseline** on the same {lim['rows']:,} dev rows ({where}{rule}): {values}. "
              f"This model: {main} {metrics.get(main, float('nan')):.4f}."]
+    if main in metrics and main in base["metrics"]:
+        warning = baseline_warning("this model", compare_to_baseline(main, metrics, {**base, "rows": lim["rows"]}))
+        if warning:
+            lines.append(f"- **Warning**: {warning}.")
     if teacher and main in teacher and main in metrics:
         kept = gain_kept(metrics[main], base["metrics"][main], teacher[main])
         if kept is None:

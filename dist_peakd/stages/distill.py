@@ -173,7 +173,7 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
                          f"Patient-KD map (student, teacher) = {layer_map}")
     stats = model_stats(engine.module, seq_len=opts.max_length)
     teacher_metrics, teacher_stats = teacher_reference(layout.teacher, run_.cache.manifest)
-    warnings = MetricWarnings()
+    warnings = MetricWarnings(teacher=teacher_metrics)
     context = ExportContext("distill", run_.data.task, opts, run_.stage_dir,
                             student_method(opts, model, layout.teacher, cache_manifest=run_.cache.manifest), stats,
                             model_label_names(run_.data.task), teacher_metrics=teacher_metrics,
@@ -188,5 +188,5 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
                        "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics"),
-                       "metric_warnings": warnings.seen})
+                       "metric_warnings": warnings.seen, "baseline": warnings.baseline})
     return fit_tracked(trainer, tracker)

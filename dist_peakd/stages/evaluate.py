@@ -27,8 +27,9 @@ from ..data import is_glue_name
 from ..engine import init_distributed
 from ..engine.tracking import with_eval_loss
 from ..errors import ConfigError
+from ..metrics import baseline_warning
 from .cards import folder_data_options, folder_task_fields
-from .common import collator_for, prepare_data
+from .common import MetricWarnings, collator_for, prepare_data
 from .finetune_teacher import metrics_from_logits
 from .inference import ModelFolder, has_labels, open_model_folder, rows_logits, trained_task_note
 from .outputs import check_output_file, command_inputs
@@ -133,6 +134,17 @@ def check_glue_model_task(model: ModelFolder, task_name: str) -> None:
         check_model_task(model, get_task(task_name))
 
 
+def recorded_teacher_metrics(opts: EvaluateOptions) -> dict[str, float] | None:
+    """The teacher's dev metrics the folder's card records (a student's), for the share of the teacher's
+    gain kept; None for another split or a folder without them."""
+    from ..export import read_folder_record
+
+    if opts.split != "dev":
+        return None
+    teacher = ((read_folder_record(opts.model_dir).get("card") or {}).get("dev_metrics") or {}).get("teacher")
+    return dict(teacher) if teacher else None
+
+
 def run(opts: EvaluateOptions) -> dict[str, Any]:
     """Score ``model_dir`` on the split; every rank returns the result, rank 0 writes ``--out``."""
     dist_info = init_distributed()
@@ -144,11 +156,15 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     if not has_labels(outputs["labels"], data.task.is_regression):
         raise ConfigError(f"option split: {data.dev_split} of {data.task.name} has no labels; "
                           "`dist-peakd predict` writes its predictions")
+    warnings = MetricWarnings(teacher=recorded_teacher_metrics(opts))
     result = {**model.describe(), "task": data.task.name, "split": data.dev_split,
               "rows": int(len(outputs["example_ids"])), "max_length": opts.max_length,
               "eval_batch_size": opts.eval_batch_size, "world_size": dist_info.world_size,
-              "metrics": with_eval_loss(metrics_from_logits(data.task), data.task.is_regression)(outputs),
-              **other_task}
+              "metrics": with_eval_loss(metrics_from_logits(data.task, warnings), data.task.is_regression)(outputs),
+              "baseline": warnings.baseline, **other_task}
+    below = baseline_warning(data.task.name, warnings.baseline)
+    if below:
+        result["warnings"] = [*result.get("warnings", []), below]
     if opts.out and dist_info.is_main:
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(opts.out, result)

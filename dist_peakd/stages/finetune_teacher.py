@@ -125,5 +125,5 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     trainer = Trainer(engine, batches, classification_objective(data.task, warnings), stage_dir, tracker,
                       dataclasses.replace(opts.loop_options(), label="teacher"), export,
                       extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),
-                                     "metric_warnings": warnings.seen})
+                                     "metric_warnings": warnings.seen, "baseline": warnings.baseline})
     return fit_tracked(trainer, tracker)

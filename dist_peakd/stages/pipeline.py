@@ -145,7 +145,34 @@ def ratio_line(ratios: dict[str, float]) -> str:
             f"{ratios['parameters']:.2f}x parameters (of the teacher)")
 
 
-def _markdown(rows: list[dict[str, Any]], metric_names: list[str], header: str) -> str:
+def baseline_summary(rows: list[dict[str, Any]], block: dict[str, Any] | None, main: str) -> dict[str, Any] | None:
+    """The trivial baseline of the student's dev rows (its summary's ``baseline`` block) with the share of
+    the table's teacher's gain (final ``main``) the student's final keeps; None without a block."""
+    from ..metrics import gain_kept
+
+    if not block or "metrics" not in block:
+        return None
+    teacher, student = (r["final"].get(main) for r in rows)
+    base = block["metrics"][main]
+    kept = None if teacher is None or student is None else gain_kept(student, base, teacher)
+    return {**block, "gain_kept": kept, "teacher": teacher, "model": student}
+
+
+def gain_line(baseline: dict[str, Any]) -> str:
+    """``student keeps 34.7% of the teacher's gain over the baseline (f1)`` (or why there is none)."""
+    main = baseline["main_metric"]
+    if baseline.get("gain_kept") is None:
+        return f"the teacher does not beat the trivial baseline on {main}: there is no gain for the student to keep"
+    return f"student keeps {baseline['gain_kept']:.1%} of the teacher's gain over the baseline ({main})"
+
+
+def _baseline_row(baseline: dict[str, Any], metric_names: list[str]) -> str:
+    values = [f"{100 * baseline['metrics'][m]:.2f}" for m in metric_names]
+    return "| " + " | ".join([f"trivial baseline ({baseline['label']})", *values, *values, "0", "-", "-", "-"]) + " |"
+
+
+def _markdown(rows: list[dict[str, Any]], metric_names: list[str], header: str,
+              baseline: dict[str, Any] | None = None) -> str:
     cols = ["model", *[f"{m} (final)" for m in metric_names], *[f"{m} (best)" for m in metric_names],
             "parameters", "encoder layers (param/effective)", "GFLOPs/seq", "latency ms/batch"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -155,7 +182,11 @@ def _markdown(rows: list[dict[str, Any]], metric_names: list[str], header: str) 
                 f"{r['num_parameter_layers']}/{r['num_effective_layers']}", f"{r['gflops_per_sequence']:.2f}",
                 f"{r['latency_ms']:.1f}"]
         lines.append("| " + " | ".join(vals) + " |")
+    if baseline:
+        lines.append(_baseline_row(baseline, metric_names))
     lines += ["", ratio_line(student_vs_teacher(rows))]
+    if baseline:
+        lines.append(gain_line(baseline))
     return "\n".join(lines) + "\n"
 
 
@@ -261,7 +292,8 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
     if dist_info.is_main:
         rows, latency_batch = compare_teacher_and_student(opts, _teacher_metrics(teacher_summary, cache_summary),
                                                           student_summary, dist_info.device)
-        result = {"task": task.name, "metrics": list(task.metrics), "rows": rows,
+        baseline = baseline_summary(rows, student_summary.get("baseline"), task.main_metric)
+        result = {"task": task.name, "metrics": list(task.metrics), "rows": rows, "baseline": baseline,
                   "student_vs_teacher": student_vs_teacher(rows), "k": opts.k, "k_auto": k_auto, "stages": log,
                   "teacher_dir": str(layout.teacher), "student_dir": str(Path(student_summary["stage_dir"]) / "final"),
                   "wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(dist_info.device),
@@ -270,7 +302,7 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
         k_text = f"k={opts.k}" + (f" (auto: {k_auto['teacher_layers']}-layer teacher)" if k_auto else "")
         header = (f"## dist-peakd pipeline: {task.name} ({k_text}, {opts.variant}, PTP {'on' if use_ptp else 'off'}; "
                   f"{result['wall_time_s']} s on {dist_info.world_size} x {dist_info.device})")
-        md = _markdown(rows, list(task.metrics), header)
+        md = _markdown(rows, list(task.metrics), header, baseline)
         add_latency_to_card(Path(result["student_dir"]), rows, latency_batch, dist_info.device)
         result["output_bytes"] = console.folder_size(layout.task_dir)
         atomic_write_text(layout.pipeline_summary("json"), json.dumps(result, indent=2))

@@ -104,7 +104,7 @@ def write_results(report: SweepReport, sweep_dir: Path, dims: dict[str, Any], lo
                          best_trial=best["trial"] if best else None, discrete=discrete, scope=report.scope)
     md = render_report(rows, header, metric=metric, swept=swept, fixed=report.fixed,
                        best_trial=best["trial"] if best else None, num_trials=report.expected_trials, plots=plots,
-                       extra_notes=_warning_notes(rows))
+                       extra_notes=[*baseline_note(rows), *_warning_notes(rows)])
     atomic_write_text(sweep_dir / "results.csv", to_csv(rows))
     atomic_write_text(sweep_dir / "results.md", md)
     tidy_trials(rows, best["trial"] if best else None, report.keep_trial_final)
@@ -119,6 +119,20 @@ def write_results(report: SweepReport, sweep_dir: Path, dims: dict[str, Any], lo
     print("\n".join(line for line in md.splitlines() if not line.startswith("![")), flush=True)
     _print_outcome(result, report, sweep_dir)
     return result
+
+
+def baseline_note(rows: list[dict[str, Any]]) -> list[str]:
+    """The trivial baseline of the trials' dev rows (the ``baseline`` block of the first trial summary that
+    records one: every trial scores the same dev rows) and the teacher's main metric beside it."""
+    for row in rows:
+        block = (_read_summary(Path(row["run_dir"])) or {}).get("baseline")
+        if isinstance(block, dict) and "metrics" in block:
+            values = ", ".join(f"{k} {float(v):.4f}" for k, v in block["metrics"].items())
+            line = f"trivial baseline on the same {block['rows']} dev rows ({block['label']}): {values}"
+            if block.get("teacher") is not None:
+                line += f"; teacher {block['main_metric']} {float(block['teacher']):.4f}"
+            return [line + "; a trial at or below the baseline has learned nothing the trivial model does not give"]
+    return []
 
 
 def _warning_notes(rows: list[dict[str, Any]]) -> list[str]:

@@ -261,8 +261,9 @@ class MetricWarnings:
     evaluation beats the baseline).
     """
 
-    def __init__(self, teacher: dict[str, float] | None = None) -> None:
+    def __init__(self, teacher: dict[str, float] | None = None, quiet: bool = False) -> None:
         self.seen: list[str] = []
+        self._quiet = quiet  # keep the warnings, print none (a measurement for a card, not a stage's eval)
         self.last_profile: dict[str, Any] | None = None  # the latest evaluation's, for the model card
         self.baseline: dict[str, Any] = {}
         self._teacher = teacher
@@ -277,7 +278,7 @@ class MetricWarnings:
         except ValueError:
             self.last_profile = None
         for warning in report.warnings:
-            if _rank() == 0:
+            if _rank() == 0 and not self._quiet:
                 print(f"[dist-peakd] warning: {warning}", flush=True)
             if warning not in self.seen:
                 self.seen.append(warning)

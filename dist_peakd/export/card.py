@@ -88,6 +88,11 @@ def _what_it_is(method: Mapping[str, Any]) -> list[str]:
                 "pretrained on teacher-prediction labels (teacher right/wrong x confident/unsure, 4 classes) of "
                 f"the teacher {_teacher_name(method)}. It is the starting point of distillation (which puts "
                 "a fresh task head on it), not a task classifier: its outputs are the 4 PTP classes."]
+    if method.get("student") == "plain":
+        return [f"A **plain {method.get('depth')}-layer BERT** student (each layer run once) whose layers were copied "
+                f"from the backbone's layers {method.get('backbone_layers')} (layer map `{method.get('layer_map')}`), "
+                f"{'pretrained with PTP, ' if method.get('ptp') else ''}distilled from the teacher "
+                f"{_teacher_name(method)} with {method.get('distillation', 'KD + Patient-KD')}."]
     lines = [
         f"A **Pea-KD** student: SPS (Shuffled Parameter Sharing) BERT with k = {method.get('k')} parameter "
         f"layers run as {method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`; "

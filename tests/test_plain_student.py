@@ -185,3 +185,21 @@ def test_plain_distillation_end_to_end(teacher_run, tmp_path, capsys):  # noqa: 
     other = dict(plain, layer_map="bottom", ptp_dir=str(ptp_dir / "best"))
     code, err = cli("distill", other, capsys)
     assert code == 2 and "built from backbone layers [0, 2]" in err and "[0, 1]" in err
+
+
+def test_pipeline_with_a_plain_student_of_auto_depth(teacher_run, tmp_path, capsys):  # noqa: F811
+    out, opts = copy_run(teacher_run, tmp_path)
+    values = {k: v for k, v in opts.items() if k not in ("epochs", "lr")}
+    values.update(student="plain", depth="auto", layer_map="1,3", teacher_epochs=1, teacher_lr=1e-3, ptp_epochs=1,
+                  ptp_lr=1e-3, epochs=1, lr=1e-3, latency_repeats=1)
+    code, _ = cli("pipeline", values, capsys)
+    assert code == 0
+    summary = json.loads((out / "mrpc" / "pipeline_summary.json").read_text())
+    assert any("teacher: reused" in line for line in summary["stages"])  # the teacher of the same options
+    student = summary["rows"][1]
+    assert (student["num_parameter_layers"], student["num_effective_layers"]) == (2, 2)  # auto: ceil(4/2)
+    assert summary["student_dir"].endswith("distill-plain-d2-m1-3-ptp-a0.7-T10-b100-s3/final")
+    assert (out / "mrpc" / "ptp-plain-d2-m1-3" / "best").is_dir()
+    md = (out / "mrpc" / "pipeline_summary.md").read_text()
+    assert "pipeline: mrpc (plain d=2 (1,3 layers) (auto: 4-layer teacher), PTP on" in md
+    assert json.loads((Path(summary["student_dir"]) / "config.json").read_text())["model_type"] == "bert"

@@ -242,8 +242,9 @@ def render_model_card(
             f"## Dev metrics{eval_rows_note(eval_rows)}", "", *_metrics_table(dev_metrics), "",
             "## Size and compute", "", *_cost_table(stats, teacher_stats), ""]
     out += _latency_section(latency) + limitations_section(limitations, dev_metrics, exported, eval_rows)
-    # a teacher is a plain BERT-family classifier: its compact folder is a plain one (no custom code)
-    load_format = "plain" if kind == "teacher" and export_format == "compact" else export_format
+    # a teacher (a plain student) is a plain BERT-family classifier: its compact folder is a plain one (no custom code)
+    plain_model = kind == "teacher" or method.get("student") == "plain"  # a plain student is a bert folder too
+    load_format = "plain" if plain_model and export_format == "compact" else export_format
     out += ["## How to load", "", *_how_to_load(load_format, f"path/to/{name}", example), "",
             "## How it was made", "", "```bash", command, "```", "", "Options:", "", "```json",
             json.dumps(dict(options), indent=2, sort_keys=True, default=str), "```", "",

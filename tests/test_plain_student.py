@@ -181,6 +181,14 @@ def test_plain_distillation_end_to_end(teacher_run, tmp_path, capsys):  # noqa: 
         model = AutoModelForSequenceClassification.from_pretrained(str(folder))
         assert type(model).__name__ == "BertForSequenceClassification"
         assert AutoConfig.from_pretrained(str(folder)).id2label == {0: "not_equivalent", 1: "equivalent"}
+    # `dist-peakd export` of it: an hf (compact) export is the same standard folder, loading without custom code
+    exported = tmp_path / "exported"
+    code, err = cli("export", {"model_dir": str(stage / "final"), "out": str(exported), "format": "hf"}, capsys)
+    assert code == 0, err
+    assert json.loads((exported / "config.json").read_text())["model_type"] == "bert"
+    assert "trust_remote_code" not in (exported / "README.md").read_text()
+    assert type(AutoModelForSequenceClassification.from_pretrained(str(exported))).__name__ == \
+        "BertForSequenceClassification"
     # no ptp encoder of another layer map is taken for this one
     other = dict(plain, layer_map="bottom", ptp_dir=str(ptp_dir / "best"))
     code, err = cli("distill", other, capsys)

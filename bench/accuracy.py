@@ -1,4 +1,4 @@
-"""The ablation matrix: teacher and seven students on GLUE dev, mean ± std over seeds.
+"""The ablation matrix: teacher, the seven Pea-KD ablations and plain d-layer students, on GLUE dev (mean ± std).
 
     python bench/accuracy.py --device cuda --tasks mrpc,sst2 --seeds 0,1,2          # the full matrix (GPU)
     python bench/accuracy.py --device cpu --tasks mrpc --seeds 0 --variants kd,pkd,sps_shuffle_pkd,peakd
@@ -39,7 +39,23 @@ VARIANTS: dict[str, tuple[str, bool, float, float, str]] = {
     "sps_shuffle_pkd": ("shuffle", False, 0.7, 100.0, "SPS-shuffle + PKD"),
     "ptp_pkd": ("none", True, 0.7, 100.0, "PTP + PKD"),
     "peakd": ("shuffle", True, 0.7, 100.0, "Pea-KD (SPS-shuffle + PTP + PKD)"),
+    # plain students (--student plain): variant "plain", their depth and layer map in PLAIN below
+    "plain_kd_d2": ("plain", False, 0.7, 0.0, "plain 2-layer KD"),
+    "plain_pkd_d2": ("plain", False, 0.7, 100.0, "plain 2-layer Patient-KD"),
+    "plain_pkd_d2_alt": ("plain", False, 0.7, 100.0, "plain 2-layer Patient-KD, alternate layers"),
+    "plain_pkd_d4": ("plain", False, 0.7, 100.0, "plain 4-layer Patient-KD"),
 }
+#: name -> (depth, layer map) of the plain-student entries of VARIANTS.
+PLAIN: dict[str, tuple[int, str]] = {"plain_kd_d2": (2, "bottom"), "plain_pkd_d2": (2, "bottom"),
+                                     "plain_pkd_d2_alt": (2, "alternate"), "plain_pkd_d4": (4, "bottom")}
+
+
+def student_options(name: str, k: int) -> dict:
+    """The student shape options of a VARIANTS entry: ``k``/``variant`` (SPS) or ``student``/``depth``/``layer_map``."""
+    if name in PLAIN:
+        depth, layer_map = PLAIN[name]
+        return {"student": "plain", "depth": depth, "layer_map": layer_map}
+    return {"k": k, "variant": VARIANTS[name][0]}
 
 
 def main() -> None:
@@ -150,20 +166,20 @@ def main() -> None:
                 if out_of_time():
                     stopped_early = True
                     break
-                variant, use_ptp, alpha, beta, _ = VARIANTS[name]
+                _, use_ptp, alpha, beta, _ = VARIANTS[name]
                 t0 = time.perf_counter()
                 ptp_dir = None
                 if use_ptp:
                     popts = build_options(ptp.PTPOptions, **common, task=task, output_dir=str(seed_dir), seed=seed,
-                                          k=args.k, variant=variant, epochs=args.ptp_epochs, lr=args.ptp_lr,
+                                          **student_options(name, args.k), epochs=args.ptp_epochs, lr=args.ptp_lr,
                                           teacher_dir=teacher_dir, teacher_cache_dir=cache_dir)
                     ptp_stage = seed_dir / task / popts.stage_name()
                     if not (ptp_stage / "summary.json").is_file():
                         ptp.run(popts)
                     ptp_dir = str(ptp_stage / "best")
                 summary = distill.run(build_options(
-                    distill.DistillOptions, **common, task=task, output_dir=str(seed_dir), seed=seed, k=args.k,
-                    variant=variant, use_ptp=use_ptp, ptp_dir=ptp_dir, alpha=alpha, beta=beta,
+                    distill.DistillOptions, **common, task=task, output_dir=str(seed_dir), seed=seed,
+                    **student_options(name, args.k), use_ptp=use_ptp, ptp_dir=ptp_dir, alpha=alpha, beta=beta,
                     temperature=args.temperature, epochs=args.epochs, lr=args.lr,
                     teacher_dir=teacher_dir, teacher_cache_dir=cache_dir, run_name=f"{name}"))
                 runs.append({"task": task, "variant": name, "seed": seed, "final": summary["final"],

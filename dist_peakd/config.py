@@ -101,9 +101,13 @@ def non_result_options(cls: type) -> frozenset[str]:
 
 def result_differences(before: dict[str, Any], opts: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
     """``"name: old -> new"`` for every result-relevant option whose value differs from ``before``
-    (a saved ``dataclasses.asdict`` of the same options class)."""
+    (a saved ``dataclasses.asdict`` of the same options class; an option ``before`` lacks counts as the
+    same when it is at its default)."""
     skip = non_result_options(type(opts)) | ignore
     now = json.loads(json.dumps(dataclasses.asdict(opts), default=str))
+    # an option added since ``before`` was saved, at its default, is the run ``before`` made (e.g. ``student``)
+    defaults = {f.name: f.default for f in fields(opts) if f.default is not dataclasses.MISSING}
+    skip |= {k for k in now if k not in before and k in defaults and now[k] == defaults[k]}
     keys = sorted((set(before) | set(now)) - skip)
     return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
 

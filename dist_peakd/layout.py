@@ -7,6 +7,7 @@
     <output_dir>/<task>/teacher/{best,final}/   finetune-teacher   (``--teacher_dir``: another teacher)
     <output_dir>/<task>/teacher_cache/          cache-teacher      (``--teacher_cache_dir``: elsewhere)
     <output_dir>/<task>/ptp-k<k>-<variant>/best ptp                (``--ptp_dir``: another encoder)
+    <output_dir>/<task>/ptp-plain-d<d>-<map>/   ptp of a plain student (``--student plain``)
     <output_dir>/<task>/distill-.../            distill            (``--run_name``: another name)
     <output_dir>/<task>/sweep-<name>/           sweep (trial-<id>/, tune/, results.*)
     <output_dir>/<task>/pipeline_summary.{json,md}
@@ -26,9 +27,10 @@ TEACHER_CACHE = "teacher_cache"
 TOKEN_CACHE = ".token_cache"
 
 
-def ptp_stage_name(k: int, variant: str) -> str:
-    """The PTP stage folder of a student shape (one encoder per (k, variant), shared by distill runs)."""
-    return f"ptp-k{k}-{variant}"
+def ptp_stage_name(k: int, variant: str, plain: str | None = None) -> str:
+    """The PTP stage folder of a student shape (one encoder per (k, variant), shared by distill runs); a plain
+    student's: ``ptp-<plain>`` (``plain``: its ``plain-d<d>-<layer map>`` tag)."""
+    return f"ptp-{plain}" if plain else f"ptp-k{k}-{variant}"
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,13 @@ class RunLayout:
         return Path(self.teacher_cache_override) if self.teacher_cache_override else self.task_dir / TEACHER_CACHE
 
     # ---------------------------------------------------------------- students
-    def ptp_stage(self, k: int, variant: str) -> Path:
-        return self.stage_dir(ptp_stage_name(k, variant))
+    def ptp_stage(self, k: int, variant: str, plain: str | None = None) -> Path:
+        return self.stage_dir(ptp_stage_name(k, variant, plain))
 
-    def ptp_encoder(self, k: int, variant: str) -> Path:
-        """The PTP encoder a distillation of this shape starts from: ``--ptp_dir``, else ``ptp-k<k>-<v>/best``."""
-        return Path(self.ptp_override) if self.ptp_override else self.ptp_stage(k, variant) / "best"
+    def ptp_encoder(self, k: int, variant: str, plain: str | None = None) -> Path:
+        """The PTP encoder a distillation of this shape starts from: ``--ptp_dir``, else ``ptp-k<k>-<v>/best``
+        (a plain student: ``ptp-plain-d<d>-<map>/best``)."""
+        return Path(self.ptp_override) if self.ptp_override else self.ptp_stage(k, variant, plain) / "best"
 
     # ---------------------------------------------------------------- sweeps and the pipeline
     def sweep_dir(self, name: str) -> Path:

@@ -329,9 +329,9 @@ class Engine:
 
     def export_pretrained(self, out_dir: str | Path, tokenizer: Any = None,
                           extra_json: dict[str, Any] | None = None, label_names: Any = None,
-                          card: str | None = None) -> Path:
+                          card: str | None = None, plain: bool = False) -> Path:
         """:func:`.export.export_pretrained` of this engine's model (collective; rank 0 writes)."""
-        return export.export_pretrained(self, out_dir, tokenizer, extra_json, label_names, card)
+        return export.export_pretrained(self, out_dir, tokenizer, extra_json, label_names, card, plain)
 
 
 def compile_seconds() -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..artifacts import write_error
-from ..export import ExportError, export_compact
+from ..export import ExportError, export_compact, export_plain
 from .distributed import barrier
 
 if TYPE_CHECKING:
@@ -31,8 +31,9 @@ def _full_parameters(engine: Engine) -> Iterator[None]:
 
 def export_pretrained(engine: Engine, out_dir: str | Path, tokenizer: Any = None,
                       extra_json: dict[str, Any] | None = None, label_names: Sequence[str] | None = None,
-                      card: str | None = None) -> Path:
-    """Export the model with :func:`dist_peakd.export.export_compact`; rank 0 writes. Collective.
+                      card: str | None = None, plain: bool = False) -> Path:
+    """Export the model with :func:`dist_peakd.export.export_compact` (``plain``: :func:`~dist_peakd.export.export_plain`,
+    a standard ``bert`` folder without custom code); rank 0 writes. Collective.
 
     ``extra_json`` (file name -> object) and ``card`` (README.md) go into the folder; ``label_names``
     set ``id2label``/``label2id``. Written to ``.tmp-<name>``, with ``dist_peakd_files.json`` (size +
@@ -43,8 +44,8 @@ def export_pretrained(engine: Engine, out_dir: str | Path, tokenizer: Any = None
     with _full_parameters(engine):
         if engine.dist.is_main:
             try:
-                export_compact(engine.module, out_dir, tokenizer, label_names=label_names, card=card,
-                               extra_files=extra_json)
+                write = export_plain if plain else export_compact
+                write(engine.module, out_dir, tokenizer, label_names=label_names, card=card, extra_files=extra_json)
             except ExportError:
                 raise
             except Exception as e:  # OSError, or the serializer's own error type on ENOSPC

@@ -88,6 +88,11 @@ def _what_it_is(method: Mapping[str, Any]) -> list[str]:
                 "pretrained on teacher-prediction labels (teacher right/wrong x confident/unsure, 4 classes) of "
                 f"the teacher {_teacher_name(method)}. It is the starting point of distillation (which puts "
                 "a fresh task head on it), not a task classifier: its outputs are the 4 PTP classes."]
+    if method.get("student") == "plain":
+        return [f"A **plain {method.get('depth')}-layer BERT** student (each layer run once) whose layers were copied "
+                f"from the backbone's layers {method.get('backbone_layers')} (layer map `{method.get('layer_map')}`), "
+                f"{'pretrained with PTP, ' if method.get('ptp') else ''}distilled from the teacher "
+                f"{_teacher_name(method)} with {method.get('distillation', 'KD + Patient-KD')}."]
     lines = [
         f"A **Pea-KD** student: SPS (Shuffled Parameter Sharing) BERT with k = {method.get('k')} parameter "
         f"layers run as {method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`; "
@@ -237,8 +242,9 @@ def render_model_card(
             f"## Dev metrics{eval_rows_note(eval_rows)}", "", *_metrics_table(dev_metrics), "",
             "## Size and compute", "", *_cost_table(stats, teacher_stats), ""]
     out += _latency_section(latency) + limitations_section(limitations, dev_metrics, exported, eval_rows)
-    # a teacher is a plain BERT-family classifier: its compact folder is a plain one (no custom code)
-    load_format = "plain" if kind == "teacher" and export_format == "compact" else export_format
+    # a teacher (a plain student) is a plain BERT-family classifier: its compact folder is a plain one (no custom code)
+    plain_model = kind == "teacher" or method.get("student") == "plain"  # a plain student is a bert folder too
+    load_format = "plain" if plain_model and export_format == "compact" else export_format
     out += ["## How to load", "", *_how_to_load(load_format, f"path/to/{name}", example), "",
             "## How it was made", "", "```bash", command, "```", "", "Options:", "", "```json",
             json.dumps(dict(options), indent=2, sort_keys=True, default=str), "```", "",

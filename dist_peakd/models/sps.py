@@ -11,6 +11,7 @@ their code and write ``auto_map``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -79,16 +80,20 @@ def build_student(
     variant: str = "shuffle",
     num_labels: int = 2,
     attn_implementation: str = "sdpa",
+    layers: Sequence[int] | None = None,
 ) -> SPSBertForSequenceClassification:
     """An SPS student initialised from a *pretrained* BERT backbone (path or hub id).
 
     Embeddings, the bottom ``k`` encoder layers and the pooler are copied from
     ``BertModel.from_pretrained(backbone)`` (fp32); the classifier head is new, drawn from the
-    caller's torch RNG. ``num_labels == 1`` means regression.
+    caller's torch RNG. ``num_labels == 1`` means regression. ``layers``: the backbone layers
+    (0-based, ``k`` of them, strictly increasing) parameter layers ``0..k-1`` copy instead of the
+    bottom ``k`` (a plain student's layer map).
 
     Raises:
         ModelConfigError: backbone not of model_type ``bert``; ``k`` outside ``1..backbone layers``;
-            unknown ``variant``; unsupported ``attn_implementation``.
+            unknown ``variant``; unsupported ``attn_implementation``; ``layers`` not ``k`` increasing
+            indices of the backbone.
     """
     check_variant(variant)
     _check_attn(attn_implementation)
@@ -105,6 +110,7 @@ def build_student(
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
         raise ModelConfigError(f"k must be an integer in 1..{n_layers} (layers of {str(backbone)!r}), got {k!r}")
     schedule = sps_schedule(k, variant)
+    source = _source_layers(layers, k, n_layers, backbone)
 
     own = {name: getattr(base_cfg, name) for name in _BERT_OWN_FIELDS if hasattr(base_cfg, name)}
     own["num_hidden_layers"] = k
@@ -123,15 +129,31 @@ def build_student(
     )
     if any(key.startswith("pooler.") for key in info.get("missing_keys", ())):
         logger.warning("backbone %s has no pooler weights: the student's pooler is randomly initialised", backbone)
-    wanted = {f"encoder.layer.{i}." for i in range(k)}
-    state = {
-        name: tensor
-        for name, tensor in pretrained.state_dict().items()
-        if not name.startswith("encoder.") or any(name.startswith(p) for p in wanted)
-    }
-    student.bert.load_state_dict(state, strict=True)
+    student.bert.load_state_dict(_mapped_state(pretrained.state_dict(), source), strict=True)
     del pretrained
     return student
+
+
+def _source_layers(layers: Sequence[int] | None, k: int, n_layers: int, backbone: str | Path) -> list[int]:
+    """The backbone layers the student's ``k`` layers copy: ``layers`` checked, else the bottom ``k``."""
+    source = list(range(k)) if layers is None else [int(i) for i in layers]
+    if len(source) != k or any(not 0 <= i < n_layers for i in source) or sorted(set(source)) != source:
+        raise ModelConfigError(f"layers {list(layers or [])!r}: expected {k} strictly increasing indices in "
+                               f"0..{n_layers - 1} (layers of {str(backbone)!r})")
+    return source
+
+
+def _mapped_state(state: dict[str, torch.Tensor], source: list[int]) -> dict[str, torch.Tensor]:
+    """The backbone's weights with encoder layer ``source[j]`` renamed to layer ``j`` (other layers dropped)."""
+    wanted = {f"encoder.layer.{i}.": f"encoder.layer.{j}." for j, i in enumerate(source)}
+    out = {}
+    for name, tensor in state.items():
+        prefix = next((p for p in wanted if name.startswith(p)), None)
+        if prefix is not None:
+            out[wanted[prefix] + name[len(prefix):]] = tensor
+        elif not name.startswith("encoder."):
+            out[name] = tensor
+    return out
 
 
 def load_student(

@@ -117,6 +117,7 @@ class ExportContext:
             "command": command_line(self.stage, self.opts), "options": dataclasses.asdict(self.opts),
             "exported": which, "teacher_stats": self.teacher_stats,
             "base_model": base_model_id(str(self.opts.backbone)),
+            **({"export_format": "plain"} if self.stage == "distill" and _plain(self.opts) else {}),
         })
 
     def record(self, which: str, metrics: dict[str, float]) -> dict[str, Any]:
@@ -157,7 +158,11 @@ def student_method(opts: Any, model: Any, teacher: Path, kind: str = "student",
     """The card's ``method`` of a PTP encoder (``kind="ptp"``) or a distilled student."""
     method = {"kind": kind, **teacher_identity(teacher, cache_manifest), "k": model.config.num_hidden_layers,
               "variant": model.config.sps_variant, "num_effective_layers": len(model.config.sps_schedule),
-              "schedule": [list(map(_plain, e)) for e in model.config.sps_schedule], "backbone": str(opts.backbone)}
+              "schedule": [list(map(_plain_value, e)) for e in model.config.sps_schedule], "backbone": str(opts.backbone)}
+    if _plain(opts):
+        from .student_kind import plain_summary
+
+        method.update(plain_summary(opts))
     if kind == "student":
         method["ptp"] = bool(opts.use_ptp)
         method["distillation"] = (f"alpha {opts.alpha:g} x KD (T = {opts.temperature:g}) + (1 - alpha) x CE + "
@@ -165,8 +170,13 @@ def student_method(opts: Any, model: Any, teacher: Path, kind: str = "student",
     return method
 
 
-def _plain(value: Any) -> Any:
+def _plain_value(value: Any) -> Any:
     return bool(value) if isinstance(value, bool) else int(value)
+
+
+def _plain(opts: Any) -> bool:
+    """A plain student (``--student plain``): its card says so and its distilled folders are plain ``bert``."""
+    return getattr(opts, "student", "sps") == "plain"
 
 
 def teacher_reference(teacher: Path, cache_manifest: dict[str, Any] | None) -> tuple[dict | None, dict | None]:

@@ -371,10 +371,11 @@ def fit_tracked(trainer: Trainer, tracker: Tracker) -> dict[str, Any]:
 
 
 def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any],
-                   context: Any = None) -> Callable[[Path, dict[str, Any]], None]:
+                   context: Any = None, plain: bool = False) -> Callable[[Path, dict[str, Any]], None]:
     """The trainer's ``export_fn``: a compact HF folder (:mod:`dist_peakd.export`) with ``dist_peakd.json``
     = head + the export's info + tail; with an :class:`~.cards.ExportContext` also the task's label
-    names, the record's card inputs and the model card ``README.md``."""
+    names, the record's card inputs and the model card ``README.md``. ``plain``: a standard ``bert`` folder
+    instead (a plain student's distillation: no custom code)."""
     from ..export import render_model_card
 
     def export(path: Path, info: dict[str, Any]) -> None:
@@ -383,7 +384,7 @@ def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: d
             record.update(context.record(path.name, info["metrics"]))
             card, labels = render_model_card(**record["card"]), context.label_names
         engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": record}, label_names=labels,
-                                 card=card)
+                                 card=card, plain=plain)
 
     return export
 

@@ -13,36 +13,12 @@ written out share their stage folders (and a sweep's resume sees the same option
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from .depth_rules import AUTO, auto_k, normalise_k
 
-AUTO = "auto"
-
-
-def auto_k(teacher_layers: int, variant: str) -> int:
-    """The ``--k auto`` depth for an ``teacher_layers``-layer teacher (see the module docstring)."""
-    if teacher_layers < 1:
-        raise ConfigError(f"option k: auto needs a teacher with >= 1 layer, got {teacher_layers}")
-    per_layer = 1 if variant == "none" else 2
-    return max(1, math.ceil(teacher_layers / (2 * per_layer)))
-
-
-def normalise_k(value: Any) -> int | str:
-    """``"auto"`` or an integer >= 1 (``"3"`` from a config file becomes 3); anything else is refused."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == AUTO:
-            return AUTO
-        if text.isdigit():
-            value = int(text)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"option k: student depth must be 'auto' or an integer >= 1, got {value!r}")
-    return value
+__all__ = ["AUTO", "auto_k", "normalise_k"]
 
 
 def teacher_depth(opts: Any) -> tuple[int, str]:
@@ -59,7 +35,10 @@ def teacher_depth(opts: Any) -> tuple[int, str]:
 
 
 def resolve_k(opts: Any) -> tuple[Any, dict[str, Any] | None]:
-    """``opts`` with ``k`` an integer, and how ``auto`` was resolved (None when ``k`` was given)."""
+    """``opts`` with ``k`` an integer, and how ``auto`` was resolved (None when ``k`` was given). A plain
+    student (``--student plain``): its ``--depth`` resolved instead, and ``k = depth`` (:mod:`.student_kind`)."""
+    if getattr(opts, "student", "sps") == "plain":
+        return resolve_plain(opts)
     k = normalise_k(opts.k)
     if k != AUTO:
         return (opts if k == opts.k else dataclasses.replace(opts, k=k)), None
@@ -81,7 +60,8 @@ def describe_resolution(note: dict[str, Any] | None) -> str | None:
     """``--k auto: k=2 (ceil(L/4) of the 6-layer teacher ...)`` (None when k was given)."""
     if note is None:
         return None
-    return (f"--k auto: k={note['k']} ({note['rule']} of the {note['teacher_layers']}-layer teacher "
+    name = note.get("option", "k")
+    return (f"--{name} auto: {name}={note['k']} ({note['rule']} of the {note['teacher_layers']}-layer teacher "
             f"{note['teacher']})")
 
 
@@ -89,3 +69,19 @@ def announce_k(note: dict[str, Any] | None, dist_info: Any) -> None:
     """Print how ``auto`` was resolved (rank 0; nothing when k was given)."""
     if note is not None and dist_info.is_main:
         print(f"[dist-peakd] {describe_resolution(note)}", flush=True)
+
+
+def resolve_plain(opts: Any) -> tuple[Any, dict[str, Any] | None]:
+    """A plain student's options with ``depth`` an integer (``auto``: ``ceil(L_teacher / 2)``), checked against the
+    backbone with its layer map, and ``k = depth``, ``variant = none`` (what the SPS machinery builds and
+    names); how ``auto`` was resolved (None when the depth was given)."""
+    from .student_kind import backbone_layers, layer_indices
+
+    depth, note = normalise_k(opts.depth, "depth"), None
+    if depth == AUTO:
+        teacher_layers, source = teacher_depth(opts)
+        depth = auto_k(teacher_layers, "none")
+        note = {"requested": AUTO, "k": depth, "teacher_layers": teacher_layers, "teacher": source,
+                "rule": "ceil(L/2)", "option": "depth"}
+    layer_indices(opts.layer_map, depth, backbone_layers(opts))
+    return dataclasses.replace(opts, depth=depth, k=depth, variant="none"), note

@@ -44,7 +44,16 @@ from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
 from .preflight import check_ptp_encoder
 from .stage_folder import check_inputs, releases_locks
-from .student_common import K_HELP, StudentRun, export_fingerprint, open_student_run, validate_student_options
+from .student_common import (
+    K_HELP,
+    VARIANT_HELP,
+    StudentRun,
+    export_fingerprint,
+    open_student_run,
+    student_layers,
+    validate_student_options,
+)
+from .student_kind import DEPTH_HELP, LAYER_MAP_HELP, STUDENT_HELP, fill_defaults, plain_summary, plain_tag
 
 
 @dataclass
@@ -52,7 +61,10 @@ class DistillOptions(RunOptions):
     """Distillation options: student shape, loss weights, where the cache and PTP encoder are."""
 
     k: int | str = option("auto", help=K_HELP)
-    variant: str = option("shuffle", help="none | share | shuffle (Shuffled Parameter Sharing)")
+    variant: str = option("auto", help=VARIANT_HELP)
+    student: str = option("sps", help=STUDENT_HELP)
+    depth: int | str | None = option(None, help=DEPTH_HELP)
+    layer_map: str = option("bottom", help=LAYER_MAP_HELP)
     use_ptp: bool = option(True, help="start from the PTP-pretrained encoder")
     ptp_dir: str | None = option(None, help="PTP encoder folder (default <output_dir>/<task>/ptp-k<k>-<variant>/best)")
     teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
@@ -64,9 +76,12 @@ class DistillOptions(RunOptions):
     epochs: float = 4.0
     run_name: str | None = option(None, help="stage folder name (default derived from k/variant/alpha/T/beta/seed)")
 
+    def __post_init__(self) -> None:
+        fill_defaults(self)
+
     def validate(self) -> None:
         super().validate()
-        self.k = validate_student_options(self.k, self.variant)
+        validate_student_options(self)
         if self.temperature <= 0:
             raise ConfigError(f"option temperature: must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -92,23 +107,25 @@ class DistillOptions(RunOptions):
         if self.run_name:
             return self.run_name
         ptp = "-ptp" if self.use_ptp else ""
-        return f"distill-k{self.k}-{self.variant}{ptp}-a{self.alpha:g}-T{self.temperature:g}-b{self.beta:g}-s{self.seed}"
+        shape = plain_tag(self) or f"k{self.k}-{self.variant}"
+        return f"distill-{shape}{ptp}-a{self.alpha:g}-T{self.temperature:g}-b{self.beta:g}-s{self.seed}"
 
 
 def build_distill_student(opts: DistillOptions, layout: RunLayout, run_: StudentRun) -> torch.nn.Module:
-    """The student: the PTP encoder of this shape with a fresh head, or the backbone's bottom k layers."""
+    """The student: the PTP encoder of this shape with a fresh head, or the backbone's bottom k layers (a plain
+    student: the layers of its layer map)."""
     task = run_.data.task
     if not opts.use_ptp:
         return set_task_labels(build_student(run_.backbone, k=opts.k, variant=opts.variant,
-                                             num_labels=task.num_labels), task)
-    ptp_dir = layout.ptp_encoder(opts.k, opts.variant)
+                                             num_labels=task.num_labels, layers=student_layers(opts)), task)
+    ptp_dir = layout.ptp_encoder(opts.k, opts.variant, plain_tag(opts))
     check_ptp_encoder(opts)
     model = load_student(ptp_dir, num_labels=task.num_labels, trust_unverified=opts.trust_unverified)
     return set_task_labels(model, task)
 
 
 def _ptp_fingerprint(opts: DistillOptions, layout: RunLayout) -> str:
-    ptp_dir = layout.ptp_encoder(opts.k, opts.variant)
+    ptp_dir = layout.ptp_encoder(opts.k, opts.variant, plain_tag(opts))
     check_ptp_encoder(opts)
     return export_fingerprint(ptp_dir, opts.trust_unverified)
 
@@ -180,7 +197,8 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
                             teacher_stats=teacher_stats, dev_rows=run_.data.dev_rows, profile=warnings)
     export = stage_exporter(engine, tokenizer=run_.tokenizer,
                             head={"stage": "distill", "task": run_.data.task.name, "data": run_.data.task.describe()},
-                            tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context)
+                            tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context,
+                            plain=plain_tag(opts) is not None)
     loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
     trainer = Trainer(
         engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device, warnings, engine.compiled),
@@ -188,5 +206,6 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
                        "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics"),
-                       "metric_warnings": warnings.seen, "baseline": warnings.baseline})
+                       "metric_warnings": warnings.seen, "baseline": warnings.baseline,
+                       **({"student": plain_summary(opts)} if plain_tag(opts) else {})})
     return fit_tracked(trainer, tracker)

@@ -31,6 +31,7 @@ from .depth import announce_k, resolve_k
 from .distill import DistillOptions
 from .preflight import check_models
 from .ptp import validate_threshold_rule
+from .student_kind import plain_tag
 
 # Named presets: applied under the user's own options (the command line always wins).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -249,7 +250,9 @@ def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], 
     batch = collator_for(tokenizer)(dev_rows)
     teacher_model = load_teacher(opts.layout().teacher, num_labels=task.num_labels,
                                  trust_unverified=opts.trust_unverified, require_head=True).to(device)
-    student_model = load_student(Path(student_summary["stage_dir"]) / "final").to(device)
+    final = Path(student_summary["stage_dir"]) / "final"
+    student_model = (load_teacher(final, num_labels=task.num_labels, require_head=True) if plain_tag(opts)  # bert
+                     else load_student(final)).to(device)
     student = {"final": student_summary["final"], "best": student_summary["best"]}
     rows = [_model_row("teacher", teacher_model, teacher, batch, opts),
             _model_row("student", student_model, student, batch, opts)]
@@ -283,7 +286,7 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
         if use_ptp:
             ptp_opts = _subset(opts, ptp.PTPOptions, epochs=opts.ptp_epochs, lr=opts.ptp_lr)
             _run_stage("ptp", layout.stage_dir(ptp_opts.stage_name()), ptp_opts, ptp.run, log,
-                       f"pretrain the k={opts.k} {opts.variant} student on teacher-prediction labels, "
+                       f"pretrain the {student_words(opts)} student on teacher-prediction labels, "
                        f"{opts.ptp_epochs:g} epoch(s)")
         distill_opts = _subset(opts, DistillOptions, use_ptp=use_ptp)
         student_summary = _run_stage("distill", layout.stage_dir(distill_opts.stage_name()), distill_opts,
@@ -299,8 +302,10 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
                   "wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(dist_info.device),
                   "world_size": dist_info.world_size, "latency_batch": latency_batch,
                   "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str))}
-        k_text = f"k={opts.k}" + (f" (auto: {k_auto['teacher_layers']}-layer teacher)" if k_auto else "")
-        header = (f"## dist-peakd pipeline: {task.name} ({k_text}, {opts.variant}, PTP {'on' if use_ptp else 'off'}; "
+        k_text = (f"{student_words(opts)}" if plain_tag(opts) else f"k={opts.k}") + \
+            (f" (auto: {k_auto['teacher_layers']}-layer teacher)" if k_auto else "")
+        shape = f"{k_text}, {opts.variant}" if not plain_tag(opts) else k_text
+        header = (f"## dist-peakd pipeline: {task.name} ({shape}, PTP {'on' if use_ptp else 'off'}; "
                   f"{result['wall_time_s']} s on {dist_info.world_size} x {dist_info.device})")
         md = _markdown(rows, list(task.metrics), header, baseline)
         add_latency_to_card(Path(result["student_dir"]), rows, latency_batch, dist_info.device)
@@ -315,9 +320,17 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
 
 def distill_detail(opts: DistillOptions) -> str:
     """The distillation banner: the student and the loss."""
-    start = "the PTP encoder" if opts.use_ptp else "the backbone's bottom layers"
-    return (f"k={opts.k} {opts.variant} student from {start}, alpha {opts.alpha:g}, T {opts.temperature:g}, "
+    start = "the PTP encoder" if opts.use_ptp else ("the backbone's mapped layers" if plain_tag(opts)
+                                                     else "the backbone's bottom layers")
+    return (f"{student_words(opts)} student from {start}, alpha {opts.alpha:g}, T {opts.temperature:g}, "
             f"beta {opts.beta:g}, {opts.epochs:g} epoch(s)")
+
+
+def student_words(opts: Any) -> str:
+    """``k=2 shuffle`` (SPS) or ``plain d=2 (alternate layers)``, as the banners and the table header say it."""
+    if plain_tag(opts):
+        return f"plain d={opts.depth} ({opts.layer_map} layers)"
+    return f"k={opts.k} {opts.variant}"
 
 
 def print_summary(md: str, result: dict[str, Any], task_dir: Path, json_path: Path,

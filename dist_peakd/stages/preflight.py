@@ -116,12 +116,16 @@ def _run_task(opts: Any) -> Any:
     return glue_task(opts) if opts.data_options().is_glue else None
 
 
-def _record_task(folder: Path) -> str | None:
+def _record(folder: Path) -> dict:
     try:
         record = json.loads((folder / "dist_peakd.json").read_text())
     except (OSError, ValueError):
-        return None
-    task = record.get("task") if isinstance(record, dict) else None
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _record_task(folder: Path) -> str | None:
+    task = _record(folder).get("task")
     return str(task) if task else None
 
 
@@ -188,7 +192,9 @@ def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str) 
 
 def check_ptp_encoder(opts: Any) -> None:
     """distill with ``use_ptp``: the PTP encoder exists, is an SPS student, has this run's k and variant."""
-    ptp_dir = Path(opts.layout().ptp_encoder(opts.k, opts.variant))
+    from .student_kind import plain_summary, plain_tag
+
+    ptp_dir = Path(opts.layout().ptp_encoder(opts.k, opts.variant, plain_tag(opts)))
     if not (ptp_dir / "config.json").is_file():
         raise ConfigError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` with the same "
                           "k/variant first, or pass --use_ptp=False)")
@@ -206,3 +212,9 @@ def check_ptp_encoder(opts: Any) -> None:
     if k != opts.k or variant != opts.variant:
         raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={k}, variant={variant}; this run asks "
                           f"k={opts.k}, variant={opts.variant}")
+    if plain_tag(opts):  # a plain student's encoder: built from the same backbone layers
+        recorded = (_record(ptp_dir).get("student") or {}).get("backbone_layers")
+        wanted = plain_summary(opts)["backbone_layers"]
+        if recorded != wanted:
+            raise ConfigError(f"option ptp_dir: encoder {ptp_dir} was built from backbone layers {recorded} (its "
+                              f"dist_peakd.json), this plain student copies {wanted} (--layer_map {opts.layer_map})")

@@ -31,7 +31,15 @@ from .cards import ExportContext, student_method, teacher_reference
 from .common import build_engine, check_model_source, fit_tracked, open_tracker, stage_exporter, trainer_data
 from .depth import announce_k, resolve_k
 from .stage_folder import check_inputs, releases_locks
-from .student_common import K_HELP, StudentRun, open_student_run, validate_student_options
+from .student_common import (
+    K_HELP,
+    VARIANT_HELP,
+    StudentRun,
+    open_student_run,
+    student_layers,
+    validate_student_options,
+)
+from .student_kind import DEPTH_HELP, LAYER_MAP_HELP, STUDENT_HELP, fill_defaults, plain_summary, plain_tag
 
 NUM_PTP_CLASSES = 4
 
@@ -41,19 +49,25 @@ class PTPOptions(RunOptions):
     """PTP options: the student shape (same as the distillation stage's) and the threshold rule."""
 
     k: int | str = option("auto", help=K_HELP)
-    variant: str = option("shuffle", help="none | share | shuffle (Shuffled Parameter Sharing)")
+    variant: str = option("auto", help=VARIANT_HELP)
+    student: str = option("sps", help=STUDENT_HELP)
+    depth: int | str | None = option(None, help=DEPTH_HELP)
+    layer_map: str = option("bottom", help=LAYER_MAP_HELP)
     teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
     teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
     threshold_rule: str = option("median", help="PTP confidence thresholds: median | paper")
     epochs: float = 2.0
 
+    def __post_init__(self) -> None:
+        fill_defaults(self)
+
     def validate(self) -> None:
         super().validate()
-        self.k = validate_student_options(self.k, self.variant)
+        validate_student_options(self)
         validate_threshold_rule(self.threshold_rule, self.data_options())
 
     def stage_name(self) -> str:
-        return ptp_stage_name(self.k, self.variant)
+        return ptp_stage_name(self.k, self.variant, plain_tag(self))
 
 
 def validate_threshold_rule(rule: str, data: Any) -> None:
@@ -146,7 +160,8 @@ def run(opts: PTPOptions) -> dict[str, Any]:
         return done
     announce_k(k_auto, run_.dist_info)
     train_ptp, dev_ptp, ptp_info = ptp_targets(opts, run_)
-    model = build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES)
+    model = build_student(run_.backbone, k=opts.k, variant=opts.variant, num_labels=NUM_PTP_CLASSES,
+                          layers=student_layers(opts))
     model.config.id2label = dict(enumerate(PTP_CLASS_NAMES))  # 4 PTP classes whatever the task's label count
     model.config.label2id = {name: i for i, name in enumerate(PTP_CLASS_NAMES)}
     batches = trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info)
@@ -167,9 +182,10 @@ def run(opts: PTPOptions) -> dict[str, Any]:
                             student_method(opts, model, teacher, "ptp", run_.cache.manifest),
                             stats, list(PTP_CLASS_NAMES), teacher_stats=teacher_stats, dev_rows=run_.data.dev_rows)
     export = stage_exporter(engine, run_.tokenizer, {"stage": "ptp", "task": run_.data.task.name},
-                            {**ptp_info, "model_stats": stats}, context)
+                            {**ptp_info, "model_stats": stats,
+                             **({"student": plain_summary(opts)} if plain_tag(opts) else {})}, context)
     trainer = Trainer(engine, batches, ptp_objective(run_, train_ptp, dev_ptp, engine.device), run_.stage_dir,
                       tracker, opts.loop_options(), export,
                       extra_summary={**ptp_info, "stage_dir": str(run_.stage_dir), "model_stats": stats, "k": opts.k,
-                                     "k_auto": k_auto})
+                                     "k_auto": k_auto, **({"student": plain_summary(opts)} if plain_tag(opts) else {})})
     return fit_tracked(trainer, tracker)

@@ -41,18 +41,34 @@ def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str |
 
 
 #: ``--help`` line of ``k`` (PTP, distill and the commands that run them).
-K_HELP = ("student depth: parameter layers taken from the backbone; auto = half the teacher's depth in "
-          "effective layers, ceil(L/4) (none: ceil(L/2)): 2 for the 6-layer MiniLM, 3 for a 12-layer BERT-base")
+K_HELP = ("SPS student depth (default auto): parameter layers taken from the backbone; auto = half the teacher's "
+          "depth in effective layers, ceil(L/4) (none: ceil(L/2)): 2 for the 6-layer MiniLM, 3 for a 12-layer "
+          "BERT-base")
+VARIANT_HELP = ("SPS student: none | share | shuffle (Shuffled Parameter Sharing); auto (the default) = shuffle "
+                "(a plain student: none)")
 
 
-def validate_student_options(k: int | str, variant: str) -> int | str:
-    """Check the student shape options; returns ``k`` normalised (``"auto"`` or an int >= 1)."""
+def validate_student_options(opts: Any) -> None:
+    """Check the student kind and shape options; ``opts.k`` normalised (``"auto"`` or an int >= 1) for an
+    SPS student; a plain student's ``--depth``/``--layer_map`` checked (:mod:`.student_kind`)."""
     from .depth import normalise_k
+    from .student_kind import validate_student
 
-    k = normalise_k(k)
-    if variant not in VARIANTS:
-        raise ConfigError(f"option variant: {variant!r} is not one of {list(VARIANTS)}")
-    return k
+    validate_student(opts)
+    if opts.student == "plain":
+        return
+    opts.k = normalise_k(opts.k)
+    if opts.variant not in VARIANTS:
+        raise ConfigError(f"option variant: {opts.variant!r} is not one of {list(VARIANTS)}")
+
+
+def student_layers(opts: Any) -> list[int] | None:
+    """The backbone layers a plain student copies (None: the SPS student's bottom ``k``)."""
+    from .student_kind import backbone_layers, is_plain, layer_indices
+
+    if not is_plain(opts):
+        return None
+    return layer_indices(opts.layer_map, opts.depth, backbone_layers(opts))
 
 
 @dataclass

@@ -103,6 +103,9 @@ class SweepOptions(EarlierStagesOptions):
 
     def validate(self) -> None:
         super().validate()
+        if self.student != "sps":
+            raise ConfigError(f"option student: {self.student!r}: sweeps train SPS students only (their space has no "
+                              "student/depth dimensions yet); run `dist-peakd pipeline --student plain --depth d` per depth")
         choices = {"search": ("grid", "random", "optuna"), "scheduler": ("asha", "fifo"), "mode": ("max", "min"),
                    "scope": ("last", "all"), "trial_backend": ("auto", "function", "ray_train")}
         for name, allowed in choices.items():

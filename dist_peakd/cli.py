@@ -358,7 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     # The deepspeed launcher appends --local_rank=N; LOCAL_RANK is in the environment anyway.
     argv = [a for a in argv if not a.startswith("--local_rank")]
     if not argv or argv[0] in ("-h", "--help") or argv == ["help"]:
-        print(main_help())
+        from .console import print_to_pipe
+
+        print_to_pipe(main_help())
         return
     if argv[0] in ("--version", "-V", "version"):
         from . import __version__

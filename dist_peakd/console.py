@@ -177,3 +177,11 @@ def human_size(num_bytes: float) -> str:
         if abs(num_bytes) < 1000 or unit == "TB":
             break
     return f"{num_bytes:.1f} {unit}"
+
+
+def print_to_pipe(text: str) -> None:
+    """Print ``text``; a reader that stops early (``dist-peakd --help | head``) ends the output quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush

@@ -51,6 +51,15 @@ def test_console_script_help_lists_every_stage_and_option(stages):
     assert "--config=None" in text
 
 
+def test_help_read_by_a_pipe_that_closes_early_ends_quietly():
+    """`dist-peakd --help | head -3`: the reader leaves after 3 lines of a help longer than a pipe
+    buffer; the command ends with exit 0 and no BrokenPipeError traceback."""
+    code = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+            "from dist_peakd import cli; cli.main(['--help'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("how", [["--help"], ["-h"], ["help"]])
 def test_stage_help_lists_every_option_with_its_default(stages, capsys, how):
     for name, cls in stages.items():

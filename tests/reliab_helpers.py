@@ -27,18 +27,27 @@ def args_of(opts: dict) -> list[str]:
     return [f"--{k}={v}" for k, v in opts.items()]
 
 
-def cli(stage: str, opts: dict, capsys=None) -> tuple[int, str]:
-    """``dist-peakd <stage>`` in this process: (exit code, stderr when ``capsys`` is given)."""
+def run_cli(argv: list[str], capsys=None) -> tuple[int, str, str]:
+    """``dist-peakd <argv>`` in this process: (exit code, stdout, stderr; both empty without ``capsys``)."""
     from dist_peakd import cli as cli_mod
 
     if capsys is not None:
         capsys.readouterr()
     try:
-        cli_mod.main([stage, *args_of(opts)])
+        cli_mod.main(argv)
         code = 0
     except SystemExit as e:
         code = int(e.code or 0)
-    return code, capsys.readouterr().err if capsys is not None else ""
+    if capsys is None:
+        return code, "", ""
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def cli(stage: str, opts: dict, capsys=None) -> tuple[int, str]:
+    """``dist-peakd <stage>`` in this process: (exit code, stderr when ``capsys`` is given)."""
+    code, _, err = run_cli([stage, *args_of(opts)], capsys)
+    return code, err
 
 
 def run_process(args: list[str], env: dict | None = None, timeout: float = 300, wait: bool = True):

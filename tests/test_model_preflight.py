@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliab_helpers import args_of, slice_opts
+from reliab_helpers import args_of, run_cli, slice_opts
 
 from dist_peakd.errors import ConfigError, ModelConfigError
 
@@ -102,16 +102,7 @@ def zoo(tmp_path_factory, tiny_bert) -> dict[str, Path]:
 
 
 def _cli(stage: str, opts: dict, capsys) -> tuple[int, str, str]:
-    from dist_peakd import cli as cli_mod
-
-    capsys.readouterr()
-    try:
-        cli_mod.main([stage, *args_of(opts)])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli([stage, *args_of(opts)], capsys)
 
 
 def _refused(capsys, stage: str, opts: dict, *expected: str, code: int = 2) -> str:

@@ -9,21 +9,14 @@ from __future__ import annotations
 import socket
 
 import pytest
-from reliab_helpers import run_process
+from reliab_helpers import run_cli, run_process
 
-from dist_peakd import cli
 from dist_peakd.env import DS_ACCELERATORS
 
 
 def _run(args: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
+    code, out, err = run_cli(args, capsys)
+    return code, err + out
 
 
 def _one_line_refusal(code: int, text: str, *needles: str) -> None:

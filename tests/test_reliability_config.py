@@ -9,19 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from dist_peakd import cli
+from reliab_helpers import run_cli
 
 
 def _run(args: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
+    code, out, err = run_cli(args, capsys)
+    return code, err + out
 
 
 @pytest.fixture()

@@ -29,6 +29,7 @@ from ..artifacts import (
     atomic_write_text,
     file_sha256,
     manifest_problems,
+    raise_problems,
     read_file_manifest,
     writing,
 )
@@ -56,15 +57,6 @@ def _used_files(result: Any, folder: Path) -> set[str]:
     return out
 
 
-def _check(folder: Path, files: dict[str, dict[str, Any]], what: str) -> None:
-    problems = manifest_problems(folder, files)
-    if problems:
-        path, problem = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ArtifactCorruptError(path, f"{problem}{more} (parse cache of {what}; delete {folder} and rerun: it "
-                                   "is parsed again)")
-
-
 def verified_load(folder: str | Path, what: str, load: Callable[[str], T]) -> T:
     """``load(cache_dir)`` with ``folder`` as its HF cache, every parsed file checked against the folder's record.
 
@@ -82,7 +74,8 @@ def verified_load(folder: str | Path, what: str, load: Callable[[str], T]) -> T:
         if files is None and _parsed_files(folder):
             shutil.rmtree(folder)  # parsed without a record: unverifiable, so parsed again
         if files is not None:
-            _check(folder, files, what)
+            raise_problems(manifest_problems(folder, files),
+                           hint=f" (parse cache of {what}; delete {folder} and rerun: it is parsed again)")
         result = load(str(folder))
         files = dict(files or {})
         new = sorted(_used_files(result, folder) - set(files))

@@ -2,7 +2,7 @@
 # One prepared GPU session (H100/H200, no network): throughput before/after + the MRPC accuracy matrix.
 # Inputs travel in two git-ignored folders carried with the call:
 #   .whl/     py3.12 wheels of what the GPU image lacks (deepspeed, hjson, pydantic(-core), annotated-types,
-#             typing-inspection, datasets, dill, multiprocess, fire, termcolor)
+#             typing-inspection, datasets, dill, multiprocess, fire, termcolor, flufl.lock, atpublic)
 #   .devkit/  glue/<TASK>/*.tsv and minilm/ (all-MiniLM-L6-v2 re-saved in fp16, with its tokenizer)
 # Results go to $OUT (the device tool brings them back); bench/ scripts write JSON + Markdown there.
 #

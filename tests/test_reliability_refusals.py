@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from reliab_helpers import REPO, cli, slice_opts
+from reliab_helpers import cli, slice_opts
 
 from dist_peakd.config import build_options
-from dist_peakd.errors import ArtifactWriteError, ConfigError, StageLockedError
+from dist_peakd.errors import ArtifactWriteError, ConfigError
 from dist_peakd.stages.distill import DistillOptions
 
 
@@ -102,56 +98,7 @@ def test_a_late_refusal_does_not_block_the_corrected_rerun(tmp_path, capsys, tin
 
 
 # ------------------------------------------------------------------------------------ item 8: folder locks
-_HOLD = """
-import sys, time
-from dist_peakd import locking
-locking.lock_folder(sys.argv[1])
-print("held", flush=True)
-time.sleep(120)
-"""
-
-
-def _holder(folder: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def test_a_second_job_is_refused_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path, capsys):
-    from dist_peakd import locking
-
-    folder = tmp_path / "mrpc" / "teacher"
-    proc = _holder(folder)
-    try:
-        with pytest.raises(StageLockedError, match=rf"in use by another job \(host .*, pid {proc.pid}, since"):
-            locking.lock_folder(folder)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    lock = locking.lock_folder(folder)  # its process is gone: stale at once, with a warning
-    try:
-        assert "took over the lock" in capsys.readouterr().err
-        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
-    finally:
-        locking.release([folder.resolve()])
-    assert not lock.path.exists()
-
-
-def test_a_lock_of_another_host_is_stale_only_after_the_stale_time(tmp_path, monkeypatch):
-    from dist_peakd import locking
-
-    folder = tmp_path / "stage"
-    path = locking.lock_path(folder)
-    record = {"host": "elsewhere", "pid": 1, "started": 0.0, "boot_id": "b", "pid_namespace": "n",
-              "acquired": "2026-01-01T00:00:00", "command": "dist-peakd distill", "token": "t"}
-    path.write_text(json.dumps(record))
-    with pytest.raises(StageLockedError, match="host elsewhere, pid 1"):
-        locking.lock_folder(folder)
-    monkeypatch.setenv(locking.STALE_ENV, "1")
-    old = time.time() - 30
-    os.utime(path, (old, old))
-    locking.lock_folder(folder)
-    locking.release([folder.resolve()])
+# (the lock itself: tests/test_locking.py)
 
 
 @pytest.mark.slow

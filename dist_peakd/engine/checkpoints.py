@@ -21,16 +21,21 @@ import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..artifacts import atomic_write_text, file_manifest, manifest_problems, publish_dir, write_error
 from ..errors import ArtifactWriteError, CheckpointCorruptError
-from .distributed import barrier, is_collective_failure
+from .distributed import DistInfo, barrier, is_collective_failure
 from .rng import rng_state, set_rng_state
 from .safe_checkpoint import durable_save, safe_load
 
-if TYPE_CHECKING:
-    from .engine import Engine
+
+class Engine(Protocol):
+    """What a checkpoint needs of :class:`~dist_peakd.engine.engine.Engine` (a protocol: no import of it, no cycle)."""
+
+    ds: Any  # the DeepSpeed engine
+    dist: DistInfo
+    global_step: int
 
 LATEST_FILE = "latest"
 COMPLETE_FILE = "COMPLETE"

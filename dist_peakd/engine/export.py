@@ -7,14 +7,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from torch import nn
 
 from ..artifacts import write_error
 from ..export import ExportError, export_compact, export_plain
-from .distributed import barrier
+from .distributed import DistInfo, barrier
 
-if TYPE_CHECKING:
-    from .engine import Engine
+
+class Engine(Protocol):
+    """What an export needs of :class:`~dist_peakd.engine.engine.Engine` (a protocol: no import of it, no cycle)."""
+
+    ds: Any  # the DeepSpeed engine
+    dist: DistInfo
+
+    @property
+    def module(self) -> nn.Module: ...
 
 
 @contextlib.contextmanager

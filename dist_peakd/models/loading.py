@@ -18,10 +18,17 @@ from typing import Any
 
 from .. import console
 
-#: The task head's parameters (the only keys a load may initialise without a warning).
-HEAD_PREFIX = "classifier."
-#: Pre-training heads of a BERT checkpoint: dropped when a classifier is loaded from it.
-PRETRAINING_PREFIXES = ("cls.predictions.", "cls.seq_relationship.")
+#: The task head's parameters (the only keys a load may initialise without a warning), per family:
+#: ``classifier.*`` in every one, plus DistilBERT's ``pre_classifier.*``, DeBERTa-v2's ``pooler.*`` (its
+#: ContextPooler sits beside the encoder, not in it) and ModernBERT's ``head.*`` (dense + norm before
+#: ``classifier``). BERT's own pooler is ``bert.pooler.*``: part of the backbone, not matched here.
+HEAD_PREFIX: tuple[str, ...] = ("classifier.", "pre_classifier.", "pooler.", "head.")
+#: Pre-training heads of each family's checkpoints: dropped when a classifier is loaded from one (BERT's
+#: MLM/NSP heads, the ``lm_head`` of RoBERTa/XLM-R/CamemBERT/MPNet, ELECTRA's discriminator head,
+#: DeBERTa-v2/v3's MLM/RTD heads, DistilBERT's vocabulary projection, ModernBERT's ``decoder``).
+PRETRAINING_PREFIXES = ("cls.predictions.", "cls.seq_relationship.", "lm_head.", "discriminator_predictions.",
+                        "generator_", "lm_predictions.", "mask_predictions.", "vocab_transform.", "vocab_layer_norm.",
+                        "vocab_projector.", "decoder.")
 
 
 #: The loggers of the load report (and of the tensor-parallel check transformers 5 runs when the first is

@@ -21,6 +21,7 @@ from ..engine.trainer import Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
 from ..models import load_teacher, model_stats
+from ..models.teacher import uses_token_types
 from .cards import ExportContext, model_label_names, teacher_method
 from .common import (
     MetricWarnings,
@@ -54,12 +55,17 @@ class FinetuneTeacherOptions(RunOptions):
     epochs: float = 3.0
 
 
-def classification_loss(task_is_regression: bool):
-    """CE (sum over the micro-batch) for classification, MSE for regression; computed in fp32."""
+def _inputs(batch: dict[str, torch.Tensor], token_types: bool) -> dict[str, torch.Tensor]:
+    names = ("input_ids", "attention_mask", "token_type_ids") if token_types else ("input_ids", "attention_mask")
+    return {name: batch[name] for name in names}
+
+
+def classification_loss(task_is_regression: bool, token_types: bool = True):
+    """CE (sum over the micro-batch) for classification, MSE for regression; computed in fp32.
+    ``token_types``: the model takes segment ids (:func:`~dist_peakd.models.teacher.uses_token_types`)."""
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"])
+        out = model(**_inputs(batch, token_types))
         logits = out.logits.float()
         if task_is_regression:
             loss = F.mse_loss(logits.squeeze(-1), batch["labels"].float(), reduction="sum")
@@ -76,6 +82,15 @@ def logits_predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> di
     return {"logits": out.logits.float(), "labels": batch["labels"]}
 
 
+def teacher_predict(token_types: bool):
+    """:func:`logits_predict` for a teacher family that may take no segment ids."""
+
+    def predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"logits": model(**_inputs(batch, token_types)).logits.float(), "labels": batch["labels"]}
+
+    return predict
+
+
 def metrics_from_logits(task: Any, warnings: MetricWarnings | None = None):
     """The dev metrics of gathered logits (``warnings``: where degenerate predictions are reported)."""
     warnings = warnings or MetricWarnings()
@@ -88,9 +103,9 @@ def metrics_from_logits(task: Any, warnings: MetricWarnings | None = None):
     return metric_fn
 
 
-def classification_objective(task: Any, warnings: MetricWarnings | None = None) -> Objective:
+def classification_objective(task: Any, warnings: MetricWarnings | None = None, token_types: bool = True) -> Objective:
     """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics and the dev loss."""
-    return Objective(loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
+    return Objective(loss_fn=classification_loss(task.is_regression, token_types), predict_fn=teacher_predict(token_types),
                      metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
                      main_metric=task.main_metric)
 
@@ -122,7 +137,8 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
                             model_label_names(data.task), dev_rows=data.dev_rows, profile=warnings)
     export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name, "data": data.task.describe()},
                             {"model_stats": stats}, context)
-    trainer = Trainer(engine, batches, classification_objective(data.task, warnings), stage_dir, tracker,
+    objective = classification_objective(data.task, warnings, uses_token_types(model))
+    trainer = Trainer(engine, batches, objective, stage_dir, tracker,
                       dataclasses.replace(opts.loop_options(), label="teacher"), export,
                       extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),
                                      "metric_warnings": warnings.seen, "baseline": warnings.baseline})

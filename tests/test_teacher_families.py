@@ -195,3 +195,35 @@ def test_a_teacher_dir_whose_classes_cannot_be_matched_is_refused_naming_both(tm
     line = err.strip().splitlines()[-1]
     assert f"option teacher_dir: {teacher} has classes (no, yes), mrpc has (not_equivalent, equivalent)" in line
     assert "Traceback" not in err and not (tmp_path / "run").exists() and not (tmp_path / "tok").exists()
+
+
+def test_evaluate_and_predict_match_a_folders_own_classes_to_the_tasks(tmp_path, capsys, glue_dir, tiny_bert):
+    """evaluate/predict on a classifier of another tool: the swapped twin scores and predicts exactly as the
+    ordered one; generic names are taken by index with a warning; other names are refused naming both sets."""
+    ordered = _mrpc_classifier(tmp_path / "ordered", tiny_bert, ["not_equivalent", "equivalent"])
+    swapped = _mrpc_classifier(tmp_path / "swapped", tiny_bert, ["equivalent", "not_equivalent"], swap_rows=True)
+    generic = _mrpc_classifier(tmp_path / "generic", tiny_bert, ["label_0", "label_1"])
+    results = {}
+    for name, folder in (("ordered", ordered), ("swapped", swapped), ("generic", generic)):
+        out, preds = tmp_path / f"{name}.json", tmp_path / f"{name}.tsv"
+        common = [f"--model_dir={folder}", f"--glue_dir={glue_dir}", "--task=mrpc", "--max_eval_examples=12",
+                  f"--cache_dir={tmp_path / 'tok'}"]
+        stages = [["evaluate", *common, f"--out={out}"]] + ([] if name == "generic" else [
+            ["predict", *common, "--split=dev", f"--out={preds}"]])
+        for argv in stages:
+            code, _, err = run_cli(argv, capsys)
+            assert code == 0, err
+        results[name] = (json.loads(out.read_text()), preds.read_text() if preds.exists() else "")
+    assert results["swapped"][0]["metrics"] == results["ordered"][0]["metrics"]
+    assert results["swapped"][1] == results["ordered"][1] and "not_equivalent" in results["ordered"][1]
+    assert any("matched to mrpc's by name" in w for w in results["swapped"][0]["warnings"])
+    assert results["generic"][0]["metrics"] == results["ordered"][0]["metrics"]
+    assert any("only generically (label_0, label_1)" in w for w in results["generic"][0]["warnings"])
+    assert "warnings" not in results["ordered"][0] or not any("matched" in w for w in results["ordered"][0]["warnings"])
+    refused = _mrpc_classifier(tmp_path / "yes_no", tiny_bert, ["no", "yes"])
+    out = tmp_path / "refused.json"
+    code, _, err = run_cli(["evaluate", f"--model_dir={refused}", f"--glue_dir={glue_dir}", "--task=mrpc",
+                            f"--out={out}"], capsys)
+    assert code == 2 and "Traceback" not in err and not out.exists()
+    assert f"option model_dir: {refused} has classes (no, yes), mrpc has (not_equivalent, equivalent)" in \
+        err.strip().splitlines()[-1]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import console
 from ..config import RunOptions
 from ..engine.loop_spec import Objective
 from ..engine.tracking import with_eval_loss
@@ -110,6 +111,25 @@ def classification_objective(task: Any, warnings: MetricWarnings | None = None, 
                      main_metric=task.main_metric)
 
 
+def kept_head_in_task_order(model: Any, task: Any, source: str) -> Any:
+    """A backbone that is already a classifier of this task's classes in another order (a hub checkpoint)
+    starts with its head's rows in the task's order; any other head is fine-tuned as it is (no refusal: a
+    head of other classes is just a starting point here)."""
+    from ..models import ModelConfigError
+    from ..models.teacher_labels import match_labels, model_label_names, reorder_head
+
+    names = task.id2label()
+    try:
+        match = match_labels(model_label_names(model.config.id2label, task.num_labels),
+                             [names[i] for i in range(task.num_labels)], source, task.name)
+    except ModelConfigError:
+        return model
+    if match.how == "by_name":
+        reorder_head(model, match)
+        console.info(f"teacher: {match.note}")
+    return model
+
+
 @releases_locks
 def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
     """Fine-tune, evaluate each epoch, export best/ and final/; returns the summary dict (that of the
@@ -123,8 +143,9 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
                         opts.force)
     if done is not None:
         return done
-    model = set_task_labels(load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels,
-                                         trust_unverified=opts.trust_unverified), data.task)
+    model = set_task_labels(kept_head_in_task_order(
+        load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels,
+                     trust_unverified=opts.trust_unverified), data.task, opts.backbone), data.task)
     batches = trainer_data(data, tokenizer, opts, dist_info)
     engine = build_engine(model, opts, batches, dist_info)
     tracker = open_tracker(stage_dir, dist_info, {

@@ -44,14 +44,18 @@ def test_every_family_is_a_teacher_family_and_tested():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_teacher_forward_gives_logits_and_every_layers_cls_per_family(backbones, family):
+def test_teacher_forward_gives_logits_and_every_layers_cls_per_family(backbones, family, capsys):
     """[CLS] (position 0) after each of the L layers, segment ids only where the family embeds them, SDPA
-    attention where the family has it."""
+    attention where the family has it; the new head (DistilBERT's pre_classifier, DeBERTa's pooler,
+    ModernBERT's head included) is reported as the head, not warned about as missing weights."""
     from dist_peakd.models import load_teacher, teacher_forward
     from dist_peakd.models.teacher import uses_token_types
 
     torch.manual_seed(0)
+    capsys.readouterr()
     model = load_teacher(backbones[family], num_labels=3).eval()
+    said = capsys.readouterr()
+    assert "teacher: new 3-label head" in said.out and "warning" not in said.out + said.err
     assert uses_token_types(model) == (family in SEGMENT_FAMILIES)
     assert model.config._attn_implementation == ("eager" if family in ("deberta-v2", "mpnet") else "sdpa")
     tok = family_tokenizer(family)

@@ -154,7 +154,7 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
         "precision_resolved": engine.precision, "total_steps": engine.total_steps}, task=data.task)
     stats = model_stats(engine.module, seq_len=opts.max_length)
     warnings = MetricWarnings()
-    context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts), stats,
+    context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts, model), stats,
                             model_label_names(data.task), dev_rows=data.dev_rows, profile=warnings)
     export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name, "data": data.task.describe()},
                             {"model_stats": stats}, context)

@@ -9,9 +9,12 @@ role accepts lives in :mod:`dist_peakd.models.families`.
   built from (the teacher is fine-tuned from it too), with a tokenizer;
 - teacher (needed by cache-teacher, and by pipeline/sweep when ``--teacher_dir`` is given; checked
   wherever it exists): a supported family and not a student, trained on this run's task (its record),
-  with a trained head of the task's size (GLUE tasks), tokenizing like the backbone (the student reads
-  the teacher cache by the backbone's token ids);
-- the teacher cache (ptp, distill without a teacher folder): built with the backbone's tokenizer;
+  with a trained head whose classes (its ``id2label``) match the task's by name or, generic ``LABEL_i``,
+  by index, tokenizing like the backbone (the student reads the teacher cache by the backbone's token
+  ids: two tokenizers are named as such, never sent to ``--rebuild``), and, where Patient-KD runs
+  (``beta`` > 0), as wide as the backbone;
+- the teacher cache (ptp, distill without a teacher folder): built with the backbone's tokenizer, as wide
+  as the backbone under Patient-KD;
 - ``k`` (each swept value): within the backbone's layers;
 - the PTP encoder (distill with ``use_ptp``; pipeline/sweep when ``--ptp_dir`` is given): present, an SPS
   student of this run's k and variant.

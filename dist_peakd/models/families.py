@@ -16,8 +16,11 @@ import json
 import struct
 from pathlib import Path
 
-#: model_type values a teacher may have (loaded, fine-tuned and run by ``AutoModelForSequenceClassification``).
-TEACHER_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
+#: model_type values a teacher may have (loaded, fine-tuned and run by ``AutoModelForSequenceClassification``;
+#: each gives ``num_hidden_layers + 1`` hidden states with [CLS] at position 0, what the teacher cache stores;
+#: tests/test_teacher_families.py fine-tunes and caches a tiny random model of each).
+TEACHER_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2", "modernbert",
+                                  "mpnet", "distilbert")
 #: model_type values the SPS student can be built from (its layer code is BERT's).
 STUDENT_BACKBONE_TYPES: tuple[str, ...] = ("bert",)
 #: model_type of a saved SPS student (PTP encoder, distilled student).

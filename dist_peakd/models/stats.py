@@ -39,9 +39,10 @@ def flops_per_token(
 
 def _encoder_parameters(model: nn.Module) -> int:
     base = getattr(model, "base_model", model)
-    encoder = getattr(base, "encoder", None)
-    if isinstance(encoder, nn.Module):
-        return count_parameters(encoder)
+    for name in ("encoder", "transformer", "layers"):  # BERT-like / DistilBERT / ModernBERT
+        encoder = getattr(base, name, None)
+        if isinstance(encoder, nn.Module):
+            return count_parameters(encoder)
     return sum(p.numel() for name, p in model.named_parameters() if ".encoder." in f".{name}")
 
 
@@ -64,7 +65,7 @@ def model_stats(model: nn.Module, seq_len: int = 128) -> dict[str, Any]:
     num_effective = len(schedule) if schedule else num_param_layers
     fpt = flops_per_token(
         hidden=config.hidden_size,
-        intermediate=config.intermediate_size,
+        intermediate=getattr(config, "intermediate_size", None) or config.hidden_dim,  # DistilBERT: hidden_dim
         num_effective_layers=num_effective,
         seq_len=seq_len,
         num_heads=config.num_attention_heads,

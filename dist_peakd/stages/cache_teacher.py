@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import console
 from ..artifacts import atomic_write_text, publish_dir, verify_export
 from ..cache.store import IDENTITY_FIELDS, MANIFEST, TeacherCache, teacher_fingerprint
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
@@ -143,6 +144,21 @@ def build_dir_of(cache_dir: Path) -> Path:
     return cache_dir.with_name(f".tmp-{cache_dir.name}-build")
 
 
+def aligned_to_task(model: Any, task: Any, teacher_dir: Path) -> Any:
+    """The teacher's outputs in the task's class order: its own ``id2label`` matched to the task's by name
+    (the head's rows reordered), generic ``LABEL_i`` names by index; said in one line when not the same
+    (refused in the preflight when they cannot be matched)."""
+    from ..models.teacher_labels import match_labels, model_label_names, reorder_head
+
+    names = task.id2label()
+    match = match_labels(model_label_names(model.config.id2label, task.num_labels),
+                         [names[i] for i in range(task.num_labels)], str(teacher_dir), task.name)
+    reorder_head(model, match)
+    if match.note:
+        console.info(f"teacher: {match.note}")
+    return model
+
+
 def _cache_forward(engine: Engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     out = teacher_forward(engine.ds, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     return out.logits.float(), torch.stack(out.cls_states, dim=1)
@@ -193,6 +209,7 @@ def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Pat
     shard records per split, the cache dimensions, the precision and the pass's wall time."""
     model = load_teacher(teacher_dir, num_labels=data.task.num_labels, trust_unverified=opts.trust_unverified,
                          require_head=True)
+    aligned_to_task(model, data.task, teacher_dir)
     dims = (data.task.num_labels, int(model.config.num_hidden_layers), int(model.config.hidden_size))
     # inference only: the batch options just have to satisfy DeepSpeed's batch arithmetic
     engine_opts = dataclasses.replace(opts.engine_options(), batch_size=dist_info.world_size, micro_batch_size=1)

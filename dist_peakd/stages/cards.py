@@ -126,9 +126,15 @@ class ExportContext:
                 "task_record": jsonable(self.task.describe()), "card": self.card_inputs(which, metrics)}
 
 
-def teacher_method(opts: Any) -> dict[str, Any]:
+def teacher_method(opts: Any, model: Any = None) -> dict[str, Any]:
+    """The teacher's card method: its backbone and, for a family other than BERT, ``family`` (its model type,
+    as a student's record names it)."""
     backbone = str(opts.backbone)
-    return {"kind": "teacher", "backbone": base_model_id(backbone) or f"{Path(backbone).name} (a local folder)"}
+    method = {"kind": "teacher", "backbone": base_model_id(backbone) or f"{Path(backbone).name} (a local folder)"}
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    if family and family != "bert":
+        method["family"] = str(family)
+    return method
 
 
 def teacher_identity(teacher: Path, cache_manifest: dict[str, Any] | None = None) -> dict[str, Any]:

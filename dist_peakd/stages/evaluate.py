@@ -31,7 +31,14 @@ from ..metrics import baseline_warning
 from .cards import folder_data_options, folder_task_fields
 from .common import MetricWarnings, collator_for, prepare_data
 from .finetune_teacher import metrics_from_logits
-from .inference import ModelFolder, has_labels, open_model_folder, rows_logits, trained_task_note
+from .inference import (
+    ModelFolder,
+    has_labels,
+    match_task_labels,
+    open_model_folder,
+    rows_logits,
+    trained_task_note,
+)
 from .outputs import check_output_file, command_inputs
 
 DEFAULT_MAX_LENGTH = 128
@@ -122,7 +129,8 @@ def check_model_task(model: ModelFolder, task: Any) -> dict[str, Any]:
     what the result says about a model of another task with the same classes."""
     note = trained_task_note(model, task)
     check_outputs(model, task)
-    return note
+    labels = match_task_labels(model, task)  # a folder of another tool: its classes matched by name
+    return {**note, "warnings": [*note.get("warnings", []), *labels.get("warnings", [])]} if labels else note
 
 
 def check_glue_model_task(model: ModelFolder, task_name: str) -> None:

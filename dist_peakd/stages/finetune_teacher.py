@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import console
 from ..config import RunOptions
 from ..engine.loop_spec import Objective
 from ..engine.tracking import with_eval_loss
@@ -21,6 +22,7 @@ from ..engine.trainer import Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
 from ..models import load_teacher, model_stats
+from ..models.teacher import uses_token_types
 from .cards import ExportContext, model_label_names, teacher_method
 from .common import (
     MetricWarnings,
@@ -54,12 +56,17 @@ class FinetuneTeacherOptions(RunOptions):
     epochs: float = 3.0
 
 
-def classification_loss(task_is_regression: bool):
-    """CE (sum over the micro-batch) for classification, MSE for regression; computed in fp32."""
+def _inputs(batch: dict[str, torch.Tensor], token_types: bool) -> dict[str, torch.Tensor]:
+    names = ("input_ids", "attention_mask", "token_type_ids") if token_types else ("input_ids", "attention_mask")
+    return {name: batch[name] for name in names}
+
+
+def classification_loss(task_is_regression: bool, token_types: bool = True):
+    """CE (sum over the micro-batch) for classification, MSE for regression; computed in fp32.
+    ``token_types``: the model takes segment ids (:func:`~dist_peakd.models.teacher.uses_token_types`)."""
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"])
+        out = model(**_inputs(batch, token_types))
         logits = out.logits.float()
         if task_is_regression:
             loss = F.mse_loss(logits.squeeze(-1), batch["labels"].float(), reduction="sum")
@@ -76,6 +83,15 @@ def logits_predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> di
     return {"logits": out.logits.float(), "labels": batch["labels"]}
 
 
+def teacher_predict(token_types: bool):
+    """:func:`logits_predict` for a teacher family that may take no segment ids."""
+
+    def predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"logits": model(**_inputs(batch, token_types)).logits.float(), "labels": batch["labels"]}
+
+    return predict
+
+
 def metrics_from_logits(task: Any, warnings: MetricWarnings | None = None):
     """The dev metrics of gathered logits (``warnings``: where degenerate predictions are reported)."""
     warnings = warnings or MetricWarnings()
@@ -88,11 +104,30 @@ def metrics_from_logits(task: Any, warnings: MetricWarnings | None = None):
     return metric_fn
 
 
-def classification_objective(task: Any, warnings: MetricWarnings | None = None) -> Objective:
+def classification_objective(task: Any, warnings: MetricWarnings | None = None, token_types: bool = True) -> Objective:
     """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics and the dev loss."""
-    return Objective(loss_fn=classification_loss(task.is_regression), predict_fn=logits_predict,
+    return Objective(loss_fn=classification_loss(task.is_regression, token_types), predict_fn=teacher_predict(token_types),
                      metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
                      main_metric=task.main_metric)
+
+
+def kept_head_in_task_order(model: Any, task: Any, source: str) -> Any:
+    """A backbone that is already a classifier of this task's classes in another order (a hub checkpoint)
+    starts with its head's rows in the task's order; any other head is fine-tuned as it is (no refusal: a
+    head of other classes is just a starting point here)."""
+    from ..models import ModelConfigError
+    from ..models.teacher_labels import match_labels, model_label_names, reorder_head
+
+    names = task.id2label()
+    try:
+        match = match_labels(model_label_names(model.config.id2label, task.num_labels),
+                             [names[i] for i in range(task.num_labels)], source, task.name)
+    except ModelConfigError:
+        return model
+    if match.how == "by_name":
+        reorder_head(model, match)
+        console.info(f"teacher: {match.note}")
+    return model
 
 
 @releases_locks
@@ -108,8 +143,9 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
                         opts.force)
     if done is not None:
         return done
-    model = set_task_labels(load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels,
-                                         trust_unverified=opts.trust_unverified), data.task)
+    model = set_task_labels(kept_head_in_task_order(
+        load_teacher(resolve_backbone(opts.backbone), num_labels=data.task.num_labels,
+                     trust_unverified=opts.trust_unverified), data.task, opts.backbone), data.task)
     batches = trainer_data(data, tokenizer, opts, dist_info)
     engine = build_engine(model, opts, batches, dist_info)
     tracker = open_tracker(stage_dir, dist_info, {
@@ -118,11 +154,12 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
         "precision_resolved": engine.precision, "total_steps": engine.total_steps}, task=data.task)
     stats = model_stats(engine.module, seq_len=opts.max_length)
     warnings = MetricWarnings()
-    context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts), stats,
+    context = ExportContext(STAGE, data.task, opts, stage_dir, teacher_method(opts, model), stats,
                             model_label_names(data.task), dev_rows=data.dev_rows, profile=warnings)
     export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name, "data": data.task.describe()},
                             {"model_stats": stats}, context)
-    trainer = Trainer(engine, batches, classification_objective(data.task, warnings), stage_dir, tracker,
+    objective = classification_objective(data.task, warnings, uses_token_types(model))
+    trainer = Trainer(engine, batches, objective, stage_dir, tracker,
                       dataclasses.replace(opts.loop_options(), label="teacher"), export,
                       extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),
                                      "metric_warnings": warnings.seen, "baseline": warnings.baseline})

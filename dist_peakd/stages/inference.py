@@ -38,6 +38,7 @@ class ModelFolder:
     config: Any
     logits: Callable[[Batch], np.ndarray]
     record: dict[str, Any] = field(default_factory=dict)
+    label_order: tuple[int, ...] | None = None    # set once its classes are matched to a task's
 
     def label_names(self, task: Any) -> list[str]:
         """Class names: the task's (the registry's) when they fit the model's outputs, else the folder's."""
@@ -67,6 +68,30 @@ def trained_task_note(model: ModelFolder, task: Any) -> dict[str, Any]:
     note = (f"{model.folder} was trained on {trained_on}, not on {task.name} (the same classes: {', '.join(ours)}): "
             f"these are another task's model's results on {task.name}")
     return {"trained_on": trained_on, "warnings": [note]}
+
+
+def match_task_labels(model: ModelFolder, task: Any) -> dict[str, Any]:
+    """A folder's own classes (its ``id2label``) matched onto ``task``'s: the same names (a folder a stage
+    wrote), the same names in another order (its outputs reordered by name), generic ``LABEL_i`` names (by
+    index, with a warning); other names are refused naming both label sets (ConfigError). Returns the
+    warnings to add to the result. Applied once per folder (the GLUE check runs it before the data)."""
+    from ..models import ModelConfigError
+    from ..models.teacher_labels import match_labels, model_label_names
+
+    if task.is_regression or model.config.num_labels != task.num_labels:
+        return {}  # another count: check_outputs names it
+    names = task.id2label()
+    try:
+        match = match_labels(model_label_names(model.config.id2label, task.num_labels),
+                             [names[i] for i in range(task.num_labels)], str(model.folder), task.name)
+    except ModelConfigError as e:
+        raise ConfigError(f"option model_dir: {e}") from None
+    if model.label_order is None:
+        model.label_order = match.order
+        if not match.is_identity:
+            inner, order = model.logits, list(match.order)
+            model.logits = lambda batch: inner(batch)[:, order]
+    return {"warnings": [match.note]} if match.note else {}
 
 
 def is_onnx_folder(folder: str | Path) -> bool:
@@ -125,12 +150,15 @@ def _require_tokenizer(tokenizer: Any, folder: Path) -> Any:
 
 
 def _torch_logits(model: torch.nn.Module) -> Callable[[Batch], np.ndarray]:
+    from ..models.teacher import uses_token_types
+
     device = next(model.parameters()).device
+    names = ("input_ids", "attention_mask", "token_type_ids") if uses_token_types(model) else ("input_ids",
+                                                                                               "attention_mask")
 
     @torch.no_grad()
     def logits(batch: Batch) -> np.ndarray:
-        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                    token_type_ids=batch["token_type_ids"].to(device))
+        out = model(**{name: batch[name].to(device) for name in names})
         return out.logits.float().cpu().numpy()
 
     return logits

@@ -118,7 +118,9 @@ def measure_latency(model: torch.nn.Module, batch: dict[str, torch.Tensor], repe
     """Median forward latency in milliseconds for one batch (after one warm-up pass)."""
     model.eval()
     device = next(model.parameters()).device
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    from ..models.teacher import model_inputs  # segment ids only where the model's family embeds them
+
+    inputs = model_inputs(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
     model(**inputs)
     times = []
     for _ in range(repeats):

@@ -9,9 +9,12 @@ role accepts lives in :mod:`dist_peakd.models.families`.
   built from (the teacher is fine-tuned from it too), with a tokenizer;
 - teacher (needed by cache-teacher, and by pipeline/sweep when ``--teacher_dir`` is given; checked
   wherever it exists): a supported family and not a student, trained on this run's task (its record),
-  with a trained head of the task's size (GLUE tasks), tokenizing like the backbone (the student reads
-  the teacher cache by the backbone's token ids);
-- the teacher cache (ptp, distill without a teacher folder): built with the backbone's tokenizer;
+  with a trained head whose classes (its ``id2label``) match the task's by name or, generic ``LABEL_i``,
+  by index, tokenizing like the backbone (the student reads the teacher cache by the backbone's token
+  ids: two tokenizers are named as such, never sent to ``--rebuild``), and, where Patient-KD runs
+  (``beta`` > 0), as wide as the backbone;
+- the teacher cache (ptp, distill without a teacher folder): built with the backbone's tokenizer, as wide
+  as the backbone under Patient-KD;
 - ``k`` (each swept value): within the backbone's layers;
 - the PTP encoder (distill with ``use_ptp``; pipeline/sweep when ``--ptp_dir`` is given): present, an SPS
   student of this run's k and variant.
@@ -46,9 +49,9 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
         stage in ("pipeline", "sweep") and layout.teacher_is_given and not getattr(opts, "teacher_cache_dir", None))
     teacher_found = (Path(layout.teacher) / "config.json").is_file()
     if teacher_needed or teacher_found:
-        check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens, task)
+        check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens, task, stage)
     elif stage in ("ptp", "distill"):
-        check_cache_tokenizer(Path(layout.teacher_cache), backbone, backbone_tokens)
+        check_cache_tokenizer(Path(layout.teacher_cache), backbone, backbone_tokens, opts, stage)
     if stage in STUDENT_STAGES:
         from .depth import resolve_k
 
@@ -135,12 +138,15 @@ def check_k_against_backbone(k: int, backbone_path: str) -> None:
 
     layers = AutoConfig.from_pretrained(backbone_path).num_hidden_layers
     if k > layers:
-        raise ConfigError(f"option k: student depth {k} exceeds the backbone's {layers} layers ({backbone_path})")
+        raise ConfigError(f"option k: student depth {k} exceeds the backbone's {layers} layers ({backbone_path}): "
+                          f"the student's k layers are the backbone's bottom ones; choose --k from 1 to {layers}, "
+                          "or --k auto")
 
 
-def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str, task: Any = None) -> None:
-    """The teacher folder: present, a teacher family, this run's task, a trained head of the task's size, the
-    backbone's tokenizer."""
+def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str, task: Any = None,
+                  stage: str = "cache-teacher") -> None:
+    """The teacher folder: present, a teacher family, this run's task, a trained head of classes that match the
+    task's, the backbone's tokenizer, the backbone's width where Patient-KD runs."""
     if not (teacher / "config.json").is_file():
         raise ConfigError(f"option teacher_dir: teacher folder {teacher} not found (no config.json); run "
                           "finetune-teacher first or pass --teacher_dir")
@@ -159,35 +165,76 @@ def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str,
                           "weights): a pretrained backbone, not a fine-tuned teacher; run finetune-teacher or give "
                           "the fine-tuned teacher folder")
     if task is not None:
-        config = read_config(teacher)
-        outputs = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels")
-        if outputs is not None and int(outputs) != task.num_labels:
-            raise ConfigError(f"option teacher_dir: {teacher} has {outputs} output(s), {run_task} has "
-                              f"{task.num_labels}: it was trained on other classes; give a teacher of {run_task}")
+        check_teacher_labels(teacher, task, run_task)
     teacher_tokens = tokenizer_fingerprint_of("teacher_dir", str(teacher))
     if teacher_tokens != backbone_tokens:
-        raise ConfigError(tokenizer_refusal(f"the teacher {teacher}", backbone, teacher_tokens, backbone_tokens))
+        raise ConfigError(tokenizer_refusal(f"the teacher {teacher}", backbone, teacher_tokens, backbone_tokens,
+                                            read_model_type(teacher)))
+    config = read_config(teacher)
+    check_widths(opts, stage, f"the teacher {teacher}", config.get("hidden_size", config.get("dim")), backbone)
 
 
-def tokenizer_refusal(holder: str, backbone: str, theirs: str, ours: str) -> str:
-    """Two different tokenizers: no cache rebuild can help, so say so (both folders named)."""
-    return (f"option teacher_dir: {holder} and the backbone {backbone} use two different tokenizers (fingerprints "
-            f"{theirs[:12]} vs {ours[:12]}): the teacher cache holds the teacher's outputs by its token ids, the "
-            "student built from the backbone reads the backbone's, so rebuilding the cache cannot match them; give "
-            "a teacher fine-tuned from this backbone, or the backbone the teacher was fine-tuned from")
+def check_teacher_labels(teacher: Path, task: Any, run_task: str) -> None:
+    """The teacher's classes (its config's ``id2label``) match the task's: the same names, the same names in
+    another order (matched by name when the cache is built), or generic ``LABEL_i`` names of the same count
+    (taken by index); else refused naming both label sets (:func:`~dist_peakd.models.teacher_labels.match_labels`)."""
+    from ..models import ModelConfigError
+    from ..models.teacher_labels import match_labels, model_label_names
+
+    config = read_config(teacher)
+    id2label = config.get("id2label") if isinstance(config.get("id2label"), dict) else None
+    outputs = len(id2label) if id2label else config.get("num_labels")
+    if outputs is None:
+        return
+    names = task.id2label()
+    try:
+        match_labels(model_label_names(id2label, int(outputs)), [names[i] for i in range(task.num_labels)],
+                     str(teacher), run_task)
+    except ModelConfigError as e:
+        raise ConfigError(f"option teacher_dir: {e}") from None
 
 
-def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str) -> None:
-    """Without a teacher folder: a teacher cache built with another tokenizer than the backbone's is refused
-    naming both (its teacher's folder as the manifest records it)."""
+def check_widths(opts: Any, stage: str, holder: str, teacher_width: Any, backbone: str) -> None:
+    """Patient-KD (``beta`` > 0) compares the teacher's [CLS] states with the student's, so a student stage
+    refuses a teacher (or cache) of another width than the backbone the student is built from."""
+    if stage not in STUDENT_STAGES or not teacher_width or float(getattr(opts, "beta", 0) or 0) <= 0:
+        return
+    from transformers import AutoConfig
+
+    width = getattr(AutoConfig.from_pretrained(backbone), "hidden_size", None)
+    if width is not None and int(width) != int(teacher_width):
+        raise ConfigError(f"option teacher_dir: {holder} is {teacher_width} wide, the backbone {backbone} {width}: "
+                          "Patient-KD (--beta) compares their [CLS] states, which needs the same width; give a "
+                          "teacher and a backbone of one width (e.g. fine-tune the teacher from this backbone), or "
+                          "pass --beta 0 to distil from the logits only")
+
+
+def tokenizer_refusal(holder: str, backbone: str, theirs: str, ours: str, teacher_type: str | None = None) -> str:
+    """Two different tokenizers: no cache rebuild can help, so say so (both folders named) and what to do."""
+    kinds = (f" (a {teacher_type!r} teacher, a {_model_type(backbone)!r} backbone)"
+             if teacher_type and teacher_type != _model_type(backbone) else "")
+    return (f"option teacher_dir: {holder} and the backbone {backbone} use two different tokenizers{kinds} "
+            f"(fingerprints {theirs[:12]} vs {ours[:12]}): the teacher cache holds the teacher's outputs by its token "
+            "ids, the student built from the backbone reads the backbone's, so rebuilding the cache cannot match "
+            "them; the student is built from --backbone and must share the teacher's tokenizer: give as --backbone "
+            "the checkpoint the teacher was fine-tuned from (its family), or fine-tune a teacher from this backbone "
+            "(leave --teacher_dir out)")
+
+
+def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str, opts: Any = None,
+                          stage: str = "ptp") -> None:
+    """Without a teacher folder: a teacher cache built with another tokenizer than the backbone's (or, for
+    Patient-KD, of another width) is refused naming both (its teacher's folder as the manifest records it)."""
     try:
         manifest = json.loads((cache_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return  # no cache (or a broken one): the stage's own cache check names it
     cached = manifest.get("tokenizer_fingerprint") if isinstance(manifest, dict) else None
+    holder = f"the teacher cache {cache_dir} (teacher {manifest.get('teacher_dir')})"
     if cached and cached != backbone_tokens:
-        holder = f"the teacher cache {cache_dir} (teacher {manifest.get('teacher_dir')})"
         raise ConfigError(tokenizer_refusal(holder, backbone, str(cached), backbone_tokens))
+    if opts is not None:
+        check_widths(opts, stage, holder, manifest.get("hidden_size"), backbone)
 
 
 def check_ptp_encoder(opts: Any) -> None:

@@ -20,6 +20,9 @@ from .. import console
 
 #: The task head's parameters (the only keys a load may initialise without a warning).
 HEAD_PREFIX = "classifier."
+#: Every head prefix: DistilBERT's head has a ``pre_classifier`` too; the ``sps-family`` student holds its
+#: family classifier under ``model.``.
+HEAD_PREFIXES = tuple(f"{outer}{head}" for outer in ("", "model.") for head in (HEAD_PREFIX, "pre_classifier."))
 #: Pre-training heads of a BERT checkpoint: dropped when a classifier is loaded from it.
 PRETRAINING_PREFIXES = ("cls.predictions.", "cls.seq_relationship.")
 
@@ -61,10 +64,10 @@ def describe_load(info: dict[str, Any], source: str, what: str, num_labels: int)
     """
     missing, unexpected = _keys(info, "missing_keys"), _keys(info, "unexpected_keys")
     mismatched = _keys(info, "mismatched_keys")
-    head = [k for k in [*missing, *mismatched] if k.startswith(HEAD_PREFIX)]
+    head = [k for k in [*missing, *mismatched] if k.startswith(HEAD_PREFIXES)]
     warnings = []
-    other_missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
-    other_mismatched = [k for k in mismatched if not k.startswith(HEAD_PREFIX)]
+    other_missing = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    other_mismatched = [k for k in mismatched if not k.startswith(HEAD_PREFIXES)]
     other_unexpected = [k for k in unexpected if not k.startswith(PRETRAINING_PREFIXES)]
     if other_missing:
         warnings.append(f"loading {source}: {len(other_missing)} weight(s) newly initialised (missing from the "
@@ -85,8 +88,8 @@ def describe_load(info: dict[str, Any], source: str, what: str, num_labels: int)
 def head_refusal(info: dict[str, Any], source: str, what: str, num_labels: int) -> str | None:
     """Why a load that must keep a trained task head did not (None when it did): the head's weights are
     missing (a pretrained backbone) or have another number of outputs than ``num_labels``."""
-    missing = [k for k in _keys(info, "missing_keys") if k.startswith(HEAD_PREFIX)]
-    mismatched = [k for k in _keys(info, "mismatched_keys") if k.startswith(HEAD_PREFIX)]
+    missing = [k for k in _keys(info, "missing_keys") if k.startswith(HEAD_PREFIXES)]
+    mismatched = [k for k in _keys(info, "mismatched_keys") if k.startswith(HEAD_PREFIXES)]
     if missing:
         return (f"{what} {source} has no trained classification head ({_listed(missing)} missing from its weights: "
                 "a pretrained backbone, not a fine-tuned classifier)")

@@ -202,13 +202,18 @@ def check_ptp_encoder(opts: Any) -> None:
     _refuse(family_refusal("student", "ptp_dir", str(ptp_dir), read_model_type(ptp_dir)))
     from transformers import AutoConfig
 
-    from ..models import SPSBertConfig  # registered with AutoConfig: the depth as the model reads it
+    from ..models import SPSBertConfig, SPSFamilyConfig  # registered with AutoConfig: the depth as read
 
     try:
         config = AutoConfig.from_pretrained(str(ptp_dir))
     except Exception as e:  # a config the SPS code cannot read
         raise ConfigError(f"option ptp_dir: {ptp_dir / 'config.json'} is not a readable SPS config ({e})") from None
-    k, variant = (config.num_hidden_layers, config.sps_variant) if isinstance(config, SPSBertConfig) else (None, None)
+    sps = isinstance(config, SPSBertConfig | SPSFamilyConfig)
+    k, variant = (config.num_hidden_layers, config.sps_variant) if sps else (None, None)
+    family, wanted_family = getattr(config, "base_model_type", "bert"), _model_type(check_model_source(opts.backbone))
+    if sps and family != wanted_family:
+        raise ConfigError(f"option ptp_dir: encoder {ptp_dir} is a {family} SPS student; this run's backbone "
+                          f"{opts.backbone} is {wanted_family!r}: run `dist-peakd ptp` with this backbone first")
     if k != opts.k or variant != opts.variant:
         raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={k}, variant={variant}; this run asks "
                           f"k={opts.k}, variant={opts.variant}")

@@ -182,3 +182,32 @@ def test_a_saved_family_student_path(tmp_path: Path) -> None:
     source_model("roberta").save_pretrained(tmp_path)
     with pytest.raises(ModelConfigError, match="not a saved SPS student \\('sps-bert' or 'sps-family'\\)"):
         load_student(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["roberta", "deberta-v2"])
+def test_build_student_from_a_family_checkpoint_copies_the_mapped_layers(name: str, tmp_path) -> None:
+    """``build_student`` on a non-BERT checkpoint (the stages' entry): the plain student of layers 1 and 3 is
+    the family's 2-layer model of those layers (its [CLS] states; the head is new)."""
+    from dist_peakd.models import build_student
+
+    source_model(name).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    built = build_student(tmp_path, k=2, variant="none", num_labels=3, layers=[1, 3]).eval()
+    assert type(built) is SPSFamilyForSequenceClassification and built.config.num_labels == 3
+    reference = student_from_classifier(source_model(name), [1, 3], "none").eval()
+    with torch.no_grad():
+        mine, theirs = built(**inputs(name)), reference(**inputs(name))
+    for a, b in zip(mine.cls_states, theirs.cls_states, strict=True):
+        assert (a - b).abs().max().item() <= 1e-6
+    sps = build_student(tmp_path, k=3, variant="shuffle", num_labels=2)
+    assert sps.num_effective_layers == 6 and sps.config.num_hidden_layers == 3
+
+
+def test_a_modernbert_layer_map_must_start_at_its_bottom_layer(tmp_path) -> None:
+    """ModernBERT's layer 0 has no input norm (the embeddings end with one), every other layer has one: a
+    student whose bottom layer is another backbone layer cannot be saved as a ModernBERT, so it is refused."""
+    from dist_peakd.models import ModelConfigError, build_student
+
+    source_model("modernbert").save_pretrained(tmp_path)
+    with pytest.raises(ModelConfigError, match=r"layers \[1, 3\]: a modernbert student's bottom layer must be"):
+        build_student(tmp_path, k=2, variant="none", layers=[1, 3])

@@ -41,6 +41,11 @@ def _select_layers(model: PreTrainedModel, source: Sequence[int]) -> PreTrainedM
     """Keep the encoder layers ``source`` of ``model`` (in place, in that order); the config follows."""
     spec = family_of(model.config)
     layers = layer_list(model, spec)
+    if spec.first_layer_norm and source[0] != 0:
+        raise ModelConfigError(
+            f"layers {list(source)}: a {spec.model_type} student's bottom layer must be the backbone's layer 0 (the "
+            f"family's bottom layer has no {spec.first_layer_norm.rsplit('.', 1)[-1]}, which layer {source[0]} "
+            "needs); start the layer map at 0")
     set_layer_list(model, spec, torch.nn.ModuleList([layers[i] for i in source]))
     model.config.num_hidden_layers = len(source)
     if isinstance(getattr(model.config, "layer_types", None), list):
@@ -67,9 +72,14 @@ def student_from_classifier(model: PreTrainedModel, source: Sequence[int], varia
 def build_family_student(backbone: str | Path, source: Sequence[int], variant: str, num_labels: int,
                          attn_implementation: str = "sdpa") -> SPSFamilyForSequenceClassification:
     """The SPS student of a family checkpoint: its embeddings, layers ``source`` and whatever head parts it
-    has (the rest new, caller's torch RNG), fp32. Validation of ``k``/``source`` is the caller's."""
-    kwargs: dict = {"num_labels": num_labels, "problem_type": "regression" if num_labels == 1 else None,
-                    "attn_implementation": attn_implementation}
+    has (the rest new, caller's torch RNG), fp32. Validation of ``k``/``source`` is the caller's.
+
+    Raises:
+        ModelConfigError: ModernBERT layers ``source`` not starting at 0 (:func:`_select_layers`).
+    """
+    kwargs: dict = {"num_labels": num_labels, "problem_type": "regression" if num_labels == 1 else None}
+    if attn_implementation != "sdpa":  # sdpa: the family's default (sdpa where it has it; DeBERTa-v2 has not)
+        kwargs["attn_implementation"] = attn_implementation
     model = load_reporting(
         lambda **extra: AutoModelForSequenceClassification.from_pretrained(
             str(backbone), dtype=torch.float32, ignore_mismatched_sizes=True, **kwargs, **extra),

@@ -330,3 +330,18 @@ def test_a_ptp_encoder_of_another_family_than_the_backbone_is_refused(tiny_bert,
     check_models(build_options(DistillOptions, **slice_opts(tmp_path / "run", zoo["roberta"], glue_dir, k=1,
                                                             ptp_dir=str(roberta_ptp))), "distill")
     assert not (tmp_path / "run").exists()
+
+
+def test_zero3_is_refused_for_a_non_bert_sps_student_only(tiny_bert, zoo, tmp_path, glue_dir):
+    from dist_peakd.config import build_options
+    from dist_peakd.stages.preflight import _check_zero3
+    from dist_peakd.stages.ptp import PTPOptions
+
+    def options(backbone, **kw):
+        return build_options(PTPOptions, **slice_opts(tmp_path / "run", backbone, glue_dir, k=1, **kw))
+
+    with pytest.raises(ConfigError, match="option zero_stage: the SPS student of the roberta backbone"):
+        _check_zero3(options(zoo["roberta"], zero_stage=3), str(zoo["roberta"]))
+    _check_zero3(options(zoo["roberta"], zero_stage=2), str(zoo["roberta"]))  # stages 0-2 are fine
+    _check_zero3(options(tiny_bert, zero_stage=3), str(tiny_bert))  # the BERT student has no twins
+    assert not (tmp_path / "run").exists()

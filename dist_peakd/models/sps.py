@@ -110,20 +110,8 @@ def build_student(
             unknown ``variant``; unsupported ``attn_implementation``; ``layers`` not ``k`` increasing
             indices of the backbone.
     """
-    check_variant(variant)
-    _check_attn(attn_implementation)
-    if num_labels < 1:
-        raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
-    base_cfg = AutoConfig.from_pretrained(str(backbone))
-    model_type = getattr(base_cfg, "model_type", None)
-    if model_type not in supported("backbone"):
-        raise ModelConfigError(
-            f"student backbone {str(backbone)!r} has model_type {model_type!r}; the SPS student is built "
-            f"from a pretrained checkpoint of type {list(supported('backbone'))}"
-        )
+    base_cfg = _checked_backbone(backbone, k, variant, num_labels, attn_implementation)
     n_layers = base_cfg.num_hidden_layers
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
-        raise ModelConfigError(f"k must be an integer in 1..{n_layers} (layers of {str(backbone)!r}), got {k!r}")
     schedule = sps_schedule(k, variant)
     source = _source_layers(layers, k, n_layers, backbone)
     if is_family_backbone(base_cfg):  # every other family: the weight-tied student of its own classifier
@@ -149,6 +137,26 @@ def build_student(
     student.bert.load_state_dict(_mapped_state(pretrained.state_dict(), source), strict=True)
     del pretrained
     return student
+
+
+def _checked_backbone(backbone: str | Path, k: int, variant: str, num_labels: int,
+                      attn_implementation: str) -> PreTrainedConfig:
+    """The backbone's config once the variant, attention, label count, family and ``k`` are checked."""
+    check_variant(variant)
+    _check_attn(attn_implementation)
+    if num_labels < 1:
+        raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
+    base_cfg = AutoConfig.from_pretrained(str(backbone))
+    model_type = getattr(base_cfg, "model_type", None)
+    if model_type not in supported("backbone"):
+        raise ModelConfigError(
+            f"student backbone {str(backbone)!r} has model_type {model_type!r}; the SPS student is built "
+            f"from a pretrained checkpoint of type {list(supported('backbone'))}"
+        )
+    n_layers = base_cfg.num_hidden_layers
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
+        raise ModelConfigError(f"k must be an integer in 1..{n_layers} (layers of {str(backbone)!r}), got {k!r}")
+    return base_cfg
 
 
 def _source_layers(layers: Sequence[int] | None, k: int, n_layers: int, backbone: str | Path) -> list[int]:

@@ -53,6 +53,7 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
         from .depth import resolve_k
 
         resolved, _ = resolve_k(opts)
+        _check_zero3(opts, backbone)
         for k in _depths(resolved, stage):
             check_k_against_backbone(int(k), backbone)
         # distill: its encoder; pipeline/sweep: a given one (--ptp_dir), before anything trains
@@ -68,6 +69,23 @@ def _verified(folder: str | Path, opts: Any) -> None:
         from ..artifacts import verify_export
 
         verify_export(folder, trust_unverified=bool(getattr(opts, "trust_unverified", False)))
+
+
+def _check_zero3(opts: Any, backbone: str) -> None:
+    """The SPS student of a non-BERT family re-runs its layers through twins that ZeRO-3's per-module
+    parameter gathering does not see: refused with ZeRO stage 3 (stages 0-2 are fine)."""
+    model_type = _model_type(backbone)
+    if model_type in (None, "bert") or not hasattr(opts, "ds_config"):
+        return
+    zero = getattr(opts, "zero_stage", None)
+    if zero is None:
+        from ..engine.ds_config import load_ds_config
+
+        zero = load_ds_config(opts.ds_config).get("zero_optimization", {}).get("stage", 0)
+    if zero == 3:
+        raise ConfigError(f"option zero_stage: the SPS student of the {model_type} backbone {backbone} runs its "
+                          "layers a second time through weight-tied copies, which ZeRO stage 3 does not gather; use "
+                          "ZeRO 0-2 (the student is small: stage 2 shards its optimizer state and gradients)")
 
 
 def _refuse(message: str | None) -> None:

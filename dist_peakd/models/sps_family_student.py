@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
-from .configuration_sps_family import FAMILIES, SPSFamilyConfig, family_config_dict, family_of
+from .configuration_sps_family import FAMILIES, FamilySpec, SPSFamilyConfig, family_config_dict, family_of
 from .errors import ModelConfigError
 from .loading import load_reporting
 from .modeling_sps_family import SPSFamilyForSequenceClassification, layer_list, set_layer_list
@@ -107,24 +107,31 @@ def set_family_labels(config: SPSFamilyConfig, num_labels: int) -> None:
 
 def unrolled_family_classifier(student: SPSFamilyForSequenceClassification) -> PreTrainedModel:
     """A plain classifier of the student's family with ``E`` layers computing what the student computes
-    (a standard model: ``save_pretrained`` gives a folder loading with no custom code).
-
-    Layer ``e`` holds a copy of effective layer ``e``'s weights (query/key swapped in a swapped twin); a
-    ``layer_types`` list (ModernBERT) follows the schedule; a twin's parameter-free input norm becomes the
-    family's norm with unit weight and zero bias.
-    """
-    config = copy.deepcopy(student.config.family_config())
-    config.num_hidden_layers = student.num_effective_layers
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = [config.layer_types[i] for i, _ in student.schedule]
-    plain = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    spec = student.family
+    (a standard model: ``save_pretrained`` gives a folder loading with no custom code)."""
     with student.unrolled() as model:
-        state = {n: t.detach().float().cpu() for n, t in model.state_dict().items()}
-        twins = list(layer_list(model, spec))
+        plain = unroll_effective(model, student.config.family_config(), student.schedule, student.family)
+    return plain.eval()
+
+
+def unroll_effective(model: PreTrainedModel, config: PretrainedConfig, schedule: list[tuple[int, bool]],
+                     spec: FamilySpec) -> PreTrainedModel:
+    """The family classifier of ``E`` layers holding the weights of ``model``'s installed effective layers.
+
+    ``model``: a family classifier whose layer list holds the ``E`` effective layers of ``schedule``
+    (twins); ``config``: its config of the ``k`` parameter layers. Layer ``e`` gets a copy of effective
+    layer ``e``'s weights (query/key swapped in a swapped twin); a ``layer_types`` list (ModernBERT)
+    follows the schedule; a twin's parameter-free input norm becomes the family's norm with unit weight
+    and zero bias.
+    """
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = len(schedule)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i, _ in schedule]
+    plain = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    state = {n: t.detach().float().cpu() for n, t in model.state_dict().items()}
     missing, unexpected = plain.load_state_dict(state, strict=False)
     left = set(missing)
-    for e, twin in enumerate(twins):
+    for e, twin in enumerate(layer_list(model, spec)):
         norm = twin.get_submodule(spec.first_layer_norm) if spec.first_layer_norm else None
         if isinstance(norm, torch.nn.LayerNorm) and not norm.elementwise_affine:
             target = layer_list(plain, spec)[e].get_submodule(spec.first_layer_norm)
@@ -137,8 +144,8 @@ def unrolled_family_classifier(student: SPSFamilyForSequenceClassification) -> P
         raise ModelConfigError(f"{spec.model_type}: the unrolled model does not match the student's state "
                                f"(missing {sorted(left)[:4]}, unexpected {unexpected[:4]})")
     plain.config.architectures = [type(plain).__name__]
-    return plain.eval()
+    return plain
 
 
 __all__ = ["FAMILY_CODE_FILES", "SPSFamilyConfig", "build_family_student", "is_family_backbone", "load_family_student",
-           "set_family_labels", "student_from_classifier", "unrolled_family_classifier"]
+           "set_family_labels", "student_from_classifier", "unroll_effective", "unrolled_family_classifier"]

@@ -32,6 +32,7 @@ from .modeling_sps_bert import classification_loss
 from .modeling_sps_family import SwappedQKLinear, effective_layers, make_twin, swap_qk_rows
 from .outputs import ClassifierOutput
 from .sps_families import FamilySpec, family_of, layer_list, set_layer_list
+from .sps_family_student import unroll_effective
 
 
 def truncate_classifier(model: PreTrainedModel, k: int, spec: FamilySpec) -> PreTrainedModel:
@@ -157,45 +158,9 @@ def compact_state_dict(student: SPSFamilyStudent) -> dict[str, Tensor]:
 
 
 def unrolled_classifier(student: SPSFamilyStudent) -> PreTrainedModel:
-    """A plain classifier of the student's family with ``E`` layers computing what the student computes.
-
-    Layer ``e`` holds a copy of the effective layer ``e``'s weights (query/key swapped in a swapped
-    twin). A ``layer_types`` list in the config (ModernBERT: local/global attention) follows the
-    schedule; a twin's parameter-free input norm becomes the family's norm with unit weight, zero bias.
-    The result is a standard model of the family: ``save_pretrained`` gives a folder that
-    ``AutoModelForSequenceClassification`` loads with no custom code.
-    """
-    config = copy.deepcopy(student.config)
-    config.num_hidden_layers = student.num_effective_layers
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = [student.config.layer_types[i] for i, _ in student.schedule]
-    plain = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    state = {name: tensor.detach().float() for name, tensor in student.model.state_dict().items()}
-    missing, unexpected = plain.load_state_dict(state, strict=False)
-    missing = _fill_unit_norms(plain, student, missing)
-    if missing or unexpected:
-        raise ModelConfigError(f"{student.family.model_type}: the unrolled model does not match the student's "
-                               f"state (missing {missing[:4]}, unexpected {unexpected[:4]})")
-    return plain.train(student.training)
-
-
-def _fill_unit_norms(plain: PreTrainedModel, student: SPSFamilyStudent, missing: list[str]) -> list[str]:
-    """Set the norms the student's twins run without parameters to weight 1, bias 0; the other missing keys."""
-    path = student.family.first_layer_norm
-    if not path:
-        return list(missing)
-    left = set(missing)
-    plain_layers = layer_list(plain, student.family)
-    for e, twin in enumerate(layer_list(student.model, student.family)):
-        norm = twin.get_submodule(path)
-        if isinstance(norm, nn.LayerNorm) and not norm.elementwise_affine:
-            target = plain_layers[e].get_submodule(path)
-            with torch.no_grad():
-                for name, value in (("weight", 1.0), ("bias", 0.0)):
-                    if getattr(target, name, None) is not None:
-                        getattr(target, name).fill_(value)
-                        left.discard(f"{student.family.layers}.{e}.{path}.{name}")
-    return sorted(left)
+    """A plain classifier of the student's family with ``E`` layers computing what the student computes
+    (:func:`.sps_family_student.unroll_effective` on the student's installed twins)."""
+    return unroll_effective(student.model, student.config, student.schedule, student.family).train(student.training)
 
 
 __all__ = [

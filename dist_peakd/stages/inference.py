@@ -125,12 +125,14 @@ def _require_tokenizer(tokenizer: Any, folder: Path) -> Any:
 
 
 def _torch_logits(model: torch.nn.Module) -> Callable[[Batch], np.ndarray]:
+    from ..export.onnx import input_names
+
     device = next(model.parameters()).device
+    names = input_names(model)  # no token_type_ids for a family without them (MPNet, DistilBERT, ModernBERT)
 
     @torch.no_grad()
     def logits(batch: Batch) -> np.ndarray:
-        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                    token_type_ids=batch["token_type_ids"].to(device))
+        out = model(**{name: batch[name].to(device) for name in names})
         return out.logits.float().cpu().numpy()
 
     return logits

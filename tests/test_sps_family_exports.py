@@ -211,3 +211,20 @@ def test_a_modernbert_layer_map_must_start_at_its_bottom_layer(tmp_path) -> None
     source_model("modernbert").save_pretrained(tmp_path)
     with pytest.raises(ModelConfigError, match=r"layers \[1, 3\]: a modernbert student's bottom layer must be"):
         build_student(tmp_path, k=2, variant="none", layers=[1, 3])
+
+
+@pytest.mark.parametrize("name", ["roberta", "distilbert", "modernbert"])
+def test_size_and_flops_of_the_student_and_its_plain_export(name: str) -> None:
+    """SPS saves parameters, not compute: the student's encoder holds k layers of weights, its unrolled export
+    E, at the same FLOPs (DistilBERT names its sizes dim/hidden_dim, ModernBERT keeps its layers at model.layers)."""
+    from dist_peakd.export.hf import unroll_student
+    from dist_peakd.models import model_stats
+
+    sps = student(name)
+    mine, plain, source = model_stats(sps), model_stats(unroll_student(sps)), model_stats(source_model(name))
+    assert (mine["num_parameter_layers"], mine["num_effective_layers"]) == (2, 4)
+    assert plain["num_parameter_layers"] == plain["num_effective_layers"] == 4
+    # ModernBERT: the bottom layer's twin runs higher up with the input norm the bottom layer lacks (32 weights)
+    extra = 32 if name == "modernbert" else 0
+    assert 0 < mine["encoder_parameters"] * 2 + extra == plain["encoder_parameters"] == source["encoder_parameters"]
+    assert mine["flops_per_token"] == plain["flops_per_token"] == source["flops_per_token"] > 0

@@ -37,7 +37,27 @@ def flops_per_token(
     return float(num_effective_layers * per_layer)
 
 
+def _family_layers(model: nn.Module) -> nn.Module | None:
+    """The encoder layer list of a non-BERT family student (its inner classifier's) or of a plain classifier
+    of a family in the table whose encoder is not at ``<base>.encoder`` (DistilBERT, ModernBERT)."""
+    from .configuration_sps_family import FAMILIES
+
+    config = getattr(model, "config", None)
+    inner = getattr(model, "model", None) if getattr(config, "model_type", None) == "sps-family" else None
+    target, spec = (inner, FAMILIES.get(config.base_model_type)) if inner is not None else \
+        (model, FAMILIES.get(getattr(config, "model_type", None)))
+    if spec is None:
+        return None
+    try:
+        return target.get_submodule(spec.layers)
+    except AttributeError:
+        return None
+
+
 def _encoder_parameters(model: nn.Module) -> int:
+    layers = _family_layers(model)
+    if layers is not None and getattr(model.config, "model_type", None) != "bert":
+        return count_parameters(layers)
     base = getattr(model, "base_model", model)
     encoder = getattr(base, "encoder", None)
     if isinstance(encoder, nn.Module):
@@ -64,7 +84,7 @@ def model_stats(model: nn.Module, seq_len: int = 128) -> dict[str, Any]:
     num_effective = len(schedule) if schedule else num_param_layers
     fpt = flops_per_token(
         hidden=config.hidden_size,
-        intermediate=config.intermediate_size,
+        intermediate=getattr(config, "intermediate_size", None) or config.hidden_dim,  # DistilBERT: hidden_dim
         num_effective_layers=num_effective,
         seq_len=seq_len,
         num_heads=config.num_attention_heads,

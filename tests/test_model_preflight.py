@@ -345,3 +345,8 @@ def test_zero3_is_refused_for_a_non_bert_sps_student_only(tiny_bert, zoo, tmp_pa
     _check_zero3(options(zoo["roberta"], zero_stage=2), str(zoo["roberta"]))  # stages 0-2 are fine
     _check_zero3(options(tiny_bert, zero_stage=3), str(tiny_bert))  # the BERT student has no twins
     assert not (tmp_path / "run").exists()
+
+
+def test_a_modernbert_layer_map_not_starting_at_layer_0_is_refused_before_work(tmp_path, capsys, zoo, glue_dir):
+    opts = slice_opts(tmp_path / "run", zoo["modernbert"], glue_dir, student="plain", depth=1, layer_map="1")
+    _refused(capsys, "ptp", opts, "option layer_map: 1 copies backbone layers [1]", "modernbert", "start the layer map at 0")

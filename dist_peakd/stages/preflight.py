@@ -54,6 +54,7 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
 
         resolved, _ = resolve_k(opts)
         _check_zero3(opts, backbone)
+        _check_family_layer_map(resolved, backbone)
         for k in _depths(resolved, stage):
             check_k_against_backbone(int(k), backbone)
         # distill: its encoder; pipeline/sweep: a given one (--ptp_dir), before anything trains
@@ -86,6 +87,23 @@ def _check_zero3(opts: Any, backbone: str) -> None:
         raise ConfigError(f"option zero_stage: the SPS student of the {model_type} backbone {backbone} runs its "
                           "layers a second time through weight-tied copies, which ZeRO stage 3 does not gather; use "
                           "ZeRO 0-2 (the student is small: stage 2 shards its optimizer state and gradients)")
+
+
+def _check_family_layer_map(opts: Any, backbone: str) -> None:
+    """A plain student of a family whose bottom layer has no input norm (ModernBERT) must start at layer 0."""
+    from ..models.configuration_sps_family import FAMILIES
+    from .student_kind import is_plain, layer_indices
+
+    spec = FAMILIES.get(_model_type(backbone) or "")
+    if spec is None or not spec.first_layer_norm or not is_plain(opts) or not isinstance(opts.depth, int):
+        return
+    from transformers import AutoConfig
+
+    layers = layer_indices(opts.layer_map, opts.depth, int(AutoConfig.from_pretrained(backbone).num_hidden_layers))
+    if layers[0] != 0:
+        raise ConfigError(f"option layer_map: {opts.layer_map} copies backbone layers {layers}; a {spec.model_type} "
+                          f"student's bottom layer must be the backbone's layer 0 (the family's bottom layer has no "
+                          f"input norm, which layer {layers[0]} needs): start the layer map at 0")
 
 
 def _refuse(message: str | None) -> None:

@@ -17,7 +17,7 @@ from reliab_helpers import args_of, run_cli, slice_opts
 
 from dist_peakd.errors import ConfigError, ModelConfigError
 
-#: tiny random checkpoints of the families the student cannot be built from (hidden 32, 2 layers)
+#: tiny random checkpoints of non-BERT families (hidden 32, 2 layers); ``albert`` (no role supports it) is added
 FAMILIES = ("roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert", "distilbert", "mpnet")
 
 
@@ -25,6 +25,9 @@ def _family_model(model_type: str, vocab: int):
     import transformers as T
 
     common = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    if model_type == "albert":  # a family no role supports
+        return T.AlbertModel(T.AlbertConfig(vocab_size=vocab, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=4, intermediate_size=64))
     if model_type == "distilbert":
         return T.DistilBertModel(T.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64))
     if model_type == "modernbert":
@@ -80,7 +83,7 @@ def zoo(tmp_path_factory, tiny_bert) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("zoo")
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
     folders: dict[str, Path] = {}
-    for name in FAMILIES:
+    for name in (*FAMILIES, "albert"):
         _family_model(name, tok.vocab_size).save_pretrained(str(root / name))
         tok.save_pretrained(str(root / name))
         folders[name] = root / name
@@ -124,11 +127,12 @@ def _refused(capsys, stage: str, opts: dict, *expected: str, code: int = 2) -> s
 def test_the_supported_families_live_in_one_place(monkeypatch, zoo, tiny_bert):
     from dist_peakd.models import BERT_FAMILY, families
 
-    assert BERT_FAMILY == families.TEACHER_TYPES and families.supported("backbone") == ("bert",)
+    assert BERT_FAMILY == families.TEACHER_TYPES and families.supported("backbone")[0] == "bert"
     assert families.family_refusal("backbone", "backbone", "x", "bert") is None
-    assert "roberta" in families.family_refusal("backbone", "backbone", "x", "roberta")
-    monkeypatch.setattr(families, "STUDENT_BACKBONE_TYPES", ("bert", "roberta"))  # extending it is one edit
-    assert families.family_refusal("backbone", "backbone", "x", "roberta") is None
+    assert families.family_refusal("backbone", "backbone", "x", "roberta") is None  # issue 23: its own SPS student
+    assert "albert" in families.family_refusal("backbone", "backbone", "x", "albert")
+    monkeypatch.setattr(families, "STUDENT_BACKBONE_TYPES", ("bert", "albert"))  # extending it is one edit
+    assert families.family_refusal("backbone", "backbone", "x", "albert") is None
     assert families.has_trained_head(zoo["mrpc_model"]) is True and families.has_trained_head(tiny_bert) is False
 
 
@@ -150,19 +154,17 @@ def test_load_teacher_can_require_a_trained_head_of_the_tasks_size(tiny_bert, zo
 
 
 # ------------------------------------------------------------------------------ item 4: backbones
-@pytest.mark.parametrize("family", FAMILIES)
-def test_a_backbone_the_student_cannot_be_built_from_is_refused_before_finetune(tmp_path, capsys, zoo, glue_dir,
-                                                                                  family):
-    opts = slice_opts(tmp_path / "run", zoo[family], glue_dir)
-    _refused(capsys, "finetune-teacher", opts, f"option backbone: {zoo[family]} has model_type '{family}'",
-             "['bert']", "use a BERT checkpoint")
+def test_a_backbone_the_student_cannot_be_built_from_is_refused_before_finetune(tmp_path, capsys, zoo, glue_dir):
+    opts = slice_opts(tmp_path / "run", zoo["albert"], glue_dir)
+    _refused(capsys, "finetune-teacher", opts, f"option backbone: {zoo['albert']} has model_type 'albert'",
+             "'roberta'", "'modernbert'", "use a checkpoint of one of those families")
 
 
 @pytest.mark.parametrize("stage", ["cache-teacher", "ptp", "distill", "pipeline", "sweep"])
-def test_every_training_command_refuses_a_roberta_backbone_first(tmp_path, capsys, zoo, glue_dir, stage):
+def test_every_training_command_refuses_an_unsupported_backbone_first(tmp_path, capsys, zoo, glue_dir, stage):
     extra = {"space": '{"temperature": [2, 5]}'} if stage == "sweep" else {}
-    opts = slice_opts(tmp_path / "run", zoo["roberta"], glue_dir, **extra)
-    _refused(capsys, stage, opts, "has model_type 'roberta'", "--teacher_dir")
+    opts = slice_opts(tmp_path / "run", zoo["albert"], glue_dir, **extra)
+    _refused(capsys, stage, opts, "has model_type 'albert'", "use a checkpoint of one of those families")
 
 
 def test_a_pickle_only_backbone_is_refused_naming_the_file(tmp_path, capsys, zoo, glue_dir):
@@ -307,3 +309,45 @@ def test_the_preflight_accepts_a_fitting_ptp_encoder_and_refuses_another_shape(t
     with pytest.raises(ConfigError, match="has k=1, variant=shuffle; this run asks k=2, variant=shuffle"):
         check_models(opts(2), "distill")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_ptp_encoder_of_another_family_than_the_backbone_is_refused(tiny_bert, zoo, tmp_path, glue_dir):
+    """Issue 23: a PTP encoder is the SPS student of its backbone's family; a RoBERTa one does not continue a run
+    on a BERT backbone, nor a BERT one a run on a RoBERTa backbone."""
+    from dist_peakd.config import build_options
+    from dist_peakd.models import build_student
+    from dist_peakd.stages.distill import DistillOptions
+    from dist_peakd.stages.preflight import check_models
+
+    roberta_ptp = tmp_path / "roberta_ptp"
+    build_student(zoo["roberta"], k=1, num_labels=4).save_pretrained(str(roberta_ptp))
+    assert json.loads((roberta_ptp / "config.json").read_text())["model_type"] == "sps-family"
+    for backbone, ptp, message in ((tiny_bert, roberta_ptp, "is a roberta SPS student; this run's backbone"),
+                                   (zoo["roberta"], zoo["ptp"], "is a bert SPS student; this run's backbone")):
+        options = build_options(DistillOptions, **slice_opts(tmp_path / "run", backbone, glue_dir, k=1,
+                                                             ptp_dir=str(ptp)))
+        with pytest.raises(ConfigError, match=message):
+            check_models(options, "distill")
+    check_models(build_options(DistillOptions, **slice_opts(tmp_path / "run", zoo["roberta"], glue_dir, k=1,
+                                                            ptp_dir=str(roberta_ptp))), "distill")
+    assert not (tmp_path / "run").exists()
+
+
+def test_zero3_is_refused_for_a_non_bert_sps_student_only(tiny_bert, zoo, tmp_path, glue_dir):
+    from dist_peakd.config import build_options
+    from dist_peakd.stages.preflight import _check_zero3
+    from dist_peakd.stages.ptp import PTPOptions
+
+    def options(backbone, **kw):
+        return build_options(PTPOptions, **slice_opts(tmp_path / "run", backbone, glue_dir, k=1, **kw))
+
+    with pytest.raises(ConfigError, match="option zero_stage: the SPS student of the roberta backbone"):
+        _check_zero3(options(zoo["roberta"], zero_stage=3), str(zoo["roberta"]))
+    _check_zero3(options(zoo["roberta"], zero_stage=2), str(zoo["roberta"]))  # stages 0-2 are fine
+    _check_zero3(options(tiny_bert, zero_stage=3), str(tiny_bert))  # the BERT student has no twins
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_modernbert_layer_map_not_starting_at_layer_0_is_refused_before_work(tmp_path, capsys, zoo, glue_dir):
+    opts = slice_opts(tmp_path / "run", zoo["modernbert"], glue_dir, student="plain", depth=1, layer_map="1")
+    _refused(capsys, "ptp", opts, "option layer_map: 1 copies backbone layers [1]", "modernbert", "start the layer map at 0")

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import (
+    AlbertConfig,
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
     BertModel,
     GPT2Config,
-    RobertaConfig,
 )
 
 from dist_peakd.models import (
@@ -362,9 +362,9 @@ def test_build_and_load_reject_wrong_checkpoints(tmp_path: Path, tiny_bert: Path
     with pytest.raises(ModelConfigError) as err:
         build_student(gpt, k=1)
     assert str(gpt) in str(err.value) and "gpt2" in str(err.value) and "bert" in str(err.value)
-    roberta = tmp_path / "roberta"
-    RobertaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4).save_pretrained(roberta)
-    with pytest.raises(ModelConfigError, match="roberta"):
-        build_student(roberta, k=1)
+    albert = tmp_path / "albert"  # issue 23: roberta & co. have their own SPS student now (sps-family); albert not
+    AlbertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4).save_pretrained(albert)
+    with pytest.raises(ModelConfigError, match="albert"):
+        build_student(albert, k=1)
     with pytest.raises(ModelConfigError, match="sps-bert"):
         load_student(tiny_bert)

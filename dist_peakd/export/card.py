@@ -79,22 +79,28 @@ def _teacher_name(method: Mapping[str, Any]) -> str:
     return text + (f" ({'; '.join(extra)})" if extra else "")
 
 
+def _family_name(method: Mapping[str, Any]) -> str:
+    """``BERT`` for a BERT student (and a record without a family), else the family's model type."""
+    family = method.get("family") or "bert"
+    return "BERT" if family == "bert" else f"`{family}`"
+
+
 def _what_it_is(method: Mapping[str, Any]) -> list[str]:
     if method.get("kind") == "teacher":
         return [f"A fine-tuned BERT-family classifier (the teacher), from `{method.get('backbone', '?')}`."]
     if method.get("kind") == "ptp":
-        return [f"A **Pea-KD PTP encoder**: SPS BERT with k = {method.get('k')} parameter layers run as "
+        return [f"A **Pea-KD PTP encoder**: SPS {_family_name(method)} with k = {method.get('k')} parameter layers run as "
                 f"{method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`), "
                 "pretrained on teacher-prediction labels (teacher right/wrong x confident/unsure, 4 classes) of "
                 f"the teacher {_teacher_name(method)}. It is the starting point of distillation (which puts "
                 "a fresh task head on it), not a task classifier: its outputs are the 4 PTP classes."]
     if method.get("student") == "plain":
-        return [f"A **plain {method.get('depth')}-layer BERT** student (each layer run once) whose layers were copied "
+        return [f"A **plain {method.get('depth')}-layer {_family_name(method)}** student (each layer run once) whose layers were copied "
                 f"from the backbone's layers {method.get('backbone_layers')} (layer map `{method.get('layer_map')}`), "
                 f"{'pretrained with PTP, ' if method.get('ptp') else ''}distilled from the teacher "
                 f"{_teacher_name(method)} with {method.get('distillation', 'KD + Patient-KD')}."]
     lines = [
-        f"A **Pea-KD** student: SPS (Shuffled Parameter Sharing) BERT with k = {method.get('k')} parameter "
+        f"A **Pea-KD** student: SPS (Shuffled Parameter Sharing) {_family_name(method)} with k = {method.get('k')} parameter "
         f"layers run as {method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`; "
         "a second pass re-uses layers with the query and key projections swapped), "
         f"{'pretrained with PTP, ' if method.get('ptp') else ''}distilled from the teacher "
@@ -151,16 +157,45 @@ def _latency_section(latency: Sequence[Mapping[str, Any]] | None) -> list[str]:
     return out
 
 
-def _how_to_load(export_format: str, repo: str, example: tuple[str, str]) -> list[str]:
+def onnx_fusion_note(family: str) -> str:
+    """What the card says of ``model.onnx`` for a model of ``family`` (fused by onnxruntime or a plain graph)."""
+    from ..models.configuration_sps_family import FAMILIES
+
+    spec = FAMILIES.get(family)
+    if spec is not None and spec.onnx_optimizer is None:
+        return (f"`model.onnx` is a plain graph of standard ONNX ops: onnxruntime's transformer optimizer has no "
+                f"fusion for `{family}` models, so none is applied.")
+    return ("`model.onnx` is fused for onnxruntime (its contrib ops: LayerNorm, GELU, attention); a graph of "
+            "standard ONNX ops only comes from `dist-peakd export --format onnx --optimize False`.")
+
+
+def _family_how_to_load(export_format: str, family: str) -> list[str]:
+    """The notes of a non-BERT (``sps-family``) student's compact and plain folders."""
+    if export_format == "compact":
+        return ["", "This folder carries its model code (`modeling_sps_family.py`, `configuration_sps_family.py`, "
+                "`configuration_sps_bert.py`, `auto_map` in `config.json`; model type `sps-family` over a "
+                f"`{family}` config of the parameter layers), hence `trust_remote_code=True`. The code needs "
+                f"**transformers >= {MIN_TRANSFORMERS}**; the plain export loads with any transformers that has "
+                f"`{family}`. Without `trust_remote_code=True` the folder is refused (its model type is not a "
+                f"transformers one). For runtimes without custom code use the plain export (`--format plain`): a "
+                f"standard `{family}` folder of the effective layers, same logits, same compute, more weights on disk."]
+    if export_format == "plain":
+        return ["", f"A standard `{family}` folder: `AutoModelForSequenceClassification`, ONNX exporters, optimum and "
+                f"other `{family}` runtimes load it without custom code."]
+    return []
+
+
+def _how_to_load(export_format: str, repo: str, example: tuple[str, str], family: str = "bert") -> list[str]:
     a, b = example
     if export_format == "onnx":
         return ["```python", "import onnxruntime as ort", "from transformers import AutoTokenizer",
                 f'tok = AutoTokenizer.from_pretrained("{repo}")',
                 f'sess = ort.InferenceSession("{repo}/model.onnx")  # or model_int8.onnx',
                 f'enc = tok("{a}", "{b}", truncation=True, return_tensors="np")  # at the trained length',
+                'logits = sess.run(["logits"], {k: v for k, v in enc.items() if k in {i.name for i in '
+                'sess.get_inputs()}})[0]' if family != "bert" else
                 'logits = sess.run(["logits"], {k: v for k, v in enc.items()})[0]', "```", "",
-                "`model.onnx` is fused for onnxruntime (its contrib ops: LayerNorm, GELU, attention); a graph of "
-                "standard ONNX ops only comes from `dist-peakd export --format onnx --optimize False`."]
+                onnx_fusion_note(family)]
     trust = ", trust_remote_code=True" if export_format == "compact" else ""
     lines = ["```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
              f'model = AutoModelForSequenceClassification.from_pretrained("{repo}"{trust})',
@@ -170,6 +205,8 @@ def _how_to_load(export_format: str, repo: str, example: tuple[str, str]) -> lis
              "`truncation=True` cuts inputs at the length the model was trained at (the tokenizer's "
              "`model_max_length`), as training and `dist-peakd predict` do; without it a longer input runs "
              "whole and scores differently."]
+    if family != "bert":
+        return lines + _family_how_to_load(export_format, family)
     if export_format == "compact":
         lines += ["", "This folder carries its model code (`modeling_sps_bert.py`, `configuration_sps_bert.py`, "
                   "`auto_map` in `config.json`), hence `trust_remote_code=True`. The code needs **transformers >= "
@@ -233,7 +270,8 @@ def render_model_card(
     """
     _check_inputs(export_format, exported, dev_metrics)
     kind = method.get("kind", "student")
-    tags = ["dist-peakd", "bert", "text-classification"] + (["knowledge-distillation", "pea-kd", "sps"]
+    family = str(method.get("family") or "bert")
+    tags = ["dist-peakd", family, "text-classification"] + (["knowledge-distillation", "pea-kd", "sps"]
                                                            if kind in ("student", "ptp") else [])
     out = [_metadata(name, task, dev_metrics[exported], base_model, license_id, export_format, tags)]
     out += [f"# {name}", "", *_what_it_is(method), "",
@@ -245,7 +283,7 @@ def render_model_card(
     # a teacher (a plain student) is a plain BERT-family classifier: its compact folder is a plain one (no custom code)
     plain_model = kind == "teacher" or method.get("student") == "plain"  # a plain student is a bert folder too
     load_format = "plain" if plain_model and export_format == "compact" else export_format
-    out += ["## How to load", "", *_how_to_load(load_format, f"path/to/{name}", example), "",
+    out += ["## How to load", "", *_how_to_load(load_format, f"path/to/{name}", example, family), "",
             "## How it was made", "", "```bash", command, "```", "", "Options:", "", "```json",
             json.dumps(dict(options), indent=2, sort_keys=True, default=str), "```", "",
             "## Library versions", "",

@@ -38,9 +38,18 @@ class ExportError(ValueError):
     exit_code = EXIT_BAD_INPUT
 
 
+#: model_type of the SPS students: BERT's own and the weight-tied student of any other family.
+SPS_MODEL_TYPES: tuple[str, ...] = ("sps-bert", "sps-family")
+
+
 def is_sps_config(config: Any) -> bool:
     """True for an SPS student's config, whichever copy of the class made it (package or remote code)."""
-    return getattr(config, "model_type", None) == "sps-bert" and getattr(config, "sps_schedule", None) is not None
+    return getattr(config, "model_type", None) in SPS_MODEL_TYPES and getattr(config, "sps_schedule", None) is not None
+
+
+def is_family_sps_config(config: Any) -> bool:
+    """True for the config of a non-BERT (``sps-family``) SPS student."""
+    return is_sps_config(config) and config.model_type == "sps-family"
 
 
 def load_model_folder(model_dir: str | Path, trust_unverified: bool = False) -> tuple[nn.Module, Any]:
@@ -54,7 +63,7 @@ def load_model_folder(model_dir: str | Path, trust_unverified: bool = False) -> 
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..models import load_student  # registers sps-bert with the Auto classes
+    from ..models import load_student  # registers sps-bert and sps-family with the Auto classes
     from ..models.loading import load_reporting
 
     model_dir = Path(model_dir)

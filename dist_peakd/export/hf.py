@@ -1,10 +1,13 @@
-"""Hugging Face folders: the compact SPS export (custom code) and the plain, unrolled BERT export.
+"""Hugging Face folders: the compact SPS export (custom code) and the plain, unrolled export.
 
-Compact: ``k`` parameter layers + ``configuration_sps_bert.py`` / ``modeling_sps_bert.py`` +
-``auto_map``; loads with ``AutoModelForSequenceClassification.from_pretrained(dir,
-trust_remote_code=True)``. Plain: a standard ``bert`` folder of ``E`` effective layers (second-pass
-layers are copies with query/key swapped, weight and bias); loads with ``BertForSequenceClassification``
-or any BERT runtime, at the same compute and ``E - k`` more layers of weights on disk.
+Compact: ``k`` parameter layers + the custom code (``configuration_sps_bert.py`` /
+``modeling_sps_bert.py`` for a BERT student; ``configuration_sps_bert.py``,
+``configuration_sps_family.py``, ``modeling_sps_family.py`` for any other family) + ``auto_map``; loads
+with ``AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)``. Plain: a
+standard folder of the student's family (``bert``, ``roberta``, ``deberta-v2``, ...) of ``E`` effective
+layers (second-pass layers are copies with query/key swapped, weight and bias); loads with
+``AutoModelForSequenceClassification`` or any runtime of that family, at the same compute and ``E - k``
+more layers of weights on disk.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from .folder import (
     ExportError,
     fp32_state_dict,
+    is_family_sps_config,
     is_sps_config,
     mark_fp32,
     save_tokenizer,
@@ -37,10 +41,18 @@ _SPS_ONLY_KEYS = ("sps_variant", "sps_schedule", "auto_map", "architectures", "m
 
 
 CODE_FILES: tuple[str, ...] = ("configuration_sps_bert.py", "modeling_sps_bert.py")
+#: The code files of a non-BERT (``sps-family``) student's compact folder.
+FAMILY_CODE_FILES: tuple[str, ...] = ("configuration_sps_bert.py", "configuration_sps_family.py",
+                                      "modeling_sps_family.py")
 
 
-def _check_code_files(folder: Path) -> None:
-    missing = [name for name in CODE_FILES if not (folder / name).is_file()]
+def code_files(config: Any) -> tuple[str, ...]:
+    """The custom-code files a compact export of a student with ``config`` carries."""
+    return FAMILY_CODE_FILES if is_family_sps_config(config) else CODE_FILES
+
+
+def _check_code_files(folder: Path, config: Any) -> None:
+    missing = [name for name in code_files(config) if not (folder / name).is_file()]
     auto_map = json.loads((folder / "config.json").read_text()).get("auto_map") or {}
     if missing or "AutoModelForSequenceClassification" not in auto_map:
         raise ExportError(f"the SPS export lacks its custom code ({missing or 'auto_map'}); load the model with "
@@ -79,7 +91,7 @@ def export_compact(
             model.config = saved_config
         mark_fp32(tmp)
         if is_sps_config(config):
-            _check_code_files(tmp)
+            _check_code_files(tmp, config)
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp, trained_max_length(extra_files))
         write_card(tmp, card)
@@ -103,14 +115,19 @@ def _swap_query_key(layer: nn.Module) -> None:
     attn.query, attn.key = attn.key, attn.query
 
 
-def unroll_student(model: nn.Module) -> BertForSequenceClassification:
-    """The SPS student as a plain ``BertForSequenceClassification`` of ``E`` effective layers.
+def unroll_student(model: nn.Module) -> nn.Module:
+    """The SPS student as a plain classifier of ``E`` effective layers (``BertForSequenceClassification``;
+    for an ``sps-family`` student its own family's class, :func:`~..models.sps_family_student.unrolled_family_classifier`).
 
     Effective layer ``j = (i, swap)`` is a copy of parameter layer ``i``; with ``swap`` its query and
     key ``Linear`` modules (weight and bias) trade places. Embeddings, pooler and head are copied.
     """
     if not is_sps_config(model.config):
         raise ExportError(f"unroll_student needs an SPS student, got {type(model).__name__}")
+    if is_family_sps_config(model.config):  # a family student: its own family's classifier of E layers
+        from ..models.sps_family_student import unrolled_family_classifier
+
+        return unrolled_family_classifier(model).float().eval()
     plain = BertForSequenceClassification(plain_bert_config(model.config))
     plain.bert.embeddings.load_state_dict(model.bert.embeddings.state_dict())
     plain.bert.pooler.load_state_dict(model.bert.pooler.state_dict())

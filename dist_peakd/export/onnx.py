@@ -2,13 +2,14 @@
 
 Needs the ``[deploy]`` extra (onnx, onnxscript, onnxruntime); imported lazily so the rest of the
 package works without it. An ONNX folder holds ``model.onnx`` (fp32; ``model_int8.onnx`` too when
-quantized), ``config.json`` (a plain ``bert`` config describing the graph: the unrolled one for an
-SPS student), the tokenizer files, ``README.md`` and ``dist_peakd_files.json``.
+quantized), ``config.json`` (a plain config describing the graph: the unrolled ``bert`` one for an
+SPS BERT student, the unrolled family one for an ``sps-family`` student, which is traced unrolled), the tokenizer files, ``README.md`` and ``dist_peakd_files.json``.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ..errors import ConfigError
 from .folder import (
     RECORD_FILE,
     ExportError,
+    is_family_sps_config,
     is_sps_config,
     save_tokenizer,
     set_label_names,
@@ -48,16 +50,47 @@ def _require(module: str) -> Any:
         raise ExportError(f"ONNX export needs {module!r}: pip install 'dist-peakd[deploy]' ({e})") from e
 
 
+def input_names(model: nn.Module) -> tuple[str, ...]:
+    """The graph inputs of ``model``: :data:`INPUT_NAMES` less ``token_type_ids`` when its forward has no
+    such argument (MPNet, DistilBERT, ModernBERT)."""
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    return INPUT_NAMES if takes_types else INPUT_NAMES[:2]
+
+
+def fusion_type(config: Any) -> str | None:
+    """The ``model_type`` onnxruntime's transformer optimizer fuses a model of ``config`` as (None: no fusion
+    for its family; the graph stays plain)."""
+    from ..models.configuration_sps_family import FAMILIES
+
+    model_type = getattr(config, "base_model_type", None) if is_family_sps_config(config) else config.model_type
+    if model_type == "sps-bert":
+        return "bert"
+    spec = FAMILIES.get(model_type)
+    return spec.onnx_optimizer if spec is not None else "bert"
+
+
 class _LogitsOnly(nn.Module):
     """``(input_ids, attention_mask, token_type_ids) -> logits`` of a HF-style classifier."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.names = INPUT_NAMES
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                           return_dict=True).logits
+
+
+class _LogitsOnlyNoTypes(_LogitsOnly):
+    """``(input_ids, attention_mask) -> logits`` of a classifier without ``token_type_ids``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.names = INPUT_NAMES[:2]
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:  # type: ignore[override]
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).logits
 
 
 def example_inputs(vocab_size: int, batch: int = 2, seq: int = 16, seed: int = 0) -> dict[str, Tensor]:
@@ -91,21 +124,27 @@ def export_onnx_file(model: nn.Module, path: str | Path, opset: int | None = Non
     :func:`verify_onnx` where a folder is written).
     """
     _require("onnxscript")
+    if is_family_sps_config(model.config):  # the weight-tied student: traced as its own family's E layers
+        from .hf import unroll_student
+
+        model = unroll_student(model)
     model = copy.deepcopy(model).float().cpu().eval()
     _eager_attention(model)
-    wrapper = _LogitsOnly(model).eval()
+    wrapper = (_LogitsOnly if input_names(model) == INPUT_NAMES else _LogitsOnlyNoTypes)(model).eval()
+    names = wrapper.names
     inputs = example_inputs(model.config.vocab_size)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dims = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
     kwargs: dict[str, Any] = {"opset_version": opset} if opset is not None else {}
     with torch.no_grad():
-        torch.onnx.export(wrapper, tuple(inputs[n] for n in INPUT_NAMES), str(path), input_names=list(INPUT_NAMES),
-                          output_names=["logits"], dynamic_shapes=tuple(dims[n] for n in INPUT_NAMES),
+        torch.onnx.export(wrapper, tuple(inputs[n] for n in names), str(path), input_names=list(names),
+                          output_names=["logits"], dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
                           dynamo=True, external_data=False, verbose=False, **kwargs)
     if opset is not None:
         _check_opset(path, opset)
-    if optimize:
-        optimize_graph(path, num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size)
+    fuse_as = fusion_type(model.config)
+    if optimize and fuse_as is not None:
+        optimize_graph(path, num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size,
+                       model_type=fuse_as)
     return Path(path)
 
 
@@ -126,7 +165,7 @@ def _check_opset(path: str | Path, opset: int) -> None:
                           f"this model); use an opset in {low}..{high}")
 
 
-def optimize_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+def optimize_graph(path: str | Path, num_heads: int, hidden_size: int, model_type: str = "bert") -> dict[str, int]:
     """Fuse a BERT graph in place with ``onnxruntime.transformers.optimizer`` (LayerNorm + residual,
     bias + GELU, embeddings; attention where it matches); returns the fused-op counts.
 
@@ -135,7 +174,7 @@ def optimize_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[s
     """
     optimizer = _require("onnxruntime.transformers.optimizer")
     path = Path(path)
-    fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    fused = optimizer.optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size)
     tmp = path.with_name(path.name + ".fused")
     fused.save_model_to_file(str(tmp))
     tmp.replace(path)
@@ -193,7 +232,7 @@ def verify_onnx(path: str | Path, model: nn.Module, batches: Iterable[Mapping[st
     worst = 0.0
     with torch.no_grad():
         for batch in batches:
-            feed = {n: batch[n] for n in INPUT_NAMES if n in batch}
+            feed = {n: batch[n] for n in input_names(model) if n in batch}
             want = model(**feed, return_dict=True).logits.float().numpy()
             got = runner(feed)
             worst = max(worst, float(np.abs(got - want).max()))
@@ -227,7 +266,12 @@ def export_onnx(
         raise ExportError(f"quantize must be None or 'int8', got {quantize!r}")
     from .hf import plain_bert_config
 
-    config = plain_bert_config(model.config) if is_sps_config(model.config) else copy.deepcopy(model.config)
+    if is_family_sps_config(model.config):  # config.json describes the graph: the family's E layers
+        from .hf import unroll_student
+
+        config = unroll_student(model).config
+    else:
+        config = plain_bert_config(model.config) if is_sps_config(model.config) else copy.deepcopy(model.config)
     set_label_names(config, label_names)
     result: dict[str, Any] = {"max_abs_diff": None, "max_abs_diff_int8": None}
 

@@ -1,6 +1,6 @@
 """Models: the BERT-family teacher, the SPS student, and size/FLOP statistics.
 
-Importing this package registers ``sps-bert`` with ``AutoConfig`` and
+Importing this package registers ``sps-bert`` and ``sps-family`` with ``AutoConfig`` and
 ``AutoModelForSequenceClassification``.
 """
 
@@ -10,6 +10,8 @@ from .sps import (
     VARIANTS,
     SPSBertConfig,
     SPSBertForSequenceClassification,
+    SPSFamilyConfig,
+    SPSFamilyForSequenceClassification,
     attention_scores,
     build_student,
     load_student,
@@ -26,6 +28,8 @@ __all__ = [
     "ModelConfigError",
     "SPSBertConfig",
     "SPSBertForSequenceClassification",
+    "SPSFamilyConfig",
+    "SPSFamilyForSequenceClassification",
     "attention_scores",
     "build_student",
     "check_bert_family",

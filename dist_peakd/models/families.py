@@ -5,7 +5,7 @@ A run has three model roles. The **backbone** (``--backbone``) is what the teach
 the student can be built from (:data:`STUDENT_BACKBONE_TYPES`). A **teacher** given with
 ``--teacher_dir`` may be any family the teacher code runs (:data:`TEACHER_TYPES`), as long as it
 tokenizes like the backbone (the cache holds its outputs on its own token ids). The **student** is
-``sps-bert``. Adding a family means extending these tuples (and the code that builds or runs it).
+``sps-bert`` (from a BERT backbone) or ``sps-family`` (the weight-tied student of any other family). Adding a family means extending these tuples (and the code that builds or runs it).
 
 Everything here reads files only (``config.json``, the safetensors header): no model is built.
 """
@@ -21,10 +21,14 @@ from pathlib import Path
 #: tests/test_teacher_families.py fine-tunes and caches a tiny random model of each).
 TEACHER_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2", "modernbert",
                                   "mpnet", "distilbert")
-#: model_type values the SPS student can be built from (its layer code is BERT's).
-STUDENT_BACKBONE_TYPES: tuple[str, ...] = ("bert",)
-#: model_type of a saved SPS student (PTP encoder, distilled student).
+#: model_type values the SPS student can be built from: BERT (``sps-bert``, its own layer code) and every
+#: family of ``configuration_sps_family.FAMILIES`` (``sps-family``, weight tying; kept equal by a test).
+STUDENT_BACKBONE_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2",
+                                           "mpnet", "distilbert", "modernbert")
+#: model_type of a saved SPS student (PTP encoder, distilled student) from a BERT backbone.
 STUDENT_TYPE = "sps-bert"
+#: model_type of a saved SPS student of any other family.
+FAMILY_STUDENT_TYPE = "sps-family"
 #: Prefix of the task head's weights in every supported family's sequence classifier.
 HEAD_PREFIX = "classifier."
 #: Weight files dist-peakd reads (safetensors: tensors only, nothing is executed when loading them).
@@ -32,12 +36,13 @@ SAFE_WEIGHTS: tuple[str, ...] = ("model.safetensors", "model.safetensors.index.j
 #: Pickle weight files: never loaded (unpickling can run arbitrary code).
 PICKLE_WEIGHTS: tuple[str, ...] = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 #: What to use instead of an unsupported backbone.
-BACKBONE_HINT = "use a BERT checkpoint as --backbone (e.g. minilm, the default, or bert-base-uncased)"
+BACKBONE_HINT = ("use a checkpoint of one of those families as --backbone (e.g. minilm, the default, "
+                 "bert-base-uncased, roberta-base or microsoft/deberta-v3-base)")
 
 
 def supported(role: str) -> tuple[str, ...]:
     """The model types a role accepts: ``backbone``, ``teacher`` or ``student``."""
-    return {"backbone": STUDENT_BACKBONE_TYPES, "teacher": TEACHER_TYPES, "student": (STUDENT_TYPE,)}[role]
+    return {"backbone": STUDENT_BACKBONE_TYPES, "teacher": TEACHER_TYPES, "student": (STUDENT_TYPE, FAMILY_STUDENT_TYPE)}[role]
 
 
 def read_model_type(folder: str | Path) -> str | None:
@@ -112,11 +117,11 @@ def family_refusal(role: str, option: str, source: str, model_type: str | None) 
         return (f"{head}; the SPS student is built from the backbone's bottom layers, which dist-peakd supports for "
                 f"{list(STUDENT_BACKBONE_TYPES)} checkpoints only{teacher_note}; {BACKBONE_HINT}")
     if role == "teacher":
-        if model_type == STUDENT_TYPE:
+        if model_type in (STUDENT_TYPE, FAMILY_STUDENT_TYPE):
             return (f"{head}: an SPS student (PTP encoder or distilled student), not a teacher; give the fine-tuned "
                     "teacher folder (<output_dir>/<task>/teacher/best) or leave --teacher_dir out")
         return (f"{head}; a teacher must be one of {list(TEACHER_TYPES)}; fine-tune one from a supported "
                 "checkpoint (dist-peakd finetune-teacher)")
-    return (f"{head}, not a PTP encoder ({STUDENT_TYPE!r}, written by `dist-peakd ptp` to "
+    return (f"{head}, not a PTP encoder ({STUDENT_TYPE!r} or {FAMILY_STUDENT_TYPE!r}, written by `dist-peakd ptp` to "
             "<output_dir>/<task>/ptp-k<k>-<variant>/best); leave --ptp_dir out to use this run's, or pass "
             "--use_ptp=False to start from the backbone")

@@ -34,6 +34,14 @@ from .modeling_sps_bert import (
     attention_scores,
     sps_layer_forward,
 )
+from .modeling_sps_family import SPSFamilyForSequenceClassification
+from .sps_family_student import (
+    SPSFamilyConfig,
+    build_family_student,
+    is_family_backbone,
+    load_family_student,
+    set_family_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,8 @@ __all__ = [
     "VARIANTS",
     "SPSBertConfig",
     "SPSBertForSequenceClassification",
+    "SPSFamilyConfig",
+    "SPSFamilyForSequenceClassification",
     "SPSSequenceClassifierOutput",
     "attention_scores",
     "build_student",
@@ -81,8 +91,13 @@ def build_student(
     num_labels: int = 2,
     attn_implementation: str = "sdpa",
     layers: Sequence[int] | None = None,
-) -> SPSBertForSequenceClassification:
-    """An SPS student initialised from a *pretrained* BERT backbone (path or hub id).
+) -> SPSBertForSequenceClassification | SPSFamilyForSequenceClassification:
+    """An SPS student initialised from a *pretrained* backbone (path or hub id).
+
+    A BERT backbone gives :class:`SPSBertForSequenceClassification` (``sps-bert``, below); any other
+    family of :data:`.configuration_sps_family.FAMILIES` its own classifier run by weight tying
+    (:class:`SPSFamilyForSequenceClassification`, ``sps-family``; :mod:`.sps_family_student`), with the same
+    embeddings / layers / new-head rules.
 
     Embeddings, the bottom ``k`` encoder layers and the pooler are copied from
     ``BertModel.from_pretrained(backbone)`` (fp32); the classifier head is new, drawn from the
@@ -91,26 +106,16 @@ def build_student(
     bottom ``k`` (a plain student's layer map).
 
     Raises:
-        ModelConfigError: backbone not of model_type ``bert``; ``k`` outside ``1..backbone layers``;
+        ModelConfigError: backbone of an unsupported model_type; ``k`` outside ``1..backbone layers``;
             unknown ``variant``; unsupported ``attn_implementation``; ``layers`` not ``k`` increasing
             indices of the backbone.
     """
-    check_variant(variant)
-    _check_attn(attn_implementation)
-    if num_labels < 1:
-        raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
-    base_cfg = AutoConfig.from_pretrained(str(backbone))
-    model_type = getattr(base_cfg, "model_type", None)
-    if model_type not in supported("backbone"):
-        raise ModelConfigError(
-            f"student backbone {str(backbone)!r} has model_type {model_type!r}; the SPS student is built "
-            f"from a pretrained checkpoint of type {list(supported('backbone'))}"
-        )
+    base_cfg = _checked_backbone(backbone, k, variant, num_labels, attn_implementation)
     n_layers = base_cfg.num_hidden_layers
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
-        raise ModelConfigError(f"k must be an integer in 1..{n_layers} (layers of {str(backbone)!r}), got {k!r}")
     schedule = sps_schedule(k, variant)
     source = _source_layers(layers, k, n_layers, backbone)
+    if is_family_backbone(base_cfg):  # every other family: the weight-tied student of its own classifier
+        return build_family_student(backbone, source, variant, num_labels, attn_implementation)
 
     own = {name: getattr(base_cfg, name) for name in _BERT_OWN_FIELDS if hasattr(base_cfg, name)}
     own["num_hidden_layers"] = k
@@ -132,6 +137,26 @@ def build_student(
     student.bert.load_state_dict(_mapped_state(pretrained.state_dict(), source), strict=True)
     del pretrained
     return student
+
+
+def _checked_backbone(backbone: str | Path, k: int, variant: str, num_labels: int,
+                      attn_implementation: str) -> PreTrainedConfig:
+    """The backbone's config once the variant, attention, label count, family and ``k`` are checked."""
+    check_variant(variant)
+    _check_attn(attn_implementation)
+    if num_labels < 1:
+        raise ModelConfigError(f"num_labels must be >= 1, got {num_labels}")
+    base_cfg = AutoConfig.from_pretrained(str(backbone))
+    model_type = getattr(base_cfg, "model_type", None)
+    if model_type not in supported("backbone"):
+        raise ModelConfigError(
+            f"student backbone {str(backbone)!r} has model_type {model_type!r}; the SPS student is built "
+            f"from a pretrained checkpoint of type {list(supported('backbone'))}"
+        )
+    n_layers = base_cfg.num_hidden_layers
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
+        raise ModelConfigError(f"k must be an integer in 1..{n_layers} (layers of {str(backbone)!r}), got {k!r}")
+    return base_cfg
 
 
 def _source_layers(layers: Sequence[int] | None, k: int, n_layers: int, backbone: str | Path) -> list[int]:
@@ -162,7 +187,7 @@ def load_student(
     attn_implementation: str = "sdpa",
     trust_unverified: bool = False,
     require_head: bool = False,
-) -> SPSBertForSequenceClassification:
+) -> SPSBertForSequenceClassification | SPSFamilyForSequenceClassification:
     """Load a saved SPS student folder (fp32); its schedule and variant come from its config.
 
     When ``num_labels`` differs from the saved head (e.g. a PTP encoder with a 4-way head loaded for
@@ -173,17 +198,22 @@ def load_student(
     predict, export), else ModelConfigError.
 
     Raises:
-        ModelConfigError: the folder is not an ``sps-bert`` checkpoint.
+        ModelConfigError: the folder is not an ``sps-bert`` or ``sps-family`` checkpoint.
     """
     _check_attn(attn_implementation)
     from .teacher import _verify_if_export
 
     _verify_if_export(path, trust_unverified=trust_unverified)
     config = AutoConfig.from_pretrained(str(path))
+    if isinstance(config, SPSFamilyConfig):
+        if num_labels is not None and num_labels != config.num_labels:
+            set_family_labels(config, num_labels)
+        return load_family_student(path, config, require_head)
     if not isinstance(config, SPSBertConfig):
         raise ModelConfigError(
             f"{str(path)!r} has model_type {getattr(config, 'model_type', None)!r}, not a saved SPS student "
-            f"({SPSBertConfig.model_type!r}); build one from a backbone with build_student"
+            f"({SPSBertConfig.model_type!r} or {SPSFamilyConfig.model_type!r}); build one from a backbone with "
+            "build_student"
         )
     if num_labels is not None and num_labels != config.num_labels:
         if num_labels < 1:

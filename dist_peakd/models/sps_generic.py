@@ -19,11 +19,9 @@ lists every effective layer (the unrolled form): :func:`unrolled_classifier` tur
 from __future__ import annotations
 
 import copy
-import itertools
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
@@ -31,88 +29,10 @@ from .configuration_sps_bert import sps_schedule
 from .errors import ModelConfigError
 from .loading import load_reporting
 from .modeling_sps_bert import classification_loss
+from .modeling_sps_family import SwappedQKLinear, effective_layers, make_twin, swap_qk_rows
 from .outputs import ClassifierOutput
-from .sps_families import FamilySpec, family_of, layer_list, qk_pairs_present, set_layer_list
-
-
-def swap_qk_rows(tensor: Tensor | None) -> Tensor | None:
-    """``[Q; K; V]`` stacked along dim 0 (three equal blocks) -> ``[K; Q; V]``. Its own inverse."""
-    if tensor is None:
-        return None
-    q, k, v = tensor.chunk(3, dim=0)
-    return torch.cat((k, q, v), dim=0)
-
-
-class SwappedQKLinear(nn.Module):
-    """A fused ``[Q; K; V]`` ``Linear`` run with its Q and K blocks swapped (weights and biases).
-
-    Its ``weight`` / ``bias`` are the source ``Linear``'s own ``Parameter`` objects (registered here
-    too, as any tied weight: ``parameters()`` lists each once, a ZeRO-3 gather before this module's
-    forward finds them, gradients flow into the shared tensors). In ``state_dict`` it appears as a
-    plain ``Linear`` holding the swapped values (what the unrolled export stores); loading such an
-    entry writes it back, swapped, into the shared tensors.
-    """
-
-    def __init__(self, source: nn.Linear) -> None:
-        super().__init__()
-        if source.out_features % 3:
-            raise ModelConfigError(f"fused QKV projection has {source.out_features} outputs, not a multiple of 3")
-        self.weight, self.bias = source.weight, source.bias
-        self.in_features, self.out_features = source.in_features, source.out_features
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        return F.linear(hidden, swap_qk_rows(self.weight), swap_qk_rows(self.bias))
-
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        for name in ("weight", "bias"):
-            value = getattr(self, name)
-            if value is not None:
-                value = swap_qk_rows(value)
-                destination[prefix + name] = value if keep_vars else value.detach()
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
-        for name in ("weight", "bias"):
-            target = getattr(self, name)
-            if target is None:
-                continue
-            if prefix + name not in state_dict:
-                missing_keys.append(prefix + name)
-                continue
-            with torch.no_grad():
-                target.copy_(swap_qk_rows(state_dict[prefix + name]))
-
-
-def _tie(twin_module: nn.Module, source: nn.Module) -> None:
-    """Give ``twin_module`` the weight and bias ``Parameter`` objects of ``source`` (or its ``None`` bias)."""
-    for name in ("weight", "bias"):
-        setattr(twin_module, name, getattr(source, name))
-
-
-def make_twin(layer: nn.Module, spec: FamilySpec, swap_qk: bool, first_layer: bool,
-              config: PretrainedConfig) -> nn.Module:
-    """A structural copy of ``layer`` that shares all its parameters and buffers, Q/K swapped if asked.
-
-    ``first_layer``: ``layer`` is the encoder's bottom layer; for a family with ``first_layer_norm``
-    its missing input norm becomes a parameter-free LayerNorm in the twin (the twin runs higher up,
-    on an un-normalised residual stream, where every other layer of the family has that norm).
-    """
-    memo = {id(t): t for t in itertools.chain(layer.parameters(), layer.buffers())}
-    twin = copy.deepcopy(layer, memo)
-    if swap_qk:
-        for q_path, k_path in qk_pairs_present(layer, spec):
-            _tie(twin.get_submodule(q_path), layer.get_submodule(k_path))
-            _tie(twin.get_submodule(k_path), layer.get_submodule(q_path))
-        if spec.fused_qkv:
-            parent, _, name = spec.fused_qkv.rpartition(".")
-            setattr(twin.get_submodule(parent), name, SwappedQKLinear(layer.get_submodule(spec.fused_qkv)))
-    if first_layer and spec.first_layer_norm:
-        parent, _, name = spec.first_layer_norm.rpartition(".")
-        if isinstance(twin.get_submodule(spec.first_layer_norm), nn.Identity):
-            eps = getattr(config, "norm_eps", getattr(config, "layer_norm_eps", 1e-5))
-            setattr(twin.get_submodule(parent), name, nn.LayerNorm(config.hidden_size, eps=eps,
-                                                                   elementwise_affine=False))
-    return twin
+from .sps_families import FamilySpec, family_of, layer_list, set_layer_list
+from .sps_family_student import unroll_effective
 
 
 def truncate_classifier(model: PreTrainedModel, k: int, spec: FamilySpec) -> PreTrainedModel:
@@ -146,9 +66,7 @@ class SPSFamilyStudent(nn.Module):
         self.variant = variant
         self.schedule: list[tuple[int, bool]] = sps_schedule(k, variant)
         self.model = model
-        layers = list(layer_list(model, self.family))
-        effective = layers + [make_twin(layers[i], self.family, swap, i == 0, model.config)
-                              for i, swap in self.schedule[k:]]
+        effective = effective_layers(list(layer_list(model, self.family)), self.schedule, self.family, model.config)
         set_layer_list(model, self.family, nn.ModuleList(effective))
 
     @property
@@ -240,45 +158,9 @@ def compact_state_dict(student: SPSFamilyStudent) -> dict[str, Tensor]:
 
 
 def unrolled_classifier(student: SPSFamilyStudent) -> PreTrainedModel:
-    """A plain classifier of the student's family with ``E`` layers computing what the student computes.
-
-    Layer ``e`` holds a copy of the effective layer ``e``'s weights (query/key swapped in a swapped
-    twin). A ``layer_types`` list in the config (ModernBERT: local/global attention) follows the
-    schedule; a twin's parameter-free input norm becomes the family's norm with unit weight, zero bias.
-    The result is a standard model of the family: ``save_pretrained`` gives a folder that
-    ``AutoModelForSequenceClassification`` loads with no custom code.
-    """
-    config = copy.deepcopy(student.config)
-    config.num_hidden_layers = student.num_effective_layers
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = [student.config.layer_types[i] for i, _ in student.schedule]
-    plain = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    state = {name: tensor.detach().float() for name, tensor in student.model.state_dict().items()}
-    missing, unexpected = plain.load_state_dict(state, strict=False)
-    missing = _fill_unit_norms(plain, student, missing)
-    if missing or unexpected:
-        raise ModelConfigError(f"{student.family.model_type}: the unrolled model does not match the student's "
-                               f"state (missing {missing[:4]}, unexpected {unexpected[:4]})")
-    return plain.train(student.training)
-
-
-def _fill_unit_norms(plain: PreTrainedModel, student: SPSFamilyStudent, missing: list[str]) -> list[str]:
-    """Set the norms the student's twins run without parameters to weight 1, bias 0; the other missing keys."""
-    path = student.family.first_layer_norm
-    if not path:
-        return list(missing)
-    left = set(missing)
-    plain_layers = layer_list(plain, student.family)
-    for e, twin in enumerate(layer_list(student.model, student.family)):
-        norm = twin.get_submodule(path)
-        if isinstance(norm, nn.LayerNorm) and not norm.elementwise_affine:
-            target = plain_layers[e].get_submodule(path)
-            with torch.no_grad():
-                for name, value in (("weight", 1.0), ("bias", 0.0)):
-                    if getattr(target, name, None) is not None:
-                        getattr(target, name).fill_(value)
-                        left.discard(f"{student.family.layers}.{e}.{path}.{name}")
-    return sorted(left)
+    """A plain classifier of the student's family with ``E`` layers computing what the student computes
+    (:func:`.sps_family_student.unroll_effective` on the student's installed twins)."""
+    return unroll_effective(student.model, student.config, student.schedule, student.family).train(student.training)
 
 
 __all__ = [

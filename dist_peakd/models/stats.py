@@ -37,7 +37,27 @@ def flops_per_token(
     return float(num_effective_layers * per_layer)
 
 
+def _family_layers(model: nn.Module) -> nn.Module | None:
+    """The encoder layer list of a non-BERT family student (its inner classifier's) or of a plain classifier
+    of a family in the table whose encoder is not at ``<base>.encoder`` (DistilBERT, ModernBERT)."""
+    from .configuration_sps_family import FAMILIES
+
+    config = getattr(model, "config", None)
+    inner = getattr(model, "model", None) if getattr(config, "model_type", None) == "sps-family" else None
+    target, spec = (inner, FAMILIES.get(config.base_model_type)) if inner is not None else \
+        (model, FAMILIES.get(getattr(config, "model_type", None)))
+    if spec is None:
+        return None
+    try:
+        return target.get_submodule(spec.layers)
+    except AttributeError:
+        return None
+
+
 def _encoder_parameters(model: nn.Module) -> int:
+    layers = _family_layers(model)
+    if layers is not None and getattr(model.config, "model_type", None) != "bert":
+        return count_parameters(layers)
     base = getattr(model, "base_model", model)
     for name in ("encoder", "transformer", "layers"):  # BERT-like / DistilBERT / ModernBERT
         encoder = getattr(base, name, None)

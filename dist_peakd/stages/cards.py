@@ -165,6 +165,9 @@ def student_method(opts: Any, model: Any, teacher: Path, kind: str = "student",
     method = {"kind": kind, **teacher_identity(teacher, cache_manifest), "k": model.config.num_hidden_layers,
               "variant": model.config.sps_variant, "num_effective_layers": len(model.config.sps_schedule),
               "schedule": [list(map(_plain_value, e)) for e in model.config.sps_schedule], "backbone": str(opts.backbone)}
+    family = getattr(model.config, "base_model_type", None)
+    if family and family != "bert":  # a non-BERT student (a BERT student's record is unchanged)
+        method["family"] = family
     if _plain(opts):
         from .student_kind import plain_summary
 

@@ -56,6 +56,8 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
         from .depth import resolve_k
 
         resolved, _ = resolve_k(opts)
+        _check_zero3(opts, backbone)
+        _check_family_layer_map(resolved, backbone)
         for k in _depths(resolved, stage):
             check_k_against_backbone(int(k), backbone)
         # distill: its encoder; pipeline/sweep: a given one (--ptp_dir), before anything trains
@@ -71,6 +73,40 @@ def _verified(folder: str | Path, opts: Any) -> None:
         from ..artifacts import verify_export
 
         verify_export(folder, trust_unverified=bool(getattr(opts, "trust_unverified", False)))
+
+
+def _check_zero3(opts: Any, backbone: str) -> None:
+    """The SPS student of a non-BERT family re-runs its layers through twins that ZeRO-3's per-module
+    parameter gathering does not see: refused with ZeRO stage 3 (stages 0-2 are fine)."""
+    model_type = _model_type(backbone)
+    if model_type in (None, "bert") or not hasattr(opts, "ds_config"):
+        return
+    zero = getattr(opts, "zero_stage", None)
+    if zero is None:
+        from ..engine.ds_config import load_ds_config
+
+        zero = load_ds_config(opts.ds_config).get("zero_optimization", {}).get("stage", 0)
+    if zero == 3:
+        raise ConfigError(f"option zero_stage: the SPS student of the {model_type} backbone {backbone} runs its "
+                          "layers a second time through weight-tied copies, which ZeRO stage 3 does not gather; use "
+                          "ZeRO 0-2 (the student is small: stage 2 shards its optimizer state and gradients)")
+
+
+def _check_family_layer_map(opts: Any, backbone: str) -> None:
+    """A plain student of a family whose bottom layer has no input norm (ModernBERT) must start at layer 0."""
+    from ..models.configuration_sps_family import FAMILIES
+    from .student_kind import is_plain, layer_indices
+
+    spec = FAMILIES.get(_model_type(backbone) or "")
+    if spec is None or not spec.first_layer_norm or not is_plain(opts) or not isinstance(opts.depth, int):
+        return
+    from transformers import AutoConfig
+
+    layers = layer_indices(opts.layer_map, opts.depth, int(AutoConfig.from_pretrained(backbone).num_hidden_layers))
+    if layers[0] != 0:
+        raise ConfigError(f"option layer_map: {opts.layer_map} copies backbone layers {layers}; a {spec.model_type} "
+                          f"student's bottom layer must be the backbone's layer 0 (the family's bottom layer has no "
+                          f"input norm, which layer {layers[0]} needs): start the layer map at 0")
 
 
 def _refuse(message: str | None) -> None:
@@ -249,13 +285,18 @@ def check_ptp_encoder(opts: Any) -> None:
     _refuse(family_refusal("student", "ptp_dir", str(ptp_dir), read_model_type(ptp_dir)))
     from transformers import AutoConfig
 
-    from ..models import SPSBertConfig  # registered with AutoConfig: the depth as the model reads it
+    from ..models import SPSBertConfig, SPSFamilyConfig  # registered with AutoConfig: the depth as read
 
     try:
         config = AutoConfig.from_pretrained(str(ptp_dir))
     except Exception as e:  # a config the SPS code cannot read
         raise ConfigError(f"option ptp_dir: {ptp_dir / 'config.json'} is not a readable SPS config ({e})") from None
-    k, variant = (config.num_hidden_layers, config.sps_variant) if isinstance(config, SPSBertConfig) else (None, None)
+    sps = isinstance(config, SPSBertConfig | SPSFamilyConfig)
+    k, variant = (config.num_hidden_layers, config.sps_variant) if sps else (None, None)
+    family, wanted_family = getattr(config, "base_model_type", "bert"), _model_type(check_model_source(opts.backbone))
+    if sps and family != wanted_family:
+        raise ConfigError(f"option ptp_dir: encoder {ptp_dir} is a {family} SPS student; this run's backbone "
+                          f"{opts.backbone} is {wanted_family!r}: run `dist-peakd ptp` with this backbone first")
     if k != opts.k or variant != opts.variant:
         raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={k}, variant={variant}; this run asks "
                           f"k={opts.k}, variant={opts.variant}")

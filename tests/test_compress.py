@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from reliab_helpers import run_cli
 
 from dist_peakd.sweep.front import Budget, choose, closest, dominates, misses, pareto_front
-from reliab_helpers import run_cli
 
 
 def _p(name, metric, latency, size):

@@ -44,6 +44,9 @@ _LATENCY_SHAPE = re.compile(r"^\s*batch\s*=\s*(\d+)\s*,\s*seq\s*=\s*(\d+)\s*$")
 class CompressOptions(SweepOptions):
     """The sweep's options, the student shapes and precisions, how latency is measured, the budget."""
 
+    search: str = option("random", help="random (default: samples shapes and the space) | grid | optuna")
+    num_samples: int | None = option(None, help="random/optuna: number of trials (default 8); grid: repeats of the "
+                                                "grid (default 1)")
     shapes: str = option(DEFAULT_SHAPES, help=SHAPE_HELP)
     precisions: str = option("fp32,int8", help="exported graphs each trained student is measured as: fp32, int8 or "
                                                 "both (comma separated); each graph is one candidate")
@@ -64,11 +67,6 @@ class CompressOptions(SweepOptions):
                                             "(smallest) | metric (most accurate)", result=False)
     time_budget_s: float | None = option(None, help="stop the search after this many seconds (trials running then "
                                                     "are not measured)", result=False, gt=0)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.search == "grid" and self.num_samples is None and self.space is None and self.space_file is None:
-            self.search = "random"  # the default space has a range: sample it
 
     def validate(self) -> None:
         self._check_student()

@@ -284,12 +284,13 @@ def _shared_stage_count(opts: SweepOptions, dims: dict[str, Any], task: Any) -> 
 
 
 def _train_rows(opts: SweepOptions) -> int | None:
-    """Training examples every trial sees (the teacher cache's train split)."""
+    """Training examples every trial sees (the teacher cache's train split, cut to ``max_train_examples``)."""
     manifest = opts.layout().teacher_cache / "manifest.json"
     try:
-        return int(json.loads(manifest.read_text())["splits"]["train"]["rows"])
+        rows = int(json.loads(manifest.read_text())["splits"]["train"]["rows"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return min(rows, opts.max_train_examples) if opts.max_train_examples else rows
 
 
 def _report(opts: SweepOptions, dims: dict[str, Any], task: Any) -> Any:

@@ -141,3 +141,4 @@ def test_a_budget_nothing_meets_is_reported_and_exports_nothing(compressed, tiny
     assert "Nothing meets the budget" in (folder / "front.md").read_text()
     assert "Nothing meets the budget" in stdout + err and "Closest" in stdout + err
     assert not (folder / "chosen").exists()
+    assert stdout.count("measured before under the same conditions") == 2  # the graphs were not measured again

@@ -87,6 +87,31 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+MEASURED = "compress_measured.json"
+
+
+def measured_graphs(run_dir: Path, measure: Measure) -> list[dict[str, Any]]:
+    """The trial's graphs measured (:func:`.compress_trial.measure_trial`), or the record of an earlier
+    measurement of its ``final/`` under the same conditions (a resumed search re-chosen under another budget)."""
+    from ..artifacts import atomic_write_json
+
+    conditions = {k: v for k, v in dataclasses.asdict(measure).items() if k != "data"}
+    conditions.update(precisions=list(measure.precisions), machine=machine_name())
+    record = run_dir / MEASURED
+    try:
+        saved = json.loads(record.read_text())
+        if saved.get("conditions") == conditions:
+            console.info(f"{run_dir.name}: measured before under the same conditions ({record.name}): reused")
+            return saved["graphs"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    console.info(f"measuring {run_dir.name}: ONNX {'+'.join(measure.precisions)}, dev metric on the graph, latency "
+                 f"at batch {measure.batch} x seq {measure.seq}, {measure.threads} thread(s)")
+    graphs = measure_trial(run_dir / "final", run_dir / "onnx-measure", measure)
+    atomic_write_json(record, {"conditions": conditions, "graphs": graphs})
+    return graphs
+
+
 def trial_points(row: dict[str, Any], measure: Measure, main: str) -> list[dict[str, Any]]:
     """The candidates of one finished trial: one per precision, with its baseline comparison."""
     from ..metrics import compare_to_baseline
@@ -97,7 +122,7 @@ def trial_points(row: dict[str, Any], measure: Measure, main: str) -> list[dict[
     teacher = block.get("teacher")
     short = row["trial"].removeprefix("trial-").split("-")[0].rsplit("_", 1)[-1]
     points = []
-    for graph in measure_trial(run_dir / "final", run_dir / "onnx-measure", measure):
+    for graph in measured_graphs(run_dir, measure):
         metrics = graph["metrics"]
         compared = (compare_to_baseline(main, metrics, block, {main: teacher} if teacher is not None else None)
                     if block.get("metrics") else {})
@@ -120,8 +145,6 @@ def measure_rows(rows: list[dict[str, Any]], measure: Measure, main: str) -> tup
             notes.append(f"{row['trial']}: {row['status']} (not measured: only trials that ran to their end are "
                          "candidates)")
             continue
-        console.info(f"measuring {row['trial']}: ONNX {'+'.join(measure.precisions)}, dev metric on the graph, "
-                     f"latency at batch {measure.batch} x seq {measure.seq}, {measure.threads} thread(s)")
         points += trial_points(row, measure, main)
     return points, notes
 

@@ -49,7 +49,7 @@ class CompressOptions(SweepOptions):
                                                 "grid (default 1)")
     shapes: str = option(DEFAULT_SHAPES, help=SHAPE_HELP)
     precisions: str = option("fp32,int8", help="exported graphs each trained student is measured as: fp32, int8 or "
-                                                "both (comma separated); each graph is one candidate")
+                                                "both (comma separated); each graph is one candidate", result=False)
     latency_shape: str = option("batch=1,seq=128", help="input shape the latency is measured at (batch=B,seq=S)",
                                 result=False)
     latency_threads: int | None = option(None, help="onnxruntime intra-op threads for the latency (default: the "

@@ -74,6 +74,10 @@ def render(name: str, task: Any, points: list[dict[str, Any]], front: list[Any],
     dominated = [p for p in points if all(p is not q for q in front)]
     if dominated:
         lines += ["", "### Dominated candidates", "", front_table(dominated, main)]
+    low = [p["name"] for p in points if p.get("at_or_below_baseline")]
+    if low:
+        lines += ["", f"**Warning**: {len(low)} of {len(points)} candidates score at or below the trivial baseline on "
+                  f"{main} (no better than the constant predictor): {', '.join(low)}."]
     if notes:
         lines += ["", "Not measured: " + "; ".join(notes)]
     return "\n".join(lines) + "\n"
@@ -133,5 +137,8 @@ def finish(opts: Any, task: Any, sweep_dir: Path, rows: list[dict[str, Any]], po
     print(md, flush=True)
     for line in _outcome_lines(chosen, near, budget, main):
         (console.info if chosen is not None else console.warn)(line.replace("**", ""))
+    if chosen is not None and chosen.get("at_or_below_baseline"):
+        console.warn(f"the chosen student's {main} {chosen['metric']:.4f} is at or below the trivial baseline's "
+                     f"({block.get('label')}): it is no better than the constant predictor")
     console.info(f"front: {sweep_dir / 'front.md'} (and .json{', .png' if plot else ''})")
     return result

@@ -100,10 +100,11 @@ def export_chosen(opts: Any, chosen: dict[str, Any], section: str, conditions: d
     row = {"runtime": f"onnxruntime {chosen['precision']} ({GRAPH_FILES[chosen['precision']]})",
            "batch": conditions["batch"], "seq": conditions["seq"], "threads": conditions["threads"],
            "median_ms": round(chosen["latency_ms"], 3), "machine": conditions["machine"]}
+    demoted = "\n".join("#" + line if line.startswith("#") else line for line in section.splitlines())  # under ##
     for folder in folders.values():
         dev = dict(read_folder_record(folder)["card"]["dev_metrics"])
         dev[GRAPH_COLUMNS[chosen["precision"]]] = chosen["metrics"]
-        update_card(folder, latency=[row], dev_metrics=dev, sections={CARD_SECTION: section})
+        update_card(folder, latency=[row], dev_metrics=dev, sections={CARD_SECTION: demoted})
     return {k: str(v) for k, v in folders.items()}
 
 

@@ -142,3 +142,10 @@ def test_a_budget_nothing_meets_is_reported_and_exports_nothing(compressed, tiny
     assert "Nothing meets the budget" in stdout + err and "Closest" in stdout + err
     assert not (folder / "chosen").exists()
     assert stdout.count("measured before under the same conditions") == 2  # the graphs were not measured again
+
+
+def test_the_closest_among_equal_misses_is_the_best_by_the_objective():
+    # every point misses the metric budget by the same amount (all at the same metric): the fastest is named
+    pts = [_p("a", 0.81, 80.0, 60.0), _p("b", 0.81, 20.0, 60.0), _p("c", 0.81, 40.0, 15.0)]
+    assert closest(pts, Budget(max_metric_drop=3.0), teacher=0.8459)[0]["name"] == "b"
+    assert closest(pts, Budget(max_metric_drop=3.0, objective="size"), teacher=0.8459)[0]["name"] == "c"

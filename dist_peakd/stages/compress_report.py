@@ -85,13 +85,14 @@ def render(name: str, task: Any, points: list[dict[str, Any]], front: list[Any],
 
 def export_chosen(opts: Any, chosen: dict[str, Any], section: str, conditions: dict[str, Any], out_dir: Path
                   ) -> dict[str, str]:
-    """The chosen trial's ``final/`` as ONNX (int8 too when chosen) and HF (compact), carded with the front."""
+    """The chosen trial's checkpoint (``final/``, see :func:`.compress_search.checkpoint_of`) as ONNX (int8 too
+    when chosen) and HF (compact), carded with the front."""
     from ..config import build_options
     from ..export import read_folder_record, update_card
     from .compress_trial import GRAPH_COLUMNS, GRAPH_FILES, export_options, measure_options
     from .export import ExportOptions, export_folder
 
-    final, measure = Path(chosen["run_dir"]) / "final", measure_options(opts)
+    final, measure = Path(chosen["run_dir"]) / chosen["checkpoint"], measure_options(opts)
     shutil.rmtree(out_dir, ignore_errors=True)  # an earlier (resumed) run's choice
     folders = {"onnx": out_dir / "onnx", "hf": out_dir / "hf"}
     export_folder(export_options(final, folders["onnx"], measure, chosen["precision"] == "int8"))

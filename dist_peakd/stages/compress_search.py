@@ -90,13 +90,23 @@ def _summary(run_dir: Path) -> dict[str, Any]:
 MEASURED = "compress_measured.json"
 
 
-def measured_graphs(run_dir: Path, measure: Measure) -> list[dict[str, Any]]:
+def checkpoint_of(run_dir: Path) -> str | None:
+    """The checkpoint a finished trial is measured as: ``final/``; ``best/`` when the scheduler ended the
+    trial at its last evaluation, before ``final/`` was written (its best on dev over its evaluations)."""
+    for name in ("final", "best"):
+        if (run_dir / name / "config.json").is_file():
+            return name
+    return None
+
+
+def measured_graphs(run_dir: Path, measure: Measure, checkpoint: str) -> list[dict[str, Any]]:
     """The trial's graphs measured (:func:`.compress_trial.measure_trial`), or the record of an earlier
-    measurement of its ``final/`` under the same conditions (a resumed search re-chosen under another budget)."""
+    measurement of the same checkpoint under the same conditions (a resumed search re-chosen under another
+    budget)."""
     from ..artifacts import atomic_write_json
 
     conditions = {k: v for k, v in dataclasses.asdict(measure).items() if k != "data"}
-    conditions.update(precisions=list(measure.precisions), machine=machine_name())
+    conditions.update(precisions=list(measure.precisions), machine=machine_name(), checkpoint=checkpoint)
     record = run_dir / MEASURED
     try:
         saved = json.loads(record.read_text())
@@ -107,7 +117,7 @@ def measured_graphs(run_dir: Path, measure: Measure) -> list[dict[str, Any]]:
         pass
     console.info(f"measuring {run_dir.name}: ONNX {'+'.join(measure.precisions)}, dev metric on the graph, latency "
                  f"at batch {measure.batch} x seq {measure.seq}, {measure.threads} thread(s)")
-    graphs = measure_trial(run_dir / "final", run_dir / "onnx-measure", measure)
+    graphs = measure_trial(run_dir / checkpoint, run_dir / "onnx-measure", measure)
     atomic_write_json(record, {"conditions": conditions, "graphs": graphs})
     return graphs
 
@@ -122,12 +132,14 @@ def trial_points(row: dict[str, Any], measure: Measure, main: str) -> list[dict[
     teacher = block.get("teacher")
     short = row["trial"].removeprefix("trial-").split("-")[0].rsplit("_", 1)[-1]
     points = []
-    for graph in measured_graphs(run_dir, measure):
+    checkpoint = checkpoint_of(run_dir) or "final"
+    for graph in measured_graphs(run_dir, measure, checkpoint):
         metrics = graph["metrics"]
         compared = (compare_to_baseline(main, metrics, block, {main: teacher} if teacher is not None else None)
                     if block.get("metrics") else {})
         points.append({
             "name": f"{short}-{graph['precision']}", "trial": row["trial"], "run_dir": str(run_dir),
+            "checkpoint": checkpoint,
             "student": row.get("shape"), "temperature": row.get("temperature"), "alpha": row.get("alpha"),
             "precision": graph["precision"], "metric": float(metrics[main]), "metrics": metrics,
             "pytorch_metric": row.get(f"{main}_final"), "drop_points": drop_points(float(metrics[main]), teacher),
@@ -137,11 +149,11 @@ def trial_points(row: dict[str, Any], measure: Measure, main: str) -> list[dict[
 
 
 def measure_rows(rows: list[dict[str, Any]], measure: Measure, main: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every trial that ran to its end (its ``final/``) measured; notes on the trials left out."""
+    """Every trial that ran to its end measured (:func:`checkpoint_of`); notes on the trials left out."""
     points: list[dict[str, Any]] = []
     notes = []
     for row in rows:
-        if row["status"] != "completed" or not (Path(row["run_dir"]) / "final" / "config.json").is_file():
+        if row["status"] != "completed" or checkpoint_of(Path(row["run_dir"])) is None:
             notes.append(f"{row['trial']}: {row['status']} (not measured: only trials that ran to their end are "
                          "candidates)")
             continue

@@ -102,16 +102,17 @@ def _limit(budget: Budget, key: str) -> float | None:
 def closest(points: Sequence[Mapping[str, Any]], budget: Budget, teacher: float | None
             ) -> tuple[Mapping[str, Any], dict[str, float]] | None:
     """The point missing the budget least (the sum over budgets of its excess relative to the limit; a
-    zero limit counts the excess itself) and its misses; None without points."""
+    zero limit counts the excess itself; ties: the better by the objective) and its misses; None without
+    points."""
     if not points:
         return None
 
-    def relative(p: Mapping[str, Any]) -> tuple[float, str]:
+    def relative(p: Mapping[str, Any]) -> tuple[Any, ...]:
         total = 0.0
         for key, excess in misses(p, budget, teacher).items():
             limit = _limit(budget, key)
             total += excess / limit if limit else excess
-        return total, str(p.get("name", ""))
+        return (total, *_rank_key(p, budget.objective))
 
     best = min(points, key=relative)
     return best, misses(best, budget, teacher)

@@ -18,7 +18,7 @@ CARD_SECTION = "Compression front"
 
 def baseline_block(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The trivial-baseline block of the first trial summary that records one (every trial scores the same
-    dev rows), with the teacher's main metric on them."""
+    dev rows; a trial the scheduler ended records none), with the teacher's main metric on them."""
     for row in rows:
         try:
             block = json.loads((Path(row["run_dir"]) / "summary.json").read_text()).get("baseline")

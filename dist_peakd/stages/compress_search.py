@@ -80,13 +80,6 @@ def _search(opts: Any, task: Any, t_start: float) -> tuple[Path, dict[str, Any]]
     return sweep_dir, result
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 MEASURED = "compress_measured.json"
 
 
@@ -122,13 +115,13 @@ def measured_graphs(run_dir: Path, measure: Measure, checkpoint: str) -> list[di
     return graphs
 
 
-def trial_points(row: dict[str, Any], measure: Measure, main: str) -> list[dict[str, Any]]:
-    """The candidates of one finished trial: one per precision, with its baseline comparison."""
+def trial_points(row: dict[str, Any], measure: Measure, main: str, block: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidates of one finished trial: one per precision, with its comparison to the trivial baseline
+    (``block``: the search's, every trial scores the same dev rows)."""
     from ..metrics import compare_to_baseline
     from ..sweep.front import drop_points
 
     run_dir = Path(row["run_dir"])
-    block = _summary(run_dir).get("baseline") or {}
     teacher = block.get("teacher")
     short = row["trial"].removeprefix("trial-").split("-")[0].rsplit("_", 1)[-1]
     points = []
@@ -148,7 +141,8 @@ def trial_points(row: dict[str, Any], measure: Measure, main: str) -> list[dict[
     return points
 
 
-def measure_rows(rows: list[dict[str, Any]], measure: Measure, main: str) -> tuple[list[dict[str, Any]], list[str]]:
+def measure_rows(rows: list[dict[str, Any]], measure: Measure, main: str, block: dict[str, Any]
+                 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every trial that ran to its end measured (:func:`checkpoint_of`); notes on the trials left out."""
     points: list[dict[str, Any]] = []
     notes = []
@@ -157,21 +151,21 @@ def measure_rows(rows: list[dict[str, Any]], measure: Measure, main: str) -> tup
             notes.append(f"{row['trial']}: {row['status']} (not measured: only trials that ran to their end are "
                          "candidates)")
             continue
-        points += trial_points(row, measure, main)
+        points += trial_points(row, measure, main, block)
     return points, notes
 
 
 def run_compress(opts: Any, t_start: float) -> dict[str, Any]:
     from ..sweep.report import tidy_trials
     from .common import run_task
-    from .compress_report import finish
+    from .compress_report import baseline_block, finish
 
     task = run_task(opts)
     sweep_dir, sweep_result = _search(opts, task, t_start)
     rows = json.loads((sweep_dir / "results.json").read_text())["rows"]
     measure = measure_options(opts)
     t_measure = time.perf_counter()
-    points, notes = measure_rows(rows, measure, task.main_metric)
+    points, notes = measure_rows(rows, measure, task.main_metric, baseline_block(rows))
     conditions = {"batch": measure.batch, "seq": measure.seq, "threads": measure.threads, "runs": measure.runs,
                   "warmup": measure.warmup, "machine": machine_name(), "runtime": "onnxruntime (CPU)",
                   "measure_s": round(time.perf_counter() - t_measure, 1)}

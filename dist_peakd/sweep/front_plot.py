@@ -1,6 +1,6 @@
 """The compression front as a PNG (matplotlib, optional as for the sweep plots): every candidate's dev
 metric (on its exported graph) against its latency, marker area by size; the front joined and filled, the
-chosen point ringed, the budgets, the teacher and the trivial baseline as lines."""
+chosen point ringed, the front's points named, the budgets, the teacher and the trivial baseline as lines."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def plot_front(points: Sequence[Mapping[str, Any]], front: Sequence[Mapping[str,
                        label="front (non-dominated)" if group else "dominated", zorder=3, **style)
     ordered = sorted(front, key=lambda p: p["latency_ms"])
     ax.plot([p["latency_ms"] for p in ordered], [p["metric"] for p in ordered], color="tab:blue", lw=1, zorder=2)
-    for p in points:
+    for p in front:  # the dominated ones unlabelled (they crowd at equal metric)
         ax.annotate(f"{p.get('student', '')} {p.get('precision', '')}", (p["latency_ms"], p["metric"]),
                     fontsize=6, xytext=(3, 3), textcoords="offset points")
     if chosen is not None:

@@ -125,6 +125,8 @@ STAGES: list[tuple[str, str, str, str]] = [
      "Teacher fine-tune -> cache -> PTP -> distill -> evaluate; skips stages whose output exists."),
     ("sweep", "sweep", "SweepOptions",
      "Ray Tune sweep of distillation trials (temperature, alpha, depth, ...) sharing one teacher cache."),
+    ("compress", "compress", "CompressOptions",
+     "Search students (SPS/plain x T x alpha, fp32/int8 ONNX) for a latency/size budget: Pareto front + chosen."),
     ("evaluate", "evaluate", "EvaluateOptions",
      "Dev metrics of a model folder (PyTorch or ONNX), as the stage that wrote it scored it; JSON."),
     ("predict", "predict", "PredictOptions",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 #: Commands that print their own summary (a table, the JSON's path): nothing more is added.
-SELF_REPORTING = ("pipeline", "sweep")
+SELF_REPORTING = ("pipeline", "sweep", "compress")
 
 
 def _metrics(values: Mapping[str, Any], main: str | None = None) -> str:

@@ -18,7 +18,10 @@ NOT_RESULT = {"stop_after_steps", "log_every_steps", "cache_dir", "output_dir", 
               "keep_checkpoints", "resume", "resume_errored", "address", "num_cpus", "max_concurrent_trials",
               "stop_after_trials", "max_failures", "sweep_name", "keep_checkpoints_after_success", "keep_trial_final",
               # reliability options (issue 14): how a run treats its folders and skipped steps
-              "trust_unverified", "force", "max_skipped_fraction"}
+              "trust_unverified", "force", "max_skipped_fraction",
+              # compress (issue 24): how the trained students are measured and chosen, not how they are trained
+              "precisions", "latency_shape", "latency_threads", "latency_runs", "latency_warmup", "max_metric_drop",
+              "max_latency_ms", "max_size_mb", "objective", "time_budget_s"}
 
 
 @pytest.fixture(scope="module")

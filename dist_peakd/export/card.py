@@ -248,6 +248,7 @@ def render_model_card(
     example: tuple[str, str] = ("The cat sat on the mat.", "A cat was sitting on the mat."),
     eval_rows: Mapping[str, Any] | None = None,
     limitations: Mapping[str, Any] | None = None,
+    sections: Mapping[str, str] | None = None,
 ) -> str:
     """The README.md of an export folder.
 
@@ -267,6 +268,7 @@ def render_model_card(
             "median_ms": 3.1}``), shown as given.
         versions: library versions (default: the installed ones).
         eval_rows / limitations: see :mod:`.card_limits` (a subset's row counts; the baseline and skew).
+        sections: extra sections (title -> Markdown body) after the latency, e.g. the compression front.
     """
     _check_inputs(export_format, exported, dev_metrics)
     kind = method.get("kind", "student")
@@ -280,7 +282,7 @@ def render_model_card(
             f"## Dev metrics{eval_rows_note(eval_rows)}", "", *_metrics_table(dev_metrics), "",
             "## Size and compute", "", *_cost_table(stats, teacher_stats), ""]
     out += _latency_section(latency) + limitations_section(limitations, dev_metrics, exported, eval_rows)
-    # a teacher (a plain student) is a plain BERT-family classifier: its compact folder is a plain one (no custom code)
+    out += [line for title, body in (sections or {}).items() for line in (f"## {title}", "", body.rstrip(), "")]
     plain_model = kind == "teacher" or method.get("student") == "plain"  # a plain student is a bert folder too
     load_format = "plain" if plain_model and export_format == "compact" else export_format
     out += ["## How to load", "", *_how_to_load(load_format, f"path/to/{name}", example, family), "",

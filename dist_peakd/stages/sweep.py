@@ -103,9 +103,7 @@ class SweepOptions(EarlierStagesOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.student != "sps":
-            raise ConfigError(f"option student: {self.student!r}: sweeps train SPS students only (their space has no "
-                              "student/depth dimensions yet); run `dist-peakd pipeline --student plain --depth d` per depth")
+        self._check_student()
         choices = {"search": ("grid", "random", "optuna"), "scheduler": ("asha", "fifo"), "mode": ("max", "min"),
                    "scope": ("last", "all"), "trial_backend": ("auto", "function", "ray_train")}
         for name, allowed in choices.items():
@@ -142,8 +140,19 @@ class SweepOptions(EarlierStagesOptions):
                               "(each (k, variant) gets its own, built before the trials)")
         from ..sweep.space import check_space_values
 
-        fixed = {f.name: getattr(self, f.name) for f in dataclasses.fields(DistillOptions)}
-        check_space_values(dims, DistillOptions, fixed)  # every swept value as a trial would check it
+        trial_type = self.trial_options_type()
+        fixed = {f.name: getattr(self, f.name) for f in dataclasses.fields(trial_type) if hasattr(self, f.name)}
+        check_space_values(dims, trial_type, fixed)  # every swept value as a trial would check it
+
+    def _check_student(self) -> None:
+        if self.student != "sps":
+            raise ConfigError(f"option student: {self.student!r}: sweeps train SPS students only (their space has no "
+                              "student/depth dimensions; `dist-peakd compress --shapes` searches both kinds); run "
+                              "`dist-peakd pipeline --student plain --depth d` per depth")
+
+    def trial_options_type(self) -> type:
+        """The options dataclass of one trial (every swept value is checked as it would check it)."""
+        return DistillOptions
 
     def dimensions(self) -> dict[str, Any]:
         """The parsed search space (name -> :class:`dist_peakd.sweep.space.Dimension`)."""
@@ -275,12 +284,13 @@ def _shared_stage_count(opts: SweepOptions, dims: dict[str, Any], task: Any) -> 
 
 
 def _train_rows(opts: SweepOptions) -> int | None:
-    """Training examples every trial sees (the teacher cache's train split)."""
+    """Training examples every trial sees (the teacher cache's train split, cut to ``max_train_examples``)."""
     manifest = opts.layout().teacher_cache / "manifest.json"
     try:
-        return int(json.loads(manifest.read_text())["splits"]["train"]["rows"])
+        rows = int(json.loads(manifest.read_text())["splits"]["train"]["rows"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return min(rows, opts.max_train_examples) if opts.max_train_examples else rows
 
 
 def _report(opts: SweepOptions, dims: dict[str, Any], task: Any) -> Any:

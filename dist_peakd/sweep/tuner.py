@@ -36,6 +36,7 @@ class TunerSpec:
     max_t: int = ASHA_MAX_T            # ASHA: evaluations of a trial that runs to its end
     expected_trials: int = 0           # for the progress lines (trial i/N)
     swept: tuple[str, ...] = ()        # the options the space varies (shown in the progress lines)
+    time_budget_s: float | None = None  # stop starting/running trials after this many seconds (None: no limit)
 
 
 @contextlib.contextmanager
@@ -98,7 +99,8 @@ def make_tuner(spec: TunerSpec, trainable: Any, dims: dict[str, Any], sweep_dir:
         param_space=to_tune(dims),
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_alg, scheduler=scheduler,
                                     num_samples=spec.num_samples, max_concurrent_trials=max_concurrent,
-                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+                                    reuse_actors=True, trial_dirname_creator=trial_dirname,
+                                    time_budget_s=spec.time_budget_s),
         run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(sweep_dir),
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                   callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), StopAfterTrials(),

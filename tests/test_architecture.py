@@ -1,5 +1,6 @@
 """The architecture of docs/ARCHITECTURE.md, checked from the source (AST): layers and import directions,
-no import cycle, no file over ~400 lines, no function over ~60 lines, the trainer's parts shallow.
+no import cycle, the trainer's parts shallow. File and function sizes are an advisory report, not a gate
+(``python tests/arch_report.py``): splitting code to meet a line count made it harder to follow.
 
 Every ``import`` counts, at module level, inside a function (a lazy import is still a dependency) or under
 ``if TYPE_CHECKING:`` (a type-only import is still a dependency of the design: it hid an
@@ -35,10 +36,6 @@ LAYERS: dict[str, int] = {
 ENGINE_FREE = ("models", "data", "cache", "distill")
 #: Units above the stages: nothing below the stages may import them.
 TOP = ("stages", "cli", "guard")
-MAX_FILE_LINES = 400
-MAX_FUNCTION_LINES = 60
-#: Functions over the limit in files another helper owns in phase 1 (their contents may not change yet).
-KNOWN_LONG_FUNCTIONS: dict[str, str] = {}
 #: The trainer's parts: each at most this deep in nested blocks (for/while/if/with/try).
 TRAINER = PACKAGE / "engine" / "trainer.py"
 MAX_TRAINER_NESTING = 3
@@ -175,24 +172,6 @@ def test_the_checker_sees_cycles_and_lazy_imports():
     assert targets == {"dist_peakd.engine", "dist_peakd.stages"}  # the TYPE_CHECKING one counts
     assert "dist_peakd.engine.trainer" in GRAPH["dist_peakd.stages.distill"]
     assert "dist_peakd.errors" in GRAPH["dist_peakd.artifacts"]
-
-
-def test_no_file_over_the_size_limit():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
-    assert not long, f"files over {MAX_FILE_LINES} lines: {long}"
-
-
-def test_no_function_over_the_size_limit():
-    long = {}
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                length = node.end_lineno - node.lineno + 1
-                key = f"{path.relative_to(PACKAGE).as_posix()}::{node.name}"
-                if length > MAX_FUNCTION_LINES and key not in KNOWN_LONG_FUNCTIONS:
-                    long[key] = length
-    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
 def _depth(node: ast.AST, level: int = 0) -> int:

@@ -87,7 +87,7 @@ def _family_name(method: Mapping[str, Any]) -> str:
 
 def _what_it_is(method: Mapping[str, Any]) -> list[str]:
     if method.get("kind") == "teacher":
-        return [f"A fine-tuned BERT-family classifier (the teacher), from `{method.get('backbone', '?')}`."]
+        return [f"A fine-tuned {_family_name(method)} classifier (the teacher), from `{method.get('backbone', '?')}`."]
     if method.get("kind") == "ptp":
         return [f"A **Pea-KD PTP encoder**: SPS {_family_name(method)} with k = {method.get('k')} parameter layers run as "
                 f"{method.get('num_effective_layers')} effective layers (variant `{method.get('variant')}`), "

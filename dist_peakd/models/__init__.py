@@ -1,4 +1,4 @@
-"""Models: the BERT-family teacher, the SPS student, and size/FLOP statistics.
+"""Models: the teacher (any supported encoder family), the SPS student, and size/FLOP statistics.
 
 Importing this package registers ``sps-bert`` and ``sps-family`` with ``AutoConfig`` and
 ``AutoModelForSequenceClassification``.

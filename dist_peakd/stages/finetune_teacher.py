@@ -1,4 +1,4 @@
-"""Stage 1: fine-tune the teacher (a BERT-family encoder + linear head) on a GLUE task.
+"""Stage 1: fine-tune the teacher (an encoder of a supported family + its classification head) on a task.
 
 Outputs under ``<output_dir>/<task>/teacher/``: ``best/`` and ``final/`` (HF format with tokenizer),
 ``summary.json``, ``config.json`` (the resolved options), ``checkpoints/`` (exact resume), ``tb/``.

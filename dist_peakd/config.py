@@ -335,6 +335,16 @@ def _unknown_options(cls: type, names: Iterable[str], source: str) -> None:
         raise ConfigError(f"{source}: unknown option(s) {unknown}{hint} for {cls.__name__}; valid options: {valid}")
 
 
+def preset_values(preset: dict[str, Any], task: Any) -> dict[str, Any]:
+    """A preset's option values for ``task``: its common values, then those of its ``per_task`` entry for
+    that task (GLUE names compared as :func:`normalize_task_name` spells them; no task: mrpc, the default)."""
+    from .data.tasks import normalize_task_name
+
+    values = {k: v for k, v in preset.items() if k != "per_task"}
+    name = normalize_task_name(task) if isinstance(task, str) else "mrpc"
+    return {**values, **preset.get("per_task", {}).get(name, {})}
+
+
 def build_options(cls: type, config: str | None = None, **overrides: Any) -> Any:
     """Instantiate the dataclass ``cls`` from an optional config file, then command-line overrides.
 
@@ -355,7 +365,8 @@ def build_options(cls: type, config: str | None = None, **overrides: Any) -> Any
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"option preset: {preset!r} is not one of {sorted(presets)}")
-        values = {**coerce_options(cls, presets[preset], f"preset {preset}"), **values}
+        values = {**coerce_options(cls, preset_values(presets[preset], values.get("task")), f"preset {preset}"),
+                  **values}
     _unknown_options(cls, values, "options")
     opts = cls(**values)
     try:

@@ -78,3 +78,14 @@ def test_layout_defaults_and_overrides(tmp_path):
 
 def test_cache_teacher_has_the_teacher_cache_dir_option(stages):
     assert "teacher_cache_dir" in {f.name for f in dataclasses.fields(stages["cache-teacher"])}
+
+
+@pytest.mark.parametrize(("task", "expected"), [("sst2", 6000), ("SST-2", 6000), ("mrpc", None), (None, None)])
+def test_cpu_fast_caps_only_the_main_jobs_sst2_train_rows(task, expected):
+    from dist_peakd.config import build_options
+    from dist_peakd.stages.pipeline import PipelineOptions
+
+    opts = build_options(PipelineOptions, preset="cpu-fast", **({"task": task} if task else {}))
+    assert (opts.max_train_examples, opts.max_length, opts.epochs, opts.lr) == (expected, 64, 2.0, 5e-5)
+    mine = build_options(PipelineOptions, preset="cpu-fast", task="sst2", max_train_examples=100)
+    assert mine.max_train_examples == 100  # the command line wins over the preset's per-task value

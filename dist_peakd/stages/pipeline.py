@@ -35,9 +35,10 @@ from .student_kind import plain_tag
 
 # Named presets: applied under the user's own options (the command line always wins).
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's settings stay the defaults; this preset makes MRPC finish in < 30 min on 2 CPU cores.
+    # The paper's settings stay the defaults; this preset makes the README's main job (SST-2, its first
+    # 6,000 training rows) and MRPC finish in < 30 min on 2 CPU cores. ``per_task``: values for one task only.
     "cpu-fast": {"max_length": 64, "teacher_epochs": 2.0, "ptp_epochs": 1.0, "epochs": 2.0,
-                 "lr": 5e-5, "eval_batch_size": 128},
+                 "lr": 5e-5, "eval_batch_size": 128, "per_task": {"sst2": {"max_train_examples": 6000}}},
 }
 
 @dataclass

@@ -197,7 +197,8 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     check_model_source(opts.backbone)  # before --k auto reads its depth
     opts, k_auto = resolve_k(opts)
     layout = opts.layout()
-    run_ = open_student_run(opts, layout, "distill", check_task=lambda task: check_unlabeled_task(opts, task))
+    run_ = open_student_run(opts, layout, "distill", check_task=lambda task: check_unlabeled_task(opts, task),
+                            unlabeled=True)
     inputs = dict(run_.inputs)
     if opts.use_ptp:
         inputs["ptp_encoder"] = _ptp_fingerprint(opts, layout)

@@ -31,6 +31,12 @@ def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str |
         "source_data_fingerprint": data.source_fingerprint or None,
         "ids": {"train": column_array(data.train, "idx"), data.dev_split: column_array(data.dev, "idx")},
     }
+    if getattr(data, "unlabeled", None) is not None:  # a run on the unlabeled pool: that pool's teacher outputs
+        from ..cache import UNLABELED_SPLIT
+
+        expected["unlabeled_fingerprint"] = data.unlabeled_fingerprint
+        expected["rows"][UNLABELED_SPLIT] = len(data.unlabeled)
+        expected["ids"][UNLABELED_SPLIT] = column_array(data.unlabeled, "idx")
     if tokenizer is not None:
         from ..data import tokenizer_fingerprint
 

@@ -174,23 +174,25 @@ def main() -> None:  # noqa: PLR0915 - a linear script
             "+unlabeled": ("b", pool | {"unlabeled_ratio": args.unlabeled_ratio}, caches["b"]["rows"].get("unlabeled", 0)),
             "+unlabeled+augment": ("c", pool | {"augment": args.augment, "unlabeled_ratio": args.unlabeled_ratio},
                                    caches["c"]["rows"].get("unlabeled", 0))}
-    runs = []
-    for seed in map(int, args.seeds.split(",")):
-        for name in filter(None, args.configs.split(",")):
-            key, extra, n_u = plan[name]
-            spe = steps_per_epoch(n_lab, n_u, args.batch_size, 0 if name == "labelled" else ratio)
-            runs.append(run_student(distill, build_options, common, dirs[key], seed, name, args.steps, spe,
-                                    student="plain", depth=args.depth, teacher_dir=teacher_dir, lr=args.lr, **extra))
     major, major_acc = majority_accuracy(paths["train"], paths["dev"])
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": shlex.join(["python", *sys.argv]), "settings": vars(args),
               "environment": bench_common.environment("cpu"), "teacher": {"final": teacher["final"],
                                                                           "best": teacher["best"],
                                                                           "wall_s": round(teacher_s, 1)},
-              "majority": {"class": major, "accuracy": major_acc}, "caches": caches, "runs": runs,
-              "wall_time_s": round(time.perf_counter() - t_start, 1)}
+              "majority": {"class": major, "accuracy": major_acc}, "caches": caches, "runs": [], "complete": False}
     out = Path(args.out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in map(int, args.seeds.split(",")):
+        for name in filter(None, args.configs.split(",")):
+            key, extra, n_u = plan[name]
+            spe = steps_per_epoch(n_lab, n_u, args.batch_size, 0 if name == "labelled" else ratio)
+            report["runs"].append(run_student(distill, build_options, common, dirs[key], seed, name, args.steps, spe,
+                                              student="plain", depth=args.depth, teacher_dir=teacher_dir, lr=args.lr,
+                                              **extra))
+            report["wall_time_s"] = round(time.perf_counter() - t_start, 1)
+            out.write_text(json.dumps(report, indent=2, default=str))  # after every run: a partial report survives
+    report["complete"] = True
     out.write_text(json.dumps(report, indent=2, default=str))
     print(render(report))
 

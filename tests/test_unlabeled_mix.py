@@ -221,3 +221,24 @@ def test_task_refusals():
     check_unlabeled_task(SimpleNamespace(unlabeled_min_confidence=0.0, unlabeled_ratio="auto"), cls)  # defaults: fine
     check_unlabeled_task(SimpleNamespace(unlabeled_min_confidence=0.5, unlabeled_ratio=0.5,
                                          unlabeled_file=["a.txt"]), cls)
+
+
+# --------------------------------------------------------------------------- the CLI: refused before any work
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--unlabeled_ratio", "1.5"], "option unlabeled_ratio: 1.5 is not 'auto' or a number in [0, 1)"),
+    (["--unlabeled_min_confidence", "2"], "option unlabeled_min_confidence: 2.0 is not a number in [0, 1]"),
+    (["--unlabeled_ratio", "0.5"], "option unlabeled_ratio: 0.5 is given but the run has no unlabeled rows"),
+    (["--task", "stsb", "--augment", "1", "--unlabeled_min_confidence", "0.5"],
+     "option unlabeled_min_confidence: 0.5 needs a classification task"),
+])
+def test_cli_refusals_are_one_line_exit_2_nothing_written(tmp_path, capsys, glue_dir, extra, message):
+    from reliab_helpers import run_cli
+
+    out = tmp_path / "out"
+    argv = ["distill", "--task", "sst2", "--output_dir", str(out), "--glue_dir", str(glue_dir), "--use_ptp", "False",
+            "--max_train_examples", "8", "--max_eval_examples", "8", *extra]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 2, stdout + err
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), sorted(out.rglob("*"))

@@ -184,13 +184,15 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     roles = (["train"] if need_train else []) + [eval_split]
     loaded = load_data(opts, roles, cache_dir=str(layout.datasets_cache))
     _print_summary(loaded)
-    if unlabeled and need_train:
-        loaded.unlabeled = load_unlabeled(opts, loaded, layout.datasets_cache)
     if not check_run:
+        if unlabeled and need_train:
+            loaded.unlabeled = load_unlabeled(opts, loaded, layout.datasets_cache)
         return loaded
     recorded = layout.data_record.is_file()  # then the data are compared with it first, else it is written
     if before_record is not None and not recorded:
         before_record(loaded.task)
+    if unlabeled and need_train:  # after the stage's own checks: a refused stage writes no pool either
+        loaded.unlabeled = load_unlabeled(opts, loaded, layout.datasets_cache)
     problem = None
     if _rank() == 0:
         try:

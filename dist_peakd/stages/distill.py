@@ -64,6 +64,7 @@ from .unlabeled_mix import (
     check_unlabeled_task,
     lookup_mixed,
     mixed_trainer_data,
+    parse_ratio,
     plan_unlabeled,
     unlabeled_line,
     with_unlabeled,
@@ -125,7 +126,10 @@ class DistillOptions(RunOptions):
             return self.run_name
         ptp = "-ptp" if self.use_ptp else ""
         shape = plain_tag(self) or f"k{self.k}-{self.variant}"
-        return f"distill-{shape}{ptp}-a{self.alpha:g}-T{self.temperature:g}-b{self.beta:g}-s{self.seed}"
+        ratio = parse_ratio(self.unlabeled_ratio)
+        pool = (f"-u{ratio:g}" if ratio != "auto" else "") + \
+            (f"-c{self.unlabeled_min_confidence:g}" if self.unlabeled_min_confidence else "")
+        return f"distill-{shape}{ptp}-a{self.alpha:g}-T{self.temperature:g}-b{self.beta:g}{pool}-s{self.seed}"
 
 
 def build_distill_student(opts: DistillOptions, layout: RunLayout, run_: StudentRun) -> torch.nn.Module:

@@ -141,3 +141,25 @@ def test_augment_rows_join_the_pool_through_the_contract(own, monkeypatch, tmp_p
     assert again.rows["text_a"] == pool.rows["text_a"] and again.fingerprint == pool.fingerprint
     assert _pool(own, augment=2, seed=6, max_train_examples=3).fingerprint != pool.fingerprint
     assert Path(pool.rows.cache_files[0]["filename"]).is_file()  # on disk, memory-mapped
+
+
+def test_only_stages_that_read_the_pool_compare_its_options(tmp_path):
+    """A teacher or PTP folder made without --unlabeled_file is reused when it is added; distill's is not."""
+    import dataclasses
+    import json
+    from typing import ClassVar
+
+    from dist_peakd.config import RunOptions
+    from dist_peakd.stages.stage_folder import options_differences
+
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(RunOptions(task="sst2"))))
+    opts = RunOptions(task="sst2", unlabeled_file=["a.txt"], augment=2)
+    assert options_differences(tmp_path, opts) == []
+
+    @dataclasses.dataclass
+    class Reads(RunOptions):
+        uses_unlabeled: ClassVar[bool] = True
+
+    diffs = options_differences(tmp_path, Reads(task="sst2", unlabeled_file=["a.txt"], augment=2))
+    assert diffs == ["augment: 0 -> 2", "unlabeled_file: None -> ['a.txt']"]
+    assert options_differences(tmp_path, RunOptions(task="sst2", seed=4)) == ["seed: 0 -> 4"]

@@ -21,6 +21,9 @@ from .tasks import COMPATIBLE_METRICS, PROBLEMS, TASKS, is_glue_name
 #: File extensions of own data files and the HF ``datasets`` builder reading each.
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
+#: The options of the unlabeled pool (issue 25): only the stages that read it (cache-teacher, distill) compare
+#: them in a stage folder's "same options?" check (a teacher or PTP encoder does not depend on them).
+UNLABELED_OPTIONS = frozenset({"unlabeled_file", "unlabeled_hub_dataset", "augment", "augment_seed"})
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _OWN_ONLY = ("text_columns", "label_column", "labels", "problem", "positive_label",
              "train_file", "dev_file", "test_file", "train_split", "dev_split", "test_split")

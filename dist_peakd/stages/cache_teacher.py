@@ -158,8 +158,10 @@ def check_disk(cache_dir: Path, rows: int, num_labels: int, teacher_dir: Path) -
     and refuse (:class:`ArtifactWriteError`, exit 6, nothing written) when the disk holding ``cache_dir`` has
     less free space. The new cache is built beside the old one, which is deleted only after the swap, so the
     whole new size must be free. Returns the expected bytes."""
-    config = json.loads((Path(teacher_dir) / "config.json").read_text())
-    layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(teacher_dir))  # every family's names (DistilBERT: n_layers, dim)
+    layers, hidden = int(config.num_hidden_layers), int(config.hidden_size)
     per_row = bytes_per_row(num_labels, layers, hidden)
     need = rows * per_row
     where = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())

@@ -164,7 +164,7 @@ class TaskData:
 
 def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "dev",
                   check_run: bool = True, before_record: Callable[[Task], None] | None = None,
-                  unlabeled: bool = False) -> LoadedData:
+                  unlabeled: bool = False, before_pool: Callable[[Task], None] | None = None) -> LoadedData:
     """The run's data (a GLUE task or own files / hub dataset), checked before anything is written.
 
     ``--max_length`` against the backbone's position limit (both numbers named), every file / row /
@@ -176,7 +176,8 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     ``before_record(task)``: the stage's own checks (its models: :mod:`.preflight`), after the data are read
     and checked and before ``data.json`` is written, so that a refusal there leaves nothing either.
     ``unlabeled``: also read the unlabeled pool the options name (``loaded.unlabeled``; cache-teacher and
-    distill), checked before ``data.json`` too.
+    distill), checked before ``data.json`` too; ``before_pool(task)``: the stage's checks of the task, before
+    the pool is read and written (a refusal there leaves no pool either).
     """
     if check_run:
         check_max_length(opts.max_length, resolve_backbone(opts.backbone))
@@ -184,15 +185,15 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     roles = (["train"] if need_train else []) + [eval_split]
     loaded = load_data(opts, roles, cache_dir=str(layout.datasets_cache))
     _print_summary(loaded)
+    if unlabeled and need_train:
+        if before_pool is not None:  # the stage's checks of the task that the pool would be written for
+            before_pool(loaded.task)
+        loaded.unlabeled = load_unlabeled(opts, loaded, layout.datasets_cache)
     if not check_run:
-        if unlabeled and need_train:
-            loaded.unlabeled = load_unlabeled(opts, loaded, layout.datasets_cache)
         return loaded
     recorded = layout.data_record.is_file()  # then the data are compared with it first, else it is written
     if before_record is not None and not recorded:
         before_record(loaded.task)
-    if unlabeled and need_train:  # after the stage's own checks: a refused stage writes no pool either
-        loaded.unlabeled = load_unlabeled(opts, loaded, layout.datasets_cache)
     problem = None
     if _rank() == 0:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -74,6 +74,9 @@ from .unlabeled_mix import (
 @dataclass
 class DistillOptions(RunOptions):
     """Distillation options: student shape, loss weights, where the cache and PTP encoder are."""
+
+    #: distill reads the unlabeled pool: its options count when a stage folder is compared (stage_folder)
+    uses_unlabeled: ClassVar[bool] = True
 
     k: int | str = option("auto", help=K_HELP)
     variant: str = option("auto", help=VARIANT_HELP)
@@ -201,8 +204,8 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     check_model_source(opts.backbone)  # before --k auto reads its depth
     opts, k_auto = resolve_k(opts)
     layout = opts.layout()
-    run_ = open_student_run(opts, layout, "distill", check_task=lambda task: check_unlabeled_task(opts, task),
-                            unlabeled=True)
+    run_ = open_student_run(opts, layout, "distill", unlabeled=True,
+                            before_pool=lambda task: check_unlabeled_task(opts, task))
     inputs = dict(run_.inputs)
     if opts.use_ptp:
         inputs["ptp_encoder"] = _ptp_fingerprint(opts, layout)

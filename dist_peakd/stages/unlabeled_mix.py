@@ -51,6 +51,15 @@ def check_unlabeled_options(opts: Any) -> None:
     conf = opts.unlabeled_min_confidence
     if isinstance(conf, bool) or not isinstance(conf, int | float) or not 0.0 <= conf <= 1.0:
         raise ConfigError(f"option unlabeled_min_confidence: {conf!r} is not a number in [0, 1]")
+    _refuse_without_source(opts)
+
+
+def _refuse_without_source(opts: Any) -> None:
+    conf, ratio = opts.unlabeled_min_confidence, opts.unlabeled_ratio
+    if not has_unlabeled_source(opts) and (conf or ratio not in ("auto", 0.0)):
+        name, value = ("unlabeled_min_confidence", conf) if conf else ("unlabeled_ratio", ratio)
+        raise ConfigError(f"option {name}: {value} is given but the run has no unlabeled rows "
+                          "(--unlabeled_file, --unlabeled_hub_dataset or --augment N)")
 
 
 def has_unlabeled_source(opts: Any) -> bool:
@@ -62,14 +71,11 @@ def has_unlabeled_source(opts: Any) -> bool:
 def check_unlabeled_task(opts: Any, task: Any) -> None:
     """Refusals that need the task (before anything is written): a confidence floor for regression, the
     distill-only options without an unlabeled source."""
-    conf, ratio, has_pool = opts.unlabeled_min_confidence, opts.unlabeled_ratio, has_unlabeled_source(opts)
+    conf = opts.unlabeled_min_confidence
     if conf and task.is_regression:
         raise ConfigError(f"option unlabeled_min_confidence: {conf} needs a classification task "
                           f"(task {task.name!r} is regression: no softmax confidence)")
-    if not has_pool and (conf or ratio not in ("auto", 0.0)):
-        name, value = ("unlabeled_min_confidence", conf) if conf else ("unlabeled_ratio", ratio)
-        raise ConfigError(f"option {name}: {value} is given but the run has no unlabeled rows "
-                          "(--unlabeled_file, --unlabeled_hub_dataset or --augment N)")
+    _refuse_without_source(opts)
 
 
 @dataclass

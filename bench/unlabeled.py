@@ -10,8 +10,8 @@ the 1,000 rows only. Students, all the same shape and the same number of optimiz
 * (a) ``labelled``: distilled from the 1,000 labelled rows only (the run of (b)'s folder with
   ``--unlabeled_ratio 0``: the same cache, the pool unused; bitwise the labelled-only path);
 * (b) ``+unlabeled``: plus the unlabeled pool (``--unlabeled_file``; default ratio: the natural share);
-* (c) ``+unlabeled+augment``: plus ``--augment N`` variants of every labelled row (a second cache: the
-  augment settings are part of the pool's identity).
+* (c) ``+augment``: the 1,000 labelled rows plus ``--augment N`` variants of each (no raw text: the case
+  ``--augment`` is for; a second cache, the augment settings are part of the pool's identity).
 
 Reported: dev accuracy (final checkpoint and best-on-dev) per seed and mean ± std, the teacher, the
 majority-class baseline, the cache's bytes per row and the teacher-pass time per 10k unlabeled rows
@@ -43,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 TASK = "sst2_1k"
-CONFIGS = ("labelled", "+unlabeled", "+unlabeled+augment")
+CONFIGS = ("labelled", "+unlabeled", "+augment")
 
 
 def write_data(glue_dir: Path, out: Path, n_labelled: int, n_unlabeled: int) -> dict[str, Path]:
@@ -55,9 +55,12 @@ def write_data(glue_dir: Path, out: Path, n_labelled: int, n_unlabeled: int) -> 
     if len(body) < n_labelled + n_unlabeled:
         raise SystemExit(f"SST-2 train has {len(body)} rows, fewer than {n_labelled} + {n_unlabeled}")
     paths = {"train": out / "train.tsv", "dev": out / "dev.tsv", "unlabeled": out / "unlabeled.txt"}
-    paths["train"].write_text("\n".join("\t".join(r) for r in [header, *body[:n_labelled]]) + "\n")
-    paths["dev"].write_text((glue_dir / "SST-2" / "dev.tsv").read_text())
-    paths["unlabeled"].write_text("\n".join(r[0].strip() for r in body[n_labelled:n_labelled + n_unlabeled]) + "\n")
+    texts = {"train": "\n".join("\t".join(r) for r in [header, *body[:n_labelled]]) + "\n",
+             "dev": (glue_dir / "SST-2" / "dev.tsv").read_text(),
+             "unlabeled": "\n".join(r[0].strip() for r in body[n_labelled:n_labelled + n_unlabeled]) + "\n"}
+    for key, text in texts.items():  # rewritten only when different (another run may be reading them)
+        if not paths[key].is_file() or paths[key].read_text() != text:
+            paths[key].write_text(text)
     return paths
 
 
@@ -106,6 +109,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--glue_dir", default="/work/shared/glue")
     p.add_argument("--work_dir", default="runs/unlabeled")
+    p.add_argument("--data_dir", default=None, help="where the data files are written (default <work_dir>/data; "
+                                                     "stages reuse a folder only with the same file paths)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--n_labelled", type=int, default=1000)
     p.add_argument("--n_unlabeled", type=int, default=20000)
@@ -148,7 +153,8 @@ def main() -> None:  # noqa: PLR0915 - a linear script
 
     t_start = time.perf_counter()
     work = Path(args.work_dir).resolve()
-    paths = write_data(Path(args.glue_dir), work / "data", args.n_labelled, args.n_unlabeled)
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else work / "data"
+    paths = write_data(Path(args.glue_dir), data_dir, args.n_labelled, args.n_unlabeled)
     data = dict(task=TASK, train_file=str(paths["train"]), dev_file=str(paths["dev"]), text_columns="sentence",
                 label_column="label")
     common = dict(**data, backbone=args.backbone, max_length=args.max_length, batch_size=args.batch_size,
@@ -162,7 +168,7 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     teacher_s = time.perf_counter() - t0
     teacher_dir = str(dirs["b"] / TASK / "teacher" / "best")
     caches = {}
-    for key, extra in (("b", pool), ("c", {**pool, "augment": args.augment})):
+    for key, extra in (("b", pool), ("c", {"augment": args.augment, "augment_seed": 0})):
         t0 = time.perf_counter()
         cache_teacher.run(build_options(cache_teacher.CacheTeacherOptions, **common, **extra,
                                         output_dir=str(dirs[key]), teacher_dir=teacher_dir))
@@ -172,8 +178,8 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     n_lab = caches["b"]["rows"]["train"]
     plan = {"labelled": ("b", pool | {"unlabeled_ratio": 0}, 0),
             "+unlabeled": ("b", pool | {"unlabeled_ratio": args.unlabeled_ratio}, caches["b"]["rows"].get("unlabeled", 0)),
-            "+unlabeled+augment": ("c", pool | {"augment": args.augment, "unlabeled_ratio": args.unlabeled_ratio},
-                                   caches["c"]["rows"].get("unlabeled", 0))}
+            "+augment": ("c", {"augment": args.augment, "augment_seed": 0, "unlabeled_ratio": args.unlabeled_ratio},
+                         caches["c"]["rows"].get("unlabeled", 0))}
     major, major_acc = majority_accuracy(paths["train"], paths["dev"])
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": shlex.join(["python", *sys.argv]), "settings": vars(args),

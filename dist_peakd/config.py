@@ -149,6 +149,16 @@ class RunOptions:
                                            "data: accuracy, regression pearson)", group="data")
     split_seed: int = option(0, help="seed of the carved dev split (not --seed: every stage and trial sees the "
                                      "same split)", group="data")
+    unlabeled_file: list[str] | None = option(
+        None, group="data", help="unlabeled text the teacher labels (cache-teacher) and distill learns from: .txt "
+                                 "(one text per line; pairs: two texts separated by a tab) or .csv .tsv .json .jsonl "
+                                 ".parquet with the task's text columns; repeatable: '[a.txt,b.csv]'")
+    unlabeled_hub_dataset: str | None = option(None, group="data", help="a hub dataset id or local dataset folder "
+                                                                        "of unlabeled text (its splits, the task's "
+                                                                        "text columns)")
+    augment: int = option(0, ge=0, group="data", help="N augmented variants of every labelled train row, added to "
+                                                      "the unlabeled rows (0: none)")
+    augment_seed: int | None = option(None, ge=0, group="data", help="seed of --augment (default --seed)")
     backbone: str = option(DEFAULT_BACKBONE, help="BERT checkpoint folder or hub id; 'minilm' = embedded "
                                                   "all-MiniLM-L6-v2")
     max_length: int = option(128, help="truncate sequences to this many tokens (at most the backbone's "

@@ -47,6 +47,15 @@ FILES = ("ids.npy", "logits.npy", "cls.npy")
 DTYPES = {"ids": "int64", "logits": "float32", "cls": "float16"}
 #: Manifest fields that identify what a cache was built from (compared by :meth:`TeacherCache.open`).
 IDENTITY_FIELDS = ("teacher_fingerprint", "tokenizer_fingerprint", "max_length", "data_fingerprint", "task")
+#: The split of the unlabeled rows (issue 25): their ids are their own (``0..N-1``), not train's.
+UNLABELED_SPLIT = "unlabeled"
+
+
+def bytes_per_row(num_labels: int, num_layers: int, hidden_size: int) -> int:
+    """Disk bytes of one cached row: logits float32 (``4 C``), [CLS] per layer float16 (``2 L H``), id int64 (8)."""
+    return 4 * int(num_labels) + 2 * int(num_layers) * int(hidden_size) + 8
+
+
 #: Files whose bytes define a teacher (weights in any HF layout + the config).
 _WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
                     "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
@@ -277,6 +286,10 @@ class TeacherCache:
     @property
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])
+
+    def has_split(self, name: str) -> bool:
+        """Whether the cache holds split ``name`` (e.g. :data:`UNLABELED_SPLIT`)."""
+        return name in self.manifest["splits"]
 
     @property
     def num_labels(self) -> int:

@@ -21,6 +21,9 @@ from .tasks import COMPATIBLE_METRICS, PROBLEMS, TASKS, is_glue_name
 #: File extensions of own data files and the HF ``datasets`` builder reading each.
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
+#: The options of the unlabeled pool (issue 25): only the stages that read it (cache-teacher, distill) compare
+#: them in a stage folder's "same options?" check (a teacher or PTP encoder does not depend on them).
+UNLABELED_OPTIONS = frozenset({"unlabeled_file", "unlabeled_hub_dataset", "augment", "augment_seed"})
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _OWN_ONLY = ("text_columns", "label_column", "labels", "problem", "positive_label",
              "train_file", "dev_file", "test_file", "train_split", "dev_split", "test_split")
@@ -57,6 +60,11 @@ class DataOptions:
       (GLUE: as before; own data: ``accuracy`` / ``pearson``).
     * ``split_seed``: seed of the carved dev split. Deliberately not the training ``seed``: every
       stage and sweep trial then sees the same split whatever its training seed.
+    * ``unlabeled_file`` (one path or several) / ``unlabeled_hub_dataset``: unlabeled text for the
+      teacher to label (:mod:`.unlabeled`): ``.txt`` (one text per line; a pair task: two texts
+      separated by one tab) or a table (the formats above) with the task's text columns.
+    * ``augment``: N augmented variants per labelled train row, added to the unlabeled pool
+      (``augment_seed``: their seed, default the run's ``seed``).
     """
 
     task: str = "mrpc"
@@ -77,6 +85,10 @@ class DataOptions:
     positive_label: str | None = None
     metric: str | None = None
     split_seed: int = 0
+    unlabeled_file: str | tuple[str, ...] | list[str] | None = None
+    unlabeled_hub_dataset: str | None = None
+    augment: int = 0
+    augment_seed: int | None = None
 
     @classmethod
     def from_options(cls, opts: Any) -> DataOptions:
@@ -114,10 +126,40 @@ class DataOptions:
             self._validate_own()
         if not isinstance(self.dev_fraction, int | float) or not 0 < self.dev_fraction < 1:
             raise DataOptionError("dev_fraction", f"must be a number in (0, 1), got {self.dev_fraction!r}")
+        self._validate_unlabeled()
         if self.metric is not None and self.metric not in {m for ms in COMPATIBLE_METRICS.values() for m in ms}:
             raise DataOptionError("metric", f"unknown metric {self.metric!r}; known: "
                                   f"{sorted({m for ms in COMPATIBLE_METRICS.values() for m in ms})}")
         return self
+
+    def unlabeled_files(self) -> tuple[str, ...]:
+        """The ``unlabeled_file`` paths (one string or a list/tuple of them)."""
+        value = self.unlabeled_file
+        if value is None:
+            return ()
+        return (str(value),) if isinstance(value, str | Path) else tuple(str(v) for v in value)
+
+    @property
+    def has_unlabeled(self) -> bool:
+        """Unlabeled rows are asked for: a file, a hub dataset or ``augment`` > 0."""
+        return bool(self.unlabeled_files() or self.unlabeled_hub_dataset or self.augment)
+
+    def _validate_unlabeled(self) -> None:
+        if self.unlabeled_file is not None and not isinstance(self.unlabeled_file, str | Path | tuple | list):
+            raise DataOptionError("unlabeled_file", f"expected a path or a list of paths, got {self.unlabeled_file!r}")
+        files = self.unlabeled_files()
+        for path in files:
+            unlabeled_format(path)
+        if len(set(files)) != len(files):
+            raise DataOptionError("unlabeled_file", f"a file is given twice: {list(files)}")
+        hub = self.unlabeled_hub_dataset
+        if hub is not None and (not isinstance(hub, str) or not hub.strip()):
+            raise DataOptionError("unlabeled_hub_dataset", f"expected a hub dataset id or folder, got {hub!r}")
+        if isinstance(self.augment, bool) or not isinstance(self.augment, int) or self.augment < 0:
+            raise DataOptionError("augment", f"must be an integer >= 0 (variants per train row), got {self.augment!r}")
+        seed = self.augment_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise DataOptionError("augment_seed", f"must be an integer >= 0 when given, got {seed!r}")
 
     def _validate_glue(self) -> None:
         given = [name for name in _OWN_ONLY if getattr(self, name) is not None]
@@ -198,6 +240,17 @@ def names_option(option: str, value: Any) -> tuple[str, ...]:
             raise DataOptionError(option, f"empty name in {value!r}; expected comma-separated names like 'a,b'")
         out.append(text)
     return tuple(out)
+
+
+def unlabeled_format(path: str | Path) -> str:
+    """The reader of an ``unlabeled_file``: ``txt`` (one text per line) or a table format (:func:`file_format`)."""
+    if Path(str(path)).suffix.lower() == ".txt":
+        return "txt"
+    suffix = Path(str(path)).suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise DataOptionError("unlabeled_file", f"{path}: unknown extension {suffix or '(none)'!r}; expected .txt "
+                              f"(one text per line) or one of {', '.join(FILE_FORMATS)}")
+    return FILE_FORMATS[suffix]
 
 
 def file_format(path: str | Path, option: str) -> str:

@@ -55,6 +55,7 @@ class LoadedData:
     sources: dict[str, dict[str, Any]]
     dev_ids: tuple[int, ...] | None = None
     label_reason: str | None = None  # own data: why the label column was read as classes / scores
+    unlabeled: Any = None  # the unlabeled pool (data.unlabeled.UnlabeledData) when the run asked for one
 
     def summary(self) -> str:
         """One line: how the label column was read and why, and each split's rows (own data; GLUE: "")."""

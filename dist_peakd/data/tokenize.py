@@ -74,7 +74,8 @@ def _features(label_feature: Any) -> Features:
 
 
 def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache_dir: str | Path,
-                     data_fingerprint: str, is_pair: bool | None = None) -> tuple[DatasetDict, bool]:
+                     data_fingerprint: str, is_pair: bool | None = None,
+                     in_memory: bool = True) -> tuple[DatasetDict, bool]:
     """Tokenize every split of a :func:`~.readers.load_glue` ``DatasetDict``; returns ``(tokenized, cache_hit)``.
 
     Output columns: ``idx``, ``label``, ``input_ids``, ``token_type_ids``, ``length`` (token count
@@ -87,6 +88,8 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
     ``data_fingerprint``, :func:`tokenizer_fingerprint`, ``max_length``, ``is_pair``, split sizes and
     a format version. It is written to a temporary folder and renamed into place, so an interrupted
     run never leaves a partial cache; a hit is loaded with ``load_from_disk`` without tokenizing.
+    ``in_memory=False`` (large splits, e.g. the unlabeled pool): tokenized into Arrow files on disk, batch
+    by batch, instead of in memory.
     """
     _check_inputs(dsdict, max_length, data_fingerprint)
     if is_pair is None:
@@ -96,8 +99,16 @@ def tokenize_dataset(dsdict: DatasetDict, tokenizer: Any, max_length: int, cache
     cached = _open_cached(final)
     if cached is not None:
         return cached, True
-    tokenized = _tokenize_splits(dsdict, tokenizer, max_length, is_pair, key)
-    _save(tokenized, Path(cache_dir), final)
+    if in_memory:
+        _save(_tokenize_splits(dsdict, tokenizer, max_length, is_pair, key), Path(cache_dir), final)
+        return load_from_disk(str(final)), False
+    with writing(cache_dir, "tokenization cache"):
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".map-{key[:16]}-", dir=cache_dir))
+    try:
+        _save(_tokenize_splits(dsdict, tokenizer, max_length, is_pair, key, work), Path(cache_dir), final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return load_from_disk(str(final)), False
 
 
@@ -161,17 +172,21 @@ def _encoder(tokenizer: Any, max_length: int, is_pair: bool) -> Callable[[dict[s
     return encode
 
 
-def _tokenize_splits(dsdict: DatasetDict, tokenizer: Any, max_length: int, is_pair: bool, key: str) -> DatasetDict:
+def _tokenize_splits(dsdict: DatasetDict, tokenizer: Any, max_length: int, is_pair: bool, key: str,
+                     work: Path | None = None) -> DatasetDict:
+    """Every split tokenized: in memory, or (``work``: a scratch folder) into Arrow files there."""
     encode = _encoder(tokenizer, max_length, is_pair)
     out = {}
     for name, ds in dsdict.items():
+        on_disk = {} if work is None else {"cache_file_name": str(work / f"{name}.arrow")}
         out[name] = ds.map(
             encode,
             batched=True,
             batch_size=1000,
             remove_columns=ds.column_names,
             features=_features(ds.features["label"]),
-            keep_in_memory=True,
+            keep_in_memory=work is None,
+            **on_disk,
             new_fingerprint=hashlib.sha256(f"{key}\0{name}".encode()).hexdigest()[:32],
             desc=f"tokenizing {name}",
         ).select_columns(list(_TOKEN_COLUMNS))

@@ -145,6 +145,14 @@ LOSS_TERMS: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def _masked_ce(zs: Tensor, labels: Tensor, weight: Tensor, is_regression: bool) -> Tensor:
+    """``weight_i * ce_i``, exactly 0 where ``weight_i == 0`` (that row's label is never read)."""
+    has = _const(weight).to(zs.device) != 0
+    safe = torch.where(has, labels.to(zs.device), torch.zeros_like(labels, device=zs.device))
+    ce = ce_per_example(zs, safe, is_regression=is_regression)
+    return torch.where(has, ce * _f32(_const(weight).to(zs.device)), torch.zeros_like(ce))
+
+
 # ---------------------------------------------------------------------------- combined loss
 @dataclass
 class DistillLossConfig:
@@ -176,8 +184,13 @@ class DistillLossConfig:
 def distillation_loss(student_logits: Tensor, student_cls: Sequence[Tensor] | None,
                       teacher_logits: Tensor | None, teacher_cls: Tensor | None, labels: Tensor,
                       layer_map: Sequence[tuple[int, int]], cfg: DistillLossConfig,
-                      is_regression: bool = False) -> LossOutput:
+                      is_regression: bool = False, ce_weight: Tensor | None = None) -> LossOutput:
     """Pea-KD loss of one micro-batch: ``total = sum_i [alpha*kd_i + (1-alpha)*ce_i + beta*pt_i]``.
+
+    ``ce_weight`` (optional, ``[B]``): ``ce_i`` becomes ``w_i * ce_i``, and exactly 0 where ``w_i == 0`` (rows
+    without a hard label: their label may be -1 or NaN, it is replaced before the CE is computed). With
+    ``w_i = B_global / n_labelled`` on labelled rows the engine's division by the global batch size makes the
+    CE the mean over the labelled rows of the global batch (unlabeled text, docs/UNLABELED.md).
 
     ``cfg`` was validated when it was made. All terms are computed in fp32. Every term is reported in ``terms`` (detached per-term sums),
     even with weight 0; a term with weight 0 never enters ``total`` (so it cannot turn it NaN) and is
@@ -203,7 +216,10 @@ def distillation_loss(student_logits: Tensor, student_cls: Sequence[Tensor] | No
         per["kd"] = term("kd", lambda: kd_per_example(zs, teacher_logits, temperature=cfg.temperature,
                                                       kl_reduction=cfg.kl_reduction,
                                                       is_regression=is_regression))
-    per["ce"] = term("ce", lambda: ce_per_example(zs, labels, is_regression=is_regression))
+    if ce_weight is None:
+        per["ce"] = term("ce", lambda: ce_per_example(zs, labels, is_regression=is_regression))
+    else:
+        per["ce"] = term("ce", lambda: _masked_ce(zs, labels, ce_weight, is_regression))
     if w["pt"] == 0.0 or not layer_map:
         per["pt"] = None
     else:

@@ -14,6 +14,7 @@ leaves the previous cache valid and in place. One job at a time per cache folder
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import shutil
 import time
@@ -28,9 +29,17 @@ from tqdm.auto import tqdm
 
 from .. import console
 from ..artifacts import atomic_write_text, publish_dir, verify_export
-from ..cache.store import IDENTITY_FIELDS, MANIFEST, TeacherCache, teacher_fingerprint
+from ..cache.store import (
+    IDENTITY_FIELDS,
+    MANIFEST,
+    UNLABELED_SPLIT,
+    TeacherCache,
+    bytes_per_row,
+    teacher_fingerprint,
+)
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
 from ..config import RunOptions, option, save_resolved_config
+from ..console import human_size
 from ..data import tokenizer_fingerprint
 from ..data.collate import TokenColumns
 from ..data.rows import column_array
@@ -44,7 +53,7 @@ from ..engine import (
     init_distributed,
     seed_everything,
 )
-from ..errors import CacheCorruptError, CacheMismatchError
+from ..errors import ArtifactWriteError, CacheCorruptError, CacheMismatchError
 from ..layout import TEACHER_CACHE
 from ..metrics import metric_report
 from ..models import load_teacher, teacher_forward
@@ -101,14 +110,19 @@ def inference_rows(cache_batch_size: int | None, device_type: str, world_size: i
 
 
 def expected_identity(opts: RunOptions, data: TaskData, tokenizer: Any, teacher_dir: str | Path) -> dict[str, Any]:
-    """What a cache must have been built from to serve this run (manifest field names + ``rows``)."""
+    """What a cache must have been built from to serve this run (manifest field names + ``rows``); the
+    unlabeled pool's fingerprint is ``None`` without one (a cache with a pool then differs too)."""
+    rows = {"train": len(data.train), data.dev_split: len(data.dev)}
+    if data.unlabeled is not None:
+        rows[UNLABELED_SPLIT] = len(data.unlabeled)
     return {
         "teacher_fingerprint": teacher_fingerprint(teacher_dir),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "max_length": int(opts.max_length),
         "data_fingerprint": data.fingerprint,
         "task": data.task.name,
-        "rows": {"train": len(data.train), data.dev_split: len(data.dev)},
+        "unlabeled_fingerprint": data.unlabeled_fingerprint,
+        "rows": rows,
     }
 
 
@@ -120,6 +134,7 @@ def _summary_of(cache: TeacherCache, skipped: bool, **extra: Any) -> dict[str, A
             "teacher_dev_warnings": m.get("teacher_dev_warnings", []),
             **{k: m.get(k) for k in (*IDENTITY_FIELDS, "num_labels", "num_layers", "hidden_size",
                                      "world_size", "created_at")},
+            **({"unlabeled": m["unlabeled"]} if "unlabeled" in m else {}),
             **extra}
 
 
@@ -137,6 +152,28 @@ def _decide(cache_dir: Path, expected: dict[str, Any], rebuild: bool, force: boo
             return {"action": "build", "reason": f"--force: {e}"}
         return {"action": "error", "error": e}
     return {"action": "skip", "summary": _summary_of(cache, True, verify_s=round(time.perf_counter() - start, 3))}
+
+
+def check_disk(cache_dir: Path, rows: int, num_labels: int, teacher_dir: Path) -> int:
+    """Rank 0, before the pass: print the cache's expected size (rows x :func:`~dist_peakd.cache.bytes_per_row`)
+    and refuse (:class:`ArtifactWriteError`, exit 6, nothing written) when the disk holding ``cache_dir`` has
+    less free space. The new cache is built beside the old one, which is deleted only after the swap, so the
+    whole new size must be free. Returns the expected bytes."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(teacher_dir))  # every family's names (DistilBERT: n_layers, dim)
+    layers, hidden = int(config.num_hidden_layers), int(config.hidden_size)
+    per_row = bytes_per_row(num_labels, layers, hidden)
+    need = rows * per_row
+    where = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    line = (f"teacher cache: {rows} rows x {per_row} bytes (logits 4 x {num_labels} + [CLS] 2 x {layers} layers x "
+            f"{hidden} + id 8) = {human_size(need)} expected; {human_size(free)} free on {where}")
+    if free < need:
+        raise ArtifactWriteError(errno.ENOSPC, f"{cache_dir}: not enough free disk space for the {line}; free "
+                                 "some or give --teacher_cache_dir on a larger disk", str(cache_dir))
+    print(f"[dist-peakd] {line}", flush=True)
+    return need
 
 
 def build_dir_of(cache_dir: Path) -> Path:
@@ -195,6 +232,8 @@ def _decision(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Path, d
         try:
             expected = expected_identity(opts, data, tokenizer, teacher_dir)
             decision = {**_decide(cache_dir, expected, opts.rebuild, opts.force), "expected": expected}
+            if decision["action"] == "build":
+                check_disk(cache_dir, sum(expected["rows"].values()), data.task.num_labels, teacher_dir)
         except Exception as e:  # every rank raises the same error instead of waiting for rank 0
             decision = {"action": "error", "error": e}
     decision = broadcast_object(decision)  # type: ignore[assignment]
@@ -219,6 +258,8 @@ def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Pat
     max_rows = inference_rows(opts.cache_batch_size, engine.device.type, dist_info.world_size, dims[2],
                               int(getattr(model.config, "num_attention_heads", 1)))
     splits = {"train": data.train, data.dev_split: data.dev}
+    if data.unlabeled is not None:
+        splits[UNLABELED_SPLIT] = data.unlabeled
     start = time.perf_counter()
     records = {}
     for name, rows in splits.items():
@@ -235,9 +276,11 @@ def _teacher_pass(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Pat
 def _write_manifest(cache_dir: Path, expected: dict[str, Any], shards: dict[str, Any], dims: tuple[int, int, int],
                     teacher_dir: Path, data: TaskData, world_size: int, precision: str) -> dict[str, Any]:
     """Rank 0: the manifest, with the teacher's dev metrics computed from the cached dev logits."""
+    pool = {} if data.unlabeled_info is None else {"unlabeled_fingerprint": data.unlabeled_fingerprint,
+                                                   "unlabeled": data.unlabeled_info.record()}
     manifest = build_manifest(
         identity=expected, splits=shards, num_labels=dims[0], num_layers=dims[1], hidden_size=dims[2],
-        teacher_dir=teacher_dir, world_size=world_size, dev_split=data.dev_split, precision=precision)
+        teacher_dir=teacher_dir, world_size=world_size, dev_split=data.dev_split, precision=precision, **pool)
     dev = TeacherCache(cache_dir, manifest).split(data.dev_split)
     label_of = dict(zip(column_array(data.dev, "idx").tolist(), column_array(data.dev, "label").tolist(), strict=True))
     labels = np.asarray([label_of[int(i)] for i in dev.ids])
@@ -259,12 +302,12 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     cache_dir, teacher_dir = layout.teacher_cache, layout.teacher
     # bad data are refused first, then the teacher (present, this task's, a trained head, the backbone's
     # tokenizer), before anything is written
-    loaded = load_run_data(opts, before_record=lambda task: check_models(opts, "cache-teacher", task))
+    loaded = load_run_data(opts, before_record=lambda task: check_models(opts, "cache-teacher", task), unlabeled=True)
     verify_export(teacher_dir, required=True if not layout.teacher_is_given else None,
                   trust_unverified=opts.trust_unverified)
     lock_for_job(cache_dir, "teacher cache")
     tokenizer = load_tokenizer(str(teacher_dir))
-    data = prepare_data(opts, tokenizer, loaded=loaded)
+    data = prepare_data(opts, tokenizer, loaded=loaded, unlabeled=True)
     decision = _decision(opts, dist_info, cache_dir, data, tokenizer, teacher_dir)
     if decision["action"] == "skip":
         summary = decision["summary"]

@@ -31,12 +31,16 @@ from ..data import (
     tokenize_dataset,
 )
 from ..data.rows import column_array
+from ..data.unlabeled import load_unlabeled
 from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
 from ..engine.loop_spec import TrainData, total_train_steps
 from ..engine.tracking import tensorboard_dir
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, StopRequested
+from .metric_warnings import MetricWarnings
 from .stage_folder import _rank, claim_stage_dir
+
+__all__ = ["MetricWarnings"]  # re-exported: the stages import it from here
 
 
 def backbone_fingerprint(name: str) -> str:
@@ -143,6 +147,14 @@ class TaskData:
     cache_hit: bool
     source_fingerprint: str = ""  # the fingerprint of the same data unsliced (a full cache's)
     dev_total: int | None = None  # rows of the dev split before --max_eval_examples
+    #: the tokenized unlabeled pool (same columns as ``train``, ``label`` -1 / NaN; ids of split "unlabeled"),
+    #: None when the run has none or did not ask for it (``prepare_data(..., unlabeled=True)``)
+    unlabeled: Any = None
+    unlabeled_info: Any = None  # its data.unlabeled.UnlabeledData: sources, counts, fingerprint, report
+
+    @property
+    def unlabeled_fingerprint(self) -> str | None:
+        return None if self.unlabeled_info is None else self.unlabeled_info.fingerprint
 
     @property
     def dev_rows(self) -> tuple[int, int | None]:
@@ -151,7 +163,8 @@ class TaskData:
 
 
 def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "dev",
-                  check_run: bool = True, before_record: Callable[[Task], None] | None = None) -> LoadedData:
+                  check_run: bool = True, before_record: Callable[[Task], None] | None = None,
+                  unlabeled: bool = False, before_pool: Callable[[Task], None] | None = None) -> LoadedData:
     """The run's data (a GLUE task or own files / hub dataset), checked before anything is written.
 
     ``--max_length`` against the backbone's position limit (both numbers named), every file / row /
@@ -162,6 +175,9 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     predict, export: a model folder, not a run): neither the backbone check nor ``data.json``.
     ``before_record(task)``: the stage's own checks (its models: :mod:`.preflight`), after the data are read
     and checked and before ``data.json`` is written, so that a refusal there leaves nothing either.
+    ``unlabeled``: also read the unlabeled pool the options name (``loaded.unlabeled``; cache-teacher and
+    distill), checked before ``data.json`` too; ``before_pool(task)``: the stage's checks of the task, before
+    the pool is read and written (a refusal there leaves no pool either).
     """
     if check_run:
         check_max_length(opts.max_length, resolve_backbone(opts.backbone))
@@ -169,6 +185,10 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     roles = (["train"] if need_train else []) + [eval_split]
     loaded = load_data(opts, roles, cache_dir=str(layout.datasets_cache))
     _print_summary(loaded)
+    if unlabeled and need_train:
+        if before_pool is not None:  # the stage's checks of the task that the pool would be written for
+            before_pool(loaded.task)
+        loaded.unlabeled = load_unlabeled(opts, loaded, layout.datasets_cache)
     if not check_run:
         return loaded
     recorded = layout.data_record.is_file()  # then the data are compared with it first, else it is written
@@ -200,14 +220,16 @@ def _print_summary(loaded: LoadedData) -> None:
 
 
 def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval_split: str = "dev",
-                 loaded: LoadedData | None = None, check_run: bool = True) -> TaskData:
+                 loaded: LoadedData | None = None, check_run: bool = True, unlabeled: bool = False) -> TaskData:
     """The run's data (``loaded``, else :func:`load_run_data`), sliced as asked, tokenized with the on-disk
     cache (keyed by the data fingerprint: files' checksums, columns, labels; the slices; the tokenizer).
 
     ``eval_split``: the split served as ``dev`` (a role, ``dev`` or ``test``, or a split name):
-    evaluate and predict score other splits than the stages' dev split.
+    evaluate and predict score other splits than the stages' dev split. ``unlabeled``: the unlabeled pool
+    too (read here unless ``loaded`` holds it), tokenized on disk into ``TaskData.unlabeled``.
     """
-    data = loaded if loaded is not None else load_run_data(opts, need_train, eval_split, check_run)
+    data = loaded if loaded is not None else load_run_data(opts, need_train, eval_split, check_run,
+                                                           unlabeled=unlabeled)
     task, dsd, fp = data.task, dict(data.splits), data.fingerprint
     dev_split = split_names(task, [eval_split])[0]
     if not need_train:
@@ -223,9 +245,16 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval
     fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
     tokenized, hit = tokenize_dataset(DatasetDict(dsd), tokenizer, opts.max_length, opts.layout().token_cache, fp,
                                       is_pair=task.is_pair)
-    return TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
-                    dev_split=dev_split, fingerprint=fp, cache_hit=hit, source_fingerprint=source_fp,
-                    dev_total=dev_total)
+    out = TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],
+                   dev_split=dev_split, fingerprint=fp, cache_hit=hit, source_fingerprint=source_fp,
+                   dev_total=dev_total)
+    if unlabeled and need_train and data.unlabeled is not None:
+        pool = data.unlabeled
+        out.unlabeled = tokenize_dataset(DatasetDict({"unlabeled": pool.rows}), tokenizer, opts.max_length,
+                                         opts.layout().token_cache, pool.fingerprint, is_pair=task.is_pair,
+                                         in_memory=False)[0]["unlabeled"]
+        out.unlabeled_info = pool
+    return out
 
 
 def run_task(opts: RunOptions) -> Task:
@@ -245,60 +274,6 @@ def set_task_labels(model: Any, task: Task) -> Any:
     model.config.id2label = dict(id2label)
     model.config.label2id = {name: i for i, name in id2label.items()}
     return model
-
-
-class MetricWarnings:
-    """The dev metrics of a stage with :func:`~dist_peakd.metrics.metric_report`'s warnings beside them.
-
-    ``metric_fn(task, to_metric_inputs)`` gives the trainer's metric function: it prints each new
-    warning (rank 0) next to the eval line and keeps them, in order, in :attr:`seen`, which the
-    stage puts in its summary (``metric_warnings``). :attr:`last_profile` is the latest evaluation's
-    :func:`~dist_peakd.metrics.prediction_profile` (trivial baseline, class shares) for the model card;
-    :attr:`baseline` (updated in place: the summary's ``baseline`` block) the latest evaluation against
-    that baseline (:func:`~dist_peakd.metrics.compare_to_baseline`, ``teacher``: the teacher's dev
-    metrics for the share of its gain kept). A latest evaluation at or below the baseline adds its
-    warning to :attr:`seen` (printed at the stage's end, not at each evaluation; dropped when a later
-    evaluation beats the baseline).
-    """
-
-    def __init__(self, teacher: dict[str, float] | None = None, quiet: bool = False) -> None:
-        self.seen: list[str] = []
-        self._quiet = quiet  # keep the warnings, print none (a measurement for a card, not a stage's eval)
-        self.last_profile: dict[str, Any] | None = None  # the latest evaluation's, for the model card
-        self.baseline: dict[str, Any] = {}
-        self._teacher = teacher
-        self._baseline_warning: str | None = None
-
-    def report(self, task: Task, predictions: Any, labels: Any) -> dict[str, float]:
-        from ..metrics import metric_report, prediction_profile
-
-        report = metric_report(task, predictions, labels)
-        try:  # the card's figures never stop a run
-            self.last_profile = prediction_profile(task, predictions, labels)
-        except ValueError:
-            self.last_profile = None
-        for warning in report.warnings:
-            if _rank() == 0 and not self._quiet:
-                print(f"[dist-peakd] warning: {warning}", flush=True)
-            if warning not in self.seen:
-                self.seen.append(warning)
-        self._compare(task, report.values)
-        return report.values
-
-    def _compare(self, task: Task, values: dict[str, float]) -> None:
-        from ..metrics import baseline_warning, compare_to_baseline
-
-        self.baseline.clear()
-        if self._baseline_warning in self.seen:
-            self.seen.remove(self._baseline_warning)
-        profile = self.last_profile
-        if not profile or task.main_metric not in values:
-            return
-        self.baseline.update(compare_to_baseline(task.main_metric, values,
-                                                 {**profile["baseline"], "rows": profile["rows"]}, self._teacher))
-        self._baseline_warning = baseline_warning(task.name, self.baseline)
-        if self._baseline_warning and self._baseline_warning not in self.seen:
-            self.seen.append(self._baseline_warning)
 
 
 def train_sampler(data: Any, opts: RunOptions, dist_info: DistInfo) -> LengthGroupedBatchSampler:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -54,11 +54,29 @@ from .student_common import (
     validate_student_options,
 )
 from .student_kind import DEPTH_HELP, LAYER_MAP_HELP, STUDENT_HELP, fill_defaults, plain_summary, plain_tag
+from .unlabeled_mix import (
+    MIN_CONF_HELP,
+    RATIO_HELP,
+    UNLABELED_SPLIT,
+    UnlabeledPlan,
+    ce_weights,
+    check_unlabeled_options,
+    check_unlabeled_task,
+    lookup_mixed,
+    mixed_trainer_data,
+    parse_ratio,
+    plan_unlabeled,
+    unlabeled_line,
+    with_unlabeled,
+)
 
 
 @dataclass
 class DistillOptions(RunOptions):
     """Distillation options: student shape, loss weights, where the cache and PTP encoder are."""
+
+    #: distill reads the unlabeled pool: its options count when a stage folder is compared (stage_folder)
+    uses_unlabeled: ClassVar[bool] = True
 
     k: int | str = option("auto", help=K_HELP)
     variant: str = option("auto", help=VARIANT_HELP)
@@ -73,6 +91,8 @@ class DistillOptions(RunOptions):
     temperature: float = option(10.0, help="KD softmax temperature")
     beta: float = option(100.0, help="Patient-KD weight")
     kl_reduction: str = option("batchmean", help="batchmean | mean_per_class")
+    unlabeled_ratio: float | str = option("auto", help=RATIO_HELP)
+    unlabeled_min_confidence: float = option(0.0, help=MIN_CONF_HELP)
     epochs: float = 4.0
     run_name: str | None = option(None, help="stage folder name (default derived from k/variant/alpha/T/beta/seed)")
 
@@ -92,6 +112,7 @@ class DistillOptions(RunOptions):
             raise ConfigError(f"option kl_reduction: {self.kl_reduction!r} is not one of "
                               "['batchmean', 'mean_per_class']")
         check_folder_name("run_name", self.run_name)
+        check_unlabeled_options(self)
         if self.ptp_dir is not None and not self.use_ptp:
             raise ConfigError(f"options ptp_dir and use_ptp: ptp_dir={self.ptp_dir!r} is given but use_ptp is "
                               "False (the student would not start from it); drop one of them")
@@ -108,7 +129,10 @@ class DistillOptions(RunOptions):
             return self.run_name
         ptp = "-ptp" if self.use_ptp else ""
         shape = plain_tag(self) or f"k{self.k}-{self.variant}"
-        return f"distill-{shape}{ptp}-a{self.alpha:g}-T{self.temperature:g}-b{self.beta:g}-s{self.seed}"
+        ratio = parse_ratio(self.unlabeled_ratio)
+        pool = (f"-u{ratio:g}" if ratio != "auto" else "") + \
+            (f"-c{self.unlabeled_min_confidence:g}" if self.unlabeled_min_confidence else "")
+        return f"distill-{shape}{ptp}-a{self.alpha:g}-T{self.temperature:g}-b{self.beta:g}{pool}-s{self.seed}"
 
 
 def build_distill_student(opts: DistillOptions, layout: RunLayout, run_: StudentRun) -> torch.nn.Module:
@@ -132,27 +156,39 @@ def _ptp_fingerprint(opts: DistillOptions, layout: RunLayout) -> str:
 
 def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_cfg: DistillLossConfig,
                       device: torch.device, warnings: MetricWarnings | None = None,
-                      compiled: Callable[[Callable], Callable] = lambda fn: fn) -> Objective:
+                      compiled: Callable[[Callable], Callable] = lambda fn: fn,
+                      unlabeled: UnlabeledPlan | None = None) -> Objective:
     """KD + CE + Patient-KD against the cached teacher outputs, looked up by example id.
 
-    ``compiled`` wraps the loss terms (``Engine.compiled``: torch.compile under ``--compile``)."""
+    ``compiled`` wraps the loss terms (``Engine.compiled``: torch.compile under ``--compile``). ``unlabeled``:
+    batches mix train and pool rows (``from_unlabeled``); each row's teacher outputs come from its own cache
+    split, the CE is weighted by :func:`.unlabeled_mix.ce_weights` (0 on pool rows)."""
     task, train_cache = run_.data.task, run_.cache.split("train")
     loss_terms = compiled(distillation_loss)
+    if unlabeled is None:
+        def lookup(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            return train_cache.lookup(batch["example_ids"].cpu().numpy())
+    else:
+        pool_cache = run_.cache.split(UNLABELED_SPLIT)
+
+        def lookup(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            return lookup_mixed(train_cache, pool_cache, batch)
 
     def add_teacher_outputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Runs in the trainer's prefetch thread: the cached teacher outputs of the batch's examples."""
-        t_logits, t_cls = train_cache.lookup(batch["example_ids"].numpy())
+        t_logits, t_cls = lookup(batch)
         return {**batch, "teacher_logits": t_logits, "teacher_cls": t_cls}
 
     def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         if "teacher_logits" in batch:
             t_logits, t_cls = batch["teacher_logits"], batch["teacher_cls"]
         else:  # the trainer's zero-weight dummy batch
-            t_logits, t_cls = train_cache.lookup(batch["example_ids"].cpu().numpy())
+            t_logits, t_cls = lookup(batch)
         out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      token_type_ids=batch["token_type_ids"])
+        extra = {} if unlabeled is None else {"ce_weight": ce_weights(batch, unlabeled.ce_scale)}
         return loss_terms(out.logits, out.cls_states, t_logits.to(device), t_cls.to(device),
-                          batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression)
+                          batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression, **extra)
 
     return Objective(loss_fn=loss_fn, predict_fn=logits_predict,
                      metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
@@ -168,7 +204,8 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     check_model_source(opts.backbone)  # before --k auto reads its depth
     opts, k_auto = resolve_k(opts)
     layout = opts.layout()
-    run_ = open_student_run(opts, layout, "distill")
+    run_ = open_student_run(opts, layout, "distill", unlabeled=True,
+                            before_pool=lambda task: check_unlabeled_task(opts, task))
     inputs = dict(run_.inputs)
     if opts.use_ptp:
         inputs["ptp_encoder"] = _ptp_fingerprint(opts, layout)
@@ -176,10 +213,19 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     if done is not None:
         return done
     announce_k(k_auto, run_.dist_info)
+    trainer, tracker = _distill_trainer(opts, layout, run_, k_auto, on_eval)
+    return fit_tracked(trainer, tracker)
+
+
+def _distill_trainer(opts: DistillOptions, layout: RunLayout, run_: StudentRun, k_auto: bool,
+                     on_eval: Callable[[int, dict[str, float]], None] | None) -> tuple[Trainer, Any]:
+    """The student, its data (labelled, or labelled + unlabeled), engine, tracker, exporter and trainer."""
     model = build_distill_student(opts, layout, run_)
     layer_map = patient_layer_map(model.num_effective_layers, run_.cache.num_layers)
     loss_cfg, weights = opts.loss_config(), opts.loss_weights()
-    batches = trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info)
+    plan = plan_unlabeled(opts, run_.data, run_.cache)
+    batches = (trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info) if plan is None
+               else mixed_trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info, plan))
     engine = build_engine(model, opts, batches, run_.dist_info)
     tracker = open_tracker(run_.stage_dir, run_.dist_info, {
         **opts.__dict__, "stage": "distill", "world_size": run_.dist_info.world_size, "loss_weights": weights,
@@ -187,12 +233,13 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
         task=run_.data.task, reference=run_.cache.manifest.get("teacher_dev_metrics"))
     tracker.text("loss", f"weights kd={weights['kd']} ce={weights['ce']} pt={weights['pt']}; "
                          f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
-                         f"Patient-KD map (student, teacher) = {layer_map}")
+                         f"Patient-KD map (student, teacher) = {layer_map}" + unlabeled_line(plan, len(run_.data.train)))
     stats = model_stats(engine.module, seq_len=opts.max_length)
     teacher_metrics, teacher_stats = teacher_reference(layout.teacher, run_.cache.manifest)
     warnings = MetricWarnings(teacher=teacher_metrics)
-    context = ExportContext("distill", run_.data.task, opts, run_.stage_dir,
-                            student_method(opts, model, layout.teacher, cache_manifest=run_.cache.manifest), stats,
+    method = with_unlabeled(student_method(opts, model, layout.teacher, cache_manifest=run_.cache.manifest),
+                            plan, len(run_.data.train))
+    context = ExportContext("distill", run_.data.task, opts, run_.stage_dir, method, stats,
                             model_label_names(run_.data.task), teacher_metrics=teacher_metrics,
                             teacher_stats=teacher_stats, dev_rows=run_.data.dev_rows, profile=warnings)
     export = stage_exporter(engine, tokenizer=run_.tokenizer,
@@ -200,12 +247,14 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
                             tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context,
                             plain=plain_tag(opts) is not None)
     loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
+    objective = distill_objective(run_, layer_map, loss_cfg, engine.device, warnings, engine.compiled, plan)
     trainer = Trainer(
-        engine, batches, distill_objective(run_, layer_map, loss_cfg, engine.device, warnings, engine.compiled),
-        run_.stage_dir, tracker, loop, export, hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
+        engine, batches, objective, run_.stage_dir, tracker, loop, export,
+        hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
                        "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics"),
                        "metric_warnings": warnings.seen, "baseline": warnings.baseline,
-                       **({"student": plain_summary(opts)} if plain_tag(opts) else {})})
-    return fit_tracked(trainer, tracker)
+                       **({"student": plain_summary(opts)} if plain_tag(opts) else {}),
+                       **({"unlabeled": plan.describe()} if plan is not None else {})})
+    return trainer, tracker

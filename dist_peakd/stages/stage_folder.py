@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import locking
 from ..config import result_differences, save_resolved_config
+from ..data.options import UNLABELED_OPTIONS
 from ..engine import broadcast_object
 from ..errors import ConfigError, InputsChangedError
 
@@ -34,7 +35,9 @@ def has_work(stage_dir: Path) -> bool:
 
 
 def options_differences(stage_dir: Path, opts: Any) -> list[str]:
-    """Result-relevant options whose value differs from the ones saved in ``stage_dir/config.json``."""
+    """Result-relevant options whose value differs from the ones saved in ``stage_dir/config.json``; the
+    unlabeled pool's options count only for a stage that reads the pool (its options class has
+    ``uses_unlabeled = True``: distill), so adding ``--unlabeled_file`` to a run keeps its teacher and PTP encoder."""
     saved = stage_dir / "config.json"
     if not saved.is_file():
         return []
@@ -44,7 +47,8 @@ def options_differences(stage_dir: Path, opts: Any) -> list[str]:
         before = None
     if not isinstance(before, dict):
         return [f"{saved} is unreadable"]
-    return result_differences(before, opts)
+    ignore = frozenset() if getattr(opts, "uses_unlabeled", False) else UNLABELED_OPTIONS
+    return result_differences(before, opts, ignore=ignore)
 
 
 def _claim_on_rank0(stage_dir: Path, opts: Any) -> Exception | None:

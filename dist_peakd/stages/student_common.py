@@ -31,6 +31,12 @@ def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str |
         "source_data_fingerprint": data.source_fingerprint or None,
         "ids": {"train": column_array(data.train, "idx"), data.dev_split: column_array(data.dev, "idx")},
     }
+    if getattr(data, "unlabeled", None) is not None:  # a run on the unlabeled pool: that pool's teacher outputs
+        from ..cache import UNLABELED_SPLIT
+
+        expected["unlabeled_fingerprint"] = data.unlabeled_fingerprint
+        expected["rows"][UNLABELED_SPLIT] = len(data.unlabeled)
+        expected["ids"][UNLABELED_SPLIT] = column_array(data.unlabeled, "idx")
     if tokenizer is not None:
         from ..data import tokenizer_fingerprint
 
@@ -85,11 +91,14 @@ class StudentRun:
 
 
 def open_student_run(opts: Any, layout: RunLayout, stage: str,
-                     check_task: Callable[[Task], None] | None = None) -> StudentRun:
+                     check_task: Callable[[Task], None] | None = None, unlabeled: bool = False,
+                     before_pool: Callable[[Task], None] | None = None) -> StudentRun:
     """The shared preamble of the student stages (``stage``: ptp or distill): init, seed, the data read and
     checked, then ``check_task(task)`` (may refuse the task) and the models (:func:`.preflight.check_models`:
     backbone, teacher, cache tokenizer, depth, PTP encoder), stage-folder claim, tokenized data, and the
-    teacher cache verified against this run (identity, sizes and every file's sha256). A refusal writes nothing."""
+    teacher cache verified against this run (identity, sizes and every file's sha256). A refusal writes nothing.
+    ``unlabeled``: the run's unlabeled pool too (``data.unlabeled``; distill: PTP never reads it), after
+    ``before_pool(task)`` (the stage's checks of the task for it)."""
     from ..cache import TeacherCache, cache_fingerprint
     from ..engine import init_distributed, seed_everything
     from .common import backbone_fingerprint, check_model_source, load_run_data, load_tokenizer, prepare_data
@@ -104,11 +113,11 @@ def open_student_run(opts: Any, layout: RunLayout, stage: str,
     backbone = check_model_source(opts.backbone)
     dist_info = init_distributed()
     seed_everything(opts.seed)
-    loaded = load_run_data(opts, before_record=before_record)
+    loaded = load_run_data(opts, before_record=before_record, unlabeled=unlabeled, before_pool=before_pool)
     stage_dir = layout.stage_dir(opts.stage_name())
     claim_stage_dir(stage_dir, opts)
     tokenizer = load_tokenizer(opts.backbone)
-    data = prepare_data(opts, tokenizer, loaded=loaded)
+    data = prepare_data(opts, tokenizer, loaded=loaded, unlabeled=unlabeled)
     cache = TeacherCache.open(layout.teacher_cache, expected=expected_cache_identity(opts, data, layout.teacher, tokenizer),
                               verify="checksum")
     inputs = {"data": data.fingerprint, "backbone": backbone_fingerprint(opts.backbone),

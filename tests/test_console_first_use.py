@@ -245,7 +245,7 @@ def test_readme_examples_write_outside_the_repo_or_ignored_paths():
         pytest.skip("not a git checkout")  # e.g. the wheel's clean venv: nothing to keep out of a repository
     readme = (REPO / "README.md").read_text()
     paths = written_paths(readme)
-    assert {"runs", "ship/onnx", "eval.json", "preds/mrpc_test.tsv", "pairs_pred.jsonl", "sst2_x.jsonl"} <= set(paths)
+    assert {"runs", "ship/onnx", "eval.json", "preds/sst2_test.tsv", "reviews_pred.jsonl", "sst2_x.jsonl"} <= set(paths)
     inside = []
     for p in paths:
         full = (REPO / p).resolve()

@@ -108,6 +108,21 @@ def test_bad_unlabeled_input_is_one_line_naming_file_and_line_and_writes_nothing
     assert not (tmp_path / "tok" / "hf_datasets" / "unlabeled").exists()  # no pool written
 
 
+@pytest.mark.parametrize("case", ["binary", "all_duplicates"])
+def test_pipeline_refuses_a_bad_pool_before_the_teacher_trains(case, own, tmp_path, tiny_bert, capsys):
+    """The pipeline reads and checks the pool first: a bad one costs seconds, not a trained teacher."""
+    path = tmp_path / "pool.txt"
+    if case == "binary":
+        path.write_bytes(b"fine text\n\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    else:  # every row is a labelled train/dev row: nothing left to learn from
+        path.write_text("train sentence number 3\nDev sentence number 1\n")
+    opts = dict(own, backbone=str(tiny_bert), unlabeled_file=str(path), max_length=32, batch_size=8)
+    exit_code, _, err = run_cli(["pipeline", *[f"--{k}={v}" for k, v in opts.items()]], capsys)
+    expected = "not valid UTF-8" if case == "binary" else "no unlabeled row is left after deduplication"
+    assert exit_code == 4 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "own" / "teacher").exists()  # the teacher never started
+
+
 def test_options_are_checked_up_front():
     from dist_peakd.data import DataOptions
     from dist_peakd.data.errors import DataOptionError

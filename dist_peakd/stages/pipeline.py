@@ -21,12 +21,12 @@ import torch
 from .. import console
 from ..artifacts import atomic_write_text
 from ..config import RunOptions, option
-from ..data import glue_task
+from ..data import DataOptions, glue_task
 from ..engine import barrier, init_distributed
 from ..errors import ConfigError
 from ..outcome import outcome_lines
 from . import cache_teacher, distill, finetune_teacher, ptp
-from .common import run_task
+from .common import load_run_data, run_task
 from .depth import announce_k, resolve_k
 from .distill import DistillOptions
 from .preflight import check_models
@@ -281,6 +281,8 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
     opts, k_auto = resolve_k(opts)
     announce_k(k_auto, dist_info)
     task = run_task(opts)
+    if DataOptions.from_options(opts).has_unlabeled:  # the pool read and checked before the teacher trains
+        load_run_data(opts, check_run=False, unlabeled=True)
     layout = opts.layout()
     log: list[str] = []
     use_ptp = opts.use_ptp and not task.is_regression

@@ -199,8 +199,8 @@ def nan_at_step_2(monkeypatch):
     real = finetune_teacher.classification_loss
     calls = {"n": 0}
 
-    def poisoned(is_regression: bool):
-        fn = real(is_regression)
+    def poisoned(is_regression: bool, *args, **kwargs):
+        fn = real(is_regression, *args, **kwargs)
 
         def loss_fn(model, batch):
             out = fn(model, batch)

@@ -253,7 +253,8 @@ def check_widths(opts: Any, stage: str, holder: str, teacher_width: Any, backbon
         raise ConfigError(f"option teacher_dir: {holder} is {teacher_width} wide, the backbone {backbone} {width}: "
                           "Patient-KD (--beta) compares their [CLS] states, which needs the same width; give a "
                           "teacher and a backbone of one width (e.g. fine-tune the teacher from this backbone), or "
-                          "pass --beta 0 to distil from the logits only")
+                          "pass --beta 0 to distil from the logits only, or give the student's checkpoint as --student_backbone "
+                          "(its [CLS] states are then mapped to the teacher's width)")
 
 
 def tokenizer_refusal(holder: str, backbone: str, theirs: str, ours: str, teacher_type: str | None = None) -> str:
@@ -265,7 +266,8 @@ def tokenizer_refusal(holder: str, backbone: str, theirs: str, ours: str, teache
             "ids, the student built from the backbone reads the backbone's, so rebuilding the cache cannot match "
             "them; the student is built from --backbone and must share the teacher's tokenizer: give as --backbone "
             "the checkpoint the teacher was fine-tuned from (its family), or fine-tune a teacher from this backbone "
-            "(leave --teacher_dir out)")
+            "(leave --teacher_dir out), or keep both: the teacher's checkpoint as --backbone and this one as "
+            "--student_backbone (a student from another checkpoint tokenizes the text itself)")
 
 
 def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str, opts: Any = None,

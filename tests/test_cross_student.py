@@ -98,6 +98,14 @@ def test_cross_width_cross_tokenizer_student_end_to_end(cross_run, tmp_path, cap
     scored = json.loads(result.read_text())["metrics"]
     assert scored["loss"] == pytest.approx(summary["final"]["loss"], abs=1e-5)
     assert scored["accuracy"] == pytest.approx(summary["final"]["accuracy"], abs=1e-9)
+    # ONNX as for any folder of its family: the student's own tokenizer goes with the graph
+    from dist_peakd.export.onnx import ONNX_FILE
+
+    onnx_dir = tmp_path / "onnx"
+    code, err = cli("export", {"model_dir": str(final), "out": str(onnx_dir), "format": "onnx", "verify_rows": 8}, capsys)
+    assert code == 0, err[-2000:]
+    assert (onnx_dir / ONNX_FILE).is_file()
+    assert AutoTokenizer.from_pretrained(str(onnx_dir))(text)["input_ids"] == student_ids
     pipeline = json.loads((task_dir / "pipeline_summary.json").read_text())
     assert [r["model"] for r in pipeline["rows"]] == ["teacher", "student"]
 
@@ -146,8 +154,8 @@ def test_teacher_rows_are_found_by_id_with_the_students_own_tokens(cross_run):
 
 def test_patient_kd_through_the_width_map_equals_a_hand_computation():
     from dist_peakd.distill import DistillLossConfig, distillation_loss
-    from dist_peakd.models.sps import SPSSequenceClassifierOutput
     from dist_peakd.models.cross_student import WidthMappedStudent
+    from dist_peakd.models.sps import SPSSequenceClassifierOutput
 
     g = torch.Generator().manual_seed(0)
     student_cls = [torch.randn(2, 3, generator=g) for _ in range(3)]  # E = 3 layers, width 3

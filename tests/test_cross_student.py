@@ -253,10 +253,31 @@ def test_sps_options_are_refused_with_a_student_backbone(extra, words, tiny_bert
     assert not out.exists()
 
 
-def test_sweep_refuses_a_student_backbone(tiny_bert, tiny_mpnet24, glue_dir, tmp_path, capsys):
-    code, err = cli("sweep", slice_opts(tmp_path / "run", tiny_bert, glue_dir, student_backbone=str(tiny_mpnet24)),
-                    capsys)
+@pytest.mark.parametrize("command", ["sweep", "compress"])
+def test_sweeps_and_compress_refuse_a_student_backbone(command, tiny_bert, tiny_mpnet24, glue_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = cli(command, slice_opts(out, tiny_bert, glue_dir, student_backbone=str(tiny_mpnet24)), capsys)
     assert code == 2 and "option student_backbone" in err and "sweeps and compress" in err, err[-1500:]
+    assert not out.exists()
+
+
+def test_a_student_tokenizer_past_its_embeddings_is_refused(tiny_bert, glue_dir, tmp_path, capsys):
+    """A checkpoint whose tokenizer emits ids its embedding table does not have (a tokenizer of another model)."""
+    from family_models import family_config, family_tokenizer
+    from transformers import AutoModel
+
+    tok = family_tokenizer("mpnet")
+    config = family_config("mpnet", tok, 1, hidden=24)
+    config.vocab_size = len(tok) - 10
+    folder = tmp_path / "mismatched"
+    AutoModel.from_config(config).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    out = tmp_path / "run"
+    code, err = cli("distill", slice_opts(out, tiny_bert, glue_dir, student_backbone=str(folder), use_ptp=False),
+                    capsys)
+    assert code == 2 and f"the tokenizer in {folder} has {len(tok)} tokens" in err, err[-1500:]
+    assert "Traceback" not in err
+    assert not (out / "mrpc").exists() or not any((out / "mrpc").iterdir())
 
 
 def test_a_student_backbone_that_is_no_model_is_refused(tiny_bert, glue_dir, tmp_path, capsys):

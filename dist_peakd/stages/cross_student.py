@@ -58,7 +58,7 @@ def source_option(opts: Any) -> str:
 
 def fill_cross_defaults(opts: Any) -> None:
     """``__post_init__``: a cross student is a plain student; its depth defaults to ``auto`` (all its layers)."""
-    if not is_cross(opts):
+    if not is_cross(opts) or callable(getattr(opts, "dimensions", None)):  # sweep/compress: refused in validate
         return
     if getattr(opts, "student", "sps") == "sps":
         opts.student = "plain"

@@ -253,8 +253,9 @@ def test_each_training_command_reaches_its_loss_within_three_files(command, loss
                                                                     monkeypatch, capsys):
     """A newcomer follows ``dist-peakd <command>`` to its loss in at most 3 files (cli.py, the stage, the
     loss's module) and a few hops from the stage's ``run``: the training step is written in the stage's own
-    file, not reached through trainer/engine closures (on c77f647 distill went cli -> common -> trainer ->
-    engine -> the stage's closure: 6 files, 8 hops from ``run``)."""
+    file, not reached through trainer/engine closures (on c77f647 each command went cli.py -> the stage ->
+    stages/common.py -> engine/trainer.py -> engine/engine.py -> the stage's closure -> the loss: 6 files,
+    7 calls from ``run``; this test failed there for all three commands)."""
     import torch.nn.functional as F
 
     from dist_peakd import distill as distill_pkg

@@ -9,7 +9,7 @@ under ``missing`` (so the same probe works before and after a restructure). Time
 distill loop prepares batches in a background thread, which shares the GIL with the training thread.
 
 For ``distill`` only steps ``record_from <= step < record_from + record_steps`` are recorded (the step is
-read from the engine before each ``train_step``); with ``--ops_steps N`` the N steps after that window are
+read from the engine before each ``train_step``, or ``Engine.train`` where the stages drive the step); with ``--ops_steps N`` the N steps after that window are
 run under ``torch.profiler`` and the number of operator calls per step and the top operators by self CPU
 time are reported (the profiler's own overhead makes those steps useless for timing).
 """
@@ -38,7 +38,9 @@ DISTILL_TARGETS = [
     ("dist_peakd.cache.store:CacheSplit.lookup", "cache lookup"),
     ("dist_peakd.engine.loop:_Prefetcher.get", "wait for prefetched batch"),
     ("dist_peakd.engine.prefetch:Prefetcher.get", "wait for prefetched batch"),
-    ("dist_peakd.engine.engine:Engine.train_step", "train_step (total)"),
+    ("dist_peakd.engine.engine:Engine.train_step", "train_step (total)"),  # older checkouts only
+    ("dist_peakd.engine.engine:Engine.backward", "engine.backward (incl. DeepSpeed backward)"),
+    ("dist_peakd.engine.engine:Engine.step", "engine.step (incl. boundary check, clip, DeepSpeed step)"),
     ("dist_peakd.engine.engine:Engine.to_device", "host-to-device"),
     ("deepspeed.runtime.engine:DeepSpeedEngine.forward", "DeepSpeed forward (incl. model)"),
     ("dist_peakd.models.sps:SPSBertForSequenceClassification.forward", "model forward"),
@@ -143,7 +145,8 @@ def install(targets: list[tuple[str, str]]) -> list[str]:
 
 def install_step_window(record_from: int, record_steps: int, ops_steps: int) -> None:
     """Switch recording on for the chosen steps (read from the engine) and profile ops after them."""
-    found = _resolve("dist_peakd.engine.engine:Engine.train_step")
+    # before the stages wrote their own step (engine.train_step), and after (engine.train() starts each step)
+    found = _resolve("dist_peakd.engine.engine:Engine.train_step") or _resolve("dist_peakd.engine.engine:Engine.train")
     if found is None:
         return
     owner, name, fn = found

@@ -1,8 +1,12 @@
-"""Environment variables read by dist-peakd: one parser, so a malformed value is a one-line refusal.
+"""Environment variables read by dist-peakd: :func:`env_number` and the DeepSpeed accelerator default.
 
-Every numeric variable is read with :func:`env_number`; a value that is not a number, or is out of
-its range, raises :class:`~dist_peakd.errors.ConfigError` (exit 2) naming the variable, the value and
-what was expected, before any work starts.
+A numeric variable read with :func:`env_number` that is not a number, or is out of its range, raises
+:class:`~dist_peakd.errors.ConfigError` (exit 2) naming the variable, the value and what was expected,
+before any work starts. Not every variable goes through it yet: the heartbeat and collective timeouts
+have their own readers with the same refusal shape (``engine/watchdog.py`` ``timeout_from_env``,
+``engine/distributed.py`` ``collective_timeout_from_env``); ``RANK``/``WORLD_SIZE`` (set by the launcher)
+are read where they are used (``console.py``, ``stages/cards.py``), and path variables
+(``DIST_PEAKD_GLUE_DIR``, ``DIST_PEAKD_MINILM_PATH``, ``DIST_PEAKD_PLUGINS``) by the modules they configure.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The architecture of docs/ARCHITECTURE.md, checked from the source (AST): layers and import directions,
-no import cycle, the trainer's parts shallow. File and function sizes are an advisory report, not a gate
-(``python tests/arch_report.py``): splitting code to meet a line count made it harder to follow.
+"""The architecture of docs/ARCHITECTURE.md, checked from the source (AST) and from a run: layers and import
+directions, no import cycle, the trainer's parts shallow, and each training command's loss within 3 files of
+the command line. File and function sizes are an advisory report, not a gate (``python tests/arch_report.py``):
+splitting code to meet a line count made it harder to follow.
 
 Every ``import`` counts, at module level, inside a function (a lazy import is still a dependency) or under
 ``if TYPE_CHECKING:`` (a type-only import is still a dependency of the design: it hid an
@@ -10,10 +11,14 @@ engine <-> checkpoints/export cycle until those took a protocol instead).
 from __future__ import annotations
 
 import ast
+import shutil
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
+from reliab_helpers import args_of, run_cli, teacher_run  # noqa: F401  (fixture)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dist_peakd"
 
@@ -188,8 +193,103 @@ def test_the_trainer_has_named_shallow_parts():
     tree = ast.parse(TRAINER.read_text())
     trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
     methods = {n.name: n for n in trainer.body if isinstance(n, ast.FunctionDef)}
-    assert {"fit", "train_epoch", "train_step", "evaluate", "maybe_checkpoint", "resume"} <= set(methods)
+    assert {"steps", "epoch_steps", "end_step", "finish", "evaluate", "maybe_checkpoint", "resume"} <= set(methods)
     deep = {name: d for name, fn in methods.items() if (d := _depth(fn)) > MAX_TRAINER_NESTING}
     assert not deep, f"trainer methods nested more than {MAX_TRAINER_NESTING} deep: {deep}"
     assert not [n for fn in methods.values() for n in ast.walk(fn)
                 if isinstance(n, ast.FunctionDef) and n is not fn], "closures inside the trainer's methods"
+
+
+# ------------------------------------------------------------------------------ from the command to its loss
+#: Pass-through frames between the command line and a stage's ``run``, one each: the guard turns a failure
+#: into its exit code (guard.py), the stage's folder locks are released when it returns (stage_folder.py).
+WRAPPERS = {("guard.py", "run_guarded"), ("stage_folder.py", "wrapper")}
+MAX_FILES_TO_LOSS = 3  # cli.py, the stage's file, the loss's module
+MAX_HOPS_FROM_RUN = 3  # the stage's run -> its recipe [-> its loss helper] -> the loss
+
+
+class _Reached(Exception):
+    """Raised by the spy at the loss's first call: the stack is recorded, the run need not go on."""
+
+
+def _spy_first_call(monkeypatch, owner, name: str, seen: list) -> None:
+    """Replace ``owner.name`` (and every dist_peakd module's binding of it) by a spy that records the
+    Python stack of its first call, then stops the run."""
+    real = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        frame, stack = sys._getframe(1), []
+        while frame is not None:
+            stack.append((Path(frame.f_code.co_filename), frame.f_code.co_name))
+            frame = frame.f_back
+        seen.append(stack)
+        raise _Reached(name)
+
+    monkeypatch.setattr(owner, name, spy)
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("dist_peakd") and module is not None and getattr(module, name, None) is real:
+            monkeypatch.setattr(module, name, spy)
+
+
+def _path_to_loss(stack: list[tuple[Path, str]], stage_file: str) -> tuple[list[str], int]:
+    """(dist_peakd files from the CLI to the loss's caller, outermost first, wrappers left out; hops from the
+    stage's ``run`` to the loss)."""
+    ours = [(p.relative_to(PACKAGE).as_posix(), fn) for p, fn in stack if p.is_relative_to(PACKAGE)]
+    ours.reverse()  # outermost first: cli.py ... the loss's caller
+    assert ours and ours[0][0] == "cli.py", ours
+    wrappers = [(Path(f).name, fn) for f, fn in ours if (Path(f).name, fn) in WRAPPERS]
+    assert sorted(wrappers) == sorted(WRAPPERS), f"expected one frame of each wrapper {WRAPPERS}: {ours}"
+    run_at = next(i for i, (f, fn) in enumerate(ours) if f == stage_file and fn == "run")
+    files = list(dict.fromkeys(f for f, fn in ours if (Path(f).name, fn) not in WRAPPERS))
+    return files, len(ours) - run_at
+
+
+@pytest.mark.parametrize("command, loss", [
+    ("finetune-teacher", "cross_entropy"),   # the stage's classification_loss -> F.cross_entropy
+    ("ptp", "cross_entropy"),                # F.cross_entropy of the PTP labels
+    ("distill", "distillation_loss"),        # distill/losses.py
+])
+def test_each_training_command_reaches_its_loss_within_three_files(command, loss, teacher_run, tmp_path,  # noqa: F811
+                                                                    monkeypatch, capsys):
+    """A newcomer follows ``dist-peakd <command>`` to its loss in at most 3 files (cli.py, the stage, the
+    loss's module) and a few hops from the stage's ``run``: the training step is written in the stage's own
+    file, not reached through trainer/engine closures (on c77f647 each command went cli.py -> the stage ->
+    stages/common.py -> engine/trainer.py -> engine/engine.py -> the stage's closure -> the loss: 6 files,
+    7 calls from ``run``; this test failed there for all three commands)."""
+    import torch.nn.functional as F
+
+    from dist_peakd import distill as distill_pkg
+
+    src, opts = teacher_run
+    out = tmp_path / "run"
+    if command != "finetune-teacher":
+        shutil.copytree(src, out)
+    args = dict(opts, output_dir=str(out)) if command != "distill" else dict(opts, output_dir=str(out), use_ptp=False)
+    owner = F if loss == "cross_entropy" else distill_pkg
+    seen: list = []
+    _spy_first_call(monkeypatch, owner, loss, seen)
+    code, _, err = run_cli([command, *args_of(args)], capsys)
+    assert seen, f"{command} never called {loss} (exit {code}): {err[-2000:]}"
+    assert code == 1 and "_Reached" in err  # the spy stopped the run at the loss's first call
+    stage_file = f"stages/{command.replace('-', '_')}.py"
+    files, hops = _path_to_loss(seen[0], stage_file)
+    loss_module = "distill/losses.py" if loss == "distillation_loss" else "torch.nn.functional"
+    reads = [*files, loss_module] if files[-1] != loss_module else files
+    assert reads[:2] == ["cli.py", stage_file] and len(reads) <= MAX_FILES_TO_LOSS, \
+        f"dist-peakd {command} reaches {loss} through {len(reads)} files: {' -> '.join(reads)}"
+    assert hops <= MAX_HOPS_FROM_RUN, f"{hops} calls from {stage_file}'s run to {loss}"
+
+
+def test_the_call_path_check_counts_every_file_and_hop():
+    """The check above cannot pass vacuously: the old shape (run -> common -> trainer -> engine -> closure)
+    is measured as 5 files and 7 hops."""
+    pkg = PACKAGE
+    old = [(pkg / "stages/distill.py", "loss_fn"), (pkg / "engine/engine.py", "train_step"),
+           (pkg / "engine/trainer.py", "train_step"), (pkg / "engine/trainer.py", "train_epoch"),
+           (pkg / "engine/trainer.py", "fit"), (pkg / "stages/common.py", "fit_tracked"),
+           (pkg / "stages/distill.py", "run"), (pkg / "stages/stage_folder.py", "wrapper"),
+           (pkg / "guard.py", "run_guarded"), (pkg / "cli.py", "command"), (pkg / "cli.py", "main"),
+           (Path(torch.__file__), "<module>")]
+    files, hops = _path_to_loss(old, "stages/distill.py")
+    assert files == ["cli.py", "stages/distill.py", "stages/common.py", "engine/trainer.py", "engine/engine.py"]
+    assert hops == 7

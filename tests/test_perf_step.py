@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_steps import train_step
 
 from dist_peakd.config import build_options
 from dist_peakd.engine import ConfigError, Engine, EngineOptions, NonFiniteLossError, init_distributed
@@ -149,7 +150,7 @@ def test_unsynced_steps_equal_synced_steps():
         engine = _engine()
         assert engine._deferred is not None  # fused AdamW + nan_policy=stop: the deferred check
         loss_fn = _loss_fn(engine, None)
-        out = [engine.train_step(_micro(s), 4, loss_fn, sync=sync) for s in range(5)]
+        out = [train_step(engine, _micro(s), 4, loss_fn, sync=sync) for s in range(5)]
         sums = [float(o["ce"]) for o in out]
         assert all(torch.is_tensor(o["ce"]) for o in out) == (not sync)
         runs.append((sums, _params(engine)))
@@ -161,10 +162,10 @@ def test_nonfinite_loss_between_syncs_is_raised_naming_its_step_and_nothing_is_u
     engine = _engine()
     loss_fn = _loss_fn(engine, bad_step=3)
     for s in range(2):
-        engine.train_step(_micro(s), 4, loss_fn, sync=False)
+        train_step(engine, _micro(s), 4, loss_fn, sync=False)
     before = _params(engine)
     for s in range(2, 5):  # step 3 is non-finite; 4 and 5 come after it
-        engine.train_step(_micro(s), 4, loss_fn, sync=False)
+        train_step(engine, _micro(s), 4, loss_fn, sync=False)
     after = _params(engine)
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # found_inf: no update
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3 .*\bce\b"):
@@ -175,17 +176,17 @@ def test_nonfinite_loss_between_syncs_is_raised_naming_its_step_and_nothing_is_u
 def test_nonfinite_loss_is_raised_by_the_next_synced_step():
     engine = _engine()
     loss_fn = _loss_fn(engine, bad_step=2)
-    engine.train_step(_micro(0), 4, loss_fn, sync=False)
-    engine.train_step(_micro(1), 4, loss_fn, sync=False)
+    train_step(engine, _micro(0), 4, loss_fn, sync=False)
+    train_step(engine, _micro(1), 4, loss_fn, sync=False)
     with pytest.raises(NonFiniteLossError, match="at step 2"):
-        engine.train_step(_micro(2), 4, loss_fn, sync=True)
+        train_step(engine, _micro(2), 4, loss_fn, sync=True)
 
 
 @pytest.mark.parametrize("kw", [{"fused_optimizer": False}, {"nan_policy": "skip"}])
 def test_without_fused_adamw_or_with_skip_every_step_is_checked_on_the_host(kw):
     engine = _engine(**kw)
     assert engine._deferred is None
-    out = engine.train_step(_micro(0), 4, _loss_fn(engine, None), sync=False)
+    out = train_step(engine, _micro(0), 4, _loss_fn(engine, None), sync=False)
     assert isinstance(out["ce"], float)
 
 

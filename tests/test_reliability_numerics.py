@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_steps import train_step
 from torch import nn
 
 from dist_peakd.engine import Engine, EngineOptions, LossOutput, NonFiniteLossError, init_distributed
@@ -68,11 +69,11 @@ def test_nan_loss_stops_naming_step_and_term():
     engine, ref = _engine("stop")
     loss_fn = nan_at(ref, bad_step=3, term="kd")
     batches = _batches(3)
-    engine.train_step([batches[0]], 4, loss_fn)
-    engine.train_step([batches[1]], 4, loss_fn)
+    train_step(engine, [batches[0]], 4, loss_fn)
+    train_step(engine, [batches[1]], 4, loss_fn)
     before = _params(engine)
     with pytest.raises(NonFiniteLossError, match=r"step 3 .*kd=nan") as info:
-        engine.train_step([batches[2]], 4, loss_fn)
+        train_step(engine, [batches[2]], 4, loss_fn)
     assert "ce=" not in str(info.value)  # only the bad term is named
     after = _params(engine)
     assert all(torch.equal(before[k], after[k]) for k in before), "no update from the bad step"
@@ -81,7 +82,7 @@ def test_nan_loss_stops_naming_step_and_term():
 def test_inf_loss_stops_naming_the_ce_term():
     engine, ref = _engine("stop")
     with pytest.raises(NonFiniteLossError, match=r"step 1 .*ce=inf"):
-        engine.train_step([_batches(1)[0]], 4, nan_at(ref, bad_step=1, term="ce", value=float("inf")))
+        train_step(engine, [_batches(1)[0]], 4, nan_at(ref, bad_step=1, term="ce", value=float("inf")))
 
 
 @pytest.mark.parametrize("ds_config", ["fp32_zero0", "fp32_zero1", "fp32_zero2", "bf16_zero0", "bf16_zero1"])
@@ -90,11 +91,11 @@ def test_skip_policy_leaves_weights_optimizer_and_lr_untouched(ds_config):
     loss_fn = nan_at(ref, bad_step=3, term="kd")
     batches = _batches(5)
     for b in batches[:2]:
-        out = engine.train_step([b], 4, loss_fn)
+        out = train_step(engine, [b], 4, loss_fn)
         assert out["skipped"] == 0.0
     before, lr_before = _params(engine), engine.lr()
     opt_steps = [s.get("step") for s in engine._client_optimizer.state.values()]
-    out = engine.train_step([batches[2]], 4, loss_fn)
+    out = train_step(engine, [batches[2]], 4, loss_fn)
     assert out["skipped"] == 1.0 and out["count"] == 0.0 and set(out) >= {"ce", "kd", "loss"}
     assert engine.global_step == 3 and engine.skipped_steps == 1
     after = _params(engine)
@@ -104,7 +105,7 @@ def test_skip_policy_leaves_weights_optimizer_and_lr_untouched(ds_config):
     assert [s.get("step") for s in engine._client_optimizer.state.values()] == opt_steps
     # training goes on normally after the skipped step, with finite weights
     for b in batches[3:]:
-        out = engine.train_step([b], 4, loss_fn)
+        out = train_step(engine, [b], 4, loss_fn)
         assert out["skipped"] == 0.0
     final = _params(engine)
     assert all(torch.isfinite(v).all() for v in final.values())
@@ -127,13 +128,13 @@ def test_skip_with_gradient_accumulation_discards_the_whole_step():
         return out
 
     b = _batches(6, size=2)
-    engine.train_step([b[0], b[1]], 4, loss_fn)
+    train_step(engine, [b[0], b[1]], 4, loss_fn)
     before = _params(engine)
-    out = engine.train_step([b[2], b[3]], 4, loss_fn)  # the second micro-batch is fine, the step still skips
+    out = train_step(engine, [b[2], b[3]], 4, loss_fn)  # the second micro-batch is fine, the step still skips
     assert out["skipped"] == 1.0
     after = _params(engine)
     assert all(torch.equal(before[k], after[k]) for k in before)
-    engine.train_step([b[4], b[5]], 4, loss_fn)
+    train_step(engine, [b[4], b[5]], 4, loss_fn)
     assert engine.skipped_steps == 1 and engine.global_step == 3
 
 
@@ -148,14 +149,14 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     # nan_policy=skip: only rank 1 sees a NaN at step 2; both ranks must skip that step
     engine, ref = _engine("skip", ds_config="fp32_zero1")
     loss_fn = nan_at(ref, bad_step=2, term="kd", bad_ranks=(1,))
-    result["skipped"] = [engine.train_step([batches[i]], 4, loss_fn)["skipped"] for i in range(4)]
+    result["skipped"] = [train_step(engine, [batches[i]], 4, loss_fn)["skipped"] for i in range(4)]
     result.update(skipped_steps=engine.skipped_steps, params={k: v.tolist() for k, v in _params(engine).items()})
     # nan_policy=stop: both ranks raise at the same step (no rank left waiting in a collective)
     engine, ref = _engine("stop", ds_config="fp32_zero0")
     loss_fn = nan_at(ref, bad_step=2, term="kd", bad_ranks=(1,))
     try:
         for i in range(4):
-            engine.train_step([batches[i]], 4, loss_fn)
+            train_step(engine, [batches[i]], 4, loss_fn)
     except NonFiniteLossError as e:
         result["error"] = str(e)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
@@ -199,17 +200,13 @@ def nan_at_step_2(monkeypatch):
     real = finetune_teacher.classification_loss
     calls = {"n": 0}
 
-    def poisoned(is_regression: bool, *args, **kwargs):
-        fn = real(is_regression, *args, **kwargs)
-
-        def loss_fn(model, batch):
-            out = fn(model, batch)
-            calls["n"] += 1
-            if calls["n"] == 2:
-                nan = torch.tensor(float("nan"))
-                return LossOutput(total=out.total * nan, terms={"ce": out.terms["ce"] * nan}, count=out.count)
-            return out
-        return loss_fn
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            nan = torch.tensor(float("nan"))
+            return LossOutput(total=out.total * nan, terms={"ce": out.terms["ce"] * nan}, count=out.count)
+        return out
 
     monkeypatch.setattr(finetune_teacher, "classification_loss", poisoned)
 
@@ -269,7 +266,7 @@ def test_fp16_overflow_steps_are_skipped_and_counted():
     for i, b in enumerate(batches):
         if i == 2:
             before = _params(engine)
-        engine.train_step([b], 4, huge)
+        train_step(engine, [b], 4, huge)
         if i == 2:
             after = _params(engine)
             assert all(torch.equal(before[k], after[k]) for k in before), "the overflow step was applied"

@@ -105,10 +105,10 @@ def test_mixed_run_states_rows_ratio_and_uses_the_pool(pool, mixed):
 
 def test_loss_of_a_real_mixed_batch_by_hand(pool, teacher, glue_dir, tiny_bert_nodropout):
     """The objective on a real mixed batch = the loss computed by hand from each row's own cache split."""
-    from dist_peakd.distill import DistillLossConfig, patient_layer_map
+    from dist_peakd.distill import DistillLossConfig, distillation_loss, patient_layer_map
     from dist_peakd.models import build_student
     from dist_peakd.stages.common import load_tokenizer, prepare_data
-    from dist_peakd.stages.unlabeled_mix import mixed_trainer_data, plan_unlabeled
+    from dist_peakd.stages.unlabeled_mix import ce_weights, mixed_trainer_data, plan_unlabeled
 
     opts = build_options(distill.DistillOptions, **_common(pool.with_pool, teacher, glue_dir, tiny_bert_nodropout),
                          **_student(unlabeled_ratio=0.5), unlabeled_file=[str(pool.text)])
@@ -126,12 +126,13 @@ def test_loss_of_a_real_mixed_batch_by_hand(pool, teacher, glue_dir, tiny_bert_n
     layer_map = patient_layer_map(model.num_effective_layers, cache.num_layers)
     cfg = DistillLossConfig(alpha=0.7, temperature=10.0, beta=100.0)
     run_ = SimpleNamespace(data=data, cache=cache)
-    objective = distill.distill_objective(run_, layer_map, cfg, torch.device("cpu"), unlabeled=plan)
-    hooked = objective.batch_hook(batch)
-    out = objective.loss_fn(model, hooked)
+    hooked = distill.teacher_outputs(run_, plan)(batch)
     with torch.no_grad():
         s = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   token_type_ids=batch["token_type_ids"])
+    # the recipe's loss call (distill.train), on the batch the trainer's batch hook made
+    out = distillation_loss(s.logits, s.cls_states, hooked["teacher_logits"], hooked["teacher_cls"], hooked["labels"],
+                            layer_map, cfg, is_regression=False, ce_weight=ce_weights(hooked, plan.ce_scale))
     kd = ce = pt = kd_labelled = 0.0
     for i in range(8):
         split = "unlabeled" if fu[i] else "train"

@@ -1,4 +1,4 @@
-"""The engine layer: a thin DeepSpeed facade, its checkpoints and exports, and the trainer every stage uses."""
+"""The engine layer: the DeepSpeed engine and its step calls, checkpoints and exports, and the loop every stage drives."""
 
 from ..errors import ConfigError, NonFiniteLossError
 from ..loss_output import LossOutput

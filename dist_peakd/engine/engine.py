@@ -1,8 +1,16 @@
-"""A thin facade over a DeepSpeed engine: build it (config, precision, optimizer), take a step, predict.
+"""The DeepSpeed engine a stage trains with, and the calls of one training step.
 
-Checkpoints (:mod:`.checkpoints`), export (:mod:`.export`), non-finite handling (:mod:`.nonfinite`,
-:mod:`.skip_step`) each live in their own module; :class:`Engine` forwards ``save_state``,
-``load_state`` and ``export_pretrained`` to them, as Accelerate's ``Accelerator`` does.
+A stage's recipe drives the step itself, as with Accelerate's DeepSpeed wrapper::
+
+    out = engine.forward(**inputs)          # DeepSpeed's forward (its compile wrapper, ZeRO hooks)
+    engine.backward(loss, micro.weight)     # this micro-batch's share of the global-batch mean
+    result = engine.step(sync=...)          # at the accumulation boundary: non-finite check, clip, step
+
+What DeepSpeed does not do lives here, behind those calls: the exact loss normalisation across ranks
+and accumulation steps, the non-finite agreement (:mod:`.nonfinite`) and skip-step (:mod:`.skip_step`),
+clipping with one foreach norm, and building the engine (config, precision, optimizer, ``--compile``).
+Checkpoints (:mod:`.checkpoints`) and export (:mod:`.export`) live in their own modules; :class:`Engine`
+forwards ``save_state``, ``load_state`` and ``export_pretrained`` to them, as Accelerate's ``Accelerator`` does.
 """
 
 from __future__ import annotations
@@ -26,8 +34,6 @@ from .nonfinite import NAN_POLICIES, DeferredCheck, nonfinite_message, nonfinite
 from .optim import build_optimizer, linear_warmup_decay
 from .skip_step import step_without_update
 
-LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], LossOutput]
-
 
 @dataclass
 class EngineOptions:
@@ -50,7 +56,8 @@ class EngineOptions:
 
 
 class _StepSums:
-    """This rank's ``[total, *terms]`` summed over a step's micro-batches, kept on the device."""
+    """This rank's ``[total, *terms]`` summed over a step's micro-batches, kept on the device (what
+    :meth:`Engine.backward` records and :meth:`Engine.step` reports)."""
 
     def __init__(self) -> None:
         self.keys: list[str] = []
@@ -80,9 +87,9 @@ class Engine:
     """One DeepSpeed engine around ``model`` with a client AdamW and linear warmup/decay.
 
     Loss normalisation is exact across ranks and accumulation steps: each micro-batch's summed loss
-    is divided by the number of examples in the whole global batch and multiplied by the world size
-    (DeepSpeed averages gradients over ranks; accumulation scaling is turned off), so the gradient is
-    the global-batch mean whatever the split, including a short last batch.
+    is multiplied by its :meth:`micro_weight`, the world size over the number of examples in the whole
+    global batch (DeepSpeed averages gradients over ranks; accumulation scaling is turned off), so the
+    gradient is the global-batch mean whatever the split, including a short last batch.
     """
 
     def __init__(self, model: nn.Module, options: EngineOptions, total_steps: int,
@@ -113,6 +120,7 @@ class Engine:
         if self.dist.world_size == 1 and self.ds.zero_optimization_stage() == 0:
             self.ds.enable_backward_allreduce = False  # nothing to average in a world of one
         self.global_step = 0
+        self._sums = _StepSums()  # the current step's micro-batches, recorded by backward()
         self._trainable = [p for p in self.module.parameters() if p.requires_grad]
         self._deferred = self._deferred_check(optimizer)
         if options.compile:
@@ -196,40 +204,49 @@ class Engine:
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     # ------------------------------------------------------------------ training
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]], global_count: int, loss_fn: LossFn,
-                   dummy_batch: dict[str, torch.Tensor] | None = None, sync: bool = True) -> dict[str, Any]:
-        """One optimizer step over this rank's micro-batches (exactly ``gradient_accumulation_steps``).
+    def train(self) -> None:
+        """Training mode (dropout on): at the start of every step, since evaluation leaves eval mode."""
+        self.ds.train()
 
-        An empty micro-batch (a short last global batch split over many ranks) runs ``dummy_batch``
-        with weight 0, so every rank takes part in every collective. A non-finite loss on any rank is
-        agreed on by all ranks at the accumulation boundary (:mod:`.nonfinite`). Returns this rank's
-        summed terms, the example count, the step's grad norm and ``skipped``.
+    def forward(self, **inputs: torch.Tensor) -> Any:
+        """The model's forward through DeepSpeed's engine (its compile wrapper and ZeRO hooks)."""
+        return self.ds(**inputs)
+
+    def micro_weight(self, global_count: int) -> float:
+        """The factor of a micro-batch's summed loss: world size / examples in the global batch (DeepSpeed
+        averages the ranks' gradients), so that the step's gradient is the global-batch mean."""
+        return self.dist.world_size / max(1, global_count)
+
+    def backward(self, out: LossOutput, weight: float) -> None:
+        """Backpropagate ``weight * out.total`` (accumulation scaling off) and record the micro-batch's terms
+        for the step's log. ``weight`` 0: the stand-in batch of an empty share (every rank must take part in
+        every collective), backpropagated but not recorded."""
+        total = out.total.float()
+        if weight:
+            self._sums.add(total, out)
+        self.ds.backward(total * weight, scale_wrt_gas=False)
+
+    def step(self, sync: bool = True) -> dict[str, Any] | None:
+        """After each micro-batch's :meth:`backward`, as DeepSpeed wants. At the accumulation boundary: all
+        ranks agree on a non-finite loss (:mod:`.nonfinite`; raise, or skip the step under
+        ``nan_policy=skip``), clip, step the optimizer and scheduler; returns this rank's summed terms, the
+        example count, the grad norm and ``skipped``. Between boundaries: DeepSpeed's micro-step, None.
 
         ``sync=False`` (the trainer, between logging steps): with ``nan_policy=stop`` and a fused
         optimizer nothing is read from the device; the terms come back as device scalars and a
         non-finite loss is raised by the next synced step or :meth:`raise_if_nonfinite`.
         """
-        if len(micro_batches) != self.gradient_accumulation_steps:
-            raise ValueError(f"expected {self.gradient_accumulation_steps} micro-batches, got {len(micro_batches)}")
-        self.ds.train()
-        scale = self.dist.world_size / max(1, global_count)
-        sums = _StepSums()
-        result: dict[str, Any] = {}
-        for micro in micro_batches:
-            empty = micro["input_ids"].shape[0] == 0
-            out = loss_fn(self.ds, self.to_device(dummy_batch if empty else micro))
-            total = out.total.float()
-            if not empty:
-                sums.add(total, out)
-            self.ds.backward(total * (0.0 if empty else scale), scale_wrt_gas=False)
-            if self.ds.is_gradient_accumulation_boundary():
-                result = self._deferred_boundary(sums, sync) if self._deferred else self._at_boundary(sums)
-            if result.get("skipped"):
-                step_without_update(self.ds, self._client_optimizer)
-            else:
-                self.ds.step()
+        if not self.ds.is_gradient_accumulation_boundary():
+            self.ds.step()
+            return None
+        sums, self._sums = self._sums, _StepSums()
+        checked = self._deferred_boundary(sums, sync) if self._deferred else self._at_boundary(sums)
+        if checked.get("skipped"):
+            step_without_update(self.ds, self._client_optimizer)
+        else:
+            self.ds.step()
         self.global_step += 1
-        return self._step_result(result, sums)
+        return self._step_result(checked, sums)
 
     def _deferred_boundary(self, sums: _StepSums, sync: bool) -> dict[str, Any]:
         """The boundary without a host read: check on the device (:class:`.nonfinite.DeferredCheck`),

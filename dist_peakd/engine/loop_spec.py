@@ -1,5 +1,5 @@
-"""What a stage gives the :class:`~.trainer.Trainer`: its loop options, its data (rows, samplers,
-collator), what it trains for (:class:`Objective`), and the step arithmetic both share with sweeps."""
+"""The trainer's inputs that the options and sweeps also use: its loop options, the train/dev data (rows,
+samplers, collator), and the step arithmetic (steps of a run, the steps it evaluates at)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from ..data.collate import TokenColumns
 from ..data.rows import fetch_rows
-from .engine import LossFn
 
 Batch = dict[str, torch.Tensor]
 
@@ -55,24 +52,6 @@ class TrainData:
             return lambda indices: self.collate(fetch_rows(rows, list(indices)))
         columns = TokenColumns.from_dataset(rows)
         return lambda indices: gather(columns, indices)
-
-
-@dataclass
-class Objective:
-    """What a stage trains for.
-
-    ``loss_fn(model, batch)`` returns the micro-batch's summed :class:`~dist_peakd.loss_output.LossOutput`;
-    ``predict_fn(model, batch)`` per-example dev outputs; ``metric_fn(gathered outputs)`` the dev
-    metrics, of which ``main_metric`` picks ``best/``. ``batch_hook`` (optional) adds to each train
-    micro-batch in the prefetch thread (e.g. the cached teacher outputs of its examples).
-    """
-
-    loss_fn: LossFn
-    predict_fn: Callable[[nn.Module, Batch], Batch]
-    metric_fn: Callable[[dict[str, np.ndarray]], dict[str, float]]
-    main_metric: str
-    higher_is_better: bool = True
-    batch_hook: Callable[[Batch], Batch] | None = None
 
 
 def total_train_steps(steps_per_epoch: int, epochs: float) -> int:

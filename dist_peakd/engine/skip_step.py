@@ -1,4 +1,9 @@
-"""Skip one optimizer step inside DeepSpeed: the one place that reaches into DeepSpeed's internals.
+"""Skip one optimizer step inside DeepSpeed, through its engine's overflow path (not a public API).
+
+This is one of the few places that lean on DeepSpeed beyond its public calls; the others are
+:mod:`.safe_checkpoint` (replaces the engine's ``checkpoint_engine`` for safe loads and durable saves),
+:mod:`.engine` (sets ``enable_backward_allreduce`` off in a world of one) and :mod:`.ds_config` (validates
+a config with ``deepspeed.runtime.config.DeepSpeedConfig``).
 
 DeepSpeed has no public "skip this step" call. What it does have is the overflow path of fp16 loss
 scaling: after ``optimizer.step()`` its engine reads ``optimizer.overflow`` and, when set, skips the

@@ -1,13 +1,16 @@
-"""The trainer every stage uses: epochs of exact-resume steps, dev evaluation, best/final export.
+"""The loop a stage's recipe drives: epochs of exact-resume steps, dev evaluation, best/final export.
 
-A stage supplies its data (:class:`~.loop_spec.TrainData`), what it trains for
-(:class:`~.loop_spec.Objective`: loss, predict, metric) and an export function; the trainer owns the
-order of events::
+The stage's own file holds the training step (the batch, forward, loss, ``engine.backward``,
+``engine.step``); the trainer hands it the steps and does everything between them::
 
-    fit:         resume -> train_epoch ... -> finish
-    train_epoch: for each step: train_step -> [evaluate] -> hooks.on_step_end -> maybe_checkpoint
-                 at its end: evaluate -> checkpoint
-    finish:      [evaluate] -> export final/ -> summary.json
+    for step in trainer.steps():            # resume; epochs; this rank's micro-batches, prefetched
+        for micro in step.micro_batches:    # a weight-0 stand-in where this rank's share is empty
+            ...forward, loss, engine.backward(loss, micro.weight), result = engine.step(sync=step.sync)
+        trainer.end_step(step, result)      # log (read from the device on logging steps only)
+    return trainer.finish()                 # [evaluate] -> export final/ -> summary.json
+
+Between two steps (when ``steps()`` resumes): [evaluate] -> hooks.on_step_end -> checkpoint cadence and
+stop requests (preemption); at an epoch's end: evaluate -> checkpoint.
 
 Everything needed to resume exactly (model, optimizer, scheduler, epoch and position in it, RNG
 states, best metric, history) lives in ``<output_dir>/checkpoints/<tag>`` (:mod:`.checkpoints`).
@@ -16,8 +19,8 @@ request (``stop_after_steps``, or SIGTERM on any rank: :mod:`.preemption`); the 
 ``keep_checkpoints`` complete ones are kept, and all of them are removed once the run has ended and
 ``summary.json`` is written (``keep_checkpoints_after_success`` keeps them). ``final/`` shares the
 files it has in common with ``best/`` (hard links: the last evaluation is often the best). A hook may
-end the run early (:class:`~dist_peakd.errors.EarlyStopped`, a sweep's ASHA): ``best/`` and a
-``summary.json`` marked ``"stopped"`` are kept, no ``final/``.
+end the run early (:class:`~dist_peakd.errors.EarlyStopped`, a sweep's ASHA): ``steps()`` ends, and
+``finish()`` returns the ``summary.json`` marked ``"stopped"`` (``best/`` kept, no ``final/``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ from .checkpoints import prune_checkpoints, select_checkpoint
 from .distributed import barrier, broadcast_object
 from .engine import Engine
 from .hooks import plugin_hooks
-from .loop_spec import Batch, LoopOptions, Objective, TrainData
+from .loop_spec import Batch, LoopOptions, TrainData
 from .preemption import SigtermFlag, any_rank
 from .prefetch import Prefetcher
 from .tracking import Tracker
@@ -54,38 +58,76 @@ def _on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-class Trainer:
-    """Train ``engine`` on ``data`` for ``objective``; :meth:`fit` returns the summary.
+@dataclass
+class Evaluation:
+    """How a stage scores its dev split: ``predict_fn(model, batch)`` per-example outputs, ``metric_fn(gathered
+    outputs)`` the metrics, of which ``main_metric`` picks ``best/``."""
 
-    ``export_fn(folder, info)`` writes ``best/`` and ``final/``; ``hooks`` (and those of
-    ``DIST_PEAKD_PLUGINS``, see :mod:`.hooks`) are called on every rank.
+    predict_fn: Callable[[Any, Batch], Batch]
+    metric_fn: Callable[[dict[str, np.ndarray]], dict[str, float]]
+    main_metric: str
+    higher_is_better: bool = True
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of this rank's share of a step: collated rows (with what the stage's ``batch_hook``
+    added, e.g. cached teacher outputs), on the host; ``weight`` = :meth:`Engine.micro_weight` of the
+    global batch, 0 for the stand-in batch of an empty share."""
+
+    batch: Batch
+    weight: float
+
+
+@dataclass
+class Step:
+    """One optimizer step: its number (1-based), this rank's micro-batches (exactly the engine's
+    accumulation steps), their token count, and ``sync`` (a logging step: read its values from the device)."""
+
+    number: int
+    micro_batches: list[MicroBatch]
+    tokens: float
+    sync: bool
+
+
+class Trainer:
+    """The loop around a stage's training step (see the module docstring); :meth:`finish` returns the summary.
+
+    ``evaluation`` scores the dev split; ``export_fn(folder, info)`` writes ``best/`` and ``final/``;
+    ``batch_hook(batch)`` (optional) adds to each train micro-batch in the prefetch thread; ``hooks``
+    (and those of ``DIST_PEAKD_PLUGINS``, see :mod:`.hooks`) are called on every rank.
     """
 
-    def __init__(self, engine: Engine, data: TrainData, objective: Objective, output_dir: str | Path,
+    def __init__(self, engine: Engine, data: TrainData, evaluation: Evaluation, output_dir: str | Path,
                  tracker: Tracker, options: LoopOptions, export_fn: Callable[[Path, dict[str, Any]], None],
-                 extra_summary: dict[str, Any] | None = None, hooks: Iterable[Any] = ()) -> None:
-        self.engine, self.data, self.objective = engine, data, objective
+                 extra_summary: dict[str, Any] | None = None, hooks: Iterable[Any] = (),
+                 batch_hook: Callable[[Batch], Batch] | None = None) -> None:
+        self.engine, self.data, self.evaluation = engine, data, evaluation
         self.output_dir = Path(output_dir)
         self.ckpt_root = self.output_dir / CHECKPOINT_DIR
         self.tracker, self.options, self.export_fn = tracker, options, export_fn
         self.extra_summary = dict(extra_summary or {})
         self.hooks = [*hooks, *plugin_hooks()]
+        self.batch_hook = batch_hook
         self.is_main = engine.dist.is_main
         self.steps_per_epoch = len(data.train_sampler)
         self.total_steps = engine.total_steps
         self.train_batch, self.eval_batch = data.batches_of(data.train_rows), data.batches_of(data.eval_rows)
-        self.dummy = self.train_batch([0])  # the zero-weight batch of an empty share
+        self.dummy = self.train_batch([0])  # the zero-weight stand-in of an empty share
+        self._hooked_dummy: Batch | None = None
         self.state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
                                       "history": [], "finished": False, "nonfinite_skipped": 0}
         self.stop_signal = SigtermFlag()
         self.log = TrainLog(self.output_dir / "train_log.jsonl", tracker, self.is_main)
         self.label = options.label or self.output_dir.name
         self._bar: Any = None
+        self._stopped: dict[str, Any] | None = None  # the summary of a run a hook ended early
         self.start_step = 0
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
-        """Resume (if a checkpoint exists), train the remaining steps, finish; returns the summary."""
+    def steps(self) -> Iterator[Step]:
+        """Resume (if a checkpoint exists), then yield each remaining step of the run; the stage trains it
+        and calls :meth:`end_step`. A hook's :class:`EarlyStopped` ends the iteration (see :meth:`finish`)."""
         self.resume()
         self.start_step = self.engine.global_step  # stop_after_steps counts the steps of this run
         self.log.resume_at(self.engine.global_step)  # rows an interrupted run logged after its checkpoint
@@ -94,38 +136,38 @@ class Trainer:
                          disable=not self.is_main, dynamic_ncols=True, mininterval=0.1 if _on_terminal() else 60)
         try:
             with self.stop_signal:
-                while self._steps_left() and self.train_epoch():
-                    pass
+                while self._steps_left():
+                    yield from self.epoch_steps()
         except EarlyStopped as stop:
             if self.engine.global_step < self.total_steps:
-                return self.stopped_early(stop)
+                self._stopped = self.stopped_early(stop)
         finally:
             self._bar.close()
-        return self.finish()
 
     def _steps_left(self) -> bool:
         return not self.state["finished"] and self.engine.global_step < self.total_steps
 
-    def train_epoch(self) -> bool:
-        """Train the rest of the current epoch; True when it ran to its end (evaluated and checkpointed),
-        False when the run's last step came first (a fractional epoch)."""
+    def epoch_steps(self) -> Iterator[Step]:
+        """The rest of the current epoch's steps (up to the run's last one); after each: :meth:`_after_step`;
+        at the epoch's end: evaluate and checkpoint."""
         epoch = self.state["epoch"]
         sampler = self.data.train_sampler
         sampler.set_epoch(epoch)
         shares = list(sampler)
         global_sizes = [len(b) for b in sampler.global_batches(epoch)]
         first = self.state["step_in_epoch"]
-        prefetch = Prefetcher(lambda i: self._prepare(shares[i]), first, self.steps_per_epoch)
+        prefetch = Prefetcher(lambda i: self._prepare(shares[i], global_sizes[i]), first, self.steps_per_epoch)
         try:
-            for step in range(first, self.steps_per_epoch):
+            for i in range(first, self.steps_per_epoch):
                 if self.engine.global_step >= self.total_steps:
-                    return False
-                micro, tokens = prefetch.get(step)
-                self.train_step(micro, tokens, global_sizes[step])
-                if self.engine.options.compile and self.engine.global_step == 1 and self.is_main:
-                    print(f"[dist-peakd] --compile: first step compiled in {self.engine.compile_seconds():.1f} s",
-                          flush=True)
-                self.state["step_in_epoch"] = step + 1
+                    return  # a fractional epoch: the run's last step came first
+                micro, tokens = prefetch.get(i)
+                number = self.engine.global_step + 1
+                self.engine.train()
+                yield Step(number, micro, tokens, number % self.options.log_every_steps == 0 or number == self.total_steps)
+                if self.engine.global_step != number:
+                    raise RuntimeError(f"step {number} was not trained (engine.step at its last micro-batch)")
+                self.state["step_in_epoch"] = i + 1
                 self._after_step(epoch)
         finally:
             prefetch.close()
@@ -133,31 +175,27 @@ class Trainer:
         with self.log.paused():
             self._record_eval(self.evaluate(), epoch + 1)
             self.checkpoint()
-        return True
 
-    def train_step(self, micro: list[Batch], tokens: float, global_count: int) -> None:
-        """One optimizer step over this rank's micro-batches of a global batch of ``global_count``; log.
+    def end_step(self, step: Step, result: dict[str, Any]) -> None:
+        """Log a trained step (``result``: what :meth:`Engine.step` returned at its last micro-batch).
 
         Only logging steps (and the last) read values from the device; in between a non-finite loss is
         caught on the device and raised at the next logging step, evaluation, checkpoint or export
         (:class:`~dist_peakd.engine.nonfinite.DeferredCheck`), naming the step it happened at."""
-        step = self.engine.global_step + 1
-        log_now = step % self.options.log_every_steps == 0 or step == self.total_steps
-        sums = self.engine.train_step(micro, global_count, self.objective.loss_fn, dummy_batch=self.dummy,
-                                      sync=log_now)
-        self.state["nonfinite_skipped"] = self.state.get("nonfinite_skipped", 0) + int(sums.get("skipped", 0))
-        sums["tokens"] = tokens
-        grad_norm = sums.pop("grad_norm")
-        self.log.add(sums)
+        self.state["nonfinite_skipped"] = self.state.get("nonfinite_skipped", 0) + int(result.get("skipped", 0))
+        result["tokens"] = step.tokens
+        grad_norm = result.pop("grad_norm")
+        self.log.add(result)
         self._bar.update(1)
-        step = self.engine.global_step
-        if log_now:
-            scalars = self.log.write(step, self.engine.lr(), grad_norm, self.engine.skipped_steps)
+        if step.sync:
+            scalars = self.log.write(step.number, self.engine.lr(), grad_norm, self.engine.skipped_steps)
             if self.is_main:
                 self._bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}")
 
     def _after_step(self, epoch: int) -> None:
         opts, step = self.options, self.engine.global_step
+        if self.engine.options.compile and step == 1 and self.is_main:
+            print(f"[dist-peakd] --compile: first step compiled in {self.engine.compile_seconds():.1f} s", flush=True)
         mid_epoch = self.state["step_in_epoch"] < self.steps_per_epoch
         if opts.eval_every_steps and step % opts.eval_every_steps == 0 and mid_epoch:
             with self.log.paused():
@@ -190,17 +228,28 @@ class Trainer:
         n = self.options.stop_after_steps
         return n is not None and step - self.start_step >= n and step < self.total_steps
 
-    def _prepare(self, share: list[int]) -> tuple[list[Batch], float]:
-        """This rank's micro-batches for one step (collated, hooked, pinned) and its token count."""
+    def _prepare(self, share: list[int], global_count: int) -> tuple[list[MicroBatch], float]:
+        """This rank's micro-batches for one step (collated, hooked, pinned; an empty one replaced by the
+        stand-in with weight 0) and its token count. Runs in the prefetch thread."""
         parts = np.array_split(np.asarray(share, dtype=np.int64), self.engine.gradient_accumulation_steps)
         micro = [self.train_batch(chunk) for chunk in parts]
         tokens = float(sum(int(m["attention_mask"].sum()) for m in micro))
-        hook = self.objective.batch_hook
+        hook = self.batch_hook
         if hook is not None:
             micro = [hook(m) if m["input_ids"].shape[0] else m for m in micro]
         if self.engine.device.type == "cuda":
             micro = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in m.items()} for m in micro]
-        return micro, tokens
+        weight = self.engine.micro_weight(global_count)
+        return [MicroBatch(m, weight) if m["input_ids"].shape[0] else MicroBatch(self._stand_in(), 0.0)
+                for m in micro], tokens
+
+    def _stand_in(self) -> Batch:
+        """The batch an empty share trains with weight 0 (so every rank takes part in every collective):
+        the first train row, with what the batch hook adds (computed once)."""
+        if self._hooked_dummy is None:
+            self._hooked_dummy = self.dummy if self.batch_hook is None else self.batch_hook(self.dummy)
+        return self._hooked_dummy
+
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -210,15 +259,15 @@ class Trainer:
         sampler.set_epoch(0)
         batches = (self.eval_batch(share) for share in
                    tqdm(sampler, desc=f"{self.label} dev", disable=not (self.is_main and _on_terminal()), leave=False))
-        return self.objective.metric_fn(self.engine.predict(batches, self.objective.predict_fn))
+        return self.evaluation.metric_fn(self.engine.predict(batches, self.evaluation.predict_fn))
 
     def _record_eval(self, metrics: dict[str, float], epoch: float) -> None:
         """History, TensorBoard, a new ``best/`` when the main metric improved, then the hooks."""
         step = self.engine.global_step
         self.state["history"].append({"step": step, "epoch": round(epoch, 4), **metrics})
-        improved = self._is_better(metrics[self.objective.main_metric])
+        improved = self._is_better(metrics[self.evaluation.main_metric])
         if improved:
-            self.state["best"], self.state["best_step"] = metrics[self.objective.main_metric], step
+            self.state["best"], self.state["best_step"] = metrics[self.evaluation.main_metric], step
         self.tracker.evaluation(step, metrics, best=self.state["best"])
         if self.is_main:
             values = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -234,7 +283,7 @@ class Trainer:
         best = self.state["best"]
         if best is None:
             return True
-        return value > best if self.objective.higher_is_better else value < best
+        return value > best if self.evaluation.higher_is_better else value < best
 
     # ------------------------------------------------------------------ checkpoints
     def resume(self) -> None:
@@ -282,8 +331,11 @@ class Trainer:
         the checkpoints (unless kept).
 
         A run that skipped more than ``max_skipped_fraction`` of its steps (``nan_policy=skip``) is not
-        finished: :class:`TooManySkippedSteps` (exit 3), no ``final/``, no summary.
+        finished: :class:`TooManySkippedSteps` (exit 3), no ``final/``, no summary. A run a hook ended early
+        returns the summary :meth:`stopped_early` wrote.
         """
+        if self._stopped is not None:
+            return self._stopped
         self.engine.raise_if_nonfinite()
         self._refuse_if_mostly_skipped()
         step = self.engine.global_step
@@ -324,7 +376,7 @@ class Trainer:
         history = self.state["history"]
         last = history[-1]
         summary = {
-            "main_metric": self.objective.main_metric,
+            "main_metric": self.evaluation.main_metric,
             "final": {"step": last["step"], **{k: v for k, v in last.items() if k not in ("step", "epoch")}},
             "best": dict(next(h for h in history if h["step"] == self.state["best_step"])),
             "history": history,

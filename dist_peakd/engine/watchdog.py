@@ -38,9 +38,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import EXIT_PEER_FAILURE
+
 TIMEOUT_ENV = "DIST_PEAKD_HEARTBEAT_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60.0
-EXIT_SILENT_PEER = 5  # = faults.EXIT_PEER_FAILURE
+EXIT_SILENT_PEER = EXIT_PEER_FAILURE  # 5: the exit code of a lost peer (dist_peakd/errors.py)
 
 _MAGIC = b"DPHB"
 _BEAT, _BYE = 0, 1

@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,6 @@ from ..data.unlabeled import load_unlabeled
 from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
 from ..engine.loop_spec import TrainData, total_train_steps
 from ..engine.tracking import tensorboard_dir
-from ..engine.trainer import Trainer
 from ..errors import ConfigError, StopRequested
 from .metric_warnings import MetricWarnings
 from .stage_folder import _rank, claim_stage_dir
@@ -330,11 +330,12 @@ def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], t
     return tracker
 
 
-def fit_tracked(trainer: Trainer, tracker: Tracker) -> dict[str, Any]:
-    """``trainer.fit()``, then the HParams session ended as it went: success, or failure on an error; a
-    stop request (resumable: the run goes on later) leaves the session open."""
+@contextmanager
+def tracker_session(tracker: Tracker) -> Iterator[None]:
+    """Around a stage's training: the HParams session ended as it went: success, or failure on an error;
+    a stop request (resumable: the run goes on later) leaves the session open."""
     try:
-        summary = trainer.fit()
+        yield
     except StopRequested:
         tracker.close(None)
         raise
@@ -342,7 +343,6 @@ def fit_tracked(trainer: Trainer, tracker: Tracker) -> dict[str, Any]:
         tracker.close("failure")
         raise
     tracker.close("success")
-    return summary
 
 
 def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: dict[str, Any],

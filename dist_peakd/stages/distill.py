@@ -21,13 +21,13 @@ import torch
 
 from ..config import RunOptions, check_folder_name, option
 from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
+from ..engine import Engine
 from ..engine.hooks import EvalCallback
-from ..engine.loop_spec import Objective
+from ..engine.loop_spec import Batch
 from ..engine.tracking import with_eval_loss
-from ..engine.trainer import Trainer
+from ..engine.trainer import Evaluation, Trainer
 from ..errors import ConfigError
 from ..layout import RunLayout
-from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
 from ..models.cross_student import exported_model
 from .cards import ExportContext, model_label_names, student_method, teacher_reference
@@ -35,10 +35,10 @@ from .common import (
     MetricWarnings,
     build_engine,
     check_model_source,
-    fit_tracked,
     open_tracker,
     set_task_labels,
     stage_exporter,
+    tracker_session,
     trainer_data,
 )
 from .cross_student import HELP as CROSS_HELP
@@ -158,45 +158,47 @@ def _ptp_fingerprint(opts: DistillOptions, layout: RunLayout) -> str:
     return export_fingerprint(ptp_dir, opts.trust_unverified)
 
 
-def distill_objective(run_: StudentRun, layer_map: list[tuple[int, int]], loss_cfg: DistillLossConfig,
-                      device: torch.device, warnings: MetricWarnings | None = None,
-                      compiled: Callable[[Callable], Callable] = lambda fn: fn,
-                      unlabeled: UnlabeledPlan | None = None) -> Objective:
-    """KD + CE + Patient-KD against the cached teacher outputs, looked up by example id.
+def teacher_outputs(run_: StudentRun, unlabeled: UnlabeledPlan | None = None) -> Callable[[Batch], Batch]:
+    """The trainer's batch hook (it runs in the prefetch thread): the cached teacher logits and per-layer [CLS]
+    states of the batch's examples, looked up by example id. ``unlabeled``: batches mix train and pool rows
+    (``from_unlabeled``); each row's teacher outputs come from its own cache split."""
+    train_cache = run_.cache.split("train")
+    pool_cache = run_.cache.split(UNLABELED_SPLIT) if unlabeled is not None else None
 
-    ``compiled`` wraps the loss terms (``Engine.compiled``: torch.compile under ``--compile``). ``unlabeled``:
-    batches mix train and pool rows (``from_unlabeled``); each row's teacher outputs come from its own cache
-    split, the CE is weighted by :func:`.unlabeled_mix.ce_weights` (0 on pool rows)."""
-    task, train_cache = run_.data.task, run_.cache.split("train")
-    loss_terms = compiled(distillation_loss)
-    if unlabeled is None:
-        def lookup(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-            return train_cache.lookup(batch["example_ids"].cpu().numpy())
-    else:
-        pool_cache = run_.cache.split(UNLABELED_SPLIT)
-
-        def lookup(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-            return lookup_mixed(train_cache, pool_cache, batch)
-
-    def add_teacher_outputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Runs in the trainer's prefetch thread: the cached teacher outputs of the batch's examples."""
-        t_logits, t_cls = lookup(batch)
+    def add_teacher_outputs(batch: Batch) -> Batch:
+        if pool_cache is None:
+            t_logits, t_cls = train_cache.lookup(batch["example_ids"].cpu().numpy())
+        else:
+            t_logits, t_cls = lookup_mixed(train_cache, pool_cache, batch)
         return {**batch, "teacher_logits": t_logits, "teacher_cls": t_cls}
 
-    def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        if "teacher_logits" in batch:
-            t_logits, t_cls = batch["teacher_logits"], batch["teacher_cls"]
-        else:  # the trainer's zero-weight dummy batch
-            t_logits, t_cls = lookup(batch)
-        out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"])
-        extra = {} if unlabeled is None else {"ce_weight": ce_weights(batch, unlabeled.ce_scale)}
-        return loss_terms(out.logits, out.cls_states, t_logits.to(device), t_cls.to(device),
-                          batch["labels"], layer_map, loss_cfg, is_regression=task.is_regression, **extra)
+    return add_teacher_outputs
 
-    return Objective(loss_fn=loss_fn, predict_fn=logits_predict,
-                     metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
-                     main_metric=task.main_metric, batch_hook=add_teacher_outputs)
+
+def train(trainer: Trainer, engine: Engine, opts: DistillOptions, layer_map: list[tuple[int, int]],
+          is_regression: bool, unlabeled: UnlabeledPlan | None) -> dict[str, Any]:
+    """The distillation recipe: per micro-batch the student's forward, the loss against the cached teacher
+    outputs and backward; per step the optimizer step and the log; returns the summary. Resume, evaluation,
+    checkpoints and preemption happen around and between the steps (:class:`~dist_peakd.engine.trainer.Trainer`)."""
+    cfg = DistillLossConfig(alpha=opts.alpha, temperature=opts.temperature, beta=opts.beta,
+                            kl_reduction=opts.kl_reduction)
+    loss_terms = engine.compiled(distillation_loss)  # torch.compile under --compile, else distillation_loss
+    for step in trainer.steps():  # resume, epochs, prefetch; evaluation/checkpoint/preemption between steps
+        for micro in step.micro_batches:  # this rank's share; teacher outputs attached by teacher_outputs()
+            batch = engine.to_device(micro.batch)
+            out = engine.forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 token_type_ids=batch["token_type_ids"])
+            # per example, summed over the micro-batch (distill/losses.py):
+            #     alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))   (kl_reduction; MSE for regression)
+            #   + (1 - alpha) * CE(student, label)   (x ce_weight with unlabeled text: 0 on the pool's rows)
+            #   + beta * PT: mean squared distance of the normalised [CLS] states of the layer map's pairs
+            loss = loss_terms(out.logits, out.cls_states, batch["teacher_logits"], batch["teacher_cls"],
+                              batch["labels"], layer_map, cfg, is_regression=is_regression,
+                              ce_weight=None if unlabeled is None else ce_weights(batch, unlabeled.ce_scale))
+            engine.backward(loss, micro.weight)  # x world size / global batch (0: an empty share's stand-in)
+            result = engine.step(sync=step.sync)  # last micro-batch: non-finite check, clip, AdamW, LR schedule
+        trainer.end_step(step, result)  # train_log.jsonl, TensorBoard, progress bar
+    return trainer.finish()  # [evaluate] -> final/ -> summary.json
 
 
 @releases_locks
@@ -217,12 +219,14 @@ def run(opts: DistillOptions, on_eval: Callable[[int, dict[str, float]], None] |
     if done is not None:
         return done
     announce_k(k_auto, run_.dist_info)
-    trainer, tracker = _distill_trainer(opts, layout, run_, k_auto, on_eval)
-    return fit_tracked(trainer, tracker)
+    trainer, tracker, layer_map, plan = _distill_trainer(opts, layout, run_, k_auto, on_eval)
+    with tracker_session(tracker):
+        return train(trainer, trainer.engine, opts, layer_map, run_.data.task.is_regression, plan)
 
 
 def _distill_trainer(opts: DistillOptions, layout: RunLayout, run_: StudentRun, k_auto: bool,
-                     on_eval: Callable[[int, dict[str, float]], None] | None) -> tuple[Trainer, Any]:
+                     on_eval: Callable[[int, dict[str, float]], None] | None
+                     ) -> tuple[Trainer, Any, list[tuple[int, int]], UnlabeledPlan | None]:
     """The student, its data (labelled, or labelled + unlabeled), engine, tracker, exporter and trainer."""
     model = build_distill_student(opts, layout, run_)
     layer_map = patient_layer_map(model.num_effective_layers, run_.cache.num_layers)
@@ -251,11 +255,14 @@ def _distill_trainer(opts: DistillOptions, layout: RunLayout, run_: StudentRun, 
                             tail={"model_stats": stats, "options": dict(opts.__dict__)}, context=context,
                             plain=plain_tag(opts) is not None)
     loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
-    objective = distill_objective(run_, layer_map, loss_cfg, engine.device, warnings, engine.compiled, plan)
+    task = run_.data.task
+    evaluation = Evaluation(logits_predict, with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
+                            task.main_metric)
     map_hooks = width_map_hooks(engine.module)  # issue 23 item 4: the summary's width_map entry
     trainer = Trainer(
-        engine, batches, objective, run_.stage_dir, tracker, loop, export,
+        engine, batches, evaluation, run_.stage_dir, tracker, loop, export,
         hooks=([EvalCallback(on_eval)] if on_eval is not None else []) + map_hooks,
+        batch_hook=teacher_outputs(run_, plan),
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
                        "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics"),
@@ -263,4 +270,4 @@ def _distill_trainer(opts: DistillOptions, layout: RunLayout, run_: StudentRun, 
                        **({"student": plain_summary(opts)} if plain_tag(opts) else {}),
                        **({"width_map": map_hooks[0].info()} if map_hooks else {}),
                        **({"unlabeled": plan.describe()} if plan is not None else {})})
-    return trainer, tracker
+    return trainer, tracker, layer_map, plan

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from .. import console
 from ..config import RunOptions
-from ..engine.loop_spec import Objective
+from ..engine import Engine
 from ..engine.tracking import with_eval_loss
-from ..engine.trainer import Trainer
+from ..engine.trainer import Evaluation, Trainer
 from ..layout import TEACHER_STAGE
 from ..loss_output import LossOutput
 from ..models import load_teacher, model_stats
@@ -28,7 +28,6 @@ from .common import (
     MetricWarnings,
     backbone_fingerprint,
     build_engine,
-    fit_tracked,
     load_tokenizer,
     open_tracker,
     prepare_data,
@@ -36,6 +35,7 @@ from .common import (
     set_task_labels,
     stage_exporter,
     start_stage,
+    tracker_session,
     trainer_data,
 )
 from .preflight import check_models
@@ -61,20 +61,31 @@ def _inputs(batch: dict[str, torch.Tensor], token_types: bool) -> dict[str, torc
     return {name: batch[name] for name in names}
 
 
-def classification_loss(task_is_regression: bool, token_types: bool = True):
-    """CE (sum over the micro-batch) for classification, MSE for regression; computed in fp32.
-    ``token_types``: the model takes segment ids (:func:`~dist_peakd.models.teacher.uses_token_types`)."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -> LossOutput:
+    """The task loss of one micro-batch, summed over its examples, in fp32: cross-entropy with the gold
+    labels for classification, squared error for regression (weight 1)."""
+    logits = logits.float()
+    if is_regression:
+        loss = F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")
+        return LossOutput(total=loss, terms={"mse": loss.detach()}, count=len(logits), weights={"mse": 1.0})
+    loss = F.cross_entropy(logits, labels, reduction="sum")
+    return LossOutput(total=loss, terms={"ce": loss.detach()}, count=len(logits), weights={"ce": 1.0})
 
-    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        out = model(**_inputs(batch, token_types))
-        logits = out.logits.float()
-        if task_is_regression:
-            loss = F.mse_loss(logits.squeeze(-1), batch["labels"].float(), reduction="sum")
-            return LossOutput(total=loss, terms={"mse": loss.detach()}, count=len(logits), weights={"mse": 1.0})
-        loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
-        return LossOutput(total=loss, terms={"ce": loss.detach()}, count=len(logits), weights={"ce": 1.0})
 
-    return loss_fn
+def train(trainer: Trainer, engine: Engine, is_regression: bool, token_types: bool) -> dict[str, Any]:
+    """The fine-tuning recipe: per micro-batch the teacher's forward, the task loss and backward; per step
+    the optimizer step and the log; returns the summary. ``token_types``: the model takes segment ids
+    (:func:`~dist_peakd.models.teacher.uses_token_types`). Resume, evaluation, checkpoints and preemption
+    happen around and between the steps (:class:`~dist_peakd.engine.trainer.Trainer`)."""
+    for step in trainer.steps():  # resume, epochs, prefetch; evaluation/checkpoint/preemption between steps
+        for micro in step.micro_batches:  # this rank's share (a weight-0 stand-in where it is empty)
+            batch = engine.to_device(micro.batch)
+            out = engine.forward(**_inputs(batch, token_types))
+            loss = classification_loss(out.logits, batch["labels"], is_regression)  # CE (MSE), summed, weight 1
+            engine.backward(loss, micro.weight)  # x world size / global batch (0: an empty share's stand-in)
+            result = engine.step(sync=step.sync)  # last micro-batch: non-finite check, clip, AdamW, LR schedule
+        trainer.end_step(step, result)  # train_log.jsonl, TensorBoard, progress bar
+    return trainer.finish()  # [evaluate] -> final/ -> summary.json
 
 
 def logits_predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -104,11 +115,11 @@ def metrics_from_logits(task: Any, warnings: MetricWarnings | None = None):
     return metric_fn
 
 
-def classification_objective(task: Any, warnings: MetricWarnings | None = None, token_types: bool = True) -> Objective:
-    """Train on the gold labels (CE / MSE), score the dev logits with the task's metrics and the dev loss."""
-    return Objective(loss_fn=classification_loss(task.is_regression, token_types), predict_fn=teacher_predict(token_types),
-                     metric_fn=with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
-                     main_metric=task.main_metric)
+def classification_evaluation(task: Any, warnings: MetricWarnings | None = None,
+                              token_types: bool = True) -> Evaluation:
+    """Score the dev logits with the task's metrics and the dev loss."""
+    return Evaluation(teacher_predict(token_types), with_eval_loss(metrics_from_logits(task, warnings), task.is_regression),
+                      task.main_metric)
 
 
 def kept_head_in_task_order(model: Any, task: Any, source: str) -> Any:
@@ -158,9 +169,10 @@ def run(opts: FinetuneTeacherOptions) -> dict[str, Any]:
                             model_label_names(data.task), dev_rows=data.dev_rows, profile=warnings)
     export = stage_exporter(engine, tokenizer, {"stage": STAGE, "task": data.task.name, "data": data.task.describe()},
                             {"model_stats": stats}, context)
-    objective = classification_objective(data.task, warnings, uses_token_types(model))
-    trainer = Trainer(engine, batches, objective, stage_dir, tracker,
+    token_types = uses_token_types(model)
+    trainer = Trainer(engine, batches, classification_evaluation(data.task, warnings, token_types), stage_dir, tracker,
                       dataclasses.replace(opts.loop_options(), label="teacher"), export,
                       extra_summary={"model_stats": stats, "stage_dir": str(stage_dir),
                                      "metric_warnings": warnings.seen, "baseline": warnings.baseline})
-    return fit_tracked(trainer, tracker)
+    with tracker_session(tracker):
+        return train(trainer, engine, data.task.is_regression, token_types)

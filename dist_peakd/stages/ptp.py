@@ -21,14 +21,22 @@ from ..config import RunOptions, option
 from ..data.rows import column_array
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
 from ..distill.ptp import PTP_CLASS_NAMES
-from ..engine.loop_spec import Objective
-from ..engine.trainer import Trainer
+from ..engine import Engine
+from ..engine.loop_spec import Batch
+from ..engine.trainer import Evaluation, Trainer
 from ..errors import ConfigError
 from ..layout import ptp_stage_name
 from ..loss_output import LossOutput
 from ..models import build_student, model_stats
 from .cards import ExportContext, student_method, teacher_reference
-from .common import build_engine, check_model_source, fit_tracked, open_tracker, stage_exporter, trainer_data
+from .common import (
+    build_engine,
+    check_model_source,
+    open_tracker,
+    stage_exporter,
+    tracker_session,
+    trainer_data,
+)
 from .cross_student import HELP as CROSS_HELP
 from .depth import announce_k, resolve_k
 from .stage_folder import check_inputs, releases_locks
@@ -104,21 +112,14 @@ def build_ptp_targets(cache_split: Any, dataset: Any, thresholds: Any | None, ru
     return by_id, thresholds, ptp_histogram(ptp)
 
 
-def ptp_objective(run_: StudentRun, train_ptp: np.ndarray, dev_ptp: np.ndarray, device: torch.device) -> Objective:
-    """4-way CE against the PTP labels of the examples; dev scored by PTP loss (lower is better)."""
-    train_targets = torch.from_numpy(train_ptp)
+def ptp_predict(module: torch.nn.Module, batch: Batch) -> Batch:
+    out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 token_type_ids=batch["token_type_ids"])
+    return {"logits": out.logits.float()}
 
-    def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        targets = train_targets[batch["example_ids"].cpu()].to(device)
-        out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"])
-        loss = F.cross_entropy(out.logits.float(), targets, reduction="sum")
-        return LossOutput(total=loss, terms={"ptp_ce": loss.detach()}, count=len(targets), weights={"ptp_ce": 1.0})
 
-    def predict_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"])
-        return {"logits": out.logits.float()}
+def ptp_evaluation(dev_ptp: np.ndarray) -> Evaluation:
+    """Dev scored by the PTP loss (lower is better) and accuracy against the dev PTP labels."""
 
     def metric_fn(preds: dict[str, np.ndarray]) -> dict[str, float]:
         targets = torch.from_numpy(dev_ptp[preds["example_ids"]])
@@ -126,8 +127,26 @@ def ptp_objective(run_: StudentRun, train_ptp: np.ndarray, dev_ptp: np.ndarray, 
         return {"ptp_loss": float(F.cross_entropy(logits, targets)),
                 "ptp_accuracy": float((logits.argmax(-1) == targets).float().mean())}
 
-    return Objective(loss_fn=loss_fn, predict_fn=predict_fn, metric_fn=metric_fn, main_metric="ptp_loss",
-                     higher_is_better=False)
+    return Evaluation(ptp_predict, metric_fn, main_metric="ptp_loss", higher_is_better=False)
+
+
+def train(trainer: Trainer, engine: Engine, train_ptp: np.ndarray) -> dict[str, Any]:
+    """The PTP recipe: per micro-batch the 4-way PTP labels of its examples, the student's forward, the CE
+    and backward; per step the optimizer step and the log; returns the summary. Resume, evaluation,
+    checkpoints and preemption happen around and between the steps (:class:`~dist_peakd.engine.trainer.Trainer`)."""
+    ptp_label_of = torch.from_numpy(train_ptp)  # indexed by example id
+    for step in trainer.steps():  # resume, epochs, prefetch; evaluation/checkpoint/preemption between steps
+        for micro in step.micro_batches:  # this rank's share (a weight-0 stand-in where it is empty)
+            batch = engine.to_device(micro.batch)
+            targets = ptp_label_of[batch["example_ids"].cpu()].to(engine.device)
+            out = engine.forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 token_type_ids=batch["token_type_ids"])
+            ce = F.cross_entropy(out.logits.float(), targets, reduction="sum")  # weight 1, summed over the micro-batch
+            loss = LossOutput(total=ce, terms={"ptp_ce": ce.detach()}, count=len(targets), weights={"ptp_ce": 1.0})
+            engine.backward(loss, micro.weight)  # x world size / global batch (0: an empty share's stand-in)
+            result = engine.step(sync=step.sync)  # last micro-batch: non-finite check, clip, AdamW, LR schedule
+        trainer.end_step(step, result)  # train_log.jsonl, TensorBoard, progress bar
+    return trainer.finish()  # [evaluate] -> final/ -> summary.json
 
 
 def ptp_targets(opts: PTPOptions, run_: StudentRun) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -186,8 +205,8 @@ def run(opts: PTPOptions) -> dict[str, Any]:
     export = stage_exporter(engine, run_.tokenizer, {"stage": "ptp", "task": run_.data.task.name},
                             {**ptp_info, "model_stats": stats,
                              **({"student": plain_summary(opts)} if plain_tag(opts) else {})}, context)
-    trainer = Trainer(engine, batches, ptp_objective(run_, train_ptp, dev_ptp, engine.device), run_.stage_dir,
-                      tracker, opts.loop_options(), export,
+    trainer = Trainer(engine, batches, ptp_evaluation(dev_ptp), run_.stage_dir, tracker, opts.loop_options(), export,
                       extra_summary={**ptp_info, "stage_dir": str(run_.stage_dir), "model_stats": stats, "k": opts.k,
                                      "k_auto": k_auto, **({"student": plain_summary(opts)} if plain_tag(opts) else {})})
-    return fit_tracked(trainer, tracker)
+    with tracker_session(tracker):
+        return train(trainer, engine, train_ptp)

@@ -119,10 +119,9 @@ def test_teacher_rows_are_found_by_id_with_the_students_own_tokens(cross_run):
     from dist_peakd.cache import TeacherCache
     from dist_peakd.config import build_options
     from dist_peakd.data.rows import column_array
-    from dist_peakd.distill import DistillLossConfig
     from dist_peakd.engine.distributed import DistInfo
     from dist_peakd.stages.common import load_tokenizer, prepare_data, trainer_data
-    from dist_peakd.stages.distill import DistillOptions, distill_objective
+    from dist_peakd.stages.distill import DistillOptions, teacher_outputs
 
     names = {f.name for f in dataclasses.fields(DistillOptions)}
     opts = build_options(DistillOptions, **{k: v for k, v in cross_run.opts.items() if k in names})
@@ -131,7 +130,7 @@ def test_teacher_rows_are_found_by_id_with_the_students_own_tokens(cross_run):
     student_tok, teacher_tok = load_tokenizer(str(cross_run.student)), load_tokenizer(str(layout.teacher))
     student_data, teacher_data = prepare_data(opts, student_tok), prepare_data(opts, teacher_tok)
     run_ = SimpleNamespace(data=student_data, cache=cache)
-    objective = distill_objective(run_, [(1, 2)], DistillLossConfig(), torch.device("cpu"))
+    add_teacher_outputs = teacher_outputs(run_)
     batches = trainer_data(student_data, student_tok, opts, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     teacher = AutoModelForSequenceClassification.from_pretrained(str(layout.teacher)).eval()
     teacher_rows = {int(i): r for i, r in zip(column_array(teacher_data.train, "idx"), teacher_data.train,
@@ -139,7 +138,7 @@ def test_teacher_rows_are_found_by_id_with_the_students_own_tokens(cross_run):
     differ = 0
     for indices in list(iter(batches.train_sampler))[:2]:
         batch = batches.collate([student_data.train[i] for i in indices])
-        looked_up = objective.batch_hook(batch)["teacher_logits"]
+        looked_up = add_teacher_outputs(batch)["teacher_logits"]
         for row, example_id in enumerate(batch["example_ids"].tolist()):
             ref = teacher_rows[example_id]
             student_row = student_data.train[indices[row]]

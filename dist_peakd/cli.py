@@ -164,7 +164,7 @@ def stage_commands() -> dict[str, Callable[..., Any]]:
 # ---------------------------------------------------------------------------------------------- help
 _CONFIG_NOTE = ("Options come from --config FILE (a YAML/JSON mapping of option names to values) and the\n"
                 "command line, which wins; --name value or --name=value; booleans also --name / --noname.\n"
-                "The resolved options are saved with the outputs (config.json in each stage folder); a stage\n"
+                "The resolved options are saved with the outputs (stage_options.json in each stage folder); a stage\n"
                 "folder made with other values of the result-relevant ones is refused, not reused.")
 
 

@@ -269,7 +269,7 @@ def test_two_rank_cache_equals_one_rank_cache(launched):
         assert (ca == cb).float().mean() > 0.99
     assert one.teacher_dev_metrics == pytest.approx(two.teacher_dev_metrics)
     assert set(one.teacher_dev_metrics) == {"f1", "accuracy"}
-    assert (dirs[2] / "config.json").is_file() and (dirs[2] / "summary.json").is_file()
+    assert (dirs[2] / "stage_options.json").is_file() and (dirs[2] / "summary.json").is_file()
 
 
 @pytest.mark.launcher

@@ -135,7 +135,7 @@ def test_exports_are_hf_folders_with_tokenizer(uninterrupted):
         assert info["task"] == "mrpc"
     assert summary["best"]["f1"] >= summary["final"]["f1"]
     assert set(summary["final"]) >= {"f1", "accuracy", "step"}
-    saved = json.loads((stage / "config.json").read_text())
+    saved = json.loads((stage / "stage_options.json").read_text())
     assert saved["max_length"] == 48 and saved["task"] == "mrpc"
 
 

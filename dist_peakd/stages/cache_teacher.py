@@ -54,7 +54,7 @@ from ..engine import (
     seed_everything,
 )
 from ..errors import ArtifactWriteError, CacheCorruptError, CacheMismatchError
-from ..layout import TEACHER_CACHE
+from ..layout import STAGE_OPTIONS, SUMMARY, TEACHER_CACHE
 from ..metrics import metric_report
 from ..models import load_teacher, teacher_forward
 from .common import (
@@ -334,7 +334,7 @@ def _build(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Path, buil
     if dist_info.is_main:
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir(parents=True)
-        save_resolved_config(opts, build / "config.json")
+        save_resolved_config(opts, build / STAGE_OPTIONS)
     barrier()
     shards, dims, precision, infer_s = _teacher_pass(opts, dist_info, build, data, tokenizer, teacher_dir)
     if not dist_info.is_main:
@@ -357,7 +357,7 @@ def _verified_summary(build: Path, cache_dir: Path, expected: dict[str, Any], ma
     summary = _summary_of(cache, False, build_s=round(build_s, 3), inference_s=round(infer_s, 3),
                           rows_per_s=round(total_rows / max(infer_s, 1e-9), 1),
                           verify_s=round(verify_s, 3), precision=precision)
-    atomic_write_text(cache_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(cache_dir / SUMMARY, json.dumps(summary, indent=2, default=str))
     print(f"[dist-peakd] cached {total_rows} rows ({', '.join(f'{k}: {v}' for k, v in summary['rows'].items())}) "
           f"in {build_s:.1f} s (teacher pass {infer_s:.1f} s, {summary['rows_per_s']} rows/s) on {world_size} "
           "rank(s); teacher dev " + ", ".join(f"{k} {v:.4f}" for k, v in summary["teacher_dev_metrics"].items()),

@@ -6,7 +6,7 @@ An SPS student with ``k <= 3`` parameter layers runs ``2k`` effective layers, so
 paper's setting). A ``none`` student runs each layer once: ``k = ceil(L / 2)``.
 
 ``auto`` is resolved before a stage claims its folder, and the resolved integer is what the folder
-name, ``config.json`` and the summary hold: a run with ``--k auto`` and one with the same ``--k``
+name, ``stage_options.json`` and the summary hold: a run with ``--k auto`` and one with the same ``--k``
 written out share their stage folders (and a sweep's resume sees the same options).
 """
 

@@ -1,5 +1,6 @@
 """The stage folder: claimed under an exclusive lock (:mod:`dist_peakd.locking`), bound to the
-result-relevant options it was made with (``config.json``) and to the fingerprints of what it consumed
+result-relevant options it was made with (``stage_options.json``; ``config.json`` in a folder an older
+version made) and to the fingerprints of what it consumed
 (``inputs.json``). A folder holding work made with other options or inputs is refused, never mixed; one
 that holds no work yet (a run refused late, before training) never blocks the corrected rerun.
 """
@@ -18,9 +19,7 @@ from ..config import result_differences, save_resolved_config
 from ..data.options import UNLABELED_OPTIONS
 from ..engine import broadcast_object
 from ..errors import ConfigError, InputsChangedError
-
-WORK_ENTRIES = ("summary.json", "checkpoints", "best", "final")
-INPUTS_FILE = "inputs.json"
+from ..layout import INPUTS, LEGACY_STAGE_OPTIONS, STAGE_OPTIONS, SUMMARY, WORK_ENTRIES, stage_options_file
 
 
 def _rank() -> int:
@@ -35,11 +34,12 @@ def has_work(stage_dir: Path) -> bool:
 
 
 def options_differences(stage_dir: Path, opts: Any) -> list[str]:
-    """Result-relevant options whose value differs from the ones saved in ``stage_dir/config.json``; the
+    """Result-relevant options whose value differs from the ones saved in ``stage_dir/stage_options.json``
+    (an older folder's ``config.json``); the
     unlabeled pool's options count only for a stage that reads the pool (its options class has
     ``uses_unlabeled = True``: distill), so adding ``--unlabeled_file`` to a run keeps its teacher and PTP encoder."""
-    saved = stage_dir / "config.json"
-    if not saved.is_file():
+    saved = stage_options_file(stage_dir)
+    if saved is None:
         return []
     try:
         before = json.loads(saved.read_text())
@@ -59,7 +59,10 @@ def _claim_on_rank0(stage_dir: Path, opts: Any) -> Exception | None:
         if diffs:
             return ConfigError(f"{stage_dir} was made with other options ({', '.join(diffs)}); use another "
                                "--output_dir / --run_name, or delete that folder to redo the stage")
-        save_resolved_config(opts, stage_dir / "config.json")
+        legacy = stage_options_file(stage_dir)
+        save_resolved_config(opts, stage_dir / STAGE_OPTIONS)
+        if legacy is not None and legacy.name == LEGACY_STAGE_OPTIONS:  # an older folder: the options renamed
+            legacy.unlink()
     except Exception as e:  # every rank raises the same error
         return e
     return None
@@ -105,15 +108,15 @@ def releases_locks(run: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _clear_work(stage_dir: Path) -> None:
-    """Delete everything in ``stage_dir`` but its ``config.json`` (``--force`` after changed inputs)."""
+    """Delete everything in ``stage_dir`` but its ``stage_options.json`` (``--force`` after changed inputs)."""
     for child in stage_dir.iterdir():
-        if child.name != "config.json":
+        if child.name != STAGE_OPTIONS:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def _inputs_on_rank0(stage_dir: Path, inputs: dict[str, str], force: bool) -> Any:
     try:
-        path = stage_dir / INPUTS_FILE
+        path = stage_dir / INPUTS
         saved = json.loads(path.read_text()) if path.is_file() else None
         if saved != inputs and has_work(stage_dir):
             if not force:
@@ -127,7 +130,7 @@ def _inputs_on_rank0(stage_dir: Path, inputs: dict[str, str], force: bool) -> An
         from ..artifacts import atomic_write_text
 
         atomic_write_text(path, json.dumps(inputs, indent=2, sort_keys=True))
-        summary = stage_dir / "summary.json"
+        summary = stage_dir / SUMMARY
         return json.loads(summary.read_text()) if summary.is_file() else None
     except Exception as e:
         return e

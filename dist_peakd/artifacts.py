@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactCorruptError, ArtifactWriteError
+from .layout import EXPORT_RECORD, FILE_MANIFEST
 
 #: sha256 + size of every file of an export folder (written last, before the folder is published).
-EXPORT_MANIFEST = "dist_peakd_files.json"
+EXPORT_MANIFEST = FILE_MANIFEST
 #: What every export of a stage carries besides its manifest: a folder with it was written by dist-peakd.
-EXPORT_MARKER = "dist_peakd.json"
+EXPORT_MARKER = EXPORT_RECORD
 _CHUNK = 1 << 22
 #: errno values that mean the file system is full (quota included).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

@@ -40,9 +40,10 @@ import torch
 
 from ..artifacts import verified_sha256
 from ..errors import CacheCorruptError, CacheMismatchError
+from ..layout import CACHE_MANIFEST, MODEL_CONFIG
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = CACHE_MANIFEST
 FILES = ("ids.npy", "logits.npy", "cls.npy")
 DTYPES = {"ids": "int64", "logits": "float32", "cls": "float16"}
 #: Manifest fields that identify what a cache was built from (compared by :meth:`TeacherCache.open`).
@@ -70,7 +71,7 @@ def teacher_fingerprint(teacher_dir: str | Path) -> str:
     when it has no ``config.json`` or no weight file.
     """
     folder = Path(teacher_dir)
-    config = folder / "config.json"
+    config = folder / MODEL_CONFIG
     weights = sorted({p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
     if not config.is_file() or not weights:
         raise FileNotFoundError(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..export import read_folder_record as read_record
+from ..layout import BEST, MODEL_CONFIG
 
 #: The command line that started this process (set by the CLI; None when stages run from Python).
 _COMMAND: list[str] | None = None
@@ -101,7 +102,7 @@ class ExportContext:
     def card_inputs(self, which: str, metrics: dict[str, float]) -> dict[str, Any]:
         """``render_model_card`` keyword arguments for the ``which`` (best | final) folder."""
         dev: dict[str, dict[str, float]] = {which: dict(metrics)}
-        best = read_record(self.stage_dir / "best").get("metrics") if which != "best" else None
+        best = read_record(self.stage_dir / BEST).get("metrics") if which != "best" else None
         if best:
             dev["best"] = best
         if self.teacher_metrics:
@@ -147,7 +148,7 @@ def teacher_identity(teacher: Path, cache_manifest: dict[str, Any] | None = None
     card = read_record(teacher).get("card") or {}
     name = card.get("name")
     if not name:
-        config = Path(teacher) / "config.json"
+        config = Path(teacher) / MODEL_CONFIG
         hub = json.loads(config.read_text()).get("_name_or_path", "") if config.is_file() else ""
         name = hub if hub and "/" in hub and not Path(hub).exists() else Path(teacher).name
     fingerprint = (cache_manifest or {}).get("teacher_fingerprint")

@@ -37,6 +37,7 @@ from ..engine.loop_spec import TrainData, total_train_steps
 from ..engine.tracking import tensorboard_dir
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, StopRequested
+from ..layout import CHECKPOINTS, EXPORT_RECORD, MODEL_CONFIG
 from .metric_warnings import MetricWarnings
 from .stage_folder import _rank, claim_stage_dir
 
@@ -99,7 +100,7 @@ def check_model_source(name: str, option_name: str = "backbone") -> str:
     path = Path(source).expanduser()
     looks_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1 or not source.strip()
     if looks_local:
-        config = path / "config.json"
+        config = path / MODEL_CONFIG
         if not path.is_dir():
             raise ConfigError(f"option {option_name}: {source!r} is not a folder (and not a hub id)")
         try:
@@ -316,12 +317,11 @@ def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], t
     When the run will resume from a checkpoint, the events an interrupted run wrote after it are
     purged (TensorBoard's purge on restart), so every step has one value."""
     from ..engine.checkpoints import resume_step
-    from ..engine.trainer import CHECKPOINT_DIR
 
     log_dir = tensorboard_dir(stage_dir)
     purge = None
     if dist_info.is_main and any(log_dir.glob("events.out.tfevents.*")):
-        purge = resume_step(stage_dir / CHECKPOINT_DIR, bool(config.get("trust_unverified"))) + 1
+        purge = resume_step(stage_dir / CHECKPOINTS, bool(config.get("trust_unverified"))) + 1
     tracker = Tracker(log_dir, enabled=dist_info.is_main, purge_step=purge)
     if dist_info.is_main:
         if task is not None:
@@ -358,7 +358,7 @@ def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: d
         if context is not None:
             record.update(context.record(path.name, info["metrics"]))
             card, labels = render_model_card(**record["card"]), context.label_names
-        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": record}, label_names=labels,
+        engine.export_pretrained(path, tokenizer, extra_json={EXPORT_RECORD: record}, label_names=labels,
                                  card=card, plain=plain)
 
     return export

@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..layout import MODEL_CONFIG
 from .depth_rules import AUTO, auto_k, normalise_k
 
 __all__ = ["AUTO", "auto_k", "normalise_k"]
@@ -30,7 +31,7 @@ def teacher_depth(opts: Any) -> tuple[int, str]:
     from .common import resolve_backbone
 
     teacher = opts.layout().teacher
-    source = str(teacher) if (Path(teacher) / "config.json").is_file() else resolve_backbone(opts.backbone)
+    source = str(teacher) if (Path(teacher) / MODEL_CONFIG).is_file() else resolve_backbone(opts.backbone)
     return int(AutoConfig.from_pretrained(source).num_hidden_layers), source
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..layout import CACHE_MANIFEST, EXPORT_RECORD, MODEL_CONFIG
 from ..models.families import family_refusal, has_trained_head, read_config, read_model_type
 from .common import check_model_source
 
@@ -47,7 +48,7 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
     layout = opts.layout()
     teacher_needed = stage == "cache-teacher" or (
         stage in ("pipeline", "sweep") and layout.teacher_is_given and not getattr(opts, "teacher_cache_dir", None))
-    teacher_found = (Path(layout.teacher) / "config.json").is_file()
+    teacher_found = (Path(layout.teacher) / MODEL_CONFIG).is_file()
     if teacher_needed or teacher_found:
         check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens, task, stage)
     elif stage in ("ptp", "distill"):
@@ -157,7 +158,7 @@ def _run_task(opts: Any) -> Any:
 
 def _record(folder: Path) -> dict:
     try:
-        record = json.loads((folder / "dist_peakd.json").read_text())
+        record = json.loads((folder / EXPORT_RECORD).read_text())
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
@@ -183,7 +184,7 @@ def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str,
                   stage: str = "cache-teacher") -> None:
     """The teacher folder: present, a teacher family, this run's task, a trained head of classes that match the
     task's, the backbone's tokenizer, the backbone's width where Patient-KD runs."""
-    if not (teacher / "config.json").is_file():
+    if not (teacher / MODEL_CONFIG).is_file():
         raise ConfigError(f"option teacher_dir: teacher folder {teacher} not found (no config.json); run "
                           "finetune-teacher first or pass --teacher_dir")
     check_model_source(str(teacher), "teacher_dir")
@@ -262,7 +263,7 @@ def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str, 
     """Without a teacher folder: a teacher cache built with another tokenizer than the backbone's (or, for
     Patient-KD, of another width) is refused naming both (its teacher's folder as the manifest records it)."""
     try:
-        manifest = json.loads((cache_dir / "manifest.json").read_text())
+        manifest = json.loads((cache_dir / CACHE_MANIFEST).read_text())
     except (OSError, ValueError):
         return  # no cache (or a broken one): the stage's own cache check names it
     cached = manifest.get("tokenizer_fingerprint") if isinstance(manifest, dict) else None
@@ -278,7 +279,7 @@ def check_ptp_encoder(opts: Any) -> None:
     from .student_kind import plain_summary, plain_tag
 
     ptp_dir = Path(opts.layout().ptp_encoder(opts.k, opts.variant, plain_tag(opts)))
-    if not (ptp_dir / "config.json").is_file():
+    if not (ptp_dir / MODEL_CONFIG).is_file():
         raise ConfigError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` with the same "
                           "k/variant first, or pass --use_ptp=False)")
     _verified(ptp_dir, opts)

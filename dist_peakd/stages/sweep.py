@@ -50,6 +50,7 @@ from ..artifacts import atomic_write_text
 from ..config import option, result_differences
 from ..env import env_int
 from ..errors import ConfigError
+from ..layout import CACHE_MANIFEST
 from . import distill
 from .depth import AUTO, describe_resolution, normalise_k, resolve_k
 from .distill import DistillOptions
@@ -285,7 +286,7 @@ def _shared_stage_count(opts: SweepOptions, dims: dict[str, Any], task: Any) -> 
 
 def _train_rows(opts: SweepOptions) -> int | None:
     """Training examples every trial sees (the teacher cache's train split, cut to ``max_train_examples``)."""
-    manifest = opts.layout().teacher_cache / "manifest.json"
+    manifest = opts.layout().teacher_cache / CACHE_MANIFEST
     try:
         rows = int(json.loads(manifest.read_text())["splits"]["train"]["rows"])
     except (OSError, ValueError, KeyError, TypeError):

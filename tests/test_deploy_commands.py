@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dist_peakd.artifacts import verify_export
 from dist_peakd.config import build_options
 from dist_peakd.export.card import parse_card_metadata
+from dist_peakd.integrity import verify_export
 from dist_peakd.stages import evaluate, export, predict
 from dist_peakd.stages.pipeline import PipelineOptions
 from dist_peakd.stages.pipeline import run as run_pipeline

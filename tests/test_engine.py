@@ -89,7 +89,7 @@ def test_final_shares_the_files_best_has_identical(uninterrupted):
     same_step = summary["best"]["step"] == summary["final"]["step"]
     assert (best / "model.safetensors").samefile(final / "model.safetensors") == same_step
     assert (best / "tokenizer.json").samefile(final / "tokenizer.json")  # same tokenizer either way
-    from dist_peakd.artifacts import verify_export
+    from dist_peakd.integrity import verify_export
 
     verify_export(best)
     verify_export(final)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from dist_peakd.artifacts import EXPORT_MANIFEST, file_manifest, verify_export
 from dist_peakd.engine import Engine, EngineOptions, init_distributed
 from dist_peakd.engine.checkpoints import COMPLETE_FILE, LATEST_FILE, select_checkpoint
 from dist_peakd.errors import ArtifactCorruptError, ArtifactWriteError, CheckpointCorruptError, StopRequested
+from dist_peakd.integrity import EXPORT_MANIFEST, file_manifest, verify_export
 
 
 def _flip_byte(path: Path, offset: int | None = None) -> None:

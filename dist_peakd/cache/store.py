@@ -24,7 +24,7 @@ name and renamed into place (atomic); the manifest is written last (temp file + 
 ``manifest.json`` is incomplete and never valid. The manifest records each file's size and sha256;
 :meth:`TeacherCache.open` always checks sizes and, with ``verify="checksum"`` (the default, what every
 stage uses), the sha256 of every file, once per process and file
-(:func:`dist_peakd.artifacts.verified_sha256`; ~1.5 GB/s, see docs/RELIABILITY.md for a BERT-base-size cache).
+(:func:`dist_peakd.integrity.verified_sha256`; ~1.5 GB/s, see docs/RELIABILITY.md for a BERT-base-size cache).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import verified_sha256
 from ..errors import CacheCorruptError, CacheMismatchError
-from ..layout import CACHE_MANIFEST, MODEL_CONFIG
+from ..integrity import IN_MANIFEST, manifest_problems, model_fingerprint
+from ..layout import CACHE_MANIFEST
 
 FORMAT_VERSION = 1
 MANIFEST = CACHE_MANIFEST
@@ -57,30 +57,11 @@ def bytes_per_row(num_labels: int, num_layers: int, hidden_size: int) -> int:
     return 4 * int(num_labels) + 2 * int(num_layers) * int(hidden_size) + 8
 
 
-#: Files whose bytes define a teacher (weights in any HF layout + the config).
-_WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
-                    "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
-
-
 # ---------------------------------------------------------------------------------------- helpers
 
-def teacher_fingerprint(teacher_dir: str | Path) -> str:
-    """sha256 over the teacher folder's weight file(s) and ``config.json`` (file names + bytes).
-
-    Reads files only, never instantiates the model. Raises ``FileNotFoundError`` naming the folder
-    when it has no ``config.json`` or no weight file.
-    """
-    folder = Path(teacher_dir)
-    config = folder / MODEL_CONFIG
-    weights = sorted({p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
-    if not config.is_file() or not weights:
-        raise FileNotFoundError(
-            f"teacher folder {folder} needs config.json and weights (model.safetensors or "
-            f"pytorch_model.bin); found {sorted(p.name for p in folder.iterdir()) if folder.is_dir() else 'nothing'}")
-    h = hashlib.sha256()
-    for path in [config, *weights]:
-        h.update(f"{path.name}\0{verified_sha256(path)}\0".encode())
-    return h.hexdigest()
+#: What a teacher is, for the cache's identity: sha256 of its folder's config + weights (one home:
+#: :func:`dist_peakd.integrity.model_fingerprint`).
+teacher_fingerprint = model_fingerprint
 
 
 def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
@@ -139,6 +120,12 @@ def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any
         elif manifest.get(key) != want:
             diffs.append((key, manifest.get(key), want))
     return diffs
+
+
+def shard_files(rec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A shard record's files in the one manifest shape (:mod:`dist_peakd.integrity`):
+    ``{"<split>/shard-.../ids.npy": {"bytes", "sha256"}, ...}``."""
+    return {f"{rec['path']}/{name}": {"bytes": rec["bytes"][name], "sha256": rec["sha256"][name]} for name in FILES}
 
 
 def cache_fingerprint(manifest: Mapping[str, Any]) -> str:
@@ -348,17 +335,9 @@ class TeacherCache:
         for split, info in self.manifest["splits"].items():
             total = 0
             for rec in info["shards"]:
-                shard_dir = self.cache_dir / rec["path"]
-                for name in FILES:
-                    path = shard_dir / name
-                    if not path.is_file():
-                        raise CacheCorruptError(path, "missing")
-                    size = path.stat().st_size
-                    if size != rec["bytes"][name]:
-                        raise CacheCorruptError(path, f"has {size} bytes, manifest says {rec['bytes'][name]} "
-                                                      "(truncated or rewritten)")
-                    if checksum and verified_sha256(path) != rec["sha256"][name]:
-                        raise CacheCorruptError(path, "sha256 differs from the manifest (corrupted bytes)")
+                problems = manifest_problems(self.cache_dir, shard_files(rec), checksum=checksum, words=IN_MANIFEST)
+                if problems:
+                    raise CacheCorruptError(*problems[0])
                 self._open_shard(rec)  # .npy headers: row counts, shapes, dtypes (cheap)
                 total += int(rec["rows"])
             if total != info["rows"]:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import atomic_write_text, file_sha256, publish_dir, write_error
+from ..artifacts import atomic_write_text, publish_dir, write_error
+from ..integrity import file_sha256
 from .store import DTYPES, FILES, FORMAT_VERSION, IDENTITY_FIELDS, MANIFEST
 
 

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..artifacts import atomic_write_text, link_identical_files
+from ..artifacts import atomic_write_text
 from ..errors import CheckpointCorruptError, EarlyStopped, Preempted, StopRequested, TooManySkippedSteps
+from ..integrity import link_identical_files
 from ..layout import BEST, CHECKPOINTS, FINAL, SUMMARY, TRAIN_LOG
 from .checkpoints import prune_checkpoints, select_checkpoint
 from .distributed import barrier, broadcast_object

@@ -13,16 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import (
-    EXPORT_MANIFEST,
-    apply_umask,
-    is_disk_full,
-    publish_dir,
-    verify_export,
-    write_error,
-    write_export_manifest,
-)
+from ..artifacts import apply_umask, is_disk_full, publish_dir, write_error
 from ..errors import EXIT_BAD_INPUT, ArtifactWriteError, ModelConfigError, exit_code_of
+from ..integrity import EXPORT_MANIFEST, verify_export, write_export_manifest
 from ..layout import EXPORT_RECORD, MODEL_CONFIG
 
 #: Keys transformers writes into tokenizer_config.json from the *loading* call (offline mode, a local

@@ -28,14 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import console
-from ..artifacts import atomic_write_text, publish_dir, verify_export
+from ..artifacts import atomic_write_text, publish_dir
 from ..cache.store import (
     IDENTITY_FIELDS,
     MANIFEST,
     UNLABELED_SPLIT,
     TeacherCache,
     bytes_per_row,
-    teacher_fingerprint,
 )
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
 from ..config import RunOptions, option, save_resolved_config
@@ -54,6 +53,7 @@ from ..engine import (
     seed_everything,
 )
 from ..errors import ArtifactWriteError, CacheCorruptError, CacheMismatchError
+from ..integrity import model_fingerprint, verify_export
 from ..layout import STAGE_OPTIONS, SUMMARY, TEACHER_CACHE
 from ..metrics import metric_report
 from ..models import load_teacher, teacher_forward
@@ -116,7 +116,7 @@ def expected_identity(opts: RunOptions, data: TaskData, tokenizer: Any, teacher_
     if data.unlabeled is not None:
         rows[UNLABELED_SPLIT] = len(data.unlabeled)
     return {
-        "teacher_fingerprint": teacher_fingerprint(teacher_dir),
+        "teacher_fingerprint": model_fingerprint(teacher_dir),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "max_length": int(opts.max_length),
         "data_fingerprint": data.fingerprint,

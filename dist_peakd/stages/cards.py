@@ -143,7 +143,7 @@ def teacher_identity(teacher: Path, cache_manifest: dict[str, Any] | None = None
     ``dist-peakd-mrpc-teacher-best``; else the hub id its config records; else its folder's name), the
     model it was fine-tuned from, and its fingerprint (sha256 of ``config.json`` + weights, the teacher
     cache's key: the cache's value when given, i.e. the teacher the student was distilled from)."""
-    from ..cache import teacher_fingerprint
+    from ..integrity import model_fingerprint
 
     card = read_record(teacher).get("card") or {}
     name = card.get("name")
@@ -154,7 +154,7 @@ def teacher_identity(teacher: Path, cache_manifest: dict[str, Any] | None = None
     fingerprint = (cache_manifest or {}).get("teacher_fingerprint")
     if not fingerprint:
         try:
-            fingerprint = teacher_fingerprint(teacher)
+            fingerprint = model_fingerprint(teacher)
         except FileNotFoundError:
             fingerprint = None
     return {"teacher": name, "teacher_fingerprint": fingerprint, "teacher_base_model": card.get("base_model")}

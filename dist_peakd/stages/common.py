@@ -46,10 +46,10 @@ __all__ = ["MetricWarnings"]  # re-exported: the stages import it from here
 
 def backbone_fingerprint(name: str) -> str:
     """What a backbone is: sha256 of its config and weights for a folder, else its hub id."""
-    from ..cache import teacher_fingerprint
+    from ..integrity import model_fingerprint
 
     path = resolve_backbone(name)
-    return teacher_fingerprint(path) if Path(path).is_dir() else f"hub:{path}"
+    return model_fingerprint(path) if Path(path).is_dir() else f"hub:{path}"
 
 
 def start_stage(opts: RunOptions, stage_dir: Path,

@@ -26,6 +26,7 @@ from ..engine.loop_spec import Objective
 from ..engine.tracking import with_eval_loss
 from ..engine.trainer import Trainer
 from ..errors import ConfigError
+from ..integrity import export_fingerprint
 from ..layout import RunLayout
 from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
@@ -48,7 +49,6 @@ from .student_common import (
     K_HELP,
     VARIANT_HELP,
     StudentRun,
-    export_fingerprint,
     open_student_run,
     student_layers,
     validate_student_options,

@@ -71,7 +71,7 @@ def _verified(folder: str | Path, opts: Any) -> None:
     """A dist-peakd export is checked against its file manifest before anything of it is read, so a damaged
     file is named as such (exit 4), not taken for a wrong model."""
     if Path(folder).is_dir():
-        from ..artifacts import verify_export
+        from ..integrity import verify_export
 
         verify_export(folder, trust_unverified=bool(getattr(opts, "trust_unverified", False)))
 

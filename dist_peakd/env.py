@@ -1,6 +1,7 @@
 """Environment variables read by dist-peakd: one parser, so a malformed value is a one-line refusal.
 
-Every numeric variable is read with :func:`env_number`; a value that is not a number, or is out of
+Every numeric variable is read with :func:`env_number` (:func:`env_int`; :func:`env_seconds` for the
+timeouts, with their own wording); a value that is not a number, or is out of
 its range, raises :class:`~dist_peakd.errors.ConfigError` (exit 2) naming the variable, the value and
 what was expected, before any work starts.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 from .errors import ConfigError
 
@@ -42,6 +44,21 @@ def env_number(name: str, default: float, *, minimum: float | None = None, integ
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """:func:`env_number` for a whole number."""
     return int(env_number(name, default, minimum=minimum, maximum=maximum, integer=True))
+
+
+def env_seconds(name: str, default: float, ok: Callable[[float], bool], expected: str) -> float:
+    """A duration in seconds from ``name`` (``default`` when unset or blank); a value that is not a number
+    or that ``ok`` refuses raises :class:`ConfigError` ``NAME='raw': expected <expected>``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not ok(value):
+        raise ConfigError(f"{name}={raw!r}: expected {expected}")
+    return value
 
 
 DS_ACCELERATOR = "DS_ACCELERATOR"

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import console
 from ..artifacts import atomic_write_text, publish_dir, write_error
 from ..errors import ArtifactWriteError, CheckpointCorruptError
 from ..integrity import manifest_problems, write_manifest
@@ -212,7 +212,7 @@ def load_checkpoint(engine: Engine, root: str | Path, tag: str | None = None) ->
     if tag is None:
         tag, warnings = select_checkpoint(root)
         for w in warnings:
-            print(f"[dist-peakd] warning: {w}", file=sys.stderr, flush=True)
+            console.warn(w)
     if tag is None:
         raise FileNotFoundError(f"no complete checkpoint under {root} (missing {root / LATEST_FILE})")
     path, client_state = engine.ds.load_checkpoint(str(root), tag=tag)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..env import env_int
 from ..export import read_folder_record as read_record
 from ..layout import BEST, MODEL_CONFIG
 
@@ -34,7 +34,7 @@ def set_command(argv: list[str]) -> None:
 def command_line(stage: str, opts: Any) -> str:
     """The exact command that made this run: the CLI's arguments (under a launcher, with its rank
     count), else a ``dist-peakd <stage>`` line of the options that differ from their defaults."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = env_int("WORLD_SIZE", 1)
     prefix = f"deepspeed --num_gpus {world} --module dist_peakd.cli" if world > 1 else "dist-peakd"
     if _COMMAND:
         return f"{prefix} {shlex.join(_COMMAND)}"

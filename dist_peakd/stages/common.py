@@ -32,14 +32,14 @@ from ..data import (
 )
 from ..data.rows import column_array
 from ..data.unlabeled import load_unlabeled
-from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
+from ..engine import DistInfo, Engine, Tracker, decide_on_rank0, init_distributed, seed_everything
 from ..engine.loop_spec import TrainData, total_train_steps
 from ..engine.tracking import tensorboard_dir
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, StopRequested
 from ..layout import CHECKPOINTS, EXPORT_RECORD, MODEL_CONFIG
 from .metric_warnings import MetricWarnings
-from .stage_folder import _rank, claim_stage_dir
+from .stage_folder import claim_stage_dir
 
 __all__ = ["MetricWarnings"]  # re-exported: the stages import it from here
 
@@ -195,21 +195,21 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     recorded = layout.data_record.is_file()  # then the data are compared with it first, else it is written
     if before_record is not None and not recorded:
         before_record(loaded.task)
-    problem = None
-    if _rank() == 0:
-        try:
-            check_data_record(layout.data_record, loaded)
-        except DataError as e:
-            problem = str(e)
-    problem = broadcast_object(problem)
-    if problem:
-        raise DataError(problem)
+    decide_on_rank0(_check_data_record, layout.data_record, loaded)
     if before_record is not None and recorded:
         before_record(loaded.task)
     return loaded
 
 
 _SUMMARIES: set[str] = set()
+
+
+def _check_data_record(path: Path, loaded: LoadedData) -> None:
+    """Rank 0: compare the data with ``data.json`` (or write it); a difference is a :class:`DataError`."""
+    try:
+        check_data_record(path, loaded)
+    except DataError as e:
+        raise DataError(str(e)) from None
 
 
 def _print_summary(loaded: LoadedData) -> None:

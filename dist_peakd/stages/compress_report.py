@@ -137,7 +137,7 @@ def finish(opts: Any, task: Any, sweep_dir: Path, rows: list[dict[str, Any]], po
               "closest": ({"name": near[0]["name"], "trial": near[0]["trial"], "misses": near[1]} if near else None),
               "exported": exported, "notes": notes, "plot": str(plot) if plot else None}
     atomic_write_text(sweep_dir / "front.json", to_json(result))
-    print(md, flush=True)
+    console.echo(md)
     for line in _outcome_lines(chosen, near, budget, main):
         (console.info if chosen is not None else console.warn)(line.replace("**", ""))
     if chosen is not None and chosen.get("at_or_below_baseline"):

@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .. import console
 from ..layout import MODEL_CONFIG
 from .depth_rules import AUTO, auto_k, normalise_k
 
@@ -69,7 +70,7 @@ def describe_resolution(note: dict[str, Any] | None) -> str | None:
 def announce_k(note: dict[str, Any] | None, dist_info: Any) -> None:
     """Print how ``auto`` was resolved (rank 0; nothing when k was given)."""
     if note is not None and dist_info.is_main:
-        print(f"[dist-peakd] {describe_resolution(note)}", flush=True)
+        console.info(describe_resolution(note))
 
 
 def resolve_plain(opts: Any) -> tuple[Any, dict[str, Any] | None]:

@@ -93,9 +93,8 @@ BANNER_NAMES = {"teacher": "finetune-teacher", "cache": "cache-teacher"}
 def print_outcome(stage: str, result: dict[str, Any]) -> None:
     """A stage's end lines (``distill done: f1 ... (final, step ...); best ...``, ``... reused: ...``,
     warnings, the summary's path) on the main process, as the stage's own command prints them."""
-    if console.is_main_process():
-        for line in outcome_lines(stage, result):
-            print(line, flush=True)
+    for line in outcome_lines(stage, result):
+        console.echo(line)
 
 
 def _run_stage(name: str, stage_dir: Path, stage_opts: RunOptions, runner: Any, log: list[str],
@@ -344,7 +343,7 @@ def print_summary(md: str, result: dict[str, Any], task_dir: Path, json_path: Pa
     """The end of the pipeline's console output: the table, warnings, where the details are, the disk used."""
     from ..outcome import summary_warnings
 
-    print(md, flush=True)
+    console.echo(md)
     for who, summary in zip(("teacher", "student"), summaries, strict=True):
         for warning in summary_warnings(summary):
             console.warn(f"{who}: {warning}")

@@ -14,18 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import locking
+from .. import console, locking
 from ..config import result_differences, save_resolved_config
 from ..data.options import UNLABELED_OPTIONS
-from ..engine import broadcast_object
+from ..engine import decide_on_rank0
 from ..errors import ConfigError, InputsChangedError
 from ..layout import INPUTS, LEGACY_STAGE_OPTIONS, STAGE_OPTIONS, SUMMARY, WORK_ENTRIES, stage_options_file
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def has_work(stage_dir: Path) -> bool:
@@ -51,21 +45,17 @@ def options_differences(stage_dir: Path, opts: Any) -> list[str]:
     return result_differences(before, opts, ignore=ignore)
 
 
-def _claim_on_rank0(stage_dir: Path, opts: Any) -> Exception | None:
+def _claim_on_rank0(stage_dir: Path, opts: Any) -> None:
     """Rank 0: lock the folder, compare the options of its work, record this run's options."""
-    try:
-        locking.lock_folder(stage_dir)
-        diffs = options_differences(stage_dir, opts) if has_work(stage_dir) else []
-        if diffs:
-            return ConfigError(f"{stage_dir} was made with other options ({', '.join(diffs)}); use another "
-                               "--output_dir / --run_name, or delete that folder to redo the stage")
-        legacy = stage_options_file(stage_dir)
-        save_resolved_config(opts, stage_dir / STAGE_OPTIONS)
-        if legacy is not None and legacy.name == LEGACY_STAGE_OPTIONS:  # an older folder: the options renamed
-            legacy.unlink()
-    except Exception as e:  # every rank raises the same error
-        return e
-    return None
+    locking.lock_folder(stage_dir)
+    diffs = options_differences(stage_dir, opts) if has_work(stage_dir) else []
+    if diffs:
+        raise ConfigError(f"{stage_dir} was made with other options ({', '.join(diffs)}); use another "
+                          "--output_dir / --run_name, or delete that folder to redo the stage")
+    legacy = stage_options_file(stage_dir)
+    save_resolved_config(opts, stage_dir / STAGE_OPTIONS)
+    if legacy is not None and legacy.name == LEGACY_STAGE_OPTIONS:  # an older folder: the options renamed
+        legacy.unlink()
 
 
 def claim_stage_dir(stage_dir: Path, opts: Any) -> None:
@@ -75,22 +65,12 @@ def claim_stage_dir(stage_dir: Path, opts: Any) -> None:
     folder is refused naming it (exit 2), a matching folder is resumed (or reused) as is, and a folder
     without work (e.g. left by a run refused before training) is taken over with this run's options.
     """
-    error = broadcast_object(_claim_on_rank0(stage_dir, opts) if _rank() == 0 else None)
-    if error is not None:
-        raise error
+    decide_on_rank0(_claim_on_rank0, stage_dir, opts)
 
 
 def lock_for_job(folder: Path, what: str = "stage folder") -> None:
     """Rank 0 takes the lock of ``folder`` for this job; every rank raises if another job holds it."""
-    error = None
-    if _rank() == 0:
-        try:
-            locking.lock_folder(folder, what)
-        except Exception as e:
-            error = e
-    error = broadcast_object(error)
-    if error is not None:
-        raise error
+    decide_on_rank0(locking.lock_folder, folder, what)
 
 
 def releases_locks(run: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,25 +95,22 @@ def _clear_work(stage_dir: Path) -> None:
 
 
 def _inputs_on_rank0(stage_dir: Path, inputs: dict[str, str], force: bool) -> Any:
-    try:
-        path = stage_dir / INPUTS
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved != inputs and has_work(stage_dir):
-            if not force:
-                what = ("no record of its inputs (made by an older version)" if not isinstance(saved, dict) else
-                        "other inputs: " + ", ".join(f"{k} {str(saved.get(k))[:12]} -> {str(v)[:12]}"
-                                                     for k, v in sorted(inputs.items()) if saved.get(k) != v))
-                return InputsChangedError(f"{stage_dir} was made from {what}; rerun with --force to redo this "
-                                          "stage (and the ones that use it), or use another --output_dir")
-            _clear_work(stage_dir)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        from ..artifacts import atomic_write_text
+    path = stage_dir / INPUTS
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved != inputs and has_work(stage_dir):
+        if not force:
+            what = ("no record of its inputs (made by an older version)" if not isinstance(saved, dict) else
+                    "other inputs: " + ", ".join(f"{k} {str(saved.get(k))[:12]} -> {str(v)[:12]}"
+                                                 for k, v in sorted(inputs.items()) if saved.get(k) != v))
+            raise InputsChangedError(f"{stage_dir} was made from {what}; rerun with --force to redo this "
+                                     "stage (and the ones that use it), or use another --output_dir")
+        _clear_work(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    from ..artifacts import atomic_write_text
 
-        atomic_write_text(path, json.dumps(inputs, indent=2, sort_keys=True))
-        summary = stage_dir / SUMMARY
-        return json.loads(summary.read_text()) if summary.is_file() else None
-    except Exception as e:
-        return e
+    atomic_write_text(path, json.dumps(inputs, indent=2, sort_keys=True))
+    summary = stage_dir / SUMMARY
+    return json.loads(summary.read_text()) if summary.is_file() else None
 
 
 def check_inputs(stage_dir: Path, inputs: dict[str, str], force: bool = False) -> dict[str, Any] | None:
@@ -144,11 +121,8 @@ def check_inputs(stage_dir: Path, inputs: dict[str, str], force: bool = False) -
     refused (:class:`InputsChangedError`, exit 2), or with ``force`` deleted so the stage starts over.
     Rank 0 decides; every rank gets the same answer.
     """
-    answer = broadcast_object(_inputs_on_rank0(stage_dir, inputs, force) if _rank() == 0 else None)
-    if isinstance(answer, Exception):
-        raise answer
+    answer = decide_on_rank0(_inputs_on_rank0, stage_dir, inputs, force)
     if answer is not None:
         answer = {**answer, "reused": True}
-        if _rank() == 0:
-            print(f"[dist-peakd] {stage_dir} finished earlier with the same options and inputs: reused", flush=True)
+        console.info(f"{stage_dir} finished earlier with the same options and inputs: reused")
     return answer

@@ -223,7 +223,7 @@ def _check_sweep_state(opts: SweepOptions, sweep_dir: Path, dims: dict[str, Any]
                               "rerun the original command with --resume")
     if not exists:
         if opts.resume:
-            print(f"[dist-peakd] nothing to resume in {sweep_dir}: starting the sweep", flush=True)
+            console.info(f"nothing to resume in {sweep_dir}: starting the sweep")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved_path, json.dumps(now, indent=2))
     return exists
@@ -344,7 +344,7 @@ def _run_sweep(opts: SweepOptions, t_start: float) -> dict[str, Any]:
     check_resources(settings, local=opts.address is None)
     opts, k_auto = resolve_k(opts)  # the fixed k of the trials; the folders and sweep.json hold the integer
     if k_auto is not None:
-        print(f"[dist-peakd] {describe_resolution(k_auto)}", flush=True)
+        console.info(describe_resolution(k_auto))
     dims, name = opts.dimensions(), _sweep_name(opts)
     sweep_dir = opts.layout().sweep_dir(name).resolve()
     task = run_task(opts)  # own data: read and checked (and --metric against its problem) before anything

@@ -117,7 +117,7 @@ def write_results(report: SweepReport, sweep_dir: Path, dims: dict[str, Any], lo
         "plots": [str(p) for p in plots], "output_bytes": console.folder_size(sweep_dir),
     }
     atomic_write_text(sweep_dir / "results.json", json.dumps({**result, "rows": rows}, indent=2, default=str))
-    print("\n".join(line for line in md.splitlines() if not line.startswith("![")), flush=True)
+    console.echo("\n".join(line for line in md.splitlines() if not line.startswith("![")))
     _print_outcome(result, report, sweep_dir)
     return result
 

@@ -101,12 +101,12 @@ IN_MANIFEST = ("manifest says", "the manifest")
 
 
 def manifest_problems(folder: str | Path, files: dict[str, dict[str, Any]], *, checksum: bool = True,
-                      words: tuple[str, str] = RECORDED) -> list[tuple[Path, str]]:
+                      words: tuple[str, str] = RECORDED, sort: bool = True) -> list[tuple[Path, str]]:
     """The one verify loop: ``(file, problem)`` for every listed file that is missing, has another size or
-    (``checksum``) another sha256, in the order of ``files``' sorted paths."""
+    (``checksum``) another sha256, in the order of ``files``' sorted paths (``sort=False``: as listed)."""
     folder = Path(folder)
     problems: list[tuple[Path, str]] = []
-    for rel, rec in sorted(files.items()):
+    for rel, rec in (sorted(files.items()) if sort else files.items()):
         path = folder / rel
         if not path.is_file():
             problems.append((path, "missing"))
@@ -130,12 +130,14 @@ def raise_problems(problems: list[tuple[Path, str]], error: type[ArtifactCorrupt
 
 
 def write_manifest(folder: str | Path, name: str = EXPORT_MANIFEST, files: dict[str, dict[str, Any]] | None = None,
-                   **record: Any) -> dict[str, dict[str, Any]]:
-    """The one manifest writer: ``folder/name`` = ``{**record, "files": files}`` (temp file + rename);
-    ``files`` defaults to every file under ``folder`` but the manifest itself (call last). Returns ``files``."""
+                   *, fsync_dir: bool = False, **record: Any) -> dict[str, dict[str, Any]]:
+    """The one manifest writer: ``folder/name`` = ``{**record, "files": files}`` (temp file + rename;
+    ``fsync_dir``: the folder's entry too); ``files`` defaults to every file under ``folder`` but the
+    manifest itself (call last). Returns ``files``."""
     if files is None:
         files = file_manifest(folder, exclude=[name])
-    atomic_write_text(Path(folder) / name, json.dumps({**record, "files": files}, indent=1))
+    atomic_write_text(Path(folder) / name, json.dumps({**record, "files": files}, indent=1, default=str),
+                      fsync_dir=fsync_dir)
     return files
 
 

@@ -50,7 +50,7 @@ def _rank_main(rank: int, folder: str) -> None:
 
 
 def test_rank0_decides_and_every_rank_gets_the_answer_or_the_error(tmp_path):
-    mp.spawn(_rank_main, args=(str(tmp_path),), nprocs=2, join=True)
+    mp.start_processes(_rank_main, args=(str(tmp_path),), nprocs=2, join=True, start_method="fork")
     outs = [json.loads((tmp_path / f"out-{r}.json").read_text()) for r in (0, 1)]
     assert outs[0] == outs[1] == {"value": 40, "error": ["ConfigError", "option x: decided on rank 0"]}
     assert sorted(p.name for p in tmp_path.glob("ran-*")) == ["ran-0"]  # fn ran on rank 0 only

@@ -14,7 +14,7 @@ Format decision: plain NumPy ``.npy`` files opened with ``numpy.load(mmap_mode="
 
 Layout::
 
-    <cache_dir>/manifest.json
+    <cache_dir>/manifest.json   identity, dimensions, splits (shards: path, rows), files (path -> bytes, sha256)
     <cache_dir>/<split>/shard-<rank:05d>-of-<world:05d>/ids.npy     int64   [n]
                                                       /logits.npy  float32 [n, C]
                                                       /cls.npy     float16 [n, L, H]
@@ -122,10 +122,20 @@ def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any
     return diffs
 
 
-def shard_files(rec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """A shard record's files in the one manifest shape (:mod:`dist_peakd.integrity`):
-    ``{"<split>/shard-.../ids.npy": {"bytes", "sha256"}, ...}``."""
-    return {f"{rec['path']}/{name}": {"bytes": rec["bytes"][name], "sha256": rec["sha256"][name]} for name in FILES}
+def cache_files(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every shard file of a cache in the one manifest shape (:mod:`dist_peakd.integrity`):
+    ``{"<split>/shard-.../ids.npy": {"bytes", "sha256"}, ...}``: the manifest's ``files``; a manifest an
+    older version wrote (``bytes``/``sha256`` per shard record) is read into the same shape."""
+    if "files" in manifest:
+        return manifest["files"]
+    return {f"{rec['path']}/{name}": {"bytes": rec["bytes"][name], "sha256": rec["sha256"][name]}
+            for info in manifest["splits"].values() for rec in info["shards"] for name in FILES}
+
+
+def shard_files(manifest: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The files of one shard record (KeyError when the manifest lacks one: a malformed manifest)."""
+    files = cache_files(manifest)
+    return {f"{rec['path']}/{name}": files[f"{rec['path']}/{name}"] for name in FILES}
 
 
 def cache_fingerprint(manifest: Mapping[str, Any]) -> str:
@@ -133,9 +143,7 @@ def cache_fingerprint(manifest: Mapping[str, Any]) -> str:
     (not its creation time), so a rebuild with the same teacher and data keeps the fingerprint."""
     content = {k: manifest.get(k) for k in (*IDENTITY_FIELDS, "format_version", "num_labels", "num_layers",
                                              "hidden_size")}
-    content["shards"] = sorted((rec["path"], name, rec["sha256"][name])
-                               for info in manifest["splits"].values() for rec in info["shards"]
-                               for name in sorted(rec["sha256"]))
+    content["shards"] = sorted((*rel.rsplit("/", 1), rec["sha256"]) for rel, rec in cache_files(manifest).items())
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -335,7 +343,8 @@ class TeacherCache:
         for split, info in self.manifest["splits"].items():
             total = 0
             for rec in info["shards"]:
-                problems = manifest_problems(self.cache_dir, shard_files(rec), checksum=checksum, words=IN_MANIFEST)
+                problems = manifest_problems(self.cache_dir, shard_files(self.manifest, rec), checksum=checksum,
+                                             words=IN_MANIFEST, sort=False)  # ids, logits, cls
                 if problems:
                     raise CacheCorruptError(*problems[0])
                 self._open_shard(rec)  # .npy headers: row counts, shapes, dtypes (cheap)

@@ -227,15 +227,15 @@ def test_disk_full_while_writing_checkpoint(saved_once, monkeypatch, failure):
 
 
 def test_disk_full_while_writing_complete_marker(saved_once, monkeypatch):
-    import dist_peakd.engine.checkpoints as engine_mod
+    import dist_peakd.integrity as engine_mod  # the one manifest writer writes the COMPLETE record
 
     engine, root = saved_once
     real = engine_mod.atomic_write_text
 
-    def full_disk(path, text):
+    def full_disk(path, text, **kw):
         if Path(path).name == COMPLETE_FILE:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, text)
+        real(path, text, **kw)
 
     monkeypatch.setattr(engine_mod, "atomic_write_text", full_disk)
     with pytest.raises(ArtifactWriteError, match="writing checkpoint .*step-00000002 failed: no space left on device"):

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..artifacts import write_error
 from ..export import ExportError, export_compact, export_plain
+from ..models.cross_student import exported_model  # a student's [CLS] width map is never exported
 from .distributed import DistInfo, barrier
 
 
@@ -54,7 +55,7 @@ def export_pretrained(engine: Engine, out_dir: str | Path, tokenizer: Any = None
         if engine.dist.is_main:
             try:
                 write = export_plain if plain else export_compact
-                write(engine.module, out_dir, tokenizer, label_names=label_names, card=card, extra_files=extra_json)
+                write(exported_model(engine.module), out_dir, tokenizer, label_names=label_names, card=card, extra_files=extra_json)
             except ExportError:
                 raise
             except Exception as e:  # OSError, or the serializer's own error type on ENOSPC

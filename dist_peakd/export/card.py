@@ -95,8 +95,11 @@ def _what_it_is(method: Mapping[str, Any]) -> list[str]:
                 f"the teacher {_teacher_name(method)}. It is the starting point of distillation (which puts "
                 "a fresh task head on it), not a task classifier: its outputs are the 4 PTP classes."]
     if method.get("student") == "plain":
+        source = (f"the layers {method.get('backbone_layers')} of the pretrained checkpoint "  # issue 23 item 4
+                  f"`{method['student_backbone']}` (a student from another checkpoint than the teacher's; its own "
+                  "tokenizer)" if method.get("student_backbone") else f"the backbone's layers {method.get('backbone_layers')}")
         return [f"A **plain {method.get('depth')}-layer {_family_name(method)}** student (each layer run once) whose layers were copied "
-                f"from the backbone's layers {method.get('backbone_layers')} (layer map `{method.get('layer_map')}`), "
+                f"from {source} (layer map `{method.get('layer_map')}`), "
                 f"{'pretrained with PTP, ' if method.get('ptp') else ''}distilled from the teacher "
                 f"{_teacher_name(method)} with {method.get('distillation', 'KD + Patient-KD')}."]
     lines = [

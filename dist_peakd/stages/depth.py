@@ -62,6 +62,8 @@ def describe_resolution(note: dict[str, Any] | None) -> str | None:
     """``--k auto: k=2 (ceil(L/4) of the 6-layer teacher ...)`` (None when k was given)."""
     if note is None:
         return None
+    if "text" in note:  # a rule of its own (a cross student's depth)
+        return str(note["text"])
     name = note.get("option", "k")
     return (f"--{name} auto: {name}={note['k']} ({note['rule']} of the {note['teacher_layers']}-layer teacher "
             f"{note['teacher']})")
@@ -77,10 +79,19 @@ def resolve_plain(opts: Any) -> tuple[Any, dict[str, Any] | None]:
     """A plain student's options with ``depth`` an integer (``auto``: ``ceil(L_teacher / 2)``), checked against the
     backbone with its layer map, and ``k = depth``, ``variant = none`` (what the SPS machinery builds and
     names); how ``auto`` was resolved (None when the depth was given)."""
+    from .cross_student import depth_note, is_cross
     from .student_kind import backbone_layers, layer_indices
 
+    if is_cross(opts):  # the student's checkpoint named (one line) before its depth is read
+        from .common import check_model_source
+        from .cross_student import OPTION, student_source
+
+        check_model_source(student_source(opts), OPTION)
     depth, note = normalise_k(opts.depth, "depth"), None
-    if depth == AUTO:
+    if depth == AUTO and is_cross(opts):  # issue 23 item 4: a student from another checkpoint: all its layers
+        depth = backbone_layers(opts)
+        note = depth_note(opts, depth)
+    elif depth == AUTO:
         teacher_layers, source = teacher_depth(opts)
         depth = auto_k(teacher_layers, "none")
         note = {"requested": AUTO, "k": depth, "teacher_layers": teacher_layers, "teacher": source,

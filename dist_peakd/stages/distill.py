@@ -30,6 +30,7 @@ from ..integrity import export_fingerprint
 from ..layout import RunLayout
 from ..loss_output import LossOutput
 from ..models import build_student, load_student, model_stats
+from ..models.cross_student import exported_model
 from .cards import ExportContext, model_label_names, student_method, teacher_reference
 from .common import (
     MetricWarnings,
@@ -41,6 +42,8 @@ from .common import (
     stage_exporter,
     trainer_data,
 )
+from .cross_student import HELP as CROSS_HELP
+from .cross_student import width_map_hooks, width_mapped
 from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
 from .preflight import check_ptp_encoder
@@ -83,6 +86,7 @@ class DistillOptions(RunOptions):
     student: str = option("sps", help=STUDENT_HELP)
     depth: int | str | None = option(None, help=DEPTH_HELP)
     layer_map: str = option("bottom", help=LAYER_MAP_HELP)
+    student_backbone: str | None = option(None, help=CROSS_HELP)  # issue 23 item 4 (stages/cross_student.py)
     use_ptp: bool = option(True, help="start from the PTP-pretrained encoder")
     ptp_dir: str | None = option(None, help="PTP encoder folder (default <output_dir>/<task>/ptp-k<k>-<variant>/best)")
     teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
@@ -226,7 +230,7 @@ def _distill_trainer(opts: DistillOptions, layout: RunLayout, run_: StudentRun, 
     plan = plan_unlabeled(opts, run_.data, run_.cache)
     batches = (trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info) if plan is None
                else mixed_trainer_data(run_.data, run_.tokenizer, opts, run_.dist_info, plan))
-    engine = build_engine(model, opts, batches, run_.dist_info)
+    engine = build_engine(width_mapped(model, opts, run_.cache), opts, batches, run_.dist_info)  # issue 23 item 4
     tracker = open_tracker(run_.stage_dir, run_.dist_info, {
         **opts.__dict__, "stage": "distill", "world_size": run_.dist_info.world_size, "loss_weights": weights,
         "layer_map": layer_map, "precision_resolved": engine.precision, "total_steps": engine.total_steps},
@@ -234,7 +238,7 @@ def _distill_trainer(opts: DistillOptions, layout: RunLayout, run_: StudentRun, 
     tracker.text("loss", f"weights kd={weights['kd']} ce={weights['ce']} pt={weights['pt']}; "
                          f"T={loss_cfg.temperature}; KL reduction {loss_cfg.kl_reduction}; "
                          f"Patient-KD map (student, teacher) = {layer_map}" + unlabeled_line(plan, len(run_.data.train)))
-    stats = model_stats(engine.module, seq_len=opts.max_length)
+    stats = model_stats(exported_model(engine.module), seq_len=opts.max_length)  # without a width map
     teacher_metrics, teacher_stats = teacher_reference(layout.teacher, run_.cache.manifest)
     warnings = MetricWarnings(teacher=teacher_metrics)
     method = with_unlabeled(student_method(opts, model, layout.teacher, cache_manifest=run_.cache.manifest),
@@ -248,13 +252,15 @@ def _distill_trainer(opts: DistillOptions, layout: RunLayout, run_: StudentRun, 
                             plain=plain_tag(opts) is not None)
     loop = dataclasses.replace(opts.loop_options(), label=run_.stage_dir.name if opts.run_name else "distill")
     objective = distill_objective(run_, layer_map, loss_cfg, engine.device, warnings, engine.compiled, plan)
+    map_hooks = width_map_hooks(engine.module)  # issue 23 item 4: the summary's width_map entry
     trainer = Trainer(
         engine, batches, objective, run_.stage_dir, tracker, loop, export,
-        hooks=[EvalCallback(on_eval)] if on_eval is not None else [],
+        hooks=([EvalCallback(on_eval)] if on_eval is not None else []) + map_hooks,
         extra_summary={"model_stats": stats, "stage_dir": str(run_.stage_dir), "k": opts.k, "k_auto": k_auto,
                        "layer_map": layer_map,
                        "loss_weights": weights, "teacher_dev_metrics": run_.cache.manifest.get("teacher_dev_metrics"),
                        "metric_warnings": warnings.seen, "baseline": warnings.baseline,
                        **({"student": plain_summary(opts)} if plain_tag(opts) else {}),
+                       **({"width_map": map_hooks[0].info()} if map_hooks else {}),
                        **({"unlabeled": plan.describe()} if plan is not None else {})})
     return trainer, tracker

@@ -245,6 +245,7 @@ def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], 
     """Rank 0: the teacher-vs-student rows (metrics, size, FLOPs, latency on one dev batch)."""
     from ..models import load_student, load_teacher
     from .common import collator_for, load_tokenizer, prepare_data
+    from .cross_student import student_batch
 
     tokenizer = load_tokenizer(opts.backbone)
     data = prepare_data(_subset(opts, RunOptions), tokenizer, need_train=False)
@@ -257,8 +258,9 @@ def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], 
     student_model = (load_teacher(final, num_labels=task.num_labels, require_head=True) if plain_tag(opts)  # bert
                      else load_student(final)).to(device)
     student = {"final": student_summary["final"], "best": student_summary["best"]}
+    own = student_batch(opts, len(dev_rows))  # issue 23 item 4: a cross student's own tokens of the same rows
     rows = [_model_row("teacher", teacher_model, teacher, batch, opts),
-            _model_row("student", student_model, student, batch, opts)]
+            _model_row("student", student_model, student, batch if own is None else own, opts)]
     return rows, len(dev_rows)
 
 
@@ -308,7 +310,7 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
                   "world_size": dist_info.world_size, "latency_batch": latency_batch,
                   "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str))}
         k_text = (f"{student_words(opts)}" if plain_tag(opts) else f"k={opts.k}") + \
-            (f" (auto: {k_auto['teacher_layers']}-layer teacher)" if k_auto else "")
+            (f" (auto: {k_auto['teacher_layers']}-layer teacher)" if k_auto and "teacher_layers" in k_auto else "")
         shape = f"{k_text}, {opts.variant}" if not plain_tag(opts) else k_text
         header = (f"## dist-peakd pipeline: {task.name} ({shape}, PTP {'on' if use_ptp else 'off'}; "
                   f"{result['wall_time_s']} s on {dist_info.world_size} x {dist_info.device})")

@@ -41,6 +41,13 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
 
     The training stages call it once their data are checked and before ``data.json`` is written
     (:func:`.common.load_run_data`'s ``before_record``); pipeline and sweep also call it first of all."""
+    from .cross_student import is_cross, student_source  # issue 23 item 4: --student_backbone
+
+    cross = is_cross(opts) and stage in STUDENT_STAGES
+    if cross:
+        from .cross_preflight import check_cross_student
+
+        check_cross_student(opts, stage, task)
     backbone = check_model_source(opts.backbone)
     _verified(backbone, opts)
     _refuse(family_refusal("backbone", "backbone", backbone, _model_type(backbone)))
@@ -50,17 +57,18 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
         stage in ("pipeline", "sweep") and layout.teacher_is_given and not getattr(opts, "teacher_cache_dir", None))
     teacher_found = (Path(layout.teacher) / MODEL_CONFIG).is_file()
     if teacher_needed or teacher_found:
-        check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens, task, stage)
-    elif stage in ("ptp", "distill"):
+        check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens, task, stage, same_tokens=not cross)
+    elif stage in ("ptp", "distill") and not cross:  # a cross student tokenizes the text itself
         check_cache_tokenizer(Path(layout.teacher_cache), backbone, backbone_tokens, opts, stage)
     if stage in STUDENT_STAGES:
         from .depth import resolve_k
 
         resolved, _ = resolve_k(opts)
-        _check_zero3(opts, backbone)
-        _check_family_layer_map(resolved, backbone)
+        student = student_source(opts)  # the checkpoint the student is built from
+        _check_zero3(opts, student)
+        _check_family_layer_map(resolved, student)
         for k in _depths(resolved, stage):
-            check_k_against_backbone(int(k), backbone)
+            check_k_against_backbone(int(k), student)
         # distill: its encoder; pipeline/sweep: a given one (--ptp_dir), before anything trains
         given = stage in ("pipeline", "sweep") and getattr(resolved, "ptp_dir", None)
         if getattr(resolved, "use_ptp", False) and (stage == "distill" or given):
@@ -181,9 +189,10 @@ def check_k_against_backbone(k: int, backbone_path: str) -> None:
 
 
 def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str, task: Any = None,
-                  stage: str = "cache-teacher") -> None:
+                  stage: str = "cache-teacher", same_tokens: bool = True) -> None:
     """The teacher folder: present, a teacher family, this run's task, a trained head of classes that match the
-    task's, the backbone's tokenizer, the backbone's width where Patient-KD runs."""
+    task's, the backbone's tokenizer, the backbone's width where Patient-KD runs (``same_tokens=False``: a student
+    from another checkpoint, which tokenizes itself and maps its width: neither is compared)."""
     if not (teacher / MODEL_CONFIG).is_file():
         raise ConfigError(f"option teacher_dir: teacher folder {teacher} not found (no config.json); run "
                           "finetune-teacher first or pass --teacher_dir")
@@ -203,6 +212,8 @@ def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str,
                           "the fine-tuned teacher folder")
     if task is not None:
         check_teacher_labels(teacher, task, run_task)
+    if not same_tokens:
+        return
     teacher_tokens = tokenizer_fingerprint_of("teacher_dir", str(teacher))
     if teacher_tokens != backbone_tokens:
         raise ConfigError(tokenizer_refusal(f"the teacher {teacher}", backbone, teacher_tokens, backbone_tokens,
@@ -243,7 +254,8 @@ def check_widths(opts: Any, stage: str, holder: str, teacher_width: Any, backbon
         raise ConfigError(f"option teacher_dir: {holder} is {teacher_width} wide, the backbone {backbone} {width}: "
                           "Patient-KD (--beta) compares their [CLS] states, which needs the same width; give a "
                           "teacher and a backbone of one width (e.g. fine-tune the teacher from this backbone), or "
-                          "pass --beta 0 to distil from the logits only")
+                          "pass --beta 0 to distil from the logits only, or give the student's checkpoint as --student_backbone "
+                          "(its [CLS] states are then mapped to the teacher's width)")
 
 
 def tokenizer_refusal(holder: str, backbone: str, theirs: str, ours: str, teacher_type: str | None = None) -> str:
@@ -255,7 +267,8 @@ def tokenizer_refusal(holder: str, backbone: str, theirs: str, ours: str, teache
             "ids, the student built from the backbone reads the backbone's, so rebuilding the cache cannot match "
             "them; the student is built from --backbone and must share the teacher's tokenizer: give as --backbone "
             "the checkpoint the teacher was fine-tuned from (its family), or fine-tune a teacher from this backbone "
-            "(leave --teacher_dir out)")
+            "(leave --teacher_dir out), or keep both: the teacher's checkpoint as --backbone and this one as "
+            "--student_backbone (a student from another checkpoint tokenizes the text itself)")
 
 
 def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str, opts: Any = None,
@@ -276,6 +289,7 @@ def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str, 
 
 def check_ptp_encoder(opts: Any) -> None:
     """distill with ``use_ptp``: the PTP encoder exists, is an SPS student, has this run's k and variant."""
+    from .cross_student import student_source
     from .student_kind import plain_summary, plain_tag
 
     ptp_dir = Path(opts.layout().ptp_encoder(opts.k, opts.variant, plain_tag(opts)))
@@ -294,10 +308,10 @@ def check_ptp_encoder(opts: Any) -> None:
         raise ConfigError(f"option ptp_dir: {ptp_dir / 'config.json'} is not a readable SPS config ({e})") from None
     sps = isinstance(config, SPSBertConfig | SPSFamilyConfig)
     k, variant = (config.num_hidden_layers, config.sps_variant) if sps else (None, None)
-    family, wanted_family = getattr(config, "base_model_type", "bert"), _model_type(check_model_source(opts.backbone))
+    family, wanted_family = getattr(config, "base_model_type", "bert"), _model_type(student_source(opts))
     if sps and family != wanted_family:
         raise ConfigError(f"option ptp_dir: encoder {ptp_dir} is a {family} SPS student; this run's backbone "
-                          f"{opts.backbone} is {wanted_family!r}: run `dist-peakd ptp` with this backbone first")
+                          f"{student_source(opts)} is {wanted_family!r}: run `dist-peakd ptp` with this backbone first")
     if k != opts.k or variant != opts.variant:
         raise ConfigError(f"option ptp_dir: encoder {ptp_dir} has k={k}, variant={variant}; this run asks "
                           f"k={opts.k}, variant={opts.variant}")

@@ -29,6 +29,7 @@ from ..loss_output import LossOutput
 from ..models import build_student, model_stats
 from .cards import ExportContext, student_method, teacher_reference
 from .common import build_engine, check_model_source, fit_tracked, open_tracker, stage_exporter, trainer_data
+from .cross_student import HELP as CROSS_HELP
 from .depth import announce_k, resolve_k
 from .stage_folder import check_inputs, releases_locks
 from .student_common import (
@@ -53,6 +54,7 @@ class PTPOptions(RunOptions):
     student: str = option("sps", help=STUDENT_HELP)
     depth: int | str | None = option(None, help=DEPTH_HELP)
     layer_map: str = option("bottom", help=LAYER_MAP_HELP)
+    student_backbone: str | None = option(None, help=CROSS_HELP)  # issue 23 item 4 (stages/cross_student.py)
     teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
     teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
     threshold_rule: str = option("median", help="PTP confidence thresholds: median | paper")

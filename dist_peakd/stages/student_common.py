@@ -57,9 +57,11 @@ VARIANT_HELP = ("SPS student: none | share | shuffle (Shuffled Parameter Sharing
 def validate_student_options(opts: Any) -> None:
     """Check the student kind and shape options; ``opts.k`` normalised (``"auto"`` or an int >= 1) for an
     SPS student; a plain student's ``--depth``/``--layer_map`` checked (:mod:`.student_kind`)."""
+    from .cross_student import validate_cross_options
     from .depth import normalise_k
     from .student_kind import validate_student
 
+    validate_cross_options(opts)  # issue 23 item 4: --student_backbone's refusals first
     validate_student(opts)
     if opts.student == "plain":
         return
@@ -110,16 +112,21 @@ def open_student_run(opts: Any, layout: RunLayout, stage: str,
             check_task(task)
         check_models(opts, stage, task)
 
-    backbone = check_model_source(opts.backbone)
+    from .cross_student import is_cross, source_option, student_source  # issue 23 item 4
+
+    if is_cross(opts):
+        check_model_source(opts.backbone)  # the teacher's (its max_length and family are checked too)
+    backbone = check_model_source(student_source(opts), source_option(opts))  # what the student is built from
     dist_info = init_distributed()
     seed_everything(opts.seed)
     loaded = load_run_data(opts, before_record=before_record, unlabeled=unlabeled, before_pool=before_pool)
     stage_dir = layout.stage_dir(opts.stage_name())
     claim_stage_dir(stage_dir, opts)
-    tokenizer = load_tokenizer(opts.backbone)
+    tokenizer = load_tokenizer(backbone)  # the student's own (a cross student: its checkpoint's)
     data = prepare_data(opts, tokenizer, loaded=loaded, unlabeled=unlabeled)
-    cache = TeacherCache.open(layout.teacher_cache, expected=expected_cache_identity(opts, data, layout.teacher, tokenizer),
-                              verify="checksum")
-    inputs = {"data": data.fingerprint, "backbone": backbone_fingerprint(opts.backbone),
+    # a cross student reads the cache by example id with its own tokens: the cache's tokenizer is the teacher's
+    identity = expected_cache_identity(opts, data, layout.teacher, None if is_cross(opts) else tokenizer)
+    cache = TeacherCache.open(layout.teacher_cache, expected=identity, verify="checksum")
+    inputs = {"data": data.fingerprint, "backbone": backbone_fingerprint(backbone),
               "teacher_cache": cache_fingerprint(cache.manifest)}
     return StudentRun(dist_info, backbone, stage_dir, tokenizer, data, cache, inputs)

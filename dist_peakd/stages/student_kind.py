@@ -47,6 +47,9 @@ def is_plain(opts: Any) -> bool:
 def fill_defaults(opts: Any) -> None:
     """``__post_init__``: an SPS student's ``--variant auto`` (the default) is ``shuffle``; a plain student's stays
     ``auto`` until :func:`.depth.resolve_plain` makes it ``none`` (so a given share/shuffle can be refused)."""
+    from .cross_student import fill_cross_defaults  # issue 23 item 4: --student_backbone is a plain student
+
+    fill_cross_defaults(opts)
     if getattr(opts, "student", "sps") != "plain" and opts.variant == VARIANT_AUTO:
         opts.variant = "shuffle"
 
@@ -126,19 +129,25 @@ def plain_tag(opts: Any) -> str | None:
     """``plain-d<d>-<map>`` for a plain student (the part of its stage folder names), None for SPS."""
     if not is_plain(opts):
         return None
-    return f"plain-d{opts.depth}-{map_tag(opts.layer_map)}"
+    from .cross_student import cross_tag, is_cross  # issue 23 item 4: the student checkpoint in the name
+
+    kind = cross_tag(opts) if is_cross(opts) else "plain"
+    return f"{kind}-d{opts.depth}-{map_tag(opts.layer_map)}"
 
 
 def backbone_layers(opts: Any) -> int:
     from transformers import AutoConfig
 
-    from .common import resolve_backbone
+    from .cross_student import student_source  # issue 23 item 4: --student_backbone, else --backbone
 
-    return int(AutoConfig.from_pretrained(resolve_backbone(opts.backbone)).num_hidden_layers)
+    return int(AutoConfig.from_pretrained(student_source(opts)).num_hidden_layers)
 
 
 def plain_summary(opts: Any) -> dict[str, Any]:
     """What a plain student's summary and card record about its shape."""
+    from .cross_student import cross_summary
+
     return {"student": "plain", "depth": opts.depth,
             "layer_map": opts.layer_map if isinstance(parse_layer_map(opts.layer_map), str) else "list",
-            "backbone_layers": layer_indices(opts.layer_map, opts.depth, backbone_layers(opts))}
+            "backbone_layers": layer_indices(opts.layer_map, opts.depth, backbone_layers(opts)),
+            **cross_summary(opts)}

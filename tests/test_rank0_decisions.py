@@ -3,10 +3,7 @@ run prints (``console``: rank 0 only, ``[dist-peakd]`` prefix) (issue 26.3)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch.multiprocessing as mp
 
 from dist_peakd import console
 from dist_peakd.engine.distributed import decide_on_rank0
@@ -25,38 +22,59 @@ def _raise(error: Exception) -> None:
     raise error
 
 
-def _ran_on(folder: str, rank: int, fail: bool) -> int:
-    with open(f"{folder}/ran-{rank}", "w"):
-        pass
-    if fail:
-        raise ConfigError(f"option x: decided on rank {rank}")
-    return 40 + rank
+def _two_ranks(monkeypatch, fn, *args):
+    """``decide_on_rank0(fn, *args)`` as rank 0 and then as rank 1 of a 2-rank group: what rank 0 broadcasts
+    (pickled, as ``broadcast_object_list`` does) is what rank 1 receives. Returns each rank's
+    ``("value", v)`` or ``("raised", type name, text)`` and the ranks ``fn`` ran on. (A real 2-rank run of
+    the same code: ``test_cache.py::test_two_rank_cache_equals_one_rank_cache``, under the launcher.)"""
+    import pickle
 
-
-def _rank_main(rank: int, folder: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=2)
-    try:
-        out = {"value": decide_on_rank0(_ran_on, folder, rank, False)}
+    from dist_peakd.engine import distributed
+
+    sent: list[bytes] = []
+    ran: list[int] = []
+    outcomes = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_rank", lambda rank=rank: rank)
+
+        def broadcast(obj, src=0, rank=rank):
+            if rank == 0:
+                sent.append(pickle.dumps(obj))
+                return obj
+            return pickle.loads(sent[0])
+
+        monkeypatch.setattr(distributed, "broadcast_object", broadcast)
+
+        def recorded(*a, rank=rank):
+            ran.append(rank)
+            return fn(*a)
+
         try:
-            decide_on_rank0(_ran_on, folder, rank, True)
-        except ConfigError as e:
-            out["error"] = [type(e).__name__, str(e)]
-        with open(f"{folder}/out-{rank}.json", "w") as f:
-            json.dump(out, f)
-    finally:
-        dist.destroy_process_group()
+            outcomes.append(("value", decide_on_rank0(recorded, *args)))
+        except Exception as e:  # noqa: BLE001 - the test compares what each rank raised
+            outcomes.append(("raised", type(e).__name__, str(e)))
+    return outcomes, ran
 
 
-def test_rank0_decides_and_every_rank_gets_the_answer_or_the_error(tmp_path):
-    mp.start_processes(_rank_main, args=(str(tmp_path),), nprocs=2, join=True, start_method="fork")
-    outs = [json.loads((tmp_path / f"out-{r}.json").read_text()) for r in (0, 1)]
-    assert outs[0] == outs[1] == {"value": 40, "error": ["ConfigError", "option x: decided on rank 0"]}
-    assert sorted(p.name for p in tmp_path.glob("ran-*")) == ["ran-0"]  # fn ran on rank 0 only
+def test_rank0_decides_and_every_rank_gets_its_answer(monkeypatch):
+    outcomes, ran = _two_ranks(monkeypatch, lambda a, b: {"action": "skip", "rows": a + b}, 40, 2)
+    assert outcomes == [("value", {"action": "skip", "rows": 42})] * 2
+    assert ran == [0]  # fn ran on rank 0 only
+
+
+def test_rank0_decides_and_every_rank_raises_its_error(monkeypatch):
+    outcomes, ran = _two_ranks(monkeypatch, _raise, ConfigError("option x: decided on rank 0"))
+    assert outcomes == [("raised", "ConfigError", "option x: decided on rank 0")] * 2
+    assert ran == [0]
 
 
 def test_console_prints_on_rank0_only_with_the_prefix(monkeypatch, capsys):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)  # no process group: RANK says which rank
     monkeypatch.setenv("RANK", "0")
     console.info("cached 60 rows")
     console.warn("took over the lock")

@@ -84,10 +84,11 @@ def mean_std(values: list[float]) -> str:
 
 def cache_stats(cache_dir: Path, seconds: float) -> dict:
     """Rows per split, bytes per row (the shards' files over their rows) and the pass's rows/s."""
+    from dist_peakd.cache.store import cache_files
+
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     rows = {name: sum(s["rows"] for s in split["shards"]) for name, split in manifest["splits"].items()}
-    total_bytes = sum(b for split in manifest["splits"].values() for s in split["shards"]
-                      for b in s.get("bytes", {}).values())
+    total_bytes = sum(rec["bytes"] for rec in cache_files(manifest).values())
     total_rows = sum(rows.values())
     return {"rows": rows, "bytes_per_row": round(total_bytes / max(1, total_rows), 1), "pass_s": round(seconds, 1),
             "s_per_10k_rows": round(seconds / max(1, total_rows) * 10_000, 1),

@@ -1,16 +1,9 @@
-"""Writing and checking artifacts: atomic writes and folder publishing, file manifests, verification.
+"""Writing artifacts: atomic writes and folder publishing, write errors.
 
 Every writer of something a later run reads (checkpoints, exports, the teacher cache, the
-tokenization cache, summaries, config files) goes through here: build beside the target (a ``.tmp-*``
-sibling), fsync, record the size and sha256 of every file, then rename into place, so a reader sees
-the old artifact or the new one, never a half-written one.
-
-Every reader verifies what it opens against that record (:func:`verify_folder`, :func:`manifest_problems`):
-a file that is missing, has another size or another sha256 is refused naming it
-(:class:`~dist_peakd.errors.ArtifactCorruptError`, exit 4). Hashing is done once per process and file
-(:func:`verified_sha256` remembers a file's digest under its inode, size, mtime and ctime), so a
-pipeline that opens the teacher cache three times reads it once. A folder dist-peakd wrote that has
-lost its manifest is refused too, unless the caller trusts unverified folders (``--trust_unverified``).
+tokenization cache, summaries, stage options) goes through here: build beside the target (a ``.tmp-*``
+sibling), fsync, record the size and sha256 of every file (:mod:`dist_peakd.integrity`), then rename
+into place, so a reader sees the old artifact or the new one, never a half-written one.
 
 A failed write (:func:`writing`, :func:`write_error`) becomes an
 :class:`~dist_peakd.errors.ArtifactWriteError` (exit 6) naming the path, and says "no space left on
@@ -23,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -34,13 +26,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactCorruptError, ArtifactWriteError
+from .errors import ArtifactWriteError
 
-#: sha256 + size of every file of an export folder (written last, before the folder is published).
-EXPORT_MANIFEST = "dist_peakd_files.json"
-#: What every export of a stage carries besides its manifest: a folder with it was written by dist-peakd.
-EXPORT_MARKER = "dist_peakd.json"
-_CHUNK = 1 << 22
 #: errno values that mean the file system is full (quota included).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -65,43 +52,6 @@ def apply_umask(folder: str | Path) -> None:
     for path in Path(folder).rglob("*"):
         if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
             os.chmod(path, mode)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-_DIGESTS: dict[tuple[Any, ...], str] = {}
-_DIGESTS_LOCK = threading.Lock()
-
-
-def _identity(path: Path) -> tuple[Any, ...]:
-    st = path.stat()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def verified_sha256(path: str | Path) -> str:
-    """:func:`file_sha256`, computed once per process for a file that has not changed since.
-
-    The digest is remembered under the file's device, inode, size, mtime and ctime: any write to the
-    file changes its ctime and a replacement is another inode, so either is hashed again (renaming the
-    folder it is in is neither: a cache verified before it was published is not hashed again).
-    """
-    path = Path(path)
-    key = _identity(path)
-    with _DIGESTS_LOCK:
-        known = _DIGESTS.get(key)
-    if known is not None:
-        return known
-    digest = file_sha256(path)
-    with _DIGESTS_LOCK:
-        _DIGESTS[key] = digest
-    return digest
 
 
 def fsync_path(path: str | Path) -> None:
@@ -184,119 +134,6 @@ def publish_dir(tmp: str | Path, final: str | Path) -> None:
     fsync_path(final.parent)
 
 
-# ------------------------------------------------------------------------------------ manifests
-def file_manifest(folder: str | Path, exclude: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"bytes", "sha256"}}`` of every file under ``folder`` (each fsynced first)."""
-    folder = Path(folder)
-    skip = set(exclude)
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if rel in skip:
-            continue
-        fsync_path(path)
-        out[rel] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-    return out
-
-
-def manifest_problems(folder: str | Path, files: dict[str, dict[str, Any]]) -> list[tuple[Path, str]]:
-    """``(file, problem)`` for every listed file that is missing, has another size or another sha256."""
-    folder = Path(folder)
-    problems: list[tuple[Path, str]] = []
-    for rel, rec in sorted(files.items()):
-        path = folder / rel
-        if not path.is_file():
-            problems.append((path, "missing"))
-            continue
-        size = path.stat().st_size
-        if size != rec["bytes"]:
-            problems.append((path, f"has {size} bytes, expected {rec['bytes']} (truncated or rewritten)"))
-        elif verified_sha256(path) != rec["sha256"]:
-            problems.append((path, "sha256 differs from the recorded one (corrupted bytes)"))
-    return problems
-
-
-def raise_problems(problems: list[tuple[Path, str]], error: type[ArtifactCorruptError] = ArtifactCorruptError,
-                   hint: str = "") -> None:
-    """Raise ``error`` naming the first problem's file (and counting the others); nothing when empty."""
-    if not problems:
-        return
-    path, problem = problems[0]
-    more = f" (and {len(problems) - 1} more: {[str(p) for p, _ in problems[1:]]})" if len(problems) > 1 else ""
-    raise error(path, problem + more + hint)
-
-
-def write_export_manifest(folder: str | Path) -> None:
-    """Record every file of an export folder in its ``dist_peakd_files.json`` (call last)."""
-    files = file_manifest(folder, exclude=[EXPORT_MANIFEST])
-    atomic_write_text(Path(folder) / EXPORT_MANIFEST, json.dumps({"files": files}, indent=1))
-
-
-def read_file_manifest(folder: str | Path, name: str = EXPORT_MANIFEST) -> dict[str, dict[str, Any]] | None:
-    """The ``files`` record of ``folder/name`` (None when there is no such file); a manifest that cannot
-    be read is :class:`ArtifactCorruptError` naming it."""
-    manifest = Path(folder) / name
-    if not manifest.is_file():
-        return None
-    try:
-        files = json.loads(manifest.read_text())["files"]
-        if not isinstance(files, dict) or not all(isinstance(r, dict) and {"bytes", "sha256"} <= set(r)
-                                                  for r in files.values()):
-            raise TypeError("not a mapping of file -> {bytes, sha256}")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ArtifactCorruptError(manifest, f"unreadable file manifest ({e})") from e
-    return files
-
-
-def verify_folder(folder: str | Path, name: str = EXPORT_MANIFEST, *, required: bool = True,
-                  trust_unverified: bool = False, what: str = "folder") -> bool:
-    """Check every file of ``folder`` against its manifest ``name``; True when it was verified.
-
-    A listed file that is missing, has another size or another sha256 raises
-    :class:`ArtifactCorruptError` naming it, whatever ``trust_unverified`` says. A folder without the
-    manifest raises it too when ``required``, unless ``trust_unverified`` (then False is returned).
-    """
-    folder = Path(folder)
-    files = read_file_manifest(folder, name)
-    if files is None:
-        if required and not trust_unverified:
-            raise ArtifactCorruptError(folder / name, f"missing: this {what} cannot be verified (it was written "
-                                       "without a file manifest, or the manifest was removed); rebuild it, "
-                                       "or pass --trust_unverified to use it as it is")
-        return False
-    raise_problems(manifest_problems(folder, files))
-    return True
-
-
-def is_dist_peakd_export(folder: str | Path) -> bool:
-    """True when ``folder`` was written by a dist-peakd stage (it holds :data:`EXPORT_MARKER` or a manifest)."""
-    folder = Path(folder)
-    return (folder / EXPORT_MARKER).is_file() or (folder / EXPORT_MANIFEST).is_file()
-
-
-def verify_export(folder: str | Path, required: bool | None = None, trust_unverified: bool = False) -> bool:
-    """Check an export folder against its ``dist_peakd_files.json``; ArtifactCorruptError names the file.
-
-    ``required=None`` (the default) requires the manifest of a folder dist-peakd wrote (it holds
-    :data:`EXPORT_MARKER`); a foreign Hugging Face folder (a backbone, a teacher fine-tuned elsewhere)
-    has neither and passes unverified. ``trust_unverified`` accepts a missing manifest (never a wrong file).
-    """
-    folder = Path(folder)
-    need = is_dist_peakd_export(folder) if required is None else required
-    return verify_folder(folder, EXPORT_MANIFEST, required=need, trust_unverified=trust_unverified,
-                         what="export")
-
-
-def manifest_fingerprint(files: dict[str, dict[str, Any]], exclude: Iterable[str] = ()) -> str:
-    """sha256 over a manifest's ``(file, sha256)`` pairs: the identity of a folder's contents."""
-    skip = set(exclude)
-    h = hashlib.sha256()
-    for rel, rec in sorted(files.items()):
-        if rel not in skip:
-            h.update(f"{rel}\0{rec['sha256']}\0".encode())
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------ write failures
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
@@ -364,34 +201,3 @@ def writing(path: str | Path, what: str, consequence: str = "", cleanup: Iterabl
             else:
                 p.unlink(missing_ok=True)
         raise error from e
-
-
-def link_identical_files(folder: str | Path, reference: str | Path) -> int:
-    """Replace each file of export ``folder`` that is byte-identical to the same file of export
-    ``reference`` (same size and sha256 in both ``dist_peakd_files.json``) by a hard link to it.
-
-    E.g. ``final/`` of a run whose last evaluation was its best: the weights are stored once and
-    both folders stay complete. Each replacement is atomic (link beside, rename over); a file system
-    without hard links leaves the copies. Returns the bytes saved.
-    """
-    folder, reference = Path(folder), Path(reference)
-    try:
-        mine = json.loads((folder / EXPORT_MANIFEST).read_text())["files"]
-        theirs = json.loads((reference / EXPORT_MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    saved = 0
-    for rel, rec in mine.items():
-        src, dst = reference / rel, folder / rel
-        if theirs.get(rel) != rec or not src.is_file() or not dst.is_file() or os.path.samefile(src, dst):
-            continue
-        tmp = dst.with_name(f".link-{dst.name}")
-        try:
-            tmp.unlink(missing_ok=True)
-            os.link(src, tmp)
-            os.replace(tmp, dst)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            continue
-        saved += int(rec["bytes"])
-    return saved

@@ -89,11 +89,11 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
         if name not in SELF_REPORTING:
             console.banner(name, banner_detail(name, run_guarded(name, with_k_resolved, opts)))
         result = run_guarded(name, runner, opts)
-        if result is not None and _is_main_process():
+        if result is not None:
             from .outcome import outcome_lines  # one short summary; the details are in the JSON it names
 
             for line in outcome_lines(name, result):
-                print(line, flush=True)
+                console.echo(line)  # rank 0
 
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")]
     for f in dataclasses.fields(options_cls):
@@ -103,12 +103,6 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
     command.__name__ = name.replace("-", "_")
     command.__doc__ = stage_help(name, options_cls, doc)
     return command
-
-
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 # (CLI name, module under dist_peakd.stages, options class, one-line description)
@@ -164,7 +158,7 @@ def stage_commands() -> dict[str, Callable[..., Any]]:
 # ---------------------------------------------------------------------------------------------- help
 _CONFIG_NOTE = ("Options come from --config FILE (a YAML/JSON mapping of option names to values) and the\n"
                 "command line, which wins; --name value or --name=value; booleans also --name / --noname.\n"
-                "The resolved options are saved with the outputs (config.json in each stage folder); a stage\n"
+                "The resolved options are saved with the outputs (stage_options.json in each stage folder); a stage\n"
                 "folder made with other values of the result-relevant ones is refused, not reused.")
 
 

@@ -228,7 +228,7 @@ class RunOptions:
 
     def layout(self) -> RunLayout:
         """Every path this run reads or writes (:mod:`dist_peakd.layout`)."""
-        return RunLayout.of(self)
+        return RunLayout.of(self, DataOptions.from_options(self).run_name())
 
     def task_dir(self) -> Path:
         return self.layout().task_dir

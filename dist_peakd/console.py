@@ -50,10 +50,15 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
+def echo(text: str) -> None:
+    """``text`` as it is (a table, a command's outcome lines) on the main process (stdout)."""
+    if is_main_process():
+        print(text, flush=True)
+
+
 def info(message: str) -> None:
     """``[dist-peakd] message`` on the main process (stdout)."""
-    if is_main_process():
-        print(f"{PREFIX} {message}", flush=True)
+    echo(f"{PREFIX} {message}")
 
 
 def warn(message: str) -> None:

@@ -1,18 +1,19 @@
 """Environment variables read by dist-peakd: :func:`env_number` and the DeepSpeed accelerator default.
 
-A numeric variable read with :func:`env_number` that is not a number, or is out of its range, raises
-:class:`~dist_peakd.errors.ConfigError` (exit 2) naming the variable, the value and what was expected,
-before any work starts. Not every variable goes through it yet: the heartbeat and collective timeouts
-have their own readers with the same refusal shape (``engine/watchdog.py`` ``timeout_from_env``,
-``engine/distributed.py`` ``collective_timeout_from_env``); ``RANK``/``WORLD_SIZE`` (set by the launcher)
-are read where they are used (``console.py``, ``stages/cards.py``), and path variables
-(``DIST_PEAKD_GLUE_DIR``, ``DIST_PEAKD_MINILM_PATH``, ``DIST_PEAKD_PLUGINS``) by the modules they configure.
+Every numeric variable is read with :func:`env_number` (:func:`env_int`; :func:`env_seconds` for the
+timeouts, with their own wording); a value that is not a number, or is out of
+its range, raises :class:`~dist_peakd.errors.ConfigError` (exit 2) naming the variable, the value and
+what was expected, before any work starts.
+``RANK`` is read by :func:`dist_peakd.console.process_rank` (the bottom layer cannot import this module), and
+path variables (``DIST_PEAKD_GLUE_DIR``, ``DIST_PEAKD_MINILM_PATH``, ``DIST_PEAKD_PLUGINS``) by the modules
+they configure.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 from .errors import ConfigError
 
@@ -46,6 +47,21 @@ def env_number(name: str, default: float, *, minimum: float | None = None, integ
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """:func:`env_number` for a whole number."""
     return int(env_number(name, default, minimum=minimum, maximum=maximum, integer=True))
+
+
+def env_seconds(name: str, default: float, ok: Callable[[float], bool], expected: str) -> float:
+    """A duration in seconds from ``name`` (``default`` when unset or blank); a value that is not a number
+    or that ``ok`` refuses raises :class:`ConfigError` ``NAME='raw': expected <expected>``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not ok(value):
+        raise ConfigError(f"{name}={raw!r}: expected {expected}")
+    return value
 
 
 DS_ACCELERATOR = "DS_ACCELERATOR"

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from flufl.lock import AlreadyLockedError, Lock, NotLockedError, TimeOutError
 
+from . import console
 from .env import env_number
 from .errors import StageLockedError
 
@@ -191,8 +192,7 @@ def break_stale(lock: Path, judged: Holder, reason: str) -> bool:
             return False
         lock.unlink(missing_ok=True)
         Path(judged.claim).unlink(missing_ok=True)
-        print(f"[dist-peakd] warning: took over the lock {lock} of {judged.describe()}: {reason}",
-              file=sys.stderr, flush=True)
+        console.warn(f"took over the lock {lock} of {judged.describe()}: {reason}")
         return True
     finally:
         breaker.unlock(unconditionally=True)

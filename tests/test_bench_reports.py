@@ -131,7 +131,7 @@ def test_throughput_teacher_folder_passes_the_stages_artifact_check(tmp_path: Pa
     one, variant d, the cache pass, was refused: 'missing: this export cannot be verified')."""
     import argparse
 
-    from dist_peakd.artifacts import verify_export
+    from dist_peakd.integrity import verify_export
 
     throughput = _load("throughput")
     backbone = throughput.prepare_teacher(argparse.Namespace(shape="minilm"), tmp_path)

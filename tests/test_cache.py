@@ -23,6 +23,7 @@ from dist_peakd.cache import (
     write_manifest,
     write_shard,
 )
+from dist_peakd.cache.store import FILES
 
 C, L, H = 3, 4, 8
 IDENTITY = {"teacher_fingerprint": "t" * 64, "tokenizer_fingerprint": "k" * 64, "max_length": 64,
@@ -165,13 +166,58 @@ def test_wrong_row_count_is_detected(synth):
 def test_cache_without_manifest_is_invalid(synth):
     root, _ = synth
     manifest = json.loads((root / "manifest.json").read_text())
-    del manifest["splits"]["dev"]["shards"][0]["sha256"]
+    del manifest["files"]["dev/shard-00000-of-00002/logits.npy"]
     write_manifest(root, manifest)
     with pytest.raises(CacheCorruptError, match=r"manifest\.json: malformed manifest"):
         TeacherCache.open(root)
     (root / "manifest.json").unlink()
     with pytest.raises(CacheCorruptError, match=r"manifest\.json: missing"):
         TeacherCache.open(root)
+
+
+def _as_written_before(manifest: dict) -> dict:
+    """The same manifest in the shape the previous version wrote: sizes and sha256 in each shard record."""
+    old = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "files"}))
+    for info in old["splits"].values():
+        for rec in info["shards"]:
+            rec["sha256"] = {n: manifest["files"][f"{rec['path']}/{n}"]["sha256"] for n in FILES}
+            rec["bytes"] = {n: manifest["files"][f"{rec['path']}/{n}"]["bytes"] for n in FILES}
+    return old
+
+
+def test_the_manifest_has_the_one_file_shape_and_an_older_cache_still_verifies(synth):
+    """issue 26: the cache lists its files as every other manifest does (path -> bytes, sha256); a cache
+    written by the previous version (sizes and sha256 per shard record) still opens, verifies and keeps
+    its fingerprint, so the stages that consumed it are not asked to rerun."""
+    import hashlib
+
+    from dist_peakd.cache.store import cache_fingerprint
+
+    root, _ = synth
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert set(manifest["files"]) == {f"{s}/shard-0000{r}-of-00002/{n}" for s in ("train", "dev") for r in (0, 1)
+                                      for n in FILES}
+    assert all(set(rec) == {"bytes", "sha256"} for rec in manifest["files"].values())
+    assert all(set(rec) == {"path", "rows"} for info in manifest["splits"].values() for rec in info["shards"])
+    new = cache_fingerprint(manifest)
+    old_manifest = _as_written_before(manifest)
+    (root / "manifest.json").write_text(json.dumps(old_manifest, indent=2))
+    cache = TeacherCache.open(root, _expected())
+    assert cache_fingerprint(cache.manifest) == new
+    # the previous version's formula, over the per-shard records
+    content = {k: old_manifest.get(k) for k in ("teacher_fingerprint", "tokenizer_fingerprint", "max_length",
+                                                "data_fingerprint", "task", "format_version", "num_labels",
+                                                "num_layers", "hidden_size")}
+    content["shards"] = sorted((rec["path"], n, rec["sha256"][n]) for info in old_manifest["splits"].values()
+                               for rec in info["shards"] for n in sorted(rec["sha256"]))
+    assert new == hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    flip = root / "dev" / "shard-00001-of-00002" / "logits.npy"
+    raw = bytearray(flip.read_bytes())
+    raw[-3] ^= 0x10
+    flip.write_bytes(bytes(raw))
+    with pytest.raises(CacheCorruptError, match=r"dev/shard-00001-of-00002/logits\.npy: sha256 differs from the "
+                                                r"manifest \(corrupted bytes\)"):
+        TeacherCache.open(root, _expected())
 
 
 def test_teacher_fingerprint_reads_weights_and_config_only(tmp_path):
@@ -269,7 +315,7 @@ def test_two_rank_cache_equals_one_rank_cache(launched):
         assert (ca == cb).float().mean() > 0.99
     assert one.teacher_dev_metrics == pytest.approx(two.teacher_dev_metrics)
     assert set(one.teacher_dev_metrics) == {"f1", "accuracy"}
-    assert (dirs[2] / "config.json").is_file() and (dirs[2] / "summary.json").is_file()
+    assert (dirs[2] / "stage_options.json").is_file() and (dirs[2] / "summary.json").is_file()
 
 
 @pytest.mark.launcher

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dist_peakd.artifacts import verify_export
 from dist_peakd.config import build_options
 from dist_peakd.export.card import parse_card_metadata
+from dist_peakd.integrity import verify_export
 from dist_peakd.stages import evaluate, export, predict
 from dist_peakd.stages.pipeline import PipelineOptions
 from dist_peakd.stages.pipeline import run as run_pipeline
@@ -64,7 +64,7 @@ def test_k_auto_resolves_to_half_the_teachers_depth_and_names_the_folders(run):
     task_dir = out / "mrpc"
     assert result["k"] == 1 and result["k_auto"]["teacher_layers"] == 4 and result["k_auto"]["rule"] == "ceil(L/4)"
     for stage in ("ptp-k1-shuffle", STUDENT):
-        assert json.loads((task_dir / stage / "config.json").read_text())["k"] == 1
+        assert json.loads((task_dir / stage / "stage_options.json").read_text())["k"] == 1
         assert json.loads((task_dir / stage / "summary.json").read_text())["k"] == 1
     teacher, student = result["rows"]
     assert (student["num_parameter_layers"], student["num_effective_layers"]) == (1, 2)
@@ -122,7 +122,7 @@ def test_each_card_has_the_summarys_metrics_and_the_command(run):
         assert got == _metrics(summary[folder.name]), folder  # exactly the summary's numbers
         record = json.loads((folder / "dist_peakd.json").read_text())
         assert record["card"]["command"] in card and '"max_length": 40' in card
-        assert json.loads((folder.parent / "config.json").read_text()) == record["card"]["options"]
+        assert json.loads((folder.parent / "stage_options.json").read_text()) == record["card"]["options"]
     student_card = (out / "mrpc" / STUDENT / "final" / "README.md").read_text()
     assert "k = 1 parameter layers run as 2 effective layers" in student_card
     assert "| effective layers | 2 | 4 | 0.50x |" in student_card

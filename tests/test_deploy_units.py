@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import make_tiny_bert
 
-from dist_peakd.artifacts import verify_export
 from dist_peakd.config import build_options
 from dist_peakd.data import get_task
 from dist_peakd.errors import ConfigError
 from dist_peakd.export import export_compact, read_folder_record, render_model_card, update_card
+from dist_peakd.integrity import verify_export
 from dist_peakd.stages import distill, evaluate, export, predict, ptp, sweep
 from dist_peakd.stages.depth import auto_k, normalise_k, resolve_k
 

@@ -90,7 +90,7 @@ def test_final_shares_the_files_best_has_identical(uninterrupted):
     same_step = summary["best"]["step"] == summary["final"]["step"]
     assert (best / "model.safetensors").samefile(final / "model.safetensors") == same_step
     assert (best / "tokenizer.json").samefile(final / "tokenizer.json")  # same tokenizer either way
-    from dist_peakd.artifacts import verify_export
+    from dist_peakd.integrity import verify_export
 
     verify_export(best)
     verify_export(final)
@@ -136,7 +136,7 @@ def test_exports_are_hf_folders_with_tokenizer(uninterrupted):
         assert info["task"] == "mrpc"
     assert summary["best"]["f1"] >= summary["final"]["f1"]
     assert set(summary["final"]) >= {"f1", "accuracy", "step"}
-    saved = json.loads((stage / "config.json").read_text())
+    saved = json.loads((stage / "stage_options.json").read_text())
     assert saved["max_length"] == 48 and saved["task"] == "mrpc"
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from reliab_helpers import cli
 
-from dist_peakd.artifacts import EXPORT_MANIFEST, verify_export
+from dist_peakd.integrity import EXPORT_MANIFEST, verify_export
 
 LABELS = ["not_equivalent", "equivalent"]
 

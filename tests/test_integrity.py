@@ -13,10 +13,10 @@ import pytest
 import reliab_helpers
 from reliab_helpers import cli, copy_run, flip_byte, slice_opts, tree_bytes
 
-from dist_peakd import artifacts
-from dist_peakd.artifacts import EXPORT_MANIFEST, file_manifest
+from dist_peakd import integrity
 from dist_peakd.engine.checkpoints import COMPLETE_FILE, select_checkpoint
 from dist_peakd.errors import ArtifactCorruptError, CacheCorruptError, CheckpointCorruptError
+from dist_peakd.integrity import EXPORT_MANIFEST, file_manifest
 
 pytestmark = pytest.mark.slow
 teacher_run = reliab_helpers.teacher_run  # the shared module fixture
@@ -102,8 +102,8 @@ def test_verification_hashes_each_file_once_per_process_and_sees_a_rewrite(tmp_p
     write_manifest(root, build_manifest(identity=identity, splits=recs, num_labels=2, num_layers=3, hidden_size=4,
                                         teacher_dir=tmp_path, world_size=1))
     hashed: list[str] = []
-    real = artifacts.file_sha256
-    monkeypatch.setattr(artifacts, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    real = integrity.file_sha256
+    monkeypatch.setattr(integrity, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
     TeacherCache.open(root, identity)
     TeacherCache.open(root, identity)
     assert sorted(hashed) == ["cls.npy", "ids.npy", "logits.npy"]  # once each, for two opens

@@ -44,8 +44,8 @@ def _classifier(folder: Path, tiny_bert: Path, task_name: str, tokenizer=None, r
     """A fine-tuned-looking classifier of a GLUE task (random head, its class names, a dist-peakd record)."""
     from transformers import AutoTokenizer
 
-    from dist_peakd.artifacts import write_export_manifest
     from dist_peakd.data import get_task
+    from dist_peakd.integrity import write_export_manifest
     from dist_peakd.models import load_teacher
 
     task = get_task(task_name)

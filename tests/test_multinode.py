@@ -208,7 +208,7 @@ def test_resolved_config_is_saved_with_the_command_line_winning(two_nodes, share
     import yaml
 
     multi_dir, _ = two_nodes
-    saved = json.loads((multi_dir / "config.json").read_text())
+    saved = json.loads((multi_dir / "stage_options.json").read_text())
     from_yaml = yaml.safe_load(shared["config"].read_text())
     assert saved["lr"] == 5e-4 and from_yaml["lr"] == 1e-3  # the command line won
     assert saved["output_dir"] == str(shared["root"] / "two_nodes")
@@ -226,7 +226,8 @@ def test_two_node_outputs_are_complete_and_written_once(two_nodes):
     tokenization cache entry (both ranks raced to build it), no temporary leftovers."""
     multi_dir, _ = two_nodes
     names = {p.name for p in multi_dir.iterdir()}
-    assert {"best", "checkpoints", "config.json", "final", "summary.json", "train_log.jsonl"} <= names
+    assert {"best", "checkpoints", "stage_options.json", "final", "summary.json", "train_log.jsonl"} <= names
+    assert "config.json" not in names  # the stage options are not confused with a model config
     assert not [n for n in names if n.startswith(".")], names  # no temp / set-aside folders
     events = list(multi_dir.glob("events.out.tfevents*"))  # scalars + hparams in the stage folder, rank 0 only
     assert events and len({p.name.split(".")[-2] for p in events}) == 1, events
@@ -253,7 +254,7 @@ def test_second_run_with_other_options_does_not_reuse_the_stage_folder(shared, t
     """KNOWN COLLISION (fails until fixed in the stages/loop): two jobs that share an output_dir and a
     stage folder name (distill's name has k/variant/alpha/T/beta/seed, not lr, epochs, data slice, ...)
     collide. The second silently "resumes" the first one's finished checkpoint: it trains nothing,
-    re-exports the first job's model and overwrites config.json with its own options, so the folder
+    re-exports the first job's model and overwrites stage_options.json with its own options, so the folder
     claims lr=5e-4 for a model trained with lr=1e-3. Expected: refuse, naming the differing option
     (as the pipeline does for reused stages), or start fresh."""
     import yaml
@@ -265,6 +266,6 @@ def test_second_run_with_other_options_does_not_reuse_the_stage_folder(shared, t
     config = {**yaml.safe_load(shared["config"].read_text()), "output_dir": str(tmp_path), "log_every_steps": 3}
     first = distill.run(build_options(distill.DistillOptions, **config))
     stage_dir = Path(first["stage_dir"])
-    assert json.loads((stage_dir / "config.json").read_text())["lr"] == 1e-3
+    assert json.loads((stage_dir / "stage_options.json").read_text())["lr"] == 1e-3
     with pytest.raises(ConfigError, match="lr"):
         distill.run(build_options(distill.DistillOptions, **{**config, "lr": 5e-4}))

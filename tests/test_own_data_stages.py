@@ -43,10 +43,10 @@ def _sha256(path: Path) -> str:
 
 
 def _tokenized_rows(stage_dir: Path, opts_cls, tokenizer_dir: Path) -> dict:
-    """The tokenized train/dev rows the stage trained on (its config.json -> prepare_data, a cache hit)."""
+    """The tokenized train/dev rows the stage trained on (its stage_options.json -> prepare_data, a cache hit)."""
     from dist_peakd.stages.common import load_tokenizer, prepare_data
 
-    values = json.loads((stage_dir / "config.json").read_text())
+    values = json.loads((stage_dir / "stage_options.json").read_text())
     data = prepare_data(build_options(opts_cls, **values), load_tokenizer(str(tokenizer_dir)))
     assert data.cache_hit  # the very rows the stage tokenized
     return {split: {c: ds[c][:] for c in TOKEN_COLUMNS} for split, ds in (("train", data.train), ("dev", data.dev))}
@@ -262,7 +262,7 @@ def test_sweep_on_own_data_ranks_trials_by_the_chosen_metric(animals, tiny_bert,
     for r in rows:
         summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
         assert summary["main_metric"] == "macro_f1" and set(summary["final"]) == {"step", "accuracy", "macro_f1", "loss"}
-        config = json.loads((Path(r["run_dir"]) / "config.json").read_text())
+        config = json.loads((Path(r["run_dir"]) / "stage_options.json").read_text())
         assert config["train_file"] == str(train) and config["use_ptp"] is True
 
 

@@ -17,11 +17,11 @@ import pytest
 from own_data_helpers import FORMATS, hub_folder, write_table
 
 from dist_peakd import cli
-from dist_peakd.artifacts import EXPORT_MANIFEST
 from dist_peakd.config import RunOptions, build_options
 from dist_peakd.data import ColumnError, DataOptions, DataValueError, Task, load_data
 from dist_peakd.data.readers import read_glue_tsv
 from dist_peakd.errors import ArtifactCorruptError, exit_code_of
+from dist_peakd.integrity import EXPORT_MANIFEST
 
 
 @pytest.fixture(autouse=True)

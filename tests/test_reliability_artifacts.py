@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from dist_peakd.artifacts import EXPORT_MANIFEST, file_manifest, verify_export
 from dist_peakd.engine import Engine, EngineOptions, init_distributed
 from dist_peakd.engine.checkpoints import COMPLETE_FILE, LATEST_FILE, select_checkpoint
 from dist_peakd.errors import ArtifactCorruptError, ArtifactWriteError, CheckpointCorruptError, StopRequested
+from dist_peakd.integrity import EXPORT_MANIFEST, file_manifest, verify_export
 
 
 def _flip_byte(path: Path, offset: int | None = None) -> None:
@@ -227,15 +227,15 @@ def test_disk_full_while_writing_checkpoint(saved_once, monkeypatch, failure):
 
 
 def test_disk_full_while_writing_complete_marker(saved_once, monkeypatch):
-    import dist_peakd.engine.checkpoints as engine_mod
+    import dist_peakd.integrity as engine_mod  # the one manifest writer writes the COMPLETE record
 
     engine, root = saved_once
     real = engine_mod.atomic_write_text
 
-    def full_disk(path, text):
+    def full_disk(path, text, **kw):
         if Path(path).name == COMPLETE_FILE:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, text)
+        real(path, text, **kw)
 
     monkeypatch.setattr(engine_mod, "atomic_write_text", full_disk)
     with pytest.raises(ArtifactWriteError, match="writing checkpoint .*step-00000002 failed: no space left on device"):

@@ -205,9 +205,9 @@ def test_model_folder_commands_refuse_an_export_without_its_manifest_unless_trus
     """evaluate / predict / export open a dist-peakd folder through the same check (item 2)."""
     from transformers import AutoModelForSequenceClassification
 
-    from dist_peakd.artifacts import EXPORT_MANIFEST
     from dist_peakd.errors import ArtifactCorruptError
     from dist_peakd.export import export_compact
+    from dist_peakd.integrity import EXPORT_MANIFEST
     from dist_peakd.stages.inference import open_model_folder
 
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)

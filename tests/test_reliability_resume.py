@@ -15,8 +15,8 @@ import reliab_helpers
 from fault_plugin import plugin_env
 from reliab_helpers import args_of, cli, copy_run, run_process, tree_bytes
 
-from dist_peakd.artifacts import file_manifest
 from dist_peakd.engine.checkpoints import COMPLETE_FILE
+from dist_peakd.integrity import file_manifest
 
 pytestmark = pytest.mark.slow
 teacher_run = reliab_helpers.teacher_run  # the shared module fixture

@@ -174,8 +174,8 @@ def test_stage_card_labels_the_subset_and_states_baseline_and_skew(subset_teache
 @pytest.fixture(scope="module")
 def student_of_subset_teacher(subset_teacher, tiny_bert) -> Path:
     run_dir = subset_teacher.parent.parent
-    train = json.loads((subset_teacher / "config.json").read_text())["train_file"]
-    dev = json.loads((subset_teacher / "config.json").read_text())["dev_file"]
+    train = json.loads((subset_teacher / "stage_options.json").read_text())["train_file"]
+    dev = json.loads((subset_teacher / "stage_options.json").read_text())["dev_file"]
     args = ["--task", "animals", "--train_file", train, "--dev_file", dev, "--output_dir", run_dir, "--backbone",
             tiny_bert, "--cache_dir", run_dir / "tok", *TINY, "--max_eval_examples", N_EVAL]
     cli.main([str(a) for a in ["cache-teacher", *args]])

@@ -280,7 +280,7 @@ def test_failing_trial_is_retried_and_reported_on_ray_train_workers(asha_sweep, 
     for r in (bad, good):
         first = _when(json.loads((Path(r["run_dir"]) / "trial.json").read_text())["first_started_at"])
         assert first.timestamp() >= ptp_done
-    assert json.loads((Path(good["run_dir"]) / "config.json").read_text())["use_ptp"] is True
+    assert json.loads((Path(good["run_dir"]) / "stage_options.json").read_text())["use_ptp"] is True
     assert (Path(good["run_dir"]) / "best").is_dir() and not (Path(good["run_dir"]) / "checkpoints").exists()
 
 

@@ -14,7 +14,7 @@ Format decision: plain NumPy ``.npy`` files opened with ``numpy.load(mmap_mode="
 
 Layout::
 
-    <cache_dir>/manifest.json
+    <cache_dir>/manifest.json   identity, dimensions, splits (shards: path, rows), files (path -> bytes, sha256)
     <cache_dir>/<split>/shard-<rank:05d>-of-<world:05d>/ids.npy     int64   [n]
                                                       /logits.npy  float32 [n, C]
                                                       /cls.npy     float16 [n, L, H]
@@ -24,7 +24,7 @@ name and renamed into place (atomic); the manifest is written last (temp file + 
 ``manifest.json`` is incomplete and never valid. The manifest records each file's size and sha256;
 :meth:`TeacherCache.open` always checks sizes and, with ``verify="checksum"`` (the default, what every
 stage uses), the sha256 of every file, once per process and file
-(:func:`dist_peakd.artifacts.verified_sha256`; ~1.5 GB/s, see docs/RELIABILITY.md for a BERT-base-size cache).
+(:func:`dist_peakd.integrity.verified_sha256`; ~1.5 GB/s, see docs/RELIABILITY.md for a BERT-base-size cache).
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import verified_sha256
 from ..errors import CacheCorruptError, CacheMismatchError
+from ..integrity import IN_MANIFEST, manifest_problems, model_fingerprint
+from ..layout import CACHE_MANIFEST
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = CACHE_MANIFEST
 FILES = ("ids.npy", "logits.npy", "cls.npy")
 DTYPES = {"ids": "int64", "logits": "float32", "cls": "float16"}
 #: Manifest fields that identify what a cache was built from (compared by :meth:`TeacherCache.open`).
@@ -56,30 +57,11 @@ def bytes_per_row(num_labels: int, num_layers: int, hidden_size: int) -> int:
     return 4 * int(num_labels) + 2 * int(num_layers) * int(hidden_size) + 8
 
 
-#: Files whose bytes define a teacher (weights in any HF layout + the config).
-_WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
-                    "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
-
-
 # ---------------------------------------------------------------------------------------- helpers
 
-def teacher_fingerprint(teacher_dir: str | Path) -> str:
-    """sha256 over the teacher folder's weight file(s) and ``config.json`` (file names + bytes).
-
-    Reads files only, never instantiates the model. Raises ``FileNotFoundError`` naming the folder
-    when it has no ``config.json`` or no weight file.
-    """
-    folder = Path(teacher_dir)
-    config = folder / "config.json"
-    weights = sorted({p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
-    if not config.is_file() or not weights:
-        raise FileNotFoundError(
-            f"teacher folder {folder} needs config.json and weights (model.safetensors or "
-            f"pytorch_model.bin); found {sorted(p.name for p in folder.iterdir()) if folder.is_dir() else 'nothing'}")
-    h = hashlib.sha256()
-    for path in [config, *weights]:
-        h.update(f"{path.name}\0{verified_sha256(path)}\0".encode())
-    return h.hexdigest()
+#: What a teacher is, for the cache's identity: sha256 of its folder's config + weights (one home:
+#: :func:`dist_peakd.integrity.model_fingerprint`).
+teacher_fingerprint = model_fingerprint
 
 
 def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
@@ -140,14 +122,28 @@ def manifest_differences(manifest: Mapping[str, Any], expected: Mapping[str, Any
     return diffs
 
 
+def cache_files(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every shard file of a cache in the one manifest shape (:mod:`dist_peakd.integrity`):
+    ``{"<split>/shard-.../ids.npy": {"bytes", "sha256"}, ...}``: the manifest's ``files``; a manifest an
+    older version wrote (``bytes``/``sha256`` per shard record) is read into the same shape."""
+    if "files" in manifest:
+        return manifest["files"]
+    return {f"{rec['path']}/{name}": {"bytes": rec["bytes"][name], "sha256": rec["sha256"][name]}
+            for info in manifest["splits"].values() for rec in info["shards"] for name in FILES}
+
+
+def shard_files(manifest: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The files of one shard record (KeyError when the manifest lacks one: a malformed manifest)."""
+    files = cache_files(manifest)
+    return {f"{rec['path']}/{name}": files[f"{rec['path']}/{name}"] for name in FILES}
+
+
 def cache_fingerprint(manifest: Mapping[str, Any]) -> str:
     """sha256 of what a cache holds: its identity fields, dimensions and every shard file's sha256
     (not its creation time), so a rebuild with the same teacher and data keeps the fingerprint."""
     content = {k: manifest.get(k) for k in (*IDENTITY_FIELDS, "format_version", "num_labels", "num_layers",
                                              "hidden_size")}
-    content["shards"] = sorted((rec["path"], name, rec["sha256"][name])
-                               for info in manifest["splits"].values() for rec in info["shards"]
-                               for name in sorted(rec["sha256"]))
+    content["shards"] = sorted((*rel.rsplit("/", 1), rec["sha256"]) for rel, rec in cache_files(manifest).items())
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -347,17 +343,10 @@ class TeacherCache:
         for split, info in self.manifest["splits"].items():
             total = 0
             for rec in info["shards"]:
-                shard_dir = self.cache_dir / rec["path"]
-                for name in FILES:
-                    path = shard_dir / name
-                    if not path.is_file():
-                        raise CacheCorruptError(path, "missing")
-                    size = path.stat().st_size
-                    if size != rec["bytes"][name]:
-                        raise CacheCorruptError(path, f"has {size} bytes, manifest says {rec['bytes'][name]} "
-                                                      "(truncated or rewritten)")
-                    if checksum and verified_sha256(path) != rec["sha256"][name]:
-                        raise CacheCorruptError(path, "sha256 differs from the manifest (corrupted bytes)")
+                problems = manifest_problems(self.cache_dir, shard_files(self.manifest, rec), checksum=checksum,
+                                             words=IN_MANIFEST, sort=False)  # ids, logits, cls
+                if problems:
+                    raise CacheCorruptError(*problems[0])
                 self._open_shard(rec)  # .npy headers: row counts, shapes, dtypes (cheap)
                 total += int(rec["rows"])
             if total != info["rows"]:

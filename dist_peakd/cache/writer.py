@@ -9,7 +9,6 @@ folder removed.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -19,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import atomic_write_text, file_sha256, publish_dir, write_error
-from .store import DTYPES, FILES, FORMAT_VERSION, IDENTITY_FIELDS, MANIFEST
+from ..artifacts import publish_dir, write_error
+from ..integrity import file_sha256
+from ..integrity import write_manifest as write_manifest_file
+from .store import DTYPES, FILES, FORMAT_VERSION, IDENTITY_FIELDS, MANIFEST, cache_files
 
 
 def shard_name(rank: int, world_size: int) -> str:
@@ -158,10 +159,12 @@ def write_shard(cache_dir: str | Path, split: str, rank: int, world_size: int, i
 
 
 def write_manifest(cache_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically (temp file, fsync, rename); call last, after every shard."""
+    """Write ``manifest.json`` atomically (temp file, fsync, rename) in the one manifest shape
+    (:func:`dist_peakd.integrity.write_manifest`; ``files`` last); call last, after every shard."""
     path = Path(cache_dir) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(dict(manifest), indent=2, sort_keys=False, default=str), fsync_dir=True)
+    rest = {k: v for k, v in manifest.items() if k != "files"}
+    write_manifest_file(cache_dir, MANIFEST, dict(manifest["files"]), fsync_dir=True, **rest)
     return path
 
 
@@ -169,14 +172,17 @@ def build_manifest(*, identity: Mapping[str, Any], splits: Mapping[str, Sequence
                    num_labels: int, num_layers: int, hidden_size: int, teacher_dir: str | Path,
                    world_size: int, teacher_dev_metrics: Mapping[str, float] | None = None,
                    **extra: Any) -> dict[str, Any]:
-    """Assemble a manifest from the identity fields and each split's shard records."""
+    """Assemble a manifest from the identity fields and each split's shard records (their files' sizes and
+    sha256 go to ``files``, the one manifest shape; a shard record keeps its ``path`` and ``rows``)."""
+    records = {name: sorted((dict(r) for r in recs), key=lambda r: r["path"]) for name, recs in splits.items()}
+    files = cache_files({"splits": {name: {"shards": recs} for name, recs in records.items()}})
     return {
         "format_version": FORMAT_VERSION,
         **{k: identity[k] for k in IDENTITY_FIELDS},
         "teacher_dir": str(Path(teacher_dir).resolve()),
         "splits": {name: {"rows": int(sum(r["rows"] for r in recs)),
-                          "shards": sorted((dict(r) for r in recs), key=lambda r: r["path"])}
-                   for name, recs in splits.items()},
+                          "shards": [{"path": r["path"], "rows": r["rows"]} for r in recs]}
+                   for name, recs in records.items()},
         "num_labels": int(num_labels),
         "num_layers": int(num_layers),
         "hidden_size": int(hidden_size),
@@ -186,4 +192,5 @@ def build_manifest(*, identity: Mapping[str, Any], splits: Mapping[str, Sequence
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "world_size": int(world_size),
         **extra,
+        "files": files,
     }

@@ -30,8 +30,8 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict, Features, Value
 
-from ..artifacts import file_sha256
 from ..errors import ArtifactCorruptError, ArtifactWriteError
+from ..integrity import file_sha256
 from .errors import DataFileError, MalformedRowError
 from .options import file_format
 from .parse_cache import verified_load

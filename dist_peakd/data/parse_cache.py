@@ -16,7 +16,6 @@ hub id and config), under a lock beside it (``.<folder>.lock``) so ranks and con
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,16 +23,16 @@ from typing import Any, TypeVar
 
 from filelock import FileLock
 
-from ..artifacts import (
+from ..artifacts import writing
+from ..errors import ArtifactCorruptError
+from ..integrity import (
     EXPORT_MANIFEST,
-    atomic_write_text,
     file_sha256,
     manifest_problems,
     raise_problems,
     read_file_manifest,
-    writing,
+    write_manifest,
 )
-from ..errors import ArtifactCorruptError
 
 T = TypeVar("T")
 
@@ -84,5 +83,5 @@ def verified_load(folder: str | Path, what: str, load: Callable[[str], T]) -> T:
                 for rel in new:
                     path = folder / rel
                     files[rel] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-                atomic_write_text(folder / EXPORT_MANIFEST, json.dumps({"files": files}, indent=1, sort_keys=True))
+                write_manifest(folder, EXPORT_MANIFEST, dict(sorted(files.items())))
     return result

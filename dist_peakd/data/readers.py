@@ -29,7 +29,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict, DatasetInfo, Features, Value
 
-from ..artifacts import file_sha256
+from ..integrity import file_sha256
 from .errors import GLUE_LAYOUT, DataError, DataLayoutError, EncodingError, LabelError, MalformedRowError
 from .files import long_csv_fields
 from .tasks import GlueTask, get_task

@@ -15,8 +15,9 @@ from typing import Any
 from datasets import DatasetDict, Features, List, Value, load_from_disk
 
 from .. import console
-from ..artifacts import publish_dir, verify_folder, write_export_manifest, writing
+from ..artifacts import publish_dir, writing
 from ..errors import ArtifactCorruptError
+from ..integrity import verify_folder, write_export_manifest
 
 logger = logging.getLogger(__name__)
 

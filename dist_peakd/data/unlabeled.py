@@ -34,7 +34,8 @@ import numpy as np
 from datasets import Dataset, Features, Value
 
 from .. import console
-from ..artifacts import verify_folder, write_export_manifest, writing
+from ..artifacts import writing
+from ..integrity import verify_folder, write_export_manifest
 from .errors import DataLayoutError, DataOptionError
 from .options import DataOptions
 from .own import LoadedData, load_data

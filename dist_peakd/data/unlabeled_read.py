@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import file_sha256
+from ..integrity import file_sha256
 from .errors import ColumnError, DataFileError, DataValueError, EncodingError
 from .files import RawSplit, hub_split, read_file, read_hub
 from .options import unlabeled_format

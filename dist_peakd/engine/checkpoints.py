@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..artifacts import atomic_write_text, file_manifest, manifest_problems, publish_dir, write_error
+from .. import console
+from ..artifacts import atomic_write_text, publish_dir, write_error
 from ..errors import ArtifactWriteError, CheckpointCorruptError
+from ..integrity import manifest_problems, write_manifest
 from .distributed import DistInfo, barrier, is_collective_failure
 from .rng import rng_state, set_rng_state
 from .safe_checkpoint import durable_save, safe_load
@@ -185,8 +186,7 @@ def save_checkpoint(engine: Engine, root: str | Path, tag: str, client_state: di
 def _publish(root: Path, tag: str, tmp: Path, global_step: int) -> None:
     """Rank 0: COMPLETE marker with every file's size and sha256, then the folder, then ``latest``."""
     try:
-        record = {"global_step": global_step, "tag": tag, "files": file_manifest(tmp)}
-        atomic_write_text(tmp / COMPLETE_FILE, json.dumps(record, indent=1))
+        write_manifest(tmp, COMPLETE_FILE, global_step=global_step, tag=tag)
         publish_dir(tmp, root / tag)
         atomic_write_text(root / LATEST_FILE, tag)
     except Exception as e:
@@ -212,7 +212,7 @@ def load_checkpoint(engine: Engine, root: str | Path, tag: str | None = None) ->
     if tag is None:
         tag, warnings = select_checkpoint(root)
         for w in warnings:
-            print(f"[dist-peakd] warning: {w}", file=sys.stderr, flush=True)
+            console.warn(w)
     if tag is None:
         raise FileNotFoundError(f"no complete checkpoint under {root} (missing {root / LATEST_FILE})")
     path, client_state = engine.ds.load_checkpoint(str(root), tag=tag)

@@ -7,13 +7,15 @@ import datetime
 import os
 import socket
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .. import console
-from ..env import default_ds_accelerator, env_int
+from ..env import default_ds_accelerator, env_int, env_seconds
 from . import watchdog as _watchdog
 
 
@@ -90,16 +92,7 @@ COLLECTIVE_TIMEOUT_ENV = "DIST_PEAKD_COLLECTIVE_TIMEOUT"
 
 def collective_timeout_from_env() -> float:
     """``DIST_PEAKD_COLLECTIVE_TIMEOUT`` in seconds (default 600)."""
-    from ..errors import ConfigError
-
-    raw = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "").strip() or "600"
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise ConfigError(f"{COLLECTIVE_TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
-    return value
+    return env_seconds(COLLECTIVE_TIMEOUT_ENV, 600.0, lambda v: 0 < v < float("inf"), "a number of seconds > 0")
 
 
 def _set_default_group_timeout(timeout_s: float) -> None:
@@ -294,3 +287,26 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+def decide_on_rank0(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Rank 0 decides, every rank raises: run ``fn(*args, **kwargs)`` on rank 0 only (every process outside a
+    process group), share its result, or the exception it raised, with every rank; return that result on
+    every rank, or raise that exception on every rank (so no rank waits for a rank 0 that gave up).
+
+    The one home of the pattern (a stage folder's claim, lock and input check, the data record check,
+    the teacher cache's skip/build decision); ``fn``'s result and exceptions must be picklable.
+    """
+    outcome: tuple[bool, Any] | None = None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        try:
+            outcome = (True, fn(*args, **kwargs))
+        except Exception as e:  # every rank raises the same error instead of waiting for rank 0
+            outcome = (False, e)
+    ok, value = broadcast_object(outcome)  # type: ignore[misc]
+    if not ok:
+        raise value
+    return value

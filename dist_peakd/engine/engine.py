@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import verify_export
 from ..errors import ConfigError, NonFiniteLossError
+from ..integrity import verify_export
 from ..loss_output import LossOutput
 from . import checkpoints, export, safe_checkpoint
 from .distributed import DistInfo, all_gather_objects, init_distributed

@@ -37,8 +37,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..artifacts import atomic_write_text, link_identical_files
+from ..artifacts import atomic_write_text
 from ..errors import CheckpointCorruptError, EarlyStopped, Preempted, StopRequested, TooManySkippedSteps
+from ..integrity import link_identical_files
+from ..layout import BEST, CHECKPOINTS, FINAL, SUMMARY, TRAIN_LOG
 from .checkpoints import prune_checkpoints, select_checkpoint
 from .distributed import barrier, broadcast_object
 from .engine import Engine
@@ -49,7 +51,7 @@ from .prefetch import Prefetcher
 from .tracking import Tracker
 from .train_log import TrainLog
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = CHECKPOINTS
 
 
 def _on_terminal() -> bool:
@@ -118,7 +120,7 @@ class Trainer:
         self.state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
                                       "history": [], "finished": False, "nonfinite_skipped": 0}
         self.stop_signal = SigtermFlag()
-        self.log = TrainLog(self.output_dir / "train_log.jsonl", tracker, self.is_main)
+        self.log = TrainLog(self.output_dir / TRAIN_LOG, tracker, self.is_main)
         self.label = options.label or self.output_dir.name
         self._bar: Any = None
         self._stopped: dict[str, Any] | None = None  # the summary of a run a hook ended early
@@ -274,7 +276,7 @@ class Trainer:
             tqdm.write(f"[dist-peakd] {self.label} dev, step {step}/{self.total_steps}: {values}"
                        + (" (best so far)" if improved else ""))
         if improved:
-            self.export_fn(self.output_dir / "best", {"step": step, "metrics": metrics})
+            self.export_fn(self.output_dir / BEST, {"step": step, "metrics": metrics})
         for hook in self.hooks:
             if hasattr(hook, "on_eval"):
                 hook.on_eval(step, metrics)
@@ -346,9 +348,9 @@ class Trainer:
             except EarlyStopped:  # a scheduler's stop at the last evaluation: the run is complete anyway
                 pass
         final_metrics = {k: v for k, v in self.state["history"][-1].items() if k not in ("step", "epoch")}
-        self.export_fn(self.output_dir / "final", {"step": step, "metrics": final_metrics})
-        if self.is_main and (self.output_dir / "best").is_dir():
-            link_identical_files(self.output_dir / "final", self.output_dir / "best")
+        self.export_fn(self.output_dir / FINAL, {"step": step, "metrics": final_metrics})
+        if self.is_main and (self.output_dir / BEST).is_dir():
+            link_identical_files(self.output_dir / FINAL, self.output_dir / BEST)
         summary = self.summary()
         keep = self.options.keep_checkpoints_after_success
         if keep and not self.state["finished"]:
@@ -392,7 +394,7 @@ class Trainer:
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
         if self.is_main:
-            atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2))
+            atomic_write_text(self.output_dir / SUMMARY, json.dumps(summary, indent=2))
         self.tracker.flush()
 
     def remove_checkpoints(self) -> None:

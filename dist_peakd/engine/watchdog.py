@@ -51,18 +51,10 @@ _PACKET = struct.Struct("!4sBIQQ")  # magic, kind, sender rank, sender nonce, se
 
 def timeout_from_env() -> float:
     """``DIST_PEAKD_HEARTBEAT_TIMEOUT`` in seconds (default 60; 0 turns the watchdog off)."""
-    from ..errors import ConfigError
+    from ..env import env_seconds
 
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (value == 0 or 1.0 <= value < float("inf")):
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: expected seconds >= 1 (or 0 to turn the watchdog off)")
-    return value
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, lambda v: v == 0 or 1.0 <= v < float("inf"),
+                       "seconds >= 1 (or 0 to turn the watchdog off)")
 
 
 def interval_for(timeout_s: float) -> float:

@@ -13,23 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import (
-    EXPORT_MANIFEST,
-    apply_umask,
-    is_disk_full,
-    publish_dir,
-    verify_export,
-    write_error,
-    write_export_manifest,
-)
+from ..artifacts import apply_umask, is_disk_full, publish_dir, write_error
 from ..errors import EXIT_BAD_INPUT, ArtifactWriteError, ModelConfigError, exit_code_of
+from ..integrity import EXPORT_MANIFEST, verify_export, write_export_manifest
+from ..layout import EXPORT_RECORD, MODEL_CONFIG
 
 #: Keys transformers writes into tokenizer_config.json from the *loading* call (offline mode, a local
 #: path); they describe the machine that saved the folder, not the tokenizer, and are dropped.
 MACHINE_TOKENIZER_KEYS: tuple[str, ...] = ("local_files_only", "is_local")
 
 #: The record a stage writes into each model folder; its ``card`` entry holds the model card's inputs.
-RECORD_FILE = "dist_peakd.json"
+RECORD_FILE = EXPORT_RECORD
 
 
 class ExportError(ValueError):
@@ -67,7 +61,7 @@ def load_model_folder(model_dir: str | Path, trust_unverified: bool = False) -> 
     from ..models.loading import load_reporting
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if not (model_dir / MODEL_CONFIG).is_file():
         raise ExportError(f"model_dir {str(model_dir)!r}: no config.json (expected a folder a stage wrote, "
                           "e.g. <stage>/final or <stage>/best)")
     verify_export(model_dir, trust_unverified=trust_unverified)
@@ -205,7 +199,7 @@ def write_json_files(folder: Path, files: Mapping[str, Any] | None) -> None:
 def mark_fp32(folder: Path) -> None:
     """Record ``dtype: float32`` in ``folder/config.json``: the exported weights are fp32 whatever the
     training precision (``save_pretrained`` writes the live module's dtype, e.g. bfloat16)."""
-    path = folder / "config.json"
+    path = folder / MODEL_CONFIG
     data = json.loads(path.read_text())
     if data.get("dtype") != "float32":
         data["dtype"] = "float32"

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
+from ..layout import MODEL_CONFIG
 from .folder import (
     ExportError,
     fp32_state_dict,
@@ -53,7 +54,7 @@ def code_files(config: Any) -> tuple[str, ...]:
 
 def _check_code_files(folder: Path, config: Any) -> None:
     missing = [name for name in code_files(config) if not (folder / name).is_file()]
-    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map") or {}
+    auto_map = json.loads((folder / MODEL_CONFIG).read_text()).get("auto_map") or {}
     if missing or "AutoModelForSequenceClassification" not in auto_map:
         raise ExportError(f"the SPS export lacks its custom code ({missing or 'auto_map'}); load the model with "
                           "dist_peakd.models (which registers the classes for save_pretrained) before exporting")

@@ -16,6 +16,8 @@ import json
 import struct
 from pathlib import Path
 
+from ..layout import MODEL_CONFIG
+
 #: model_type values a teacher may have (loaded, fine-tuned and run by ``AutoModelForSequenceClassification``;
 #: each gives ``num_hidden_layers + 1`` hidden states with [CLS] at position 0, what the teacher cache stores;
 #: tests/test_teacher_families.py fine-tunes and caches a tiny random model of each).
@@ -48,7 +50,7 @@ def supported(role: str) -> tuple[str, ...]:
 def read_model_type(folder: str | Path) -> str | None:
     """``model_type`` of ``folder/config.json`` (None when unreadable or absent)."""
     try:
-        value = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        value = json.loads((Path(folder) / MODEL_CONFIG).read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         return None
     return str(value) if value else None
@@ -56,7 +58,7 @@ def read_model_type(folder: str | Path) -> str | None:
 
 def read_config(folder: str | Path) -> dict:
     try:
-        data = json.loads((Path(folder) / "config.json").read_text())
+        data = json.loads((Path(folder) / MODEL_CONFIG).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

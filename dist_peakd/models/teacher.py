@@ -138,6 +138,6 @@ def model_inputs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tens
 def _verify_if_export(path_or_id: str | Path, required: bool | None = None, trust_unverified: bool = False) -> None:
     """A dist-peakd export folder is checked against its file manifest (names a corrupted file)."""
     if Path(path_or_id).is_dir():
-        from ..artifacts import verify_export
+        from ..integrity import verify_export
 
         verify_export(path_or_id, required=required, trust_unverified=trust_unverified)

@@ -28,14 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import console
-from ..artifacts import atomic_write_text, publish_dir, verify_export
+from ..artifacts import atomic_write_text, publish_dir
 from ..cache.store import (
     IDENTITY_FIELDS,
     MANIFEST,
     UNLABELED_SPLIT,
     TeacherCache,
     bytes_per_row,
-    teacher_fingerprint,
 )
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
 from ..config import RunOptions, option, save_resolved_config
@@ -50,11 +49,13 @@ from ..engine import (
     all_gather_objects,
     barrier,
     broadcast_object,
+    decide_on_rank0,
     init_distributed,
     seed_everything,
 )
 from ..errors import ArtifactWriteError, CacheCorruptError, CacheMismatchError
-from ..layout import TEACHER_CACHE
+from ..integrity import model_fingerprint, verify_export
+from ..layout import STAGE_OPTIONS, SUMMARY, TEACHER_CACHE
 from ..metrics import metric_report
 from ..models import load_teacher, teacher_forward
 from .common import (
@@ -116,7 +117,7 @@ def expected_identity(opts: RunOptions, data: TaskData, tokenizer: Any, teacher_
     if data.unlabeled is not None:
         rows[UNLABELED_SPLIT] = len(data.unlabeled)
     return {
-        "teacher_fingerprint": teacher_fingerprint(teacher_dir),
+        "teacher_fingerprint": model_fingerprint(teacher_dir),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "max_length": int(opts.max_length),
         "data_fingerprint": data.fingerprint,
@@ -139,7 +140,7 @@ def _summary_of(cache: TeacherCache, skipped: bool, **extra: Any) -> dict[str, A
 
 
 def _decide(cache_dir: Path, expected: dict[str, Any], rebuild: bool, force: bool = False) -> dict[str, Any]:
-    """Rank 0: skip (valid matching cache), build, or error (mismatch/corruption without rebuild/force)."""
+    """Rank 0: skip (valid matching cache) or build; a mismatch or corruption without rebuild/force raises."""
     if rebuild:
         return {"action": "build", "reason": "rebuild requested"}
     if not (cache_dir / MANIFEST).is_file():
@@ -150,7 +151,7 @@ def _decide(cache_dir: Path, expected: dict[str, Any], rebuild: bool, force: boo
     except (CacheMismatchError, CacheCorruptError) as e:
         if force:
             return {"action": "build", "reason": f"--force: {e}"}
-        return {"action": "error", "error": e}
+        raise
     return {"action": "skip", "summary": _summary_of(cache, True, verify_s=round(time.perf_counter() - start, 3))}
 
 
@@ -172,7 +173,7 @@ def check_disk(cache_dir: Path, rows: int, num_labels: int, teacher_dir: Path) -
     if free < need:
         raise ArtifactWriteError(errno.ENOSPC, f"{cache_dir}: not enough free disk space for the {line}; free "
                                  "some or give --teacher_cache_dir on a larger disk", str(cache_dir))
-    print(f"[dist-peakd] {line}", flush=True)
+    console.info(line)
     return need
 
 
@@ -227,18 +228,15 @@ def _build_split(engine: Engine, columns: TokenColumns, shares: list[list[int]],
 def _decision(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Path, data: TaskData, tokenizer: Any,
               teacher_dir: Path) -> dict[str, Any]:
     """Rank 0 decides (skip / build / error) and every rank gets the same decision."""
-    decision: dict[str, Any] = {}
-    if dist_info.is_main:
-        try:
-            expected = expected_identity(opts, data, tokenizer, teacher_dir)
-            decision = {**_decide(cache_dir, expected, opts.rebuild, opts.force), "expected": expected}
-            if decision["action"] == "build":
-                check_disk(cache_dir, sum(expected["rows"].values()), data.task.num_labels, teacher_dir)
-        except Exception as e:  # every rank raises the same error instead of waiting for rank 0
-            decision = {"action": "error", "error": e}
-    decision = broadcast_object(decision)  # type: ignore[assignment]
-    if decision["action"] == "error":
-        raise decision["error"]
+    return decide_on_rank0(_decide_on_rank0, opts, cache_dir, data, tokenizer, teacher_dir)
+
+
+def _decide_on_rank0(opts: CacheTeacherOptions, cache_dir: Path, data: TaskData, tokenizer: Any,
+                     teacher_dir: Path) -> dict[str, Any]:
+    expected = expected_identity(opts, data, tokenizer, teacher_dir)
+    decision = {**_decide(cache_dir, expected, opts.rebuild, opts.force), "expected": expected}
+    if decision["action"] == "build":
+        check_disk(cache_dir, sum(expected["rows"].values()), data.task.num_labels, teacher_dir)
     return decision
 
 
@@ -287,7 +285,7 @@ def _write_manifest(cache_dir: Path, expected: dict[str, Any], shards: dict[str,
     report = metric_report(data.task, dev.logits().numpy(), labels)
     manifest["teacher_dev_metrics"], manifest["teacher_dev_warnings"] = report.values, report.warnings
     for warning in report.warnings:
-        print(f"[dist-peakd] warning: teacher dev predictions: {warning}", flush=True)
+        console.info(f"warning: teacher dev predictions: {warning}")
     write_manifest(cache_dir, manifest)
     return manifest
 
@@ -311,9 +309,8 @@ def run(opts: CacheTeacherOptions) -> dict[str, Any]:
     decision = _decision(opts, dist_info, cache_dir, data, tokenizer, teacher_dir)
     if decision["action"] == "skip":
         summary = decision["summary"]
-        if dist_info.is_main:
-            print(f"[dist-peakd] teacher cache {cache_dir} is valid and matches this run: skipped "
-                  f"(verified in {summary['verify_s']} s)", flush=True)
+        console.info(f"teacher cache {cache_dir} is valid and matches this run: skipped "
+                     f"(verified in {summary['verify_s']} s)")
         return summary
     build = build_dir_of(cache_dir)
     try:
@@ -334,7 +331,7 @@ def _build(opts: CacheTeacherOptions, dist_info: DistInfo, cache_dir: Path, buil
     if dist_info.is_main:
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir(parents=True)
-        save_resolved_config(opts, build / "config.json")
+        save_resolved_config(opts, build / STAGE_OPTIONS)
     barrier()
     shards, dims, precision, infer_s = _teacher_pass(opts, dist_info, build, data, tokenizer, teacher_dir)
     if not dist_info.is_main:
@@ -357,9 +354,8 @@ def _verified_summary(build: Path, cache_dir: Path, expected: dict[str, Any], ma
     summary = _summary_of(cache, False, build_s=round(build_s, 3), inference_s=round(infer_s, 3),
                           rows_per_s=round(total_rows / max(infer_s, 1e-9), 1),
                           verify_s=round(verify_s, 3), precision=precision)
-    atomic_write_text(cache_dir / "summary.json", json.dumps(summary, indent=2, default=str))
-    print(f"[dist-peakd] cached {total_rows} rows ({', '.join(f'{k}: {v}' for k, v in summary['rows'].items())}) "
-          f"in {build_s:.1f} s (teacher pass {infer_s:.1f} s, {summary['rows_per_s']} rows/s) on {world_size} "
-          "rank(s); teacher dev " + ", ".join(f"{k} {v:.4f}" for k, v in summary["teacher_dev_metrics"].items()),
-          flush=True)
+    atomic_write_text(cache_dir / SUMMARY, json.dumps(summary, indent=2, default=str))
+    console.info(f"cached {total_rows} rows ({', '.join(f'{k}: {v}' for k, v in summary['rows'].items())}) "
+                 f"in {build_s:.1f} s (teacher pass {infer_s:.1f} s, {summary['rows_per_s']} rows/s) on {world_size} "
+                 "rank(s); teacher dev " + ", ".join(f"{k} {v:.4f}" for k, v in summary["teacher_dev_metrics"].items()))
     return summary

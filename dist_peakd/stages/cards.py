@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..env import env_int
 from ..export import read_folder_record as read_record
+from ..layout import BEST, MODEL_CONFIG
 
 #: The command line that started this process (set by the CLI; None when stages run from Python).
 _COMMAND: list[str] | None = None
@@ -33,7 +34,7 @@ def set_command(argv: list[str]) -> None:
 def command_line(stage: str, opts: Any) -> str:
     """The exact command that made this run: the CLI's arguments (under a launcher, with its rank
     count), else a ``dist-peakd <stage>`` line of the options that differ from their defaults."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = env_int("WORLD_SIZE", 1)
     prefix = f"deepspeed --num_gpus {world} --module dist_peakd.cli" if world > 1 else "dist-peakd"
     if _COMMAND:
         return f"{prefix} {shlex.join(_COMMAND)}"
@@ -101,7 +102,7 @@ class ExportContext:
     def card_inputs(self, which: str, metrics: dict[str, float]) -> dict[str, Any]:
         """``render_model_card`` keyword arguments for the ``which`` (best | final) folder."""
         dev: dict[str, dict[str, float]] = {which: dict(metrics)}
-        best = read_record(self.stage_dir / "best").get("metrics") if which != "best" else None
+        best = read_record(self.stage_dir / BEST).get("metrics") if which != "best" else None
         if best:
             dev["best"] = best
         if self.teacher_metrics:
@@ -142,18 +143,18 @@ def teacher_identity(teacher: Path, cache_manifest: dict[str, Any] | None = None
     ``dist-peakd-mrpc-teacher-best``; else the hub id its config records; else its folder's name), the
     model it was fine-tuned from, and its fingerprint (sha256 of ``config.json`` + weights, the teacher
     cache's key: the cache's value when given, i.e. the teacher the student was distilled from)."""
-    from ..cache import teacher_fingerprint
+    from ..integrity import model_fingerprint
 
     card = read_record(teacher).get("card") or {}
     name = card.get("name")
     if not name:
-        config = Path(teacher) / "config.json"
+        config = Path(teacher) / MODEL_CONFIG
         hub = json.loads(config.read_text()).get("_name_or_path", "") if config.is_file() else ""
         name = hub if hub and "/" in hub and not Path(hub).exists() else Path(teacher).name
     fingerprint = (cache_manifest or {}).get("teacher_fingerprint")
     if not fingerprint:
         try:
-            fingerprint = teacher_fingerprint(teacher)
+            fingerprint = model_fingerprint(teacher)
         except FileNotFoundError:
             fingerprint = None
     return {"teacher": name, "teacher_fingerprint": fingerprint, "teacher_base_model": card.get("base_model")}

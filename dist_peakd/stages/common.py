@@ -33,22 +33,23 @@ from ..data import (
 )
 from ..data.rows import column_array
 from ..data.unlabeled import load_unlabeled
-from ..engine import DistInfo, Engine, Tracker, broadcast_object, init_distributed, seed_everything
+from ..engine import DistInfo, Engine, Tracker, decide_on_rank0, init_distributed, seed_everything
 from ..engine.loop_spec import TrainData, total_train_steps
 from ..engine.tracking import tensorboard_dir
 from ..errors import ConfigError, StopRequested
+from ..layout import CHECKPOINTS, EXPORT_RECORD, MODEL_CONFIG
 from .metric_warnings import MetricWarnings
-from .stage_folder import _rank, claim_stage_dir
+from .stage_folder import claim_stage_dir
 
 __all__ = ["MetricWarnings"]  # re-exported: the stages import it from here
 
 
 def backbone_fingerprint(name: str) -> str:
     """What a backbone is: sha256 of its config and weights for a folder, else its hub id."""
-    from ..cache import teacher_fingerprint
+    from ..integrity import model_fingerprint
 
     path = resolve_backbone(name)
-    return teacher_fingerprint(path) if Path(path).is_dir() else f"hub:{path}"
+    return model_fingerprint(path) if Path(path).is_dir() else f"hub:{path}"
 
 
 def start_stage(opts: RunOptions, stage_dir: Path,
@@ -99,7 +100,7 @@ def check_model_source(name: str, option_name: str = "backbone") -> str:
     path = Path(source).expanduser()
     looks_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1 or not source.strip()
     if looks_local:
-        config = path / "config.json"
+        config = path / MODEL_CONFIG
         if not path.is_dir():
             raise ConfigError(f"option {option_name}: {source!r} is not a folder (and not a hub id)")
         try:
@@ -194,21 +195,21 @@ def load_run_data(opts: RunOptions, need_train: bool = True, eval_split: str = "
     recorded = layout.data_record.is_file()  # then the data are compared with it first, else it is written
     if before_record is not None and not recorded:
         before_record(loaded.task)
-    problem = None
-    if _rank() == 0:
-        try:
-            check_data_record(layout.data_record, loaded)
-        except DataError as e:
-            problem = str(e)
-    problem = broadcast_object(problem)
-    if problem:
-        raise DataError(problem)
+    decide_on_rank0(_check_data_record, layout.data_record, loaded)
     if before_record is not None and recorded:
         before_record(loaded.task)
     return loaded
 
 
 _SUMMARIES: set[str] = set()
+
+
+def _check_data_record(path: Path, loaded: LoadedData) -> None:
+    """Rank 0: compare the data with ``data.json`` (or write it); a difference is a :class:`DataError`."""
+    try:
+        check_data_record(path, loaded)
+    except DataError as e:
+        raise DataError(str(e)) from None
 
 
 def _print_summary(loaded: LoadedData) -> None:
@@ -316,12 +317,11 @@ def open_tracker(stage_dir: Path, dist_info: DistInfo, config: dict[str, Any], t
     When the run will resume from a checkpoint, the events an interrupted run wrote after it are
     purged (TensorBoard's purge on restart), so every step has one value."""
     from ..engine.checkpoints import resume_step
-    from ..engine.trainer import CHECKPOINT_DIR
 
     log_dir = tensorboard_dir(stage_dir)
     purge = None
     if dist_info.is_main and any(log_dir.glob("events.out.tfevents.*")):
-        purge = resume_step(stage_dir / CHECKPOINT_DIR, bool(config.get("trust_unverified"))) + 1
+        purge = resume_step(stage_dir / CHECKPOINTS, bool(config.get("trust_unverified"))) + 1
     tracker = Tracker(log_dir, enabled=dist_info.is_main, purge_step=purge)
     if dist_info.is_main:
         if task is not None:
@@ -358,7 +358,7 @@ def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: d
         if context is not None:
             record.update(context.record(path.name, info["metrics"]))
             card, labels = render_model_card(**record["card"]), context.label_names
-        engine.export_pretrained(path, tokenizer, extra_json={"dist_peakd.json": record}, label_names=labels,
+        engine.export_pretrained(path, tokenizer, extra_json={EXPORT_RECORD: record}, label_names=labels,
                                  card=card, plain=plain)
 
     return export

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import console
 from ..artifacts import atomic_write_text
+from ..layout import SUMMARY
 from ..sweep.front import choose, closest, describe_misses, front_table, pareto_front, to_json
 
 CARD_SECTION = "Compression front"
@@ -21,7 +22,7 @@ def baseline_block(rows: list[dict[str, Any]]) -> dict[str, Any]:
     dev rows; a trial the scheduler ended records none), with the teacher's main metric on them."""
     for row in rows:
         try:
-            block = json.loads((Path(row["run_dir"]) / "summary.json").read_text()).get("baseline")
+            block = json.loads((Path(row["run_dir"]) / SUMMARY).read_text()).get("baseline")
         except (OSError, ValueError):
             continue
         if isinstance(block, dict) and block.get("metrics"):
@@ -136,7 +137,7 @@ def finish(opts: Any, task: Any, sweep_dir: Path, rows: list[dict[str, Any]], po
               "closest": ({"name": near[0]["name"], "trial": near[0]["trial"], "misses": near[1]} if near else None),
               "exported": exported, "notes": notes, "plot": str(plot) if plot else None}
     atomic_write_text(sweep_dir / "front.json", to_json(result))
-    print(md, flush=True)
+    console.echo(md)
     for line in _outcome_lines(chosen, near, budget, main):
         (console.info if chosen is not None else console.warn)(line.replace("**", ""))
     if chosen is not None and chosen.get("at_or_below_baseline"):

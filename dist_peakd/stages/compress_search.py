@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import console
 from ..export.latency import machine_name
+from ..layout import BEST, FINAL, MODEL_CONFIG
 from .compress_trial import Measure, measure_options, measure_trial, parse_shape, parse_shapes, run_trial
 from .pipeline import run_teacher_stages
 
@@ -86,8 +87,8 @@ MEASURED = "compress_measured.json"
 def checkpoint_of(run_dir: Path) -> str | None:
     """The checkpoint a finished trial is measured as: ``final/``; ``best/`` when the scheduler ended the
     trial at its last evaluation, before ``final/`` was written (its best on dev over its evaluations)."""
-    for name in ("final", "best"):
-        if (run_dir / name / "config.json").is_file():
+    for name in (FINAL, BEST):
+        if (run_dir / name / MODEL_CONFIG).is_file():
             return name
     return None
 
@@ -125,7 +126,7 @@ def trial_points(row: dict[str, Any], measure: Measure, main: str, block: dict[s
     teacher = block.get("teacher")
     short = row["trial"].removeprefix("trial-").split("-")[0].rsplit("_", 1)[-1]
     points = []
-    checkpoint = checkpoint_of(run_dir) or "final"
+    checkpoint = checkpoint_of(run_dir) or FINAL
     for graph in measured_graphs(run_dir, measure, checkpoint):
         metrics = graph["metrics"]
         compared = (compare_to_baseline(main, metrics, block, {main: teacher} if teacher is not None else None)

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..config import option
 from ..errors import ConfigError
+from ..layout import MODEL_CONFIG
 from . import distill
 from .distill import DistillOptions
 
@@ -161,4 +162,4 @@ def measure_trial(model_dir: Path, work: Path, measure: Measure) -> list[dict[st
 def _vocab_size(folder: Path) -> int:
     import json
 
-    return int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    return int(json.loads((folder / MODEL_CONFIG).read_text())["vocab_size"])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..layout import CACHE_MANIFEST, MODEL_CONFIG
 from .cross_student import OPTION, student_source
 
 
@@ -22,8 +23,8 @@ def check_cross_student(opts: Any, stage: str, task: Any = None) -> None:
     positions; and a teacher (cache) whose label set is not the task's (``task`` known)."""
     from transformers import AutoConfig
 
-    from ..artifacts import verify_export
     from ..data import check_max_length
+    from ..integrity import verify_export
     from ..models.families import supported
     from .common import check_model_source
 
@@ -72,7 +73,7 @@ def check_label_set(opts: Any, task: Any, source: str) -> None:
     layout = opts.layout()
     cache_dir = Path(layout.teacher_cache)
     try:
-        manifest = json.loads((cache_dir / "manifest.json").read_text())
+        manifest = json.loads((cache_dir / CACHE_MANIFEST).read_text())
     except (OSError, ValueError):
         manifest = None
     manifest = manifest if isinstance(manifest, dict) else {}
@@ -85,9 +86,9 @@ def check_label_set(opts: Any, task: Any, source: str) -> None:
                           f"{task.num_labels} {task_labels}: logit KD needs one label set; build the cache for this "
                           "task (dist-peakd cache-teacher) or give this task's teacher")
     teacher = Path(layout.teacher)
-    if not (teacher / "config.json").is_file() and manifest.get("teacher_dir"):
+    if not (teacher / MODEL_CONFIG).is_file() and manifest.get("teacher_dir"):
         teacher = Path(str(manifest["teacher_dir"]))
-    if not (teacher / "config.json").is_file():
+    if not (teacher / MODEL_CONFIG).is_file():
         return
     config = read_config(teacher)
     id2label = config.get("id2label") if isinstance(config.get("id2label"), dict) else None

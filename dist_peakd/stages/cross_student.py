@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..layout import MODEL_CONFIG
 
 OPTION = "student_backbone"
 HELP = ("a student from another pretrained checkpoint (folder or hub id; 'minilm' = the embedded all-MiniLM-L6-v2): "
@@ -94,7 +95,7 @@ def cross_tag(opts: Any) -> str:
     source = student_source(opts)
     model_type = "model"
     try:
-        model_type = json.loads((Path(source) / "config.json").read_text()).get("model_type") or model_type
+        model_type = json.loads((Path(source) / MODEL_CONFIG).read_text()).get("model_type") or model_type
     except (OSError, ValueError, AttributeError):
         pass
     where = str(Path(source).expanduser().resolve()) if Path(source).exists() else source

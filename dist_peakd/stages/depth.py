@@ -6,7 +6,7 @@ An SPS student with ``k <= 3`` parameter layers runs ``2k`` effective layers, so
 paper's setting). A ``none`` student runs each layer once: ``k = ceil(L / 2)``.
 
 ``auto`` is resolved before a stage claims its folder, and the resolved integer is what the folder
-name, ``config.json`` and the summary hold: a run with ``--k auto`` and one with the same ``--k``
+name, ``stage_options.json`` and the summary hold: a run with ``--k auto`` and one with the same ``--k``
 written out share their stage folders (and a sweep's resume sees the same options).
 """
 
@@ -16,6 +16,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .. import console
+from ..layout import MODEL_CONFIG
 from .depth_rules import AUTO, auto_k, normalise_k
 
 __all__ = ["AUTO", "auto_k", "normalise_k"]
@@ -30,7 +32,7 @@ def teacher_depth(opts: Any) -> tuple[int, str]:
     from .common import resolve_backbone
 
     teacher = opts.layout().teacher
-    source = str(teacher) if (Path(teacher) / "config.json").is_file() else resolve_backbone(opts.backbone)
+    source = str(teacher) if (Path(teacher) / MODEL_CONFIG).is_file() else resolve_backbone(opts.backbone)
     return int(AutoConfig.from_pretrained(source).num_hidden_layers), source
 
 
@@ -70,7 +72,7 @@ def describe_resolution(note: dict[str, Any] | None) -> str | None:
 def announce_k(note: dict[str, Any] | None, dist_info: Any) -> None:
     """Print how ``auto`` was resolved (rank 0; nothing when k was given)."""
     if note is not None and dist_info.is_main:
-        print(f"[dist-peakd] {describe_resolution(note)}", flush=True)
+        console.info(describe_resolution(note))
 
 
 def resolve_plain(opts: Any) -> tuple[Any, dict[str, Any] | None]:

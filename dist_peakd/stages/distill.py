@@ -27,6 +27,7 @@ from ..engine.loop_spec import Batch
 from ..engine.tracking import with_eval_loss
 from ..engine.trainer import Evaluation, Trainer
 from ..errors import ConfigError
+from ..integrity import export_fingerprint
 from ..layout import RunLayout
 from ..models import build_student, load_student, model_stats
 from ..models.cross_student import exported_model
@@ -51,7 +52,6 @@ from .student_common import (
     K_HELP,
     VARIANT_HELP,
     StudentRun,
-    export_fingerprint,
     open_student_run,
     student_layers,
     validate_student_options,

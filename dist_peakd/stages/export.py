@@ -25,7 +25,7 @@ from typing import Any
 from .. import console
 from ..config import option
 from ..data.rows import column_array, fetch_rows
-from ..engine import barrier, broadcast_object, init_distributed
+from ..engine import decide_on_rank0, init_distributed
 from ..errors import ConfigError
 from ..export import (
     RECORD_FILE,
@@ -144,14 +144,15 @@ def export_folder(opts: ExportOptions) -> dict[str, Any]:
 
 
 def run(opts: ExportOptions) -> dict[str, Any]:
-    """Rank 0 writes the export; under a launcher the other ranks wait and return the same result.
+    """Rank 0 writes the export; under a launcher the other ranks wait and return the same result (or
+    raise the same error).
 
     The console gets the banner and the outcome line only: the libraries' warnings about their own
     internals and the check's small tokenization bar are kept off it (errors still surface)."""
-    dist_info = init_distributed()
-    result = None
-    if dist_info.is_main:
-        with console.library_warnings_off(), console.datasets_bars_off():
-            result = export_folder(opts)
-    barrier()
-    return broadcast_object(result)
+    init_distributed()
+    return decide_on_rank0(_export_quietly, opts)
+
+
+def _export_quietly(opts: ExportOptions) -> dict[str, Any]:
+    with console.library_warnings_off(), console.datasets_bars_off():
+        return export_folder(opts)

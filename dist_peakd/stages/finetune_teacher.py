@@ -1,7 +1,7 @@
 """Stage 1: fine-tune the teacher (an encoder of a supported family + its classification head) on a task.
 
 Outputs under ``<output_dir>/<task>/teacher/``: ``best/`` and ``final/`` (HF format with tokenizer),
-``summary.json``, ``config.json`` (the resolved options), ``checkpoints/`` (exact resume), ``tb/``.
+``summary.json``, ``stage_options.json`` (the resolved options), ``checkpoints/`` (exact resume), ``tb/``.
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import verify_export
 from ..data import LengthGroupedBatchSampler
 from ..data.rows import column_array, fetch_rows
 from ..engine import DistInfo, all_gather_objects
 from ..errors import ArtifactCorruptError, ConfigError
 from ..export import ExportError, OnnxLogits, load_model_folder, read_folder_record
 from ..export.onnx import ONNX_FILE, ONNX_INT8_FILE
+from ..integrity import verify_export
 
 Batch = dict[str, torch.Tensor]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import console
 from ..data import Task
-from .stage_folder import _rank
 
 
 class MetricWarnings:
@@ -39,8 +39,8 @@ class MetricWarnings:
         except ValueError:
             self.last_profile = None
         for warning in report.warnings:
-            if _rank() == 0 and not self._quiet:
-                print(f"[dist-peakd] warning: {warning}", flush=True)
+            if not self._quiet:  # stdout, as the evaluation lines it belongs to
+                console.info(f"warning: {warning}")
             if warning not in self.seen:
                 self.seen.append(warning)
         self._compare(task, report.values)

@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import EXPORT_MANIFEST
 from ..errors import ConfigError
 from ..export import RECORD_FILE
+from ..integrity import EXPORT_MANIFEST
 
 #: Kinds of inputs: an output may not be inside the folder of a ``"folder"`` input (the model folder);
 #: a ``"file"`` input may hold outputs beside it (a data folder); ``"area"``: only its ancestors are refused.

@@ -24,6 +24,7 @@ from ..config import RunOptions, option
 from ..data import DataOptions, glue_task
 from ..engine import barrier, init_distributed
 from ..errors import ConfigError
+from ..layout import FINAL
 from ..outcome import outcome_lines
 from . import cache_teacher, distill, finetune_teacher, ptp
 from .common import load_run_data, run_task
@@ -92,9 +93,8 @@ BANNER_NAMES = {"teacher": "finetune-teacher", "cache": "cache-teacher"}
 def print_outcome(stage: str, result: dict[str, Any]) -> None:
     """A stage's end lines (``distill done: f1 ... (final, step ...); best ...``, ``... reused: ...``,
     warnings, the summary's path) on the main process, as the stage's own command prints them."""
-    if console.is_main_process():
-        for line in outcome_lines(stage, result):
-            print(line, flush=True)
+    for line in outcome_lines(stage, result):
+        console.echo(line)
 
 
 def _run_stage(name: str, stage_dir: Path, stage_opts: RunOptions, runner: Any, log: list[str],
@@ -254,7 +254,7 @@ def compare_teacher_and_student(opts: PipelineOptions, teacher: dict[str, Any], 
     batch = collator_for(tokenizer)(dev_rows)
     teacher_model = load_teacher(opts.layout().teacher, num_labels=task.num_labels,
                                  trust_unverified=opts.trust_unverified, require_head=True).to(device)
-    final = Path(student_summary["stage_dir"]) / "final"
+    final = Path(student_summary["stage_dir"]) / FINAL
     student_model = (load_teacher(final, num_labels=task.num_labels, require_head=True) if plain_tag(opts)  # bert
                      else load_student(final)).to(device)
     student = {"final": student_summary["final"], "best": student_summary["best"]}
@@ -305,7 +305,7 @@ def run(opts: PipelineOptions) -> dict[str, Any]:
         baseline = baseline_summary(rows, student_summary.get("baseline"), task.main_metric)
         result = {"task": task.name, "metrics": list(task.metrics), "rows": rows, "baseline": baseline,
                   "student_vs_teacher": student_vs_teacher(rows), "k": opts.k, "k_auto": k_auto, "stages": log,
-                  "teacher_dir": str(layout.teacher), "student_dir": str(Path(student_summary["stage_dir"]) / "final"),
+                  "teacher_dir": str(layout.teacher), "student_dir": str(Path(student_summary["stage_dir"]) / FINAL),
                   "wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(dist_info.device),
                   "world_size": dist_info.world_size, "latency_batch": latency_batch,
                   "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str))}
@@ -345,7 +345,7 @@ def print_summary(md: str, result: dict[str, Any], task_dir: Path, json_path: Pa
     """The end of the pipeline's console output: the table, warnings, where the details are, the disk used."""
     from ..outcome import summary_warnings
 
-    print(md, flush=True)
+    console.echo(md)
     for who, summary in zip(("teacher", "student"), summaries, strict=True):
         for warning in summary_warnings(summary):
             console.warn(f"{who}: {warning}")

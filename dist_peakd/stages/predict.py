@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import atomic_write_text, file_sha256
+from ..artifacts import atomic_write_text
 from ..config import option
 from ..engine import barrier, init_distributed
 from ..errors import ConfigError
+from ..integrity import file_sha256
 from .common import collator_for, prepare_data
 from .evaluate import ModelDirOptions, check_glue_model_task, check_model_task, check_split
 from .inference import ModelFolder, open_model_folder, rows_logits

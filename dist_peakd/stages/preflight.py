@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..layout import CACHE_MANIFEST, EXPORT_RECORD, MODEL_CONFIG
 from ..models.families import family_refusal, has_trained_head, read_config, read_model_type
 from .common import check_model_source
 
@@ -54,7 +55,7 @@ def check_models(opts: Any, stage: str, task: Any = None) -> None:
     layout = opts.layout()
     teacher_needed = stage == "cache-teacher" or (
         stage in ("pipeline", "sweep") and layout.teacher_is_given and not getattr(opts, "teacher_cache_dir", None))
-    teacher_found = (Path(layout.teacher) / "config.json").is_file()
+    teacher_found = (Path(layout.teacher) / MODEL_CONFIG).is_file()
     if teacher_needed or teacher_found:
         check_teacher(opts, Path(layout.teacher), backbone, backbone_tokens, task, stage, same_tokens=not cross)
     elif stage in ("ptp", "distill") and not cross:  # a cross student tokenizes the text itself
@@ -78,7 +79,7 @@ def _verified(folder: str | Path, opts: Any) -> None:
     """A dist-peakd export is checked against its file manifest before anything of it is read, so a damaged
     file is named as such (exit 4), not taken for a wrong model."""
     if Path(folder).is_dir():
-        from ..artifacts import verify_export
+        from ..integrity import verify_export
 
         verify_export(folder, trust_unverified=bool(getattr(opts, "trust_unverified", False)))
 
@@ -165,7 +166,7 @@ def _run_task(opts: Any) -> Any:
 
 def _record(folder: Path) -> dict:
     try:
-        record = json.loads((folder / "dist_peakd.json").read_text())
+        record = json.loads((folder / EXPORT_RECORD).read_text())
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
@@ -192,7 +193,7 @@ def check_teacher(opts: Any, teacher: Path, backbone: str, backbone_tokens: str,
     """The teacher folder: present, a teacher family, this run's task, a trained head of classes that match the
     task's, the backbone's tokenizer, the backbone's width where Patient-KD runs (``same_tokens=False``: a student
     from another checkpoint, which tokenizes itself and maps its width: neither is compared)."""
-    if not (teacher / "config.json").is_file():
+    if not (teacher / MODEL_CONFIG).is_file():
         raise ConfigError(f"option teacher_dir: teacher folder {teacher} not found (no config.json); run "
                           "finetune-teacher first or pass --teacher_dir")
     check_model_source(str(teacher), "teacher_dir")
@@ -275,7 +276,7 @@ def check_cache_tokenizer(cache_dir: Path, backbone: str, backbone_tokens: str, 
     """Without a teacher folder: a teacher cache built with another tokenizer than the backbone's (or, for
     Patient-KD, of another width) is refused naming both (its teacher's folder as the manifest records it)."""
     try:
-        manifest = json.loads((cache_dir / "manifest.json").read_text())
+        manifest = json.loads((cache_dir / CACHE_MANIFEST).read_text())
     except (OSError, ValueError):
         return  # no cache (or a broken one): the stage's own cache check names it
     cached = manifest.get("tokenizer_fingerprint") if isinstance(manifest, dict) else None
@@ -292,7 +293,7 @@ def check_ptp_encoder(opts: Any) -> None:
     from .student_kind import plain_summary, plain_tag
 
     ptp_dir = Path(opts.layout().ptp_encoder(opts.k, opts.variant, plain_tag(opts)))
-    if not (ptp_dir / "config.json").is_file():
+    if not (ptp_dir / MODEL_CONFIG).is_file():
         raise ConfigError(f"option ptp_dir: no PTP encoder at {ptp_dir} (run `dist-peakd ptp` with the same "
                           "k/variant first, or pass --use_ptp=False)")
     _verified(ptp_dir, opts)

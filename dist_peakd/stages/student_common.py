@@ -21,7 +21,7 @@ def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str |
     """What a cache must match to serve this run: task, data (incl. slices), max length, row counts,
     the tokenizer and the teacher's weights when known; a cache built on the full splits also serves
     a subset of them by example id (``source_data_fingerprint`` + ``ids``, see cache.serves_subset)."""
-    from ..cache import teacher_fingerprint
+    from ..integrity import model_fingerprint
 
     expected: dict[str, Any] = {
         "task": data.task.name,
@@ -42,7 +42,7 @@ def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str |
 
         expected["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     if teacher_dir and Path(teacher_dir).is_dir():
-        expected["teacher_fingerprint"] = teacher_fingerprint(teacher_dir)
+        expected["teacher_fingerprint"] = model_fingerprint(teacher_dir)
     return expected
 
 
@@ -130,14 +130,3 @@ def open_student_run(opts: Any, layout: RunLayout, stage: str,
     inputs = {"data": data.fingerprint, "backbone": backbone_fingerprint(backbone),
               "teacher_cache": cache_fingerprint(cache.manifest)}
     return StudentRun(dist_info, backbone, stage_dir, tokenizer, data, cache, inputs)
-
-
-def export_fingerprint(folder: Path, trust_unverified: bool = False) -> str:
-    """The identity of an export consumed by a stage (its manifest's file digests), verified first."""
-    from ..artifacts import EXPORT_MANIFEST, manifest_fingerprint, read_file_manifest, verify_export
-
-    if not verify_export(folder, required=True, trust_unverified=trust_unverified):
-        from ..cache import teacher_fingerprint
-
-        return f"unverified:{teacher_fingerprint(folder)}"
-    return manifest_fingerprint(read_file_manifest(folder) or {}, exclude=[EXPORT_MANIFEST])

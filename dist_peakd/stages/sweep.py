@@ -50,6 +50,7 @@ from ..artifacts import atomic_write_text
 from ..config import option, result_differences
 from ..env import env_int
 from ..errors import ConfigError
+from ..layout import CACHE_MANIFEST
 from . import distill
 from .depth import AUTO, describe_resolution, normalise_k, resolve_k
 from .distill import DistillOptions
@@ -222,7 +223,7 @@ def _check_sweep_state(opts: SweepOptions, sweep_dir: Path, dims: dict[str, Any]
                               "rerun the original command with --resume")
     if not exists:
         if opts.resume:
-            print(f"[dist-peakd] nothing to resume in {sweep_dir}: starting the sweep", flush=True)
+            console.info(f"nothing to resume in {sweep_dir}: starting the sweep")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved_path, json.dumps(now, indent=2))
     return exists
@@ -285,7 +286,7 @@ def _shared_stage_count(opts: SweepOptions, dims: dict[str, Any], task: Any) -> 
 
 def _train_rows(opts: SweepOptions) -> int | None:
     """Training examples every trial sees (the teacher cache's train split, cut to ``max_train_examples``)."""
-    manifest = opts.layout().teacher_cache / "manifest.json"
+    manifest = opts.layout().teacher_cache / CACHE_MANIFEST
     try:
         rows = int(json.loads(manifest.read_text())["splits"]["train"]["rows"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -343,7 +344,7 @@ def _run_sweep(opts: SweepOptions, t_start: float) -> dict[str, Any]:
     check_resources(settings, local=opts.address is None)
     opts, k_auto = resolve_k(opts)  # the fixed k of the trials; the folders and sweep.json hold the integer
     if k_auto is not None:
-        print(f"[dist-peakd] {describe_resolution(k_auto)}", flush=True)
+        console.info(describe_resolution(k_auto))
     dims, name = opts.dimensions(), _sweep_name(opts)
     sweep_dir = opts.layout().sweep_dir(name).resolve()
     task = run_task(opts)  # own data: read and checked (and --metric against its problem) before anything

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import console
 from ..data.mixed import MixedBatchSampler, mixed_batches, unlabeled_per_batch
 from ..data.rows import column_array
 from ..engine.loop_spec import TrainData
@@ -128,8 +129,8 @@ def plan_unlabeled(opts: Any, data: Any, cache: Any) -> UnlabeledPlan | None:
         return None
     keep = confident_rows(pool, cache, float(opts.unlabeled_min_confidence))
     if not len(keep):
-        print(f"[dist-peakd] --unlabeled_min_confidence {opts.unlabeled_min_confidence} keeps none of the "
-              f"{len(pool)} unlabeled rows: distilling from the labelled rows only", flush=True)
+        console.info(f"--unlabeled_min_confidence {opts.unlabeled_min_confidence} keeps none of the "
+                     f"{len(pool)} unlabeled rows: distilling from the labelled rows only")
         return None
     rows = pool if len(keep) == len(pool) else pool.select(keep)
     n_lab = len(data.train)

@@ -10,6 +10,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from .. import console
 from ..artifacts import atomic_write_json
 from .naming import find_trial_dir
 from .results import progress_line
@@ -34,9 +35,9 @@ class StopAfterTrials(Callback):
         if limit is None or self.ended != limit:
             return
         if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL, signal.SIG_IGN):
-            print("[dist-peakd] stop_after_trials: Tune's interrupt handler is not active; not stopping", flush=True)
+            console.info("stop_after_trials: Tune's interrupt handler is not active; not stopping")
             return
-        print(f"[dist-peakd] {limit} trial(s) ended: stopping the sweep (resume with --resume)", flush=True)
+        console.info(f"{limit} trial(s) ended: stopping the sweep (resume with --resume)")
         os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -73,8 +74,8 @@ class TrialProgress(Callback):
         ended = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial) + 1
         last = trial.last_result or {}
         values = {k: v for k, v in trial.config.items() if k in self.swept}
-        print(progress_line(ended, self.total, _run_dir(self.sweep_dir, trial).name, values, status,
-                            self.metric, last.get(self.metric), last.get("step")), flush=True)
+        console.echo(progress_line(ended, self.total, _run_dir(self.sweep_dir, trial).name, values, status,
+                                   self.metric, last.get(self.metric), last.get("step")))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = read_stop_record(_run_dir(self.sweep_dir, trial))

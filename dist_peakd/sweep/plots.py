@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import console
+
 #: At most this many values for an option to count as discrete when the caller does not say.
 MAX_DISCRETE = 12
 
@@ -56,8 +58,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("[dist-peakd] matplotlib is not installed: no sweep plots (pip install 'dist-peakd[plots]')",
-              flush=True)
+        console.info("matplotlib is not installed: no sweep plots (pip install 'dist-peakd[plots]')")
         return None
     return plt
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import console
 from ..artifacts import atomic_write_text
+from ..layout import CHECKPOINTS, FINAL, SUMMARY
 
 
 @dataclass
@@ -75,9 +76,9 @@ def tidy_trials(rows: list[dict[str, Any]], best_trial: str | None, keep_final: 
     for row in rows:
         run_dir = Path(row["run_dir"])
         if row["status"] in ("completed", "stopped"):
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        if not keep_final and row["trial"] != best_trial and (run_dir / "final").is_dir():
-            shutil.rmtree(run_dir / "final", ignore_errors=True)
+            shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+        if not keep_final and row["trial"] != best_trial and (run_dir / FINAL).is_dir():
+            shutil.rmtree(run_dir / FINAL, ignore_errors=True)
             removed.append(row["trial"])
     return removed
 
@@ -116,7 +117,7 @@ def write_results(report: SweepReport, sweep_dir: Path, dims: dict[str, Any], lo
         "plots": [str(p) for p in plots], "output_bytes": console.folder_size(sweep_dir),
     }
     atomic_write_text(sweep_dir / "results.json", json.dumps({**result, "rows": rows}, indent=2, default=str))
-    print("\n".join(line for line in md.splitlines() if not line.startswith("![")), flush=True)
+    console.echo("\n".join(line for line in md.splitlines() if not line.startswith("![")))
     _print_outcome(result, report, sweep_dir)
     return result
 
@@ -148,6 +149,6 @@ def _warning_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((run_dir / "summary.json").read_text())
+        return json.loads((run_dir / SUMMARY).read_text())
     except (OSError, ValueError):
         return None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_json
+from ..layout import BEST, EXPORT_RECORD, SUMMARY
 from .naming import find_trial_dir
 from .plots import plot_results  # noqa: F401  (re-exported: the sweep driver imports it from here)
 from .trainable import TRIAL_RECORD, read_stop_record, stopped_early
@@ -56,7 +57,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _parameters(run_dir: Path, summary: dict[str, Any] | None) -> int | None:
     stats = (summary or {}).get("model_stats")
     if stats is None:
-        info = _read_json(run_dir / "best" / "dist_peakd.json") or {}
+        info = _read_json(run_dir / BEST / EXPORT_RECORD) or {}
         stats = info.get("model_stats")
     return int(stats["parameters"]) if stats and "parameters" in stats else None
 
@@ -94,7 +95,7 @@ def collect_rows(sweep_dir: Path, trials: Iterable[TrialState], fixed: dict[str,
     size_keys: dict[str, tuple[Any, Any]] = {}
     for t in sorted(trials, key=lambda t: t.trial_id):
         run_dir = find_trial_dir(sweep_dir, t.trial_id)
-        summary = _read_json(run_dir / "summary.json")
+        summary = _read_json(run_dir / SUMMARY)
         record = _read_json(run_dir / TRIAL_RECORD) or {}
         stop_file = read_stop_record(run_dir)
         if stopped_early(stop_file) and "stopped" not in record:
@@ -319,7 +320,7 @@ def recover_summaries(sweep_dir: Path, trials: Iterable[TrialState], metric: str
     for t in trials:
         run_dir = find_trial_dir(sweep_dir, t.trial_id)
         stop = read_stop_record(run_dir)
-        if t.status != "TERMINATED" or stop is None or (run_dir / "summary.json").is_file():
+        if t.status != "TERMINATED" or stop is None or (run_dir / SUMMARY).is_file():
             continue
         history = _tune_history(t.results_file, [*task_metrics, "loss"])
         scored = [h for h in history if _number(h.get(metric))]
@@ -331,6 +332,6 @@ def recover_summaries(sweep_dir: Path, trials: Iterable[TrialState], metric: str
                    "recovered": "from the reports Tune kept (the trial's process ended before writing it)"}
         if stopped_early(stop):
             summary["stopped"] = {"step": stop.get("step"), "by": stop.get("by")}
-        atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(run_dir / SUMMARY, summary)
         written.append(run_dir.name)
     return written

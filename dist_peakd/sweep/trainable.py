@@ -44,6 +44,7 @@ from typing import Any
 
 from ..artifacts import atomic_write_json
 from ..errors import EarlyStopped
+from ..layout import CHECKPOINTS, SUMMARY
 from .cluster import RENDEZVOUS_VARS
 from .naming import trial_dirname as named_trial_dir
 from .plan import trial_plan
@@ -171,7 +172,7 @@ def begin_trial(run_dir: Path, trial_id: str, config: Mapping[str, Any], options
     record_path = run_dir / TRIAL_RECORD
     record = _read_json(record_path) if record_path.is_file() else {
         "trial_id": trial_id, "config": coerce_config(config, options_type), "attempts": 0, "errors": []}
-    ckpt = run_dir / "checkpoints"
+    ckpt = run_dir / CHECKPOINTS
     if not (ckpt.is_dir() and any(ckpt.iterdir())):
         for child in run_dir.iterdir():
             if child.name != TRIAL_RECORD:
@@ -241,7 +242,7 @@ class EvalReporter:
 
 def finished_summary(run_dir: Path) -> dict[str, Any] | None:
     """The summary of a run that already ended (it is never run twice), else None."""
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY
     return _read_json(path) if path.is_file() else None
 
 

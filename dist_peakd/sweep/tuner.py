@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import console
 from ..errors import ConfigError
 from .plan import ASHA_MAX_T
 
@@ -136,4 +137,4 @@ def check_resources(settings: Any, local: bool) -> None:
                             "(fractions are fine, e.g. 0.5) or workers_per_trial")
         if local:
             raise error
-        print(f"[dist-peakd] warning: {error} (trials wait until the cluster grows)", flush=True)
+        console.info(f"warning: {error} (trials wait until the cluster grows)")

@@ -73,12 +73,17 @@ def test_stage_help_lists_every_option_with_its_default(stages, capsys, how):
 
 
 def test_option_names_are_the_same_in_every_stage(stages):
+    """An option spelled the same means the same type in every stage that takes it (issue 26: a stage takes
+    the option sections it reads, not every shared option; the training stages take them all)."""
+    from dist_peakd.config import CommandOptions
+
     shared = {f.name: f.type for f in dataclasses.fields(RunOptions)}
     seen: dict[str, tuple[str, object]] = {}
     for name, cls in stages.items():
-        assert issubclass(cls, RunOptions), name
+        assert issubclass(cls, CommandOptions), name
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        assert {k: fields[k] for k in shared} == shared, name  # every shared option, same type
+        if name in ("finetune-teacher", "ptp", "distill", "pipeline", "sweep", "compress"):
+            assert issubclass(cls, RunOptions) and {k: fields[k] for k in shared} == shared, name
         for option, typ in fields.items():  # an option spelled the same means the same type everywhere
             first = seen.setdefault(option, (name, typ))
             assert first[1] == typ, f"--{option}: {first[0]} says {first[1]}, {name} says {typ}"
@@ -212,3 +217,35 @@ def test_model_commands_print_a_banner_and_one_outcome_line(monkeypatch, capsys,
         "2e-06 (int8 0.03)",
         f"[1/1] predict: {model}, rows of {tmp_path / 'm' / 'dist_peakd.json'} -> p.tsv",
         "[dist-peakd] predict done: 1725 rows of test -> p.tsv", "[dist-peakd] GLUE submission file: MRPC.tsv"]
+
+
+@pytest.mark.parametrize("argv,owners", [
+    (["export", "--lr", "0.1"], ("lr", "finetune-teacher, ptp, distill, pipeline, sweep, compress")),
+    (["export", "--nan_policy", "skip"], ("nan_policy", "finetune-teacher, ptp, distill, pipeline, sweep, compress")),
+    (["evaluate", "--epochs=2"], ("epochs", "finetune-teacher, ptp, distill, pipeline, sweep, compress")),
+    (["cache-teacher", "--batch_size", "8"], ("batch_size", "finetune-teacher, ptp, distill, pipeline, sweep, compress")),
+    (["finetune-teacher", "--augment", "2"], ("augment", "cache-teacher, distill, pipeline, sweep, compress")),
+    (["ptp", "--temperature", "4"], ("temperature", "distill, pipeline, sweep, compress")),
+    (["distill", "--nooptimize"], ("optimize", "export")),
+])
+def test_an_option_of_other_stages_is_refused_naming_the_stage(captured, capsys, argv, owners):
+    """Issue 26: `dist-peakd export --lr 0.1` was accepted and ignored; now exit 2 and one line naming the
+    stage and the stages the option belongs to, before anything runs."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    name, stages = owners
+    assert err == f"dist-peakd {argv[0]}: error: option --{name}: not an option of {argv[0]!r} (it belongs to: {stages})\n"
+    assert captured == []
+
+
+def test_an_option_of_other_stages_in_a_config_file_is_refused_naming_the_stage(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("lr: 1.0e-3\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", "--config", str(cfg), "--model_dir", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"dist-peakd export: error: config file {cfg}: option lr: not an option of "
+                                       "'export' (it belongs to: finetune-teacher, ptp, distill, pipeline, sweep, "
+                                       "compress)\n")

@@ -234,15 +234,16 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval
     dev_split = split_names(task, [eval_split])[0]
     if not need_train:
         dsd.pop("train", None)
-    if opts.max_train_examples and need_train:
-        n = min(opts.max_train_examples, len(dsd["train"]))
+    max_train = getattr(opts, "max_train_examples", None)  # evaluate, predict, export: no training rows
+    if max_train and need_train:
+        n = min(max_train, len(dsd["train"]))
         dsd["train"] = dsd["train"].select(range(n))
     dev_total = len(dsd[dev_split])
     if opts.max_eval_examples:
         n = min(opts.max_eval_examples, len(dsd[dev_split]))
         dsd[dev_split] = dsd[dev_split].select(range(n))
     source_fp = hashlib.sha256(f"{fp}|train:None|eval:None".encode()).hexdigest()
-    fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
+    fp = hashlib.sha256(f"{fp}|train:{max_train}|eval:{opts.max_eval_examples}".encode()).hexdigest()
     tokenized, hit = tokenize_dataset(DatasetDict(dsd), tokenizer, opts.max_length, opts.layout().token_cache, fp,
                                       is_pair=task.is_pair)
     out = TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],

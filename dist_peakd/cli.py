@@ -24,11 +24,10 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from .coerce import coerce_options
 from .config import OPTION_GROUPS, SECTIONS, build_options, option_meta
 from .env import default_ds_accelerator
 from .errors import ConfigError, UsageError
-from .schema import declaring_class
+from .schema import declaring_class, validate_values
 
 #: ``--config`` is the one option that is not a field of an options class (it fills them).
 CONFIG_HELP = "YAML/JSON file holding any of these options (the command line wins)"
@@ -60,13 +59,13 @@ def _field_line(cls: type, f: dataclasses.Field) -> str:
 
 
 def coerce_values(options_cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The command line's option values typed by their fields (:func:`dist_peakd.coerce.coerce_options`).
+    """The command line's option values typed and checked by their fields (:func:`dist_peakd.schema.validate_values`).
 
     :func:`main` hands fire every value as the text that was typed (:func:`as_text_values`), so this is
     the same typing path as a YAML/JSON ``--config`` file's: ``--use_ptp false`` is False, ``--run_name
     1e5`` stays the text ``1e5``, ``--k 2.5`` is refused naming the option.
     """
-    return coerce_options(options_cls, values, "the command line")
+    return validate_values(options_cls, values, "the command line")
 
 
 def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], doc: str) -> Callable[..., Any]:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import atomic_write_text
-from .coerce import coerce_options, read_options_file
 from .data.options import DataOptions, DataSourceOptions, UnlabeledOptions
 from .engine.ds_config import check_ds_config, config_precision, load_ds_config, resolve_ds_config_path
 from .engine.options import (
@@ -40,7 +39,15 @@ from .engine.options import (
 from .env import check_accelerator, env_int
 from .errors import ConfigError
 from .layout import RunLayout
-from .schema import OPTION_GROUPS, non_result_options, option, option_meta
+from .schema import (
+    OPTION_GROUPS,
+    check_bounds,
+    non_result_options,
+    option,
+    option_meta,
+    read_options_file,
+    validate_values,
+)
 
 __all__ = ["COMPILE_MODES", "DEFAULT_BACKBONE", "OPTION_GROUPS", "CommandOptions", "RunOptions", "build_options",
            "check_bounds", "non_result_options", "option", "option_meta", "result_differences", "SECTIONS",
@@ -48,38 +55,6 @@ __all__ = ["COMPILE_MODES", "DEFAULT_BACKBONE", "OPTION_GROUPS", "CommandOptions
            "TrustOption", "UnlabeledOptions"]
 
 DEFAULT_BACKBONE = "minilm"
-
-
-def check_bounds(opts: Any) -> None:
-    """Refuse (ConfigError naming it) every option whose value is outside its declared bounds or choices."""
-    for f in fields(opts):
-        meta, value = option_meta(type(opts), f.name), getattr(opts, f.name)
-        if value is None:
-            continue
-        if "choices" in meta and value not in meta["choices"]:
-            raise ConfigError(f"option {f.name}: {value!r} is not one of {list(meta['choices'])}")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        _check_range(f.name, value, meta, optional=_default_of(f) is None)
-
-
-def _check_range(name: str, value: float, meta: dict[str, Any], optional: bool) -> None:
-    low = ("ge", ">=", "[") if "ge" in meta else ("gt", ">", "(") if "gt" in meta else None
-    high = ("le", "<=", "]") if "le" in meta else ("lt", "<", ")") if "lt" in meta else None
-    ok = ((low is None or (value >= meta[low[0]] if low[0] == "ge" else value > meta[low[0]]))
-          and (high is None or (value <= meta[high[0]] if high[0] == "le" else value < meta[high[0]])))
-    if ok:
-        return
-    if low and high:
-        words = f"in {low[2]}{meta[low[0]]:g}, {meta[high[0]]:g}{high[2]}"
-    else:
-        key, sign, _ = low or high  # type: ignore[misc]
-        words = f"{sign} {meta[key]:g}"
-    raise ConfigError(f"option {name}: must be {words}{' when given' if optional else ''}, got {value}")
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else None
 
 
 def result_differences(before: dict[str, Any], opts: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
@@ -274,7 +249,7 @@ def check_folder_name(option_name: str, value: str | None) -> None:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file of options (a flat mapping; :func:`dist_peakd.coerce.read_options_file`)."""
+    """Read a YAML or JSON file of options (a flat mapping; :func:`dist_peakd.schema.read_options_file`)."""
     return read_options_file(path)
 
 
@@ -308,8 +283,8 @@ def build_options(cls: type, config: str | None = None, _command: str | None = N
                   _owners: dict[str, list[str]] | None = None, **overrides: Any) -> Any:
     """Instantiate the dataclass ``cls`` from an optional config file, then command-line overrides.
 
-    Every value, whatever its source, goes through :func:`dist_peakd.coerce.coerce_options` (the
-    field's type) and the declared bounds (:func:`check_bounds`), then ``validate()``; unknown option
+    Every value, whatever its source, is typed and checked (type, bounds, choices) as its field declares it
+    (:func:`dist_peakd.schema.validate_values`, pydantic), then the cross-option checks (``validate()``); unknown option
     names are refused with the list of valid ones, naming the file they came from (``_command``,
     ``_owners``: the command these options are for and option -> the commands taking it, to name them when
     an option of another command is given).
@@ -319,20 +294,19 @@ def build_options(cls: type, config: str | None = None, _command: str | None = N
     if config:
         from_file = load_config_file(config)
         _unknown_options(cls, from_file, f"config file {config}", _command, _owners)
-        values.update(coerce_options(cls, from_file, f"config file {config}"))
+        values.update(validate_values(cls, from_file, f"config file {config}"))
     _unknown_options(cls, overrides, "options", _command, _owners)
-    values.update(coerce_options(cls, overrides, "the command line"))
+    values.update(validate_values(cls, overrides, "the command line"))
     presets = getattr(cls, "PRESETS", {})
     preset = values.get("preset")
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"option preset: {preset!r} is not one of {sorted(presets)}")
-        values = {**coerce_options(cls, preset_values(presets[preset], values.get("task")), f"preset {preset}"),
+        values = {**validate_values(cls, preset_values(presets[preset], values.get("task")), f"preset {preset}"),
                   **values}
     _unknown_options(cls, values, "options")
     opts = cls(**values)
     try:
-        check_bounds(opts)
         opts.validate()
     except ConfigError as e:  # a value the file set: say which file
         named = re.match(r"option (\w+):", str(e))

@@ -249,3 +249,36 @@ def test_an_option_of_other_stages_in_a_config_file_is_refused_naming_the_stage(
     assert capsys.readouterr().err == (f"dist-peakd export: error: config file {cfg}: option lr: not an option of "
                                        "'export' (it belongs to: finetune-teacher, ptp, distill, pipeline, sweep, "
                                        "compress)\n")
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--batch_size", "8.5"], "the command line: option batch_size: expected an integer, got '8.5'"),
+    (["--lr", "inf"], "the command line: option lr: expected a finite number, got 'inf'"),
+    (["--micro_batch_size", "0"], "option micro_batch_size: must be >= 1 when given, got 0"),
+    (["--warmup_ratio", "1"], "option warmup_ratio: must be in [0, 1), got 1.0"),
+    (["--zero_stage", "5"], "option zero_stage: 5 is not one of [0, 1, 2, 3]"),
+    (["--kl_reduction", "sum"], "option kl_reduction: 'sum' is not one of ['batchmean', 'mean_per_class']"),
+    (["--unlabeled_file", "a.txt", "--augment", "-1"], "option augment: must be >= 0, got -1"),
+])
+def test_pydantic_checks_the_values_and_its_own_text_never_reaches_the_user(captured, capsys, args, line):
+    """Issue 26: types, bounds and choices are declared with the fields and checked by pydantic; the refusal
+    is the project's one line (option, what was expected, the value), exit 2."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["distill", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"dist-peakd distill: error: {line}\n"
+    assert captured == []
+
+
+def test_a_config_file_value_is_checked_by_the_same_declarations(tmp_path, captured, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("temperature: 0\nseed: 2\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["distill", "--config", str(cfg)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"dist-peakd distill: error: config file {cfg}: option temperature: must be > 0, got 0.0\n"
+    cfg.write_text("temperature: 2\nk: yes\n")
+    with pytest.raises(SystemExit):
+        cli.main(["distill", "--config", str(cfg)])
+    assert capsys.readouterr().err == (f"dist-peakd distill: error: config file {cfg}: option k: expected an integer "
+                                       "or text (quote it in a YAML file), got True\n")

@@ -26,7 +26,6 @@ from .artifacts import atomic_write_text
 from .data.options import DataOptions, DataSourceOptions, UnlabeledOptions
 from .engine.ds_config import check_ds_config, config_precision, load_ds_config, resolve_ds_config_path
 from .engine.options import (
-    COMPILE_MODES,
     DeviceOptions,
     EngineOptions,
     EvalBatchOption,
@@ -41,7 +40,6 @@ from .errors import ConfigError
 from .layout import RunLayout
 from .schema import (
     OPTION_GROUPS,
-    check_bounds,
     non_result_options,
     option,
     option_meta,
@@ -49,8 +47,8 @@ from .schema import (
     validate_values,
 )
 
-__all__ = ["COMPILE_MODES", "DEFAULT_BACKBONE", "OPTION_GROUPS", "CommandOptions", "RunOptions", "build_options",
-           "check_bounds", "non_result_options", "option", "option_meta", "result_differences", "SECTIONS",
+__all__ = ["DEFAULT_BACKBONE", "OPTION_GROUPS", "CommandOptions", "RunOptions", "build_options",
+           "non_result_options", "option", "option_meta", "result_differences", "SECTIONS",
            "DataSourceOptions", "DeviceOptions", "EvalBatchOption", "LoopSection", "OptimizerOptions", "SeedOption",
            "TrustOption", "UnlabeledOptions"]
 

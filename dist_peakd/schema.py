@@ -126,8 +126,7 @@ def _before(annotation: Any) -> Any:
         if isinstance(value, bool) and bool not in members and Any not in members:
             raise ValueError("a bool")  # a YAML yes is not the integer 1
         if list in members and isinstance(value, str):
-            text = value.strip()
-            return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+            return _text_list(value)
         if dict in members and isinstance(value, str):
             import yaml
 
@@ -135,6 +134,17 @@ def _before(annotation: Any) -> Any:
         return value
 
     return convert
+
+
+def _text_list(value: str) -> list[Any]:
+    """``a,b``, ``[a,b]`` (the README's spelling) or a JSON list ``["a", "b"]`` -> a list."""
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            text = text[1:-1]
+    return [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
 
 
 def _constrained(annotation: Any, meta: dict[str, Any]) -> Any:

@@ -227,6 +227,9 @@ def test_model_commands_print_a_banner_and_one_outcome_line(monkeypatch, capsys,
     (["finetune-teacher", "--augment", "2"], ("augment", "cache-teacher, distill, pipeline, sweep, compress")),
     (["ptp", "--temperature", "4"], ("temperature", "distill, pipeline, sweep, compress")),
     (["distill", "--nooptimize"], ("optimize", "export")),
+    (["export", "--max_eval_examples", "8"],  # export sets its rows itself (--verify_rows, the card's rows)
+     ("max_eval_examples", "finetune-teacher, cache-teacher, ptp, distill, pipeline, sweep, compress, evaluate, "
+                           "predict")),
 ])
 def test_an_option_of_other_stages_is_refused_naming_the_stage(captured, capsys, argv, owners):
     """Issue 26: `dist-peakd export --lr 0.1` was accepted and ignored; now exit 2 and one line naming the
@@ -282,3 +285,13 @@ def test_a_config_file_value_is_checked_by_the_same_declarations(tmp_path, captu
         cli.main(["distill", "--config", str(cfg)])
     assert capsys.readouterr().err == (f"dist-peakd distill: error: config file {cfg}: option k: expected an integer "
                                        "or text (quote it in a YAML file), got True\n")
+
+
+@pytest.mark.parametrize("text", ["[more.txt,dump.parquet]", "more.txt,dump.parquet", '["more.txt", "dump.parquet"]'])
+def test_a_list_option_takes_the_readmes_spelling(text):
+    """README: `--unlabeled_file '[more.txt,dump.parquet]'` (main refused it: not JSON)."""
+    from dist_peakd.schema import validate_values
+    from dist_peakd.stages.distill import DistillOptions
+
+    typed = validate_values(DistillOptions, {"unlabeled_file": text}, "the command line")
+    assert typed == {"unlabeled_file": ["more.txt", "dump.parquet"]}

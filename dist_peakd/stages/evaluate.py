@@ -53,8 +53,7 @@ DEFAULT_MAX_LENGTH = 128
 
 
 @dataclass
-class ModelDirOptions(TrustOption, EvalBatchOption, EvalSliceOption, DataSourceOptions, OutputOptions,
-                      CommandOptions):
+class ModelDirOptions(TrustOption, EvalBatchOption, DataSourceOptions, OutputOptions, CommandOptions):
     """Options of the commands that read a model folder (evaluate, predict, export): the folder, and the
     task and sequence length it was trained with (read from the folder unless given), the data the task's
     rows come from, the evaluation batch (no backbone, engine or training options: nothing trains)."""
@@ -100,7 +99,7 @@ class OnnxFileOption:
 
 
 @dataclass
-class EvaluateOptions(OnnxFileOption, ModelDirOptions):
+class EvaluateOptions(OnnxFileOption, EvalSliceOption, ModelDirOptions):
     """Which split to score, which ONNX graph (ONNX folders), where the metrics JSON goes."""
 
     split: str = option("dev", help="split to score: dev (the task's dev split) or another labelled split name")

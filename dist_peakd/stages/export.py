@@ -17,7 +17,6 @@ the source's record (task, max length), so ``evaluate``/``predict`` take it as t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,8 +98,7 @@ def _card(record: dict[str, Any], fmt: str, stats: dict[str, Any] | None) -> tup
 
 def verify_batches(opts: ExportOptions, tokenizer: Any) -> list[dict[str, Any]]:
     """``verify_rows`` dev rows of the model's task, in padded batches of up to 16 (the ONNX check)."""
-    data = prepare_data(dataclasses.replace(opts, max_eval_examples=opts.verify_rows), tokenizer, need_train=False,
-                        check_run=False)
+    data = prepare_data(opts, tokenizer, need_train=False, check_run=False, eval_rows=opts.verify_rows)
     collate = collator_for(tokenizer)
     return [collate(fetch_rows(data.dev, b)) for b in eval_batches(column_array(data.dev, "length").tolist(), VERIFY_BATCH_SIZE)]
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import atomic_write_text, file_sha256
-from ..config import option
+from ..config import EvalSliceOption, option
 from ..engine import barrier, init_distributed
 from ..errors import ConfigError
 from .common import collator_for, prepare_data
@@ -45,7 +45,7 @@ OUT_FORMATS = (".tsv", ".jsonl")
 
 
 @dataclass
-class PredictOptions(OnnxFileOption, ModelDirOptions):
+class PredictOptions(OnnxFileOption, EvalSliceOption, ModelDirOptions):
     """What to predict (a split, or ``--input``), where the predictions go."""
 
     split: str = option("test", help="split to predict: test (GLUE: also writes the submission file), dev, or "

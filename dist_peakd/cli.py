@@ -1,7 +1,9 @@
 """The ``dist-peakd`` command line (fire): one sub-command per stage.
 
-Every stage takes the same shared options (see ``dist_peakd.config.RunOptions``) plus its own, from the
-command line and/or a YAML/JSON file given with ``--config``; the command line wins. Run it directly
+Each stage takes the option sections it reads (``dist_peakd.config``: the training stages
+``RunOptions``; cache-teacher, evaluate, predict and export fewer) plus its own, from the command line
+and/or a YAML/JSON file given with ``--config``; the command line wins. An option of another stage is
+refused naming the stage and the stages it belongs to. Run it directly
 (one process), or under ``deepspeed``/``torchrun``: ``deepspeed --num_gpus 2 -m dist_peakd.cli <stage> ...``;
 ``launchers/`` has the single-node, multi-node, SLURM and Ray recipes.
 
@@ -22,10 +24,10 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from .coerce import coerce_options
-from .config import OPTION_GROUPS, build_options, option_meta
+from .config import OPTION_GROUPS, SECTIONS, build_options, option_meta
 from .env import default_ds_accelerator
 from .errors import ConfigError, UsageError
+from .schema import declaring_class, validate_values
 
 #: ``--config`` is the one option that is not a field of an options class (it fills them).
 CONFIG_HELP = "YAML/JSON file holding any of these options (the command line wins)"
@@ -57,13 +59,13 @@ def _field_line(cls: type, f: dataclasses.Field) -> str:
 
 
 def coerce_values(options_cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The command line's option values typed by their fields (:func:`dist_peakd.coerce.coerce_options`).
+    """The command line's option values typed and checked by their fields (:func:`dist_peakd.schema.validate_values`).
 
     :func:`main` hands fire every value as the text that was typed (:func:`as_text_values`), so this is
     the same typing path as a YAML/JSON ``--config`` file's: ``--use_ptp false`` is False, ``--run_name
     1e5`` stays the text ``1e5``, ``--k 2.5`` is refused naming the option.
     """
-    return coerce_options(options_cls, values, "the command line")
+    return validate_values(options_cls, values, "the command line")
 
 
 def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], doc: str) -> Callable[..., Any]:
@@ -77,7 +79,8 @@ def _stage_command(name: str, options_cls: type, runner: Callable[[Any], Any], d
             check_accelerator()  # before anything imports DeepSpeed
             if config is not None and not isinstance(config, str):
                 raise ConfigError(f"option config: expected a file name, got {config!r}")
-            opts = build_options(options_cls, config, **coerce_values(options_cls, kwargs))
+            opts = build_options(options_cls, config, _command=name, _owners=option_owners(),
+                                 **coerce_values(options_cls, kwargs))
         except ConfigError as e:
             print(f"dist-peakd {name}: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -150,6 +153,20 @@ def stage_options() -> dict[str, type]:
     return {name: cls for name, _, cls, _ in _stage_modules()}
 
 
+def option_owners() -> dict[str, list[str]]:
+    """Option name -> the stages that take it (in :data:`STAGES` order)."""
+    owners: dict[str, list[str]] = {}
+    for name, cls in stage_options().items():
+        for f in dataclasses.fields(cls):
+            owners.setdefault(f.name, []).append(name)
+    return owners
+
+
+def not_an_option_of(stage: str, name: str, owners: dict[str, list[str]]) -> str:
+    """The refusal of an option ``stage`` does not take but other stages do."""
+    return f"option --{name}: not an option of {stage!r} (it belongs to: {', '.join(owners[name])})"
+
+
 def stage_commands() -> dict[str, Callable[..., Any]]:
     """Map of CLI stage name -> command (each stage module is imported here, its run() on call)."""
     return {name: _stage_command(name, cls, module.run, doc) for name, module, cls, doc in _stage_modules()}
@@ -177,10 +194,8 @@ def _grouped_lines(cls: type, fields: list[dataclasses.Field]) -> tuple[list[str
 def stage_help(name: str, options_cls: type, doc: str) -> str:
     """Help of one stage: every option with its default (the stage's own defaults), type and meaning;
     the grouped ones (data options ...) in their own sections."""
-    from .config import RunOptions
-
-    shared = {f.name for f in dataclasses.fields(RunOptions)}
     fields = dataclasses.fields(options_cls)
+    shared = {f.name for f in fields if declaring_class(options_cls, f.name) in SECTIONS}
     general, sections = _grouped_lines(options_cls, [f for f in fields if f.name in shared])
     lines = [f"usage: dist-peakd {name} [--config FILE] [--option value ...]", "", doc.strip(), "",
              "Options (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP), *general,
@@ -212,17 +227,21 @@ def main_help() -> str:
         lines.append(f"  (not available in this installation: {', '.join(missing)})")
     lines += ["", _tasks_line()]
     general, sections = _grouped_lines(RunOptions, list(shared_fields))
-    lines += ["", "Options every stage takes (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP),
-              *general, *sections]
-    lines += ["", "Stage options (--name=default) and the shared defaults a stage changes:"]
+    lines += ["", "Options of the training stages (finetune-teacher, ptp, distill; pipeline, sweep and compress run "
+              "them) (--name=default):", _option_line("config", None, "str | None", CONFIG_HELP), *general, *sections]
+    lines += ["", "Stage options (--name=default), the shared defaults a stage changes, and which of the options "
+              "above a stage takes when not all (any other is refused, naming the stage):"]
     for name, _, cls, _ in modules:
         fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
         own = [f"--{f.name}={_default_of(f)!r}" for f in fields if f.name not in shared]
         changed = [f"--{f.name}={_default_of(f)!r}" for f in fields
                    if f.name in shared and _default_of(f) != shared[f.name]]
         text = " ".join(own) or "(none)"
         if changed:
             text += "; defaults: " + " ".join(changed)
+        if not set(shared) <= names:
+            text += "; of the options above only: " + " ".join(f"--{f.name}" for f in shared_fields if f.name in names)
         lines.append(f"  {name}: {text}")
     lines += ["", _CONFIG_NOTE,
               "Several ranks or nodes: launchers/single_node.sh, multi_node_hostfile.sh, multi_node_no_ssh.sh,",
@@ -290,14 +309,16 @@ def _is_flag(arg: str) -> bool:
     return arg.startswith("--") or re.match(r"^-[a-zA-Z]", arg) is not None
 
 
-def check_args(stage: str, args: list[str], options_cls: type) -> None:
+def check_args(stage: str, args: list[str], options_cls: type, owners: dict[str, list[str]] | None = None) -> None:
     """Refuse (``UsageError``) what fire would not map onto an option of ``options_cls``.
 
     Mirrors fire's parsing: ``--name value``, ``--name=value``, a bare ``--flag`` before another flag or
     at the end (True), ``--noflag`` (False), hyphens and underscores alike; a bare ``--`` ends the check
     (fire's own flags follow it). Short flags are refused: fire would bind ``-x`` to whichever option
-    happens to start with x in *this* stage.
+    happens to start with x in *this* stage. An option of other stages (``owners``: option -> stages) is
+    refused in one line naming this stage and those.
     """
+    owners = owners or {}
     valid = ["config", *(f.name for f in dataclasses.fields(options_cls))]
 
     def refuse(message: str) -> None:
@@ -317,6 +338,10 @@ def check_args(stage: str, args: list[str], options_cls: type) -> None:
         key = key.replace("-", "_")
         bool_syntax = not eq and (i + 1 == len(args) or _is_flag(args[i + 1]))
         if key not in valid and not (bool_syntax and key.startswith("no") and key[2:] in valid):
+            other = key if key in owners else key[2:] if bool_syntax and key.startswith("no") and key[2:] in owners \
+                else None
+            if other is not None:
+                raise UsageError(not_an_option_of(stage, other, owners))
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean --{close[0]}?)" if close else ""
             refuse(f"unknown option --{key}{hint}")
@@ -383,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         print(commands[stage].__doc__)
         return
     try:
-        check_args(stage, rest, options_cls)
+        check_args(stage, rest, options_cls, option_owners())
     except UsageError as e:
         print(f"dist-peakd {stage}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -3,6 +3,7 @@ real process), a fine-tuned tiny teacher with its cache, byte surgery on files."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -23,6 +24,40 @@ def slice_opts(out: Path, backbone: Path | str, glue_dir: Path, **kw) -> dict:
     return base
 
 
+def stage_argv(argv: list[str]) -> list[str]:
+    """``dist-peakd <stage> --name value ...`` less the options of *other* stages (``--name=value`` or ``--name
+    value``): one run's options serve all of its stages, and a stage refuses another stage's options (issue
+    26). Unknown names stay, for the CLI to refuse."""
+    from dist_peakd import cli as cli_mod
+
+    stage = str(argv[0]).replace("_", "-") if argv else ""
+    classes = cli_mod.stage_options()
+    if stage not in classes:
+        return argv
+    mine = {f.name for f in dataclasses.fields(classes[stage])}
+    others = set(cli_mod.option_owners()) - mine
+    out, i = [str(a) for a in argv[:1]], 1
+    while i < len(argv):
+        arg = str(argv[i])
+        key = arg[2:].partition("=")[0].replace("-", "_") if arg.startswith("--") else None
+        separate = key is not None and "=" not in arg and i + 1 < len(argv) and not str(argv[i + 1]).startswith("--")
+        if key in others:
+            i += 2 if separate else 1
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def for_stage(stage: str, opts: dict) -> dict:
+    """``opts`` less the options ``stage`` does not take: one run's options serve all of its stages, and a
+    stage refuses another stage's options (issue 26)."""
+    from dist_peakd import cli as cli_mod
+
+    names = {"config", *(f.name for f in dataclasses.fields(cli_mod.stage_options()[stage]))}
+    return {k: v for k, v in opts.items() if k in names}
+
+
 def args_of(opts: dict) -> list[str]:
     return [f"--{k}={v}" for k, v in opts.items()]
 
@@ -34,7 +69,7 @@ def run_cli(argv: list[str], capsys=None) -> tuple[int, str, str]:
     if capsys is not None:
         capsys.readouterr()
     try:
-        cli_mod.main(argv)
+        cli_mod.main(stage_argv(argv))
         code = 0
     except SystemExit as e:
         code = int(e.code or 0)
@@ -94,5 +129,5 @@ def teacher_run(tmp_path_factory, tiny_bert, glue_dir):
     out = tmp_path_factory.mktemp("reliab_teacher") / "run"
     opts = slice_opts(out, tiny_bert, glue_dir)
     finetune_teacher.run(build_options(finetune_teacher.FinetuneTeacherOptions, **opts))
-    cache_teacher.run(build_options(cache_teacher.CacheTeacherOptions, **opts))
+    cache_teacher.run(build_options(cache_teacher.CacheTeacherOptions, **for_stage("cache-teacher", opts)))
     return out, opts

@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dist_peakd"
 #: A unit may import units of a LOWER layer only (and itself); a new unit needs a line here and in the doc.
 LAYERS: dict[str, int] = {
     "__init__": 0, "errors": 0, "loss_output": 0, "console": 0, "outcome": 0, "layout": 0,
-    "artifacts": 1, "coerce": 1, "env": 1,
+    "artifacts": 1, "env": 1, "schema": 1,
     "integrity": 2,
     "data": 3, "locking": 3,
     "models": 4, "cache": 4, "distill": 4, "metrics": 4,

@@ -73,12 +73,17 @@ def test_stage_help_lists_every_option_with_its_default(stages, capsys, how):
 
 
 def test_option_names_are_the_same_in_every_stage(stages):
+    """An option spelled the same means the same type in every stage that takes it (issue 26: a stage takes
+    the option sections it reads, not every shared option; the training stages take them all)."""
+    from dist_peakd.config import CommandOptions
+
     shared = {f.name: f.type for f in dataclasses.fields(RunOptions)}
     seen: dict[str, tuple[str, object]] = {}
     for name, cls in stages.items():
-        assert issubclass(cls, RunOptions), name
+        assert issubclass(cls, CommandOptions), name
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        assert {k: fields[k] for k in shared} == shared, name  # every shared option, same type
+        if name in ("finetune-teacher", "ptp", "distill", "pipeline", "sweep", "compress"):
+            assert issubclass(cls, RunOptions) and {k: fields[k] for k in shared} == shared, name
         for option, typ in fields.items():  # an option spelled the same means the same type everywhere
             first = seen.setdefault(option, (name, typ))
             assert first[1] == typ, f"--{option}: {first[0]} says {first[1]}, {name} says {typ}"
@@ -212,3 +217,81 @@ def test_model_commands_print_a_banner_and_one_outcome_line(monkeypatch, capsys,
         "2e-06 (int8 0.03)",
         f"[1/1] predict: {model}, rows of {tmp_path / 'm' / 'dist_peakd.json'} -> p.tsv",
         "[dist-peakd] predict done: 1725 rows of test -> p.tsv", "[dist-peakd] GLUE submission file: MRPC.tsv"]
+
+
+@pytest.mark.parametrize("argv,owners", [
+    (["export", "--lr", "0.1"], ("lr", "finetune-teacher, ptp, distill, pipeline, sweep, compress")),
+    (["export", "--nan_policy", "skip"], ("nan_policy", "finetune-teacher, ptp, distill, pipeline, sweep, compress")),
+    (["evaluate", "--epochs=2"], ("epochs", "finetune-teacher, ptp, distill, pipeline, sweep, compress")),
+    (["cache-teacher", "--batch_size", "8"], ("batch_size", "finetune-teacher, ptp, distill, pipeline, sweep, compress")),
+    (["finetune-teacher", "--augment", "2"], ("augment", "cache-teacher, distill, pipeline, sweep, compress")),
+    (["ptp", "--temperature", "4"], ("temperature", "distill, pipeline, sweep, compress")),
+    (["distill", "--nooptimize"], ("optimize", "export")),
+    (["export", "--max_eval_examples", "8"],  # export sets its rows itself (--verify_rows, the card's rows)
+     ("max_eval_examples", "finetune-teacher, cache-teacher, ptp, distill, pipeline, sweep, compress, evaluate, "
+                           "predict")),
+])
+def test_an_option_of_other_stages_is_refused_naming_the_stage(captured, capsys, argv, owners):
+    """Issue 26: `dist-peakd export --lr 0.1` was accepted and ignored; now exit 2 and one line naming the
+    stage and the stages the option belongs to, before anything runs."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    name, stages = owners
+    assert err == f"dist-peakd {argv[0]}: error: option --{name}: not an option of {argv[0]!r} (it belongs to: {stages})\n"
+    assert captured == []
+
+
+def test_an_option_of_other_stages_in_a_config_file_is_refused_naming_the_stage(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("lr: 1.0e-3\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", "--config", str(cfg), "--model_dir", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"dist-peakd export: error: config file {cfg}: option lr: not an option of "
+                                       "'export' (it belongs to: finetune-teacher, ptp, distill, pipeline, sweep, "
+                                       "compress)\n")
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--batch_size", "8.5"], "the command line: option batch_size: expected an integer, got '8.5'"),
+    (["--lr", "inf"], "the command line: option lr: expected a finite number, got 'inf'"),
+    (["--micro_batch_size", "0"], "option micro_batch_size: must be >= 1 when given, got 0"),
+    (["--warmup_ratio", "1"], "option warmup_ratio: must be in [0, 1), got 1.0"),
+    (["--zero_stage", "5"], "option zero_stage: 5 is not one of [0, 1, 2, 3]"),
+    (["--kl_reduction", "sum"], "option kl_reduction: 'sum' is not one of ['batchmean', 'mean_per_class']"),
+    (["--unlabeled_file", "a.txt", "--augment", "-1"], "option augment: must be >= 0, got -1"),
+])
+def test_pydantic_checks_the_values_and_its_own_text_never_reaches_the_user(captured, capsys, args, line):
+    """Issue 26: types, bounds and choices are declared with the fields and checked by pydantic; the refusal
+    is the project's one line (option, what was expected, the value), exit 2."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["distill", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"dist-peakd distill: error: {line}\n"
+    assert captured == []
+
+
+def test_a_config_file_value_is_checked_by_the_same_declarations(tmp_path, captured, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("temperature: 0\nseed: 2\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["distill", "--config", str(cfg)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"dist-peakd distill: error: config file {cfg}: option temperature: must be > 0, got 0.0\n"
+    cfg.write_text("temperature: 2\nk: yes\n")
+    with pytest.raises(SystemExit):
+        cli.main(["distill", "--config", str(cfg)])
+    assert capsys.readouterr().err == (f"dist-peakd distill: error: config file {cfg}: option k: expected an integer "
+                                       "or text (quote it in a YAML file), got True\n")
+
+
+@pytest.mark.parametrize("text", ["[more.txt,dump.parquet]", "more.txt,dump.parquet", '["more.txt", "dump.parquet"]'])
+def test_a_list_option_takes_the_readmes_spelling(text):
+    """README: `--unlabeled_file '[more.txt,dump.parquet]'` (main refused it: not JSON)."""
+    from dist_peakd.schema import validate_values
+    from dist_peakd.stages.distill import DistillOptions
+
+    typed = validate_values(DistillOptions, {"unlabeled_file": text}, "the command line")
+    assert typed == {"unlabeled_file": ["more.txt", "dump.parquet"]}

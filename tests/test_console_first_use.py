@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from reliab_helpers import args_of
+from reliab_helpers import args_of, stage_argv
 
 REPO = Path(__file__).resolve().parents[1]
 DS_GUESS = "Setting accelerator to CPU"
@@ -37,7 +37,7 @@ def _cli(stage: str, opts: dict) -> tuple[int, list[str]]:
     code = 0
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         try:
-            cli_mod.main([stage, *args_of(opts)])
+            cli_mod.main(stage_argv([stage, *args_of(opts)]))
         except SystemExit as e:
             code = int(e.code or 0)
     lines = [line.strip() for line in buf.getvalue().replace("\r", "\n").splitlines()]

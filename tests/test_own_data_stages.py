@@ -24,7 +24,9 @@ TOKEN_COLUMNS = ("idx", "label", "input_ids", "token_type_ids", "length")
 
 def _run_cli(argv: list[str]) -> None:
     """``dist-peakd <argv>`` in this process (fire, option coercion, validation, the guarded stage)."""
-    cli.main([str(a) for a in argv])
+    from reliab_helpers import stage_argv  # one run's options, each stage given those it takes (issue 26)
+
+    cli.main(stage_argv([str(a) for a in argv]))
 
 
 def _train_log(stage_dir: Path) -> list[dict]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from reliab_helpers import for_stage
 
 from dist_peakd.config import build_options
 from dist_peakd.engine import ConfigError
@@ -169,7 +170,7 @@ def test_cache_written_with_teacher_cache_dir_is_the_one_the_students_read(tiny_
     common = dict(SLICE, output_dir=str(out), glue_dir=str(glue_dir), backbone=str(tiny_bert),
                   cache_dir=str(out / "tok"), teacher_cache_dir=str(elsewhere))
     default_manifest = (out / "mrpc" / "teacher_cache" / "manifest.json").stat().st_mtime_ns
-    summary = cache_teacher.run(build_options(CacheTeacherOptions, **common))
+    summary = cache_teacher.run(build_options(CacheTeacherOptions, **for_stage("cache-teacher", common)))
     assert summary["cache_dir"] == str(elsewhere) and not summary["skipped"]
     assert (elsewhere / "manifest.json").is_file()
     assert (out / "mrpc" / "teacher_cache" / "manifest.json").stat().st_mtime_ns == default_manifest

@@ -178,7 +178,9 @@ def student_of_subset_teacher(subset_teacher, tiny_bert) -> Path:
     dev = json.loads((subset_teacher / "stage_options.json").read_text())["dev_file"]
     args = ["--task", "animals", "--train_file", train, "--dev_file", dev, "--output_dir", run_dir, "--backbone",
             tiny_bert, "--cache_dir", run_dir / "tok", *TINY, "--max_eval_examples", N_EVAL]
-    cli.main([str(a) for a in ["cache-teacher", *args]])
+    from reliab_helpers import stage_argv  # the run's options, those cache-teacher takes (issue 26)
+
+    cli.main(stage_argv([str(a) for a in ["cache-teacher", *args]]))
     cli.main([str(a) for a in ["distill", "--k", "1", "--use_ptp", "false", "--run_name", "student", *args]])
     return run_dir / "animals" / "student"
 

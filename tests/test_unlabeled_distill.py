@@ -185,10 +185,16 @@ def test_min_confidence_filter_is_applied_and_stated(pool, teacher, glue_dir, ti
 
 
 def test_ptp_ignores_the_pool(pool, teacher, glue_dir, tiny_bert_nodropout):
+    """PTP learns from the labelled train rows only: it does not take the pool's options (issue 26: refused,
+    before, accepted and ignored), and the pool in its teacher cache changes nothing."""
+    from dist_peakd.errors import ConfigError
     from dist_peakd.stages import ptp
 
-    summary = ptp.run(build_options(ptp.PTPOptions, **_common(pool.with_pool, teacher, glue_dir, tiny_bert_nodropout),
-                                    k=1, variant="shuffle", batch_size=8, epochs=1, unlabeled_file=[str(pool.text)]))
+    common = dict(_common(pool.with_pool, teacher, glue_dir, tiny_bert_nodropout), k=1, variant="shuffle",
+                  batch_size=8, epochs=1)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['unlabeled_file'\]"):
+        build_options(ptp.PTPOptions, **common, unlabeled_file=[str(pool.text)])
+    summary = ptp.run(build_options(ptp.PTPOptions, **common))
     hist = summary["histogram"]
     assert sorted(hist) == sorted(["train", "validation" if "validation" in hist else "dev"])
     assert sum(hist["train"].values()) == N_TRAIN  # the train rows only: the teacher-labelled pool has no right / wrong

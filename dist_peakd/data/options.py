@@ -15,22 +15,79 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..schema import option
 from .errors import DataOptionError, MaxLengthError
 from .tasks import COMPATIBLE_METRICS, PROBLEMS, TASKS, is_glue_name
 
 #: File extensions of own data files and the HF ``datasets`` builder reading each.
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
-#: The options of the unlabeled pool (issue 25): only the stages that read it (cache-teacher, distill) compare
-#: them in a stage folder's "same options?" check (a teacher or PTP encoder does not depend on them).
-UNLABELED_OPTIONS = frozenset({"unlabeled_file", "unlabeled_hub_dataset", "augment", "augment_seed"})
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _OWN_ONLY = ("text_columns", "label_column", "labels", "problem", "positive_label",
              "train_file", "dev_file", "test_file", "train_split", "dev_split", "test_split")
 
 
-@dataclass(frozen=True)
-class DataOptions:
+@dataclass
+class DataSourceOptions:
+    """The labelled data: a GLUE task, or your own files / hub dataset, and how to read them (the option
+    section every command that reads a task's rows takes; :class:`DataOptions` explains each)."""
+
+    task: str = option("mrpc", help="a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), or the "
+                                    "name of a run on your own data (its output folder)", group="data")
+    glue_dir: str | None = option(None, help="GLUE TSV folder (default $DIST_PEAKD_GLUE_DIR, else ../shared/glue)",
+                                  group="data")
+    hub_dataset: str | None = option(None, help="a hub dataset id or local dataset folder: the GLUE copy to read "
+                                                "(e.g. nyu-mll/glue), or your own dataset", group="data")
+    hub_config: str | None = option(None, help="config of --hub_dataset (GLUE: default the task's name)", group="data")
+    train_file: str | None = option(None, help="own data: train file (.csv .tsv .json .jsonl .parquet)", group="data")
+    dev_file: str | None = option(None, help="own data: dev file (default: --dev_fraction of train, stratified)",
+                                  group="data")
+    test_file: str | None = option(None, help="own data: test file (labels optional)", group="data")
+    train_split: str | None = option(None, help="own hub data: train split name (default train)", group="data")
+    dev_split: str | None = option(None, help="own hub data: dev split (default validation, else dev, else carved)",
+                                   group="data")
+    test_split: str | None = option(None, help="own hub data: test split name (default test)", group="data")
+    text_columns: str | None = option(None, help="own data: text column, or two for pairs: a or a,b (default text)",
+                                      group="data")
+    label_column: str | None = option(None, help="own data: label or score column (default label)", group="data")
+    labels: str | None = option(None, help="own data: class names in class-index order, l1,l2,... (default: the "
+                                           "train split's values, sorted)", group="data")
+    problem: str | None = option(None, help="own data: binary | multiclass | regression (default: inferred from the "
+                                            "labels; float scores: regression)", group="data")
+    dev_fraction: float = option(0.1, help="own data without a dev split: share of train carved as dev "
+                                           "(stratified, seeded by --split_seed)", group="data")
+    positive_label: str | None = option(None, help="binary: the class whose F1 is 'f1' (default the second label)",
+                                        group="data")
+    metric: str | None = option(None, help="main metric: model selection and sweeps (default: the task's; own "
+                                           "data: accuracy, regression pearson)", group="data")
+    split_seed: int = option(0, help="seed of the carved dev split (not --seed: every stage and trial sees the "
+                                     "same split)", group="data")
+
+
+@dataclass
+class UnlabeledOptions:
+    """Unlabeled text for the teacher to label and distill to learn from (cache-teacher, distill)."""
+
+    unlabeled_file: list[str] | None = option(
+        None, group="data", help="unlabeled text the teacher labels (cache-teacher) and distill learns from: .txt "
+                                 "(one text per line; pairs: two texts separated by a tab) or .csv .tsv .json .jsonl "
+                                 ".parquet with the task's text columns; repeatable: '[a.txt,b.csv]'")
+    unlabeled_hub_dataset: str | None = option(None, group="data", help="a hub dataset id or local dataset folder "
+                                                                        "of unlabeled text (its splits, the task's "
+                                                                        "text columns)")
+    augment: int = option(0, ge=0, group="data", help="N augmented variants of every labelled train row, added to "
+                                                      "the unlabeled rows (0: none)")
+    augment_seed: int | None = option(None, ge=0, group="data", help="seed of --augment (default --seed)")
+
+
+
+#: The options of the unlabeled pool (issue 25): only the stages that read it (cache-teacher, distill) compare
+#: them in a stage folder's "same options?" check (a teacher or PTP encoder does not depend on them).
+UNLABELED_OPTIONS = frozenset(f.name for f in fields(UnlabeledOptions))
+
+
+@dataclass
+class DataOptions(UnlabeledOptions, DataSourceOptions):
     """Where the data come from and how to read them.
 
     * ``task``: a GLUE name (``mrpc``, ``SST-2`` ...) means that GLUE task; any other name (letters,
@@ -66,29 +123,6 @@ class DataOptions:
     * ``augment``: N augmented variants per labelled train row, added to the unlabeled pool
       (``augment_seed``: their seed, default the run's ``seed``).
     """
-
-    task: str = "mrpc"
-    glue_dir: str | None = None
-    hub_dataset: str | None = None
-    hub_config: str | None = None
-    train_file: str | None = None
-    dev_file: str | None = None
-    test_file: str | None = None
-    train_split: str | None = None
-    dev_split: str | None = None
-    test_split: str | None = None
-    text_columns: str | tuple[str, ...] | None = None
-    label_column: str | None = None
-    labels: str | tuple[str, ...] | None = None
-    problem: str | None = None
-    dev_fraction: float = 0.1
-    positive_label: str | None = None
-    metric: str | None = None
-    split_seed: int = 0
-    unlabeled_file: str | tuple[str, ...] | list[str] | None = None
-    unlabeled_hub_dataset: str | None = None
-    augment: int = 0
-    augment_seed: int | None = None
 
     @classmethod
     def from_options(cls, opts: Any) -> DataOptions:

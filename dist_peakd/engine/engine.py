@@ -16,7 +16,6 @@ forwards ``save_state``, ``load_state`` and ``export_pretrained`` to them, as Ac
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +31,8 @@ from .distributed import DistInfo, all_gather_objects, init_distributed
 from .ds_config import build_ds_config, config_precision, load_ds_config
 from .nonfinite import NAN_POLICIES, DeferredCheck, nonfinite_message, nonfinite_terms, ranks_flagging
 from .optim import build_optimizer, linear_warmup_decay
+from .options import EngineOptions  # noqa: F401 - declared with the option sections, re-exported
 from .skip_step import step_without_update
-
-
-@dataclass
-class EngineOptions:
-    """Engine options that every stage shares (filled by the CLI)."""
-
-    ds_config: str = "fp32_zero0"
-    precision: str | None = None
-    zero_stage: int | None = None
-    batch_size: int = 32
-    micro_batch_size: int | None = None
-    gradient_clipping: float | None = 1.0
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    nan_policy: str = "stop"  # non-finite loss: "stop" (raise NonFiniteLossError) or "skip" the step
-    trust_unverified: bool = False  # accept a dist-peakd folder that has no file manifest
-    fused_optimizer: bool = True  # torch's fused AdamW on CPU too (False: the per-tensor loop on CPU)
-    compile: bool = False  # torch.compile the model's forward (DeepSpeed engine.compile) and Engine.compiled fns
-    compile_mode: str = "default"  # torch.compile mode (e.g. reduce-overhead: CUDA graphs)
 
 
 class _StepSums:

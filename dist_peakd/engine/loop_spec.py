@@ -12,26 +12,9 @@ import torch
 
 from ..data.collate import TokenColumns
 from ..data.rows import fetch_rows
+from .options import LoopOptions  # noqa: F401 - declared with the option sections, re-exported
 
 Batch = dict[str, torch.Tensor]
-
-
-@dataclass
-class LoopOptions:
-    """Options of the trainer (every stage has them, with these names)."""
-
-    epochs: float = 3.0
-    seed: int = 0
-    eval_batch_size: int = 128
-    eval_every_steps: int = 0          # 0: evaluate at the end of each epoch only
-    log_every_steps: int = 10
-    stop_after_steps: int | None = None  # checkpoint and stop after this many steps of this run (rerun: N more)
-    save_every_steps: int = 0          # 0: checkpoint at epoch ends (and on stop requests) only
-    keep_checkpoints: int = 2          # newest complete checkpoints kept (a corrupted one falls back)
-    trust_unverified: bool = False     # resume from a checkpoint whose COMPLETE lists no files
-    max_skipped_fraction: float = 0.1  # more skipped steps than this fraction: the run is not finished
-    keep_checkpoints_after_success: bool = False  # keep checkpoints/ once summary.json is written
-    label: str = ""                    # progress bars and eval lines (default: the output folder's name)
 
 
 @dataclass

@@ -37,7 +37,22 @@ from ..cache.store import (
     bytes_per_row,
 )
 from ..cache.writer import ShardWriter, build_manifest, write_manifest
-from ..config import RunOptions, option, save_resolved_config
+from ..config import (
+    CommandOptions,
+    DataSourceOptions,
+    DeviceOptions,
+    EvalSliceOption,
+    ForceOption,
+    ModelOptions,
+    OutputOptions,
+    RunOptions,
+    SeedOption,
+    TrainSliceOption,
+    TrustOption,
+    UnlabeledOptions,
+    option,
+    save_resolved_config,
+)
 from ..console import human_size
 from ..data import tokenizer_fingerprint
 from ..data.collate import TokenColumns
@@ -68,6 +83,7 @@ from .common import (
 )
 from .preflight import check_models
 from .stage_folder import lock_for_job, releases_locks
+from .student_common import TeacherOptions
 
 STAGE = TEACHER_CACHE
 GPU_BATCH_ROWS = 256  # default rows per global batch of the pass on a GPU
@@ -76,11 +92,12 @@ CPU_MAX_ROWS = 8192
 
 
 @dataclass
-class CacheTeacherOptions(RunOptions):
-    """Teacher-cache options: the shared ones plus the teacher folder, rebuild flag and batch size."""
+class CacheTeacherOptions(TeacherOptions, ForceOption, TrustOption, SeedOption, DeviceOptions, UnlabeledOptions,
+                          EvalSliceOption, TrainSliceOption, ModelOptions, DataSourceOptions, OutputOptions,
+                          CommandOptions):
+    """Teacher-cache options: the data (and unlabeled pool), the backbone's length, the device, the teacher
+    folder, rebuild flag and batch size (no optimizer or training-loop options: nothing trains)."""
 
-    teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
-    teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
     rebuild: bool = option(False, help="build the teacher cache again even when a valid one exists (the old one "
                                        "is replaced only once the new one is verified)", result=False)
     cache_batch_size: int | None = option(

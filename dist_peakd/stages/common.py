@@ -221,13 +221,15 @@ def _print_summary(loaded: LoadedData) -> None:
 
 
 def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval_split: str = "dev",
-                 loaded: LoadedData | None = None, check_run: bool = True, unlabeled: bool = False) -> TaskData:
+                 loaded: LoadedData | None = None, check_run: bool = True, unlabeled: bool = False,
+                 eval_rows: Any = "options") -> TaskData:
     """The run's data (``loaded``, else :func:`load_run_data`), sliced as asked, tokenized with the on-disk
     cache (keyed by the data fingerprint: files' checksums, columns, labels; the slices; the tokenizer).
 
     ``eval_split``: the split served as ``dev`` (a role, ``dev`` or ``test``, or a split name):
     evaluate and predict score other splits than the stages' dev split. ``unlabeled``: the unlabeled pool
     too (read here unless ``loaded`` holds it), tokenized on disk into ``TaskData.unlabeled``.
+    ``eval_rows``: the first N dev rows (None: all); default ``opts.max_eval_examples`` (export sets its own).
     """
     data = loaded if loaded is not None else load_run_data(opts, need_train, eval_split, check_run,
                                                            unlabeled=unlabeled)
@@ -235,15 +237,17 @@ def prepare_data(opts: RunOptions, tokenizer: Any, need_train: bool = True, eval
     dev_split = split_names(task, [eval_split])[0]
     if not need_train:
         dsd.pop("train", None)
-    if opts.max_train_examples and need_train:
-        n = min(opts.max_train_examples, len(dsd["train"]))
+    max_train = getattr(opts, "max_train_examples", None)  # evaluate, predict, export: no training rows
+    if max_train and need_train:
+        n = min(max_train, len(dsd["train"]))
         dsd["train"] = dsd["train"].select(range(n))
     dev_total = len(dsd[dev_split])
-    if opts.max_eval_examples:
-        n = min(opts.max_eval_examples, len(dsd[dev_split]))
+    max_eval = getattr(opts, "max_eval_examples", None) if eval_rows == "options" else eval_rows
+    if max_eval:
+        n = min(max_eval, len(dsd[dev_split]))
         dsd[dev_split] = dsd[dev_split].select(range(n))
     source_fp = hashlib.sha256(f"{fp}|train:None|eval:None".encode()).hexdigest()
-    fp = hashlib.sha256(f"{fp}|train:{opts.max_train_examples}|eval:{opts.max_eval_examples}".encode()).hexdigest()
+    fp = hashlib.sha256(f"{fp}|train:{max_train}|eval:{max_eval}".encode()).hexdigest()
     tokenized, hit = tokenize_dataset(DatasetDict(dsd), tokenizer, opts.max_length, opts.layout().token_cache, fp,
                                       is_pair=task.is_pair)
     out = TaskData(task=task, train=tokenized["train"] if need_train else None, dev=tokenized[dev_split],

@@ -29,9 +29,10 @@ from typing import Any
 
 from ..config import option
 from ..errors import ConfigError
+from ..sweep.front import OBJECTIVES
 from .compress_trial import PRECISIONS, SHAPE_HELP, CompressTrialOptions, parse_shape, parse_shapes
 from .distill import DistillOptions
-from .sweep import SweepOptions
+from .sweep import SEARCHES, SweepOptions
 
 DEFAULT_SHAPES = "sps-k2-shuffle,sps-k3-shuffle,plain-d2-alternate,plain-d3-alternate"
 DEFAULT_SPACE = {"temperature": [2, 5, 10], "alpha": {"uniform": [0.3, 0.9]}}
@@ -44,16 +45,17 @@ _LATENCY_SHAPE = re.compile(r"^\s*batch\s*=\s*(\d+)\s*,\s*seq\s*=\s*(\d+)\s*$")
 class CompressOptions(SweepOptions):
     """The sweep's options, the student shapes and precisions, how latency is measured, the budget."""
 
-    search: str = option("random", help="random (default: samples shapes and the space) | grid | optuna")
+    search: str = option("random", help="random (default: samples shapes and the space) | grid | optuna",
+                         choices=SEARCHES)
     num_samples: int | None = option(None, help="random/optuna: number of trials (default 8); grid: repeats of the "
-                                                "grid (default 1)")
+                                                "grid (default 1)", ge=1)
     shapes: str = option(DEFAULT_SHAPES, help=SHAPE_HELP)
     precisions: str = option("fp32,int8", help="exported graphs each trained student is measured as: fp32, int8 or "
                                                 "both (comma separated); each graph is one candidate", result=False)
     latency_shape: str = option("batch=1,seq=128", help="input shape the latency is measured at (batch=B,seq=S)",
                                 result=False)
     latency_threads: int | None = option(None, help="onnxruntime intra-op threads for the latency (default: the "
-                                                    "machine's CPUs, at most 4)", result=False)
+                                                    "machine's CPUs, at most 4)", result=False, ge=1)
     latency_runs: int = option(20, help="timed runs per graph (the median is reported)", result=False, ge=1)
     latency_warmup: int = option(5, help="untimed runs per graph before timing", result=False, ge=0)
     max_metric_drop: float | None = option(None, help="budget: the chosen student's dev main metric (on its graph) at "
@@ -64,7 +66,7 @@ class CompressOptions(SweepOptions):
     max_size_mb: float | None = option(None, help="budget: size of the exported graph file (MB, 1e6 bytes)",
                                        result=False, gt=0)
     objective: str = option("latency", help="among the candidates meeting every budget: latency (fastest) | size "
-                                            "(smallest) | metric (most accurate)", result=False)
+                                            "(smallest) | metric (most accurate)", result=False, choices=OBJECTIVES)
     time_budget_s: float | None = option(None, help="stop the search after this many seconds (trials running then "
                                                     "are not measured)", result=False, gt=0)
 
@@ -73,12 +75,6 @@ class CompressOptions(SweepOptions):
         parse_shapes(self.shapes)
         self.precision_list()
         self.latency_dims()
-        from ..sweep.front import OBJECTIVES
-
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"option objective: {self.objective!r} is not one of {list(OBJECTIVES)}")
-        if self.latency_threads is not None and self.latency_threads < 1:
-            raise ConfigError(f"option latency_threads: must be >= 1, got {self.latency_threads}")
         super().validate()
 
     def _check_student(self) -> None:

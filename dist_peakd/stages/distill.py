@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..config import RunOptions, check_folder_name, option
-from ..distill import DistillLossConfig, distillation_loss, patient_layer_map
+from ..config import RunOptions, UnlabeledOptions, check_folder_name, option
+from ..distill import KL_REDUCTIONS, DistillLossConfig, distillation_loss, patient_layer_map
 from ..engine import Engine
 from ..engine.hooks import EvalCallback
 from ..engine.loop_spec import Batch
@@ -42,21 +42,20 @@ from .common import (
     tracker_session,
     trainer_data,
 )
-from .cross_student import HELP as CROSS_HELP
 from .cross_student import width_map_hooks, width_mapped
 from .depth import announce_k, resolve_k
 from .finetune_teacher import logits_predict, metrics_from_logits
 from .preflight import check_ptp_encoder
 from .stage_folder import check_inputs, releases_locks
 from .student_common import (
-    K_HELP,
-    VARIANT_HELP,
     StudentRun,
+    StudentShapeOptions,
+    TeacherOptions,
     open_student_run,
     student_layers,
     validate_student_options,
 )
-from .student_kind import DEPTH_HELP, LAYER_MAP_HELP, STUDENT_HELP, fill_defaults, plain_summary, plain_tag
+from .student_kind import fill_defaults, plain_summary, plain_tag
 from .unlabeled_mix import (
     MIN_CONF_HELP,
     RATIO_HELP,
@@ -75,26 +74,18 @@ from .unlabeled_mix import (
 
 
 @dataclass
-class DistillOptions(RunOptions):
+class DistillOptions(TeacherOptions, StudentShapeOptions, UnlabeledOptions, RunOptions):
     """Distillation options: student shape, loss weights, where the cache and PTP encoder are."""
 
     #: distill reads the unlabeled pool: its options count when a stage folder is compared (stage_folder)
     uses_unlabeled: ClassVar[bool] = True
 
-    k: int | str = option("auto", help=K_HELP)
-    variant: str = option("auto", help=VARIANT_HELP)
-    student: str = option("sps", help=STUDENT_HELP)
-    depth: int | str | None = option(None, help=DEPTH_HELP)
-    layer_map: str = option("bottom", help=LAYER_MAP_HELP)
-    student_backbone: str | None = option(None, help=CROSS_HELP)  # issue 23 item 4 (stages/cross_student.py)
     use_ptp: bool = option(True, help="start from the PTP-pretrained encoder")
     ptp_dir: str | None = option(None, help="PTP encoder folder (default <output_dir>/<task>/ptp-k<k>-<variant>/best)")
-    teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
-    teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
-    alpha: float = option(0.7, help="KD weight (1 - alpha goes to the hard-label CE)")
-    temperature: float = option(10.0, help="KD softmax temperature")
-    beta: float = option(100.0, help="Patient-KD weight")
-    kl_reduction: str = option("batchmean", help="batchmean | mean_per_class")
+    alpha: float = option(0.7, help="KD weight (1 - alpha goes to the hard-label CE)", ge=0, le=1)
+    temperature: float = option(10.0, help="KD softmax temperature", gt=0)
+    beta: float = option(100.0, help="Patient-KD weight", ge=0)
+    kl_reduction: str = option("batchmean", help="batchmean | mean_per_class", choices=KL_REDUCTIONS)
     unlabeled_ratio: float | str = option("auto", help=RATIO_HELP)
     unlabeled_min_confidence: float = option(0.0, help=MIN_CONF_HELP)
     epochs: float = 4.0
@@ -106,15 +97,6 @@ class DistillOptions(RunOptions):
     def validate(self) -> None:
         super().validate()
         validate_student_options(self)
-        if self.temperature <= 0:
-            raise ConfigError(f"option temperature: must be > 0, got {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"option alpha: must be in [0, 1], got {self.alpha}")
-        if self.beta < 0:
-            raise ConfigError(f"option beta: must be >= 0, got {self.beta}")
-        if self.kl_reduction not in ("batchmean", "mean_per_class"):
-            raise ConfigError(f"option kl_reduction: {self.kl_reduction!r} is not one of "
-                              "['batchmean', 'mean_per_class']")
         check_folder_name("run_name", self.run_name)
         check_unlabeled_options(self)
         if self.ptp_dir is not None and not self.use_ptp:

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_json
-from ..config import RunOptions, option
+from ..config import (
+    CommandOptions,
+    DataSourceOptions,
+    EvalBatchOption,
+    EvalSliceOption,
+    OutputOptions,
+    TrustOption,
+    option,
+)
 from ..data import is_glue_name
 from ..engine import init_distributed
 from ..engine.tracking import with_eval_loss
@@ -45,13 +53,14 @@ DEFAULT_MAX_LENGTH = 128
 
 
 @dataclass
-class ModelDirOptions(RunOptions):
+class ModelDirOptions(TrustOption, EvalBatchOption, DataSourceOptions, OutputOptions, CommandOptions):
     """Options of the commands that read a model folder (evaluate, predict, export): the folder, and the
-    task and sequence length it was trained with (read from the folder unless given)."""
+    task and sequence length it was trained with (read from the folder unless given), the data the task's
+    rows come from, the evaluation batch (no backbone, engine or training options: nothing trains)."""
 
-    task: str = option("", help="task of the model ('': the task its folder records)")
+    task: str = option("", help="task of the model ('': the task its folder records)", group="data")
     max_length: int = option(0, help="truncate sequences to this many tokens (0: the length the model was trained "
-                                     "with, recorded in its folder)")
+                                     "with, recorded in its folder)", ge=0)
     model_dir: str | None = option(None, help="model folder a stage wrote (<stage>/best, <stage>/final, teacher "
                                               "or student) or `dist-peakd export` wrote")
 
@@ -77,18 +86,23 @@ class ModelDirOptions(RunOptions):
             return
         recorded = folder_data_options(self.model_dir)
         if recorded and folder_task_fields(self.model_dir).get("task") == self.task:
-            for name, value in recorded.items():
-                if getattr(self, name) == _default(type(self), name):
+            names = {f.name for f in dataclasses.fields(self)}
+            for name, value in recorded.items():  # (the unlabeled pool a run recorded is not read here)
+                if name in names and getattr(self, name) == _default(type(self), name):
                     setattr(self, name, value)
 
 
 @dataclass
-class EvaluateOptions(ModelDirOptions):
+class OnnxFileOption:
+    onnx_file: str | None = option(None, help="ONNX folders: the graph to run (model.onnx | model_int8.onnx; "
+                                              "default model.onnx)")
+
+
+@dataclass
+class EvaluateOptions(OnnxFileOption, EvalSliceOption, ModelDirOptions):
     """Which split to score, which ONNX graph (ONNX folders), where the metrics JSON goes."""
 
     split: str = option("dev", help="split to score: dev (the task's dev split) or another labelled split name")
-    onnx_file: str | None = option(None, help="ONNX folders: the graph to run (model.onnx | model_int8.onnx; "
-                                              "default model.onnx)")
     out: str | None = option(None, help="also write the result (metrics and what was scored) to this JSON file")
 
     def validate(self) -> None:

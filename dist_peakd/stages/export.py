@@ -17,7 +17,6 @@ the source's record (task, max length), so ``evaluate``/``predict`` take it as t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +51,13 @@ VERIFY_BATCH_SIZE = 16
 class ExportOptions(ModelDirOptions):
     """The format, where it goes, int8, how many dev rows check an ONNX graph."""
 
-    format: str = option("hf", help="hf (compact, custom code) | plain (standard bert, no custom code) | onnx")
+    format: str = option("hf", help="hf (compact, custom code) | plain (standard bert, no custom code) | onnx",
+                         choices=tuple(FORMATS))
     out: str | None = option(None, help="output folder (required): a new folder, or one a previous export of the "
                                         "same --format wrote (replaced atomically); anything else is refused")
-    quantize: str | None = option(None, help="onnx: also write model_int8.onnx (onnxruntime dynamic int8)")
-    verify_rows: int = option(64, help="onnx: dev rows of the model's task run through both runtimes")
+    quantize: str | None = option(None, help="onnx: also write model_int8.onnx (onnxruntime dynamic int8)",
+                                  choices=("int8",))
+    verify_rows: int = option(64, help="onnx: dev rows of the model's task run through both runtimes", ge=1)
     opset: int | None = option(None, help=f"onnx: opset, {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (default: torch.onnx's, "
                                           "20 here)")
     optimize: bool = option(True, help="onnx: fuse the graph offline with onnxruntime's transformer optimizer "
@@ -65,17 +66,11 @@ class ExportOptions(ModelDirOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.format not in FORMATS:
-            raise ConfigError(f"option format: {self.format!r} is not one of {list(FORMATS)}")
         if not self.out:
             raise ConfigError("option out: required (the folder to write)")
         self._check_opset()
-        if self.quantize not in (None, "int8"):
-            raise ConfigError(f"option quantize: {self.quantize!r} is not 'int8'")
         if self.quantize and self.format != "onnx":
             raise ConfigError("option quantize: int8 applies to --format onnx")
-        if self.verify_rows < 1:
-            raise ConfigError(f"option verify_rows: must be >= 1, got {self.verify_rows}")
         check_export_folder("out", self.out, self.format, command_inputs(self))
 
     def _check_opset(self) -> None:
@@ -103,8 +98,7 @@ def _card(record: dict[str, Any], fmt: str, stats: dict[str, Any] | None) -> tup
 
 def verify_batches(opts: ExportOptions, tokenizer: Any) -> list[dict[str, Any]]:
     """``verify_rows`` dev rows of the model's task, in padded batches of up to 16 (the ONNX check)."""
-    data = prepare_data(dataclasses.replace(opts, max_eval_examples=opts.verify_rows), tokenizer, need_train=False,
-                        check_run=False)
+    data = prepare_data(opts, tokenizer, need_train=False, check_run=False, eval_rows=opts.verify_rows)
     collate = collator_for(tokenizer)
     return [collate(fetch_rows(data.dev, b)) for b in eval_batches(column_array(data.dev, "length").tolist(), VERIFY_BATCH_SIZE)]
 

@@ -3,7 +3,6 @@ measured on the rows the source's card metrics were measured on, next to the PyT
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,7 @@ def graph_dev_metrics(opts: Any, folder: Path, onnx_file: str) -> dict[str, floa
     record = read_folder_record(folder)
     rows = ((record.get("card") or {}).get("options") or {}).get("max_eval_examples")
     model = open_model_folder(folder, onnx_file, torch.device("cpu"), opts.trust_unverified)
-    data = prepare_data(dataclasses.replace(opts, max_eval_examples=rows), model.tokenizer, need_train=False,
-                        check_run=False)
+    data = prepare_data(opts, model.tokenizer, need_train=False, check_run=False, eval_rows=rows)
     collate = collator_for(model.tokenizer)
     logits, labels = [], []
     for share in eval_batches(column_array(data.dev, "length").tolist(), opts.eval_batch_size):

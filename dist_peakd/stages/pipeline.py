@@ -23,7 +23,6 @@ from ..artifacts import atomic_write_text
 from ..config import RunOptions, option
 from ..data import DataOptions, glue_task
 from ..engine import barrier, init_distributed
-from ..errors import ConfigError
 from ..layout import FINAL
 from ..outcome import outcome_lines
 from . import cache_teacher, distill, finetune_teacher, ptp
@@ -31,7 +30,7 @@ from .common import load_run_data, run_task
 from .depth import announce_k, resolve_k
 from .distill import DistillOptions
 from .preflight import check_models
-from .ptp import validate_threshold_rule
+from .ptp import ThresholdRuleOption, validate_threshold_rule
 from .student_kind import plain_tag
 
 # Named presets: applied under the user's own options (the command line always wins).
@@ -43,29 +42,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 @dataclass
-class EarlierStagesOptions(DistillOptions):
+class EarlierStagesOptions(ThresholdRuleOption, DistillOptions):
     """Distillation options plus the teacher/PTP stages' epochs and lr and a named preset: what a command
     that runs those stages before distilling (``pipeline``, ``sweep``) accepts."""
 
     preset: str | None = option(None, help="named option preset applied under the command line (e.g. cpu-fast)",
-                                result=False)
+                                result=False, choices=tuple(sorted(PRESETS)))
     teacher_epochs: float = option(3.0, help="epochs of the teacher fine-tune", gt=0)
     teacher_lr: float = option(5e-5, help="learning rate of the teacher fine-tune", gt=0)
     ptp_epochs: float = option(2.0, help="epochs of PTP pretraining", gt=0)
     ptp_lr: float = option(2e-5, help="learning rate of PTP pretraining", gt=0)
-    threshold_rule: str = option("median", help="PTP confidence thresholds: median | paper")
 
     PRESETS = PRESETS
 
     def validate(self) -> None:
         super().validate()
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"option preset: {self.preset!r} is not one of {sorted(PRESETS)}")
         data = self.data_options()
-        if data.is_glue and glue_task(data).is_regression:  # PTP is skipped: only the spelling matters
-            if self.threshold_rule not in ("median", "paper"):
-                raise ConfigError(f"option threshold_rule: {self.threshold_rule!r} is not one of ['median', 'paper']")
-        else:
+        if not (data.is_glue and glue_task(data).is_regression):  # regression skips PTP: any rule is unused
             validate_threshold_rule(self.threshold_rule, data)
 
 

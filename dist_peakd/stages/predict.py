@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import atomic_write_text
-from ..config import option
+from ..config import EvalSliceOption, option
 from ..engine import barrier, init_distributed
 from ..errors import ConfigError
 from ..integrity import file_sha256
 from .common import collator_for, prepare_data
-from .evaluate import ModelDirOptions, check_glue_model_task, check_model_task, check_split
+from .evaluate import ModelDirOptions, OnnxFileOption, check_glue_model_task, check_model_task, check_split
 from .inference import ModelFolder, open_model_folder, rows_logits
 from .outputs import check_output_file, command_inputs
 
@@ -46,7 +46,7 @@ OUT_FORMATS = (".tsv", ".jsonl")
 
 
 @dataclass
-class PredictOptions(ModelDirOptions):
+class PredictOptions(OnnxFileOption, EvalSliceOption, ModelDirOptions):
     """What to predict (a split, or ``--input``), where the predictions go."""
 
     split: str = option("test", help="split to predict: test (GLUE: also writes the submission file), dev, or "
@@ -54,8 +54,6 @@ class PredictOptions(ModelDirOptions):
     input: str | None = option(None, help="predict the rows of this file instead (.tsv/.csv/.json/.jsonl/.parquet "
                                           "with the task's text column(s))")
     out: str | None = option(None, help="predictions file: .tsv or .jsonl (required)")
-    onnx_file: str | None = option(None, help="ONNX folders: the graph to run (model.onnx | model_int8.onnx; "
-                                              "default model.onnx)")
 
     def validate(self) -> None:
         super().validate()

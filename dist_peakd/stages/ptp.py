@@ -37,35 +37,31 @@ from .common import (
     tracker_session,
     trainer_data,
 )
-from .cross_student import HELP as CROSS_HELP
 from .depth import announce_k, resolve_k
 from .stage_folder import check_inputs, releases_locks
 from .student_common import (
-    K_HELP,
-    VARIANT_HELP,
     StudentRun,
+    StudentShapeOptions,
+    TeacherOptions,
     open_student_run,
     student_layers,
     validate_student_options,
 )
-from .student_kind import DEPTH_HELP, LAYER_MAP_HELP, STUDENT_HELP, fill_defaults, plain_summary, plain_tag
+from .student_kind import fill_defaults, plain_summary, plain_tag
 
 NUM_PTP_CLASSES = 4
 
 
 @dataclass
-class PTPOptions(RunOptions):
+class ThresholdRuleOption:
+    threshold_rule: str = option("median", help="PTP confidence thresholds: median | paper",
+                                 choices=("median", "paper"))
+
+
+@dataclass
+class PTPOptions(ThresholdRuleOption, TeacherOptions, StudentShapeOptions, RunOptions):
     """PTP options: the student shape (same as the distillation stage's) and the threshold rule."""
 
-    k: int | str = option("auto", help=K_HELP)
-    variant: str = option("auto", help=VARIANT_HELP)
-    student: str = option("sps", help=STUDENT_HELP)
-    depth: int | str | None = option(None, help=DEPTH_HELP)
-    layer_map: str = option("bottom", help=LAYER_MAP_HELP)
-    student_backbone: str | None = option(None, help=CROSS_HELP)  # issue 23 item 4 (stages/cross_student.py)
-    teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
-    teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
-    threshold_rule: str = option("median", help="PTP confidence thresholds: median | paper")
     epochs: float = 2.0
 
     def __post_init__(self) -> None:

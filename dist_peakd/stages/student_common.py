@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunOptions
+from ..config import RunOptions, option
 from ..data import Task
 from ..data.rows import column_array
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..models import VARIANTS
 from .common import TaskData
+from .cross_student import HELP as CROSS_HELP
+from .student_kind import DEPTH_HELP, LAYER_MAP_HELP, STUDENT_HELP
 
 
 def expected_cache_identity(opts: RunOptions, data: TaskData, teacher_dir: str | Path | None = None,
@@ -52,6 +54,26 @@ K_HELP = ("SPS student depth (default auto): parameter layers taken from the bac
           "BERT-base")
 VARIANT_HELP = ("SPS student: none | share | shuffle (Shuffled Parameter Sharing); auto (the default) = shuffle "
                 "(a plain student: none)")
+
+
+@dataclass
+class StudentShapeOptions:
+    """The student's kind and size (PTP, distill and the commands that run them)."""
+
+    k: int | str = option("auto", help=K_HELP)
+    variant: str = option("auto", help=VARIANT_HELP)
+    student: str = option("sps", help=STUDENT_HELP)
+    depth: int | str | None = option(None, help=DEPTH_HELP)
+    layer_map: str = option("bottom", help=LAYER_MAP_HELP)
+    student_backbone: str | None = option(None, help=CROSS_HELP)  # issue 23 item 4 (stages/cross_student.py)
+
+
+@dataclass
+class TeacherOptions:
+    """Where the fine-tuned teacher and its cache are (the stages after finetune-teacher)."""
+
+    teacher_dir: str | None = option(None, help="fine-tuned teacher folder (default <output_dir>/<task>/teacher/best)")
+    teacher_cache_dir: str | None = option(None, help="teacher cache folder (default <output_dir>/<task>/teacher_cache)")
 
 
 def validate_student_options(opts: Any) -> None:

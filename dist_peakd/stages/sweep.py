@@ -58,6 +58,8 @@ from .pipeline import EarlierStagesOptions, run_teacher_stages
 from .preflight import check_models
 from .stage_folder import releases_locks
 
+SEARCHES = ("grid", "random", "optuna")
+
 
 @dataclass
 class SweepOptions(EarlierStagesOptions):
@@ -73,55 +75,40 @@ class SweepOptions(EarlierStagesOptions):
     space: Any = option(None, help="search space: JSON/YAML text or mapping (overrides space_file keys)")
     space_file: str | None = option(None, help="YAML/JSON file with the search space")
     num_samples: int | None = option(None, help="grid: repeats of the grid (default 1); random/optuna: number of "
-                                                "trials (default 8)")
-    search: str = option("grid", help="grid | random | optuna (optuna must be installed)")
-    scheduler: str = option("asha", help="asha | fifo")
-    mode: str = option("max", help="max | min")
-    scope: str = option("last", help="rank trials by their final metric (last) or best-on-dev (all)")
-    grace_period: int = option(1, help="ASHA: evaluations before a trial can be stopped")
-    reduction_factor: float = option(2.0, help="ASHA: keep the top 1/reduction_factor at each rung")
+                                                "trials (default 8)", ge=1)
+    search: str = option("grid", help="grid | random | optuna (optuna must be installed)", choices=SEARCHES)
+    scheduler: str = option("asha", help="asha | fifo", choices=("asha", "fifo"))
+    mode: str = option("max", help="max | min", choices=("max", "min"))
+    scope: str = option("last", help="rank trials by their final metric (last) or best-on-dev (all)",
+                        choices=("last", "all"))
+    grace_period: int = option(1, help="ASHA: evaluations before a trial can be stopped", ge=1)
+    reduction_factor: float = option(2.0, help="ASHA: keep the top 1/reduction_factor at each rung", gt=1)
     rungs: int = option(3, help="dev evaluations per epoch of each trial when eval_every_steps is 0 (ASHA's "
-                                "decision points; 1: at epoch ends only)")
+                                "decision points; 1: at epoch ends only)", ge=1)
     keep_trial_final: bool = option(False, help="keep final/ of every trial (default: only the best trial's; "
                                                 "every trial keeps best/)", result=False)
     # how each trial runs
-    workers_per_trial: int = option(1, help="ranks (Ray Train workers) per trial")
-    cpus_per_worker: float = option(1.0, help="CPUs reserved per worker")
-    gpus_per_worker: float = option(0.0, help="GPUs reserved per worker")
+    workers_per_trial: int = option(1, help="ranks (Ray Train workers) per trial", ge=1)
+    cpus_per_worker: float = option(1.0, help="CPUs reserved per worker", gt=0)
+    gpus_per_worker: float = option(0.0, help="GPUs reserved per worker", ge=0)
     trial_backend: str = option("auto", help="auto (function if workers_per_trial == 1 else ray_train) | function "
-                                             "| ray_train")
-    max_concurrent_trials: int | None = option(None, help="default: as many as the resources allow", result=False)
-    max_failures: int = option(1, help="retries of a trial that raised", result=False)
+                                             "| ray_train", choices=("auto", "function", "ray_train"))
+    max_concurrent_trials: int | None = option(None, help="default: as many as the resources allow", result=False,
+                                               ge=1)
+    max_failures: int = option(1, help="retries of a trial that raised", result=False, ge=0)
     # the cluster and the sweep's bookkeeping
     address: str | None = option(None, help="Ray cluster address (None: start a local Ray instance)", result=False)
-    num_cpus: int | None = option(None, help="CPUs of a local Ray instance (default: all)", result=False)
+    num_cpus: int | None = option(None, help="CPUs of a local Ray instance (default: all)", result=False, ge=1)
     sweep_name: str | None = option(None, help="sweep folder name (default: a timestamp; with --resume: the "
                                                "latest sweep of the task)", result=False)
     resume: bool = option(False, help="continue the interrupted sweep <sweep_name>", result=False)
     resume_errored: bool = option(False, help="with --resume: run errored trials again too", result=False)
     stop_after_trials: int | None = option(None, help="stop (resumably) once this many trials ended in this run",
-                                           result=False)
+                                           result=False, ge=1)
 
     def validate(self) -> None:
         super().validate()
         self._check_student()
-        choices = {"search": ("grid", "random", "optuna"), "scheduler": ("asha", "fifo"), "mode": ("max", "min"),
-                   "scope": ("last", "all"), "trial_backend": ("auto", "function", "ray_train")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"option {name}: {getattr(self, name)!r} is not one of {list(allowed)}")
-        for name in ("num_samples", "workers_per_trial", "grace_period", "max_concurrent_trials", "num_cpus",
-                     "stop_after_trials", "rungs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"option {name}: must be >= 1, got {value}")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise ConfigError(f"options cpus_per_worker/gpus_per_worker: need > 0 CPUs and >= 0 GPUs, got "
-                              f"{self.cpus_per_worker}/{self.gpus_per_worker}")
-        if self.max_failures < 0:
-            raise ConfigError(f"option max_failures: must be >= 0, got {self.max_failures}")
-        if self.reduction_factor <= 1:
-            raise ConfigError(f"option reduction_factor: must be > 1, got {self.reduction_factor}")
         if self.trial_backend == "function" and self.workers_per_trial > 1:
             raise ConfigError("option trial_backend: 'function' runs one worker per trial; use ray_train (or auto) "
                               f"for workers_per_trial={self.workers_per_trial}")

@@ -204,15 +204,13 @@ def check_space_values(dims: Mapping[str, Dimension], options_type: type, fixed:
     """Refuse (ConfigError naming the option and the value) a swept value a trial would refuse: its type, the
     option's bounds (``option(..., ge=, gt=, le=)``) and ``options_type.validate()``, each value with the
     sweep's fixed values (``fixed``) for the other options; before anything is built."""
-    from ..coerce import coerce_options
-    from ..config import check_bounds
+    from ..schema import validate_values
 
     for name, d in dims.items():
         for value in _checked_values(d):
             try:
-                typed = coerce_options(options_type, {name: value}, "the space")
+                typed = validate_values(options_type, {name: value}, "the space")  # its type, bounds, choices
                 opts = options_type(**{**fixed, **typed})
-                check_bounds(opts)
                 opts.validate()
             except ConfigError as e:
                 reason = str(e).removeprefix("the space: ")

@@ -78,7 +78,7 @@ class TrialSettings:
 
     def options(self, values: dict[str, Any]) -> Any:
         """The trial's validated options (a bad sampled config fails here, naming the option)."""
-        from ..config import check_bounds
+        from ..schema import check_bounds
 
         opts = self.options_type(**values)
         check_bounds(opts)

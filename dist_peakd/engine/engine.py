@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import console
 from ..errors import ConfigError, NonFiniteLossError
 from ..integrity import verify_export
 from ..loss_output import LossOutput
@@ -121,9 +122,9 @@ class Engine:
         import torch._inductor.config as inductor_config
 
         inductor_config.fallback_random = True  # eager's dropout masks: a compiled run = the eager run to rounding
-        if self.device.type == "cpu" and self.dist.is_main:
-            print("[dist-peakd] --compile on CPU: it compiles and trains, but slower than eager on CPUs "
-                  "(docs/BENCHMARKS.md); it is meant for GPUs", flush=True)
+        if self.device.type == "cpu":
+            console.info("--compile on CPU: it compiles and trains, but slower than eager on CPUs "
+                         "(docs/BENCHMARKS.md); it is meant for GPUs")
         self.ds.compile(backend="inductor", compile_kwargs=self._compile_kwargs())
 
     def _compile_kwargs(self) -> dict[str, Any]:
@@ -271,10 +272,8 @@ class Engine:
 
     def _step_result(self, result: dict[str, Any], sums: _StepSums) -> dict[str, Any]:
         if result.get("skipped"):
-            if self.dist.is_main:
-                message = nonfinite_message(self.global_step, self.dist.rank, result["bad_ranks"], result["bad_terms"])
-                print(f"[dist-peakd] skipped step {self.global_step}: non-finite loss ({message}); "
-                      "nan_policy=skip", flush=True)
+            message = nonfinite_message(self.global_step, self.dist.rank, result["bad_ranks"], result["bad_terms"])
+            console.info(f"skipped step {self.global_step}: non-finite loss ({message}); nan_policy=skip")
             skipped = {k: 0.0 for k in sums.keys}
             skipped.update(loss=0.0, count=0.0, grad_norm=float("nan"), skipped=1.0)
             return skipped

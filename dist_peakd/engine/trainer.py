@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import console
 from ..artifacts import atomic_write_text
-from ..errors import CheckpointCorruptError, EarlyStopped, Preempted, StopRequested, TooManySkippedSteps
+from ..errors import EarlyStopped, Preempted, StopRequested, TooManySkippedSteps
 from ..integrity import link_identical_files
 from ..layout import BEST, CHECKPOINTS, FINAL, SUMMARY, TRAIN_LOG
 from .checkpoints import prune_checkpoints, select_checkpoint
-from .distributed import barrier, broadcast_object
+from .distributed import barrier, decide_on_rank0
 from .engine import Engine
 from .hooks import plugin_hooks
 from .loop_spec import Batch, LoopOptions, TrainData
@@ -196,8 +197,8 @@ class Trainer:
 
     def _after_step(self, epoch: int) -> None:
         opts, step = self.options, self.engine.global_step
-        if self.engine.options.compile and step == 1 and self.is_main:
-            print(f"[dist-peakd] --compile: first step compiled in {self.engine.compile_seconds():.1f} s", flush=True)
+        if self.engine.options.compile and step == 1:
+            console.info(f"--compile: first step compiled in {self.engine.compile_seconds():.1f} s")
         mid_epoch = self.state["step_in_epoch"] < self.steps_per_epoch
         if opts.eval_every_steps and step % opts.eval_every_steps == 0 and mid_epoch:
             with self.log.paused():
@@ -290,24 +291,13 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def resume(self) -> None:
         """Load the newest intact checkpoint, if any (rank 0 chooses, every rank loads the same tag)."""
-        choice: Any = None
-        if self.is_main:
-            try:
-                tag, warnings = select_checkpoint(self.ckpt_root, quarantine=True,
-                                                  trust_unverified=self.options.trust_unverified)
-                for w in warnings:
-                    print(f"[dist-peakd] warning: {w}", flush=True)
-                choice = ("ok", tag)
-            except CheckpointCorruptError as e:
-                choice = ("corrupt", e)
-        status, tag = broadcast_object(choice)
-        if status == "corrupt":
-            raise tag
+        tag, warnings = decide_on_rank0(select_checkpoint, self.ckpt_root, quarantine=True,
+                                        trust_unverified=self.options.trust_unverified)
+        for w in warnings:
+            console.info(f"warning: {w}")
         if tag is not None:
             self.state.update(self.engine.load_state(self.ckpt_root, tag)["loop"])
-            if self.is_main:
-                print(f"[dist-peakd] resumed from {self.ckpt_root / tag} at step {self.engine.global_step}",
-                      flush=True)
+            console.info(f"resumed from {self.ckpt_root / tag} at step {self.engine.global_step}")
 
     def checkpoint(self) -> Path:
         """Save the engine and the loop state as ``step-<global step>``; keep the newest ones."""
@@ -365,9 +355,7 @@ class Trainer:
         """A hook ended the run after an evaluation: ``summary.json`` marked ``stopped``, ``best/`` kept,
         no ``final/``; the checkpoints are removed (unless kept)."""
         summary = self.summary(stopped={"step": stop.step, "by": stop.by})
-        if self.is_main:
-            print(f"[dist-peakd] {self.label}: stopped by {stop.by} after step {stop.step} of {self.total_steps}",
-                  flush=True)
+        console.info(f"{self.label}: stopped by {stop.by} after step {stop.step} of {self.total_steps}")
         self._write_summary(summary)
         if not self.options.keep_checkpoints_after_success:
             self.remove_checkpoints()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import console
 from ..config import RunOptions, option
 from ..data.rows import column_array
 from ..distill import ptp_histogram, ptp_labels, ptp_thresholds
@@ -187,11 +188,10 @@ def run(opts: PTPOptions) -> dict[str, Any]:
         **opts.__dict__, "stage": "ptp", "world_size": run_.dist_info.world_size,
         "precision_resolved": engine.precision, "total_steps": engine.total_steps})
     tracker.text("ptp", "```\n" + json.dumps(ptp_info, indent=2) + "\n```")
-    if run_.dist_info.is_main:
-        t, hist = ptp_info["thresholds"], ptp_info["histogram"]["train"]
-        print(f"[dist-peakd] PTP labels: confidence thresholds t1 {t['t1']:.4g} / t2 {t['t2']:.4g} ({t['rule']} "
-              f"rule; {t['n_correct']} right, {t['n_wrong']} wrong train examples); train: "
-              + ", ".join(f"{k} {v}" for k, v in hist.items()), flush=True)
+    t, hist = ptp_info["thresholds"], ptp_info["histogram"]["train"]
+    console.info(f"PTP labels: confidence thresholds t1 {t['t1']:.4g} / t2 {t['t2']:.4g} ({t['rule']} "
+                 f"rule; {t['n_correct']} right, {t['n_wrong']} wrong train examples); train: "
+                 + ", ".join(f"{k} {v}" for k, v in hist.items()))
     stats = model_stats(engine.module, seq_len=opts.max_length)
     teacher = opts.layout().teacher
     _, teacher_stats = teacher_reference(teacher, run_.cache.manifest)

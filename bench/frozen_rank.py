@@ -9,7 +9,7 @@ outside, as a debugger / a paused VM / the kernel would). Recorded: the step log
 stopped, seconds from the stop to the launcher's exit, its exit status, the watchdog's message, and
 whether a rerun of the same command resumes to the uninterrupted run's result. Writes
 ``docs/bench/frozen_rank.json`` and prints a Markdown table (for docs/RELIABILITY.md).
-``tests/test_reliability_frozen_rank.py`` runs the same harness for two trials.
+``tests/reliability/test_reliability_frozen_rank.py`` runs the same harness for two trials.
 """
 
 from __future__ import annotations

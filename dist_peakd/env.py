@@ -93,7 +93,7 @@ def set_by_user(name: str) -> bool:
 
 
 #: DeepSpeed's accelerator names (``deepspeed.accelerator.real_accelerator.SUPPORTED_ACCELERATOR_LIST``;
-#: tests/test_reliability_config.py keeps the two equal).
+#: tests/reliability/test_reliability_config.py keeps the two equal).
 DS_ACCELERATORS = ("cuda", "cpu", "xpu", "npu", "mps", "hpu", "mlu", "sdaa", "supa", "klxpu")
 
 

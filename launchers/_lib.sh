@@ -63,7 +63,7 @@ quote_cmd() {
 # (POSIX sh, bash, dash, zsh parse the line ssh hands over). Plain words stay as they are; other
 # words without a space are single-quoted; in words with a space the characters still special
 # inside "..." ($ ` \) are escaped and DeepSpeed adds the quotes; then every % is doubled.
-# tests/test_launcher_quoting.py runs the real runner with a stand-in pdsh and real shells.
+# tests/deploy/test_launcher_quoting.py runs the real runner with a stand-in pdsh and real shells.
 pdsh_word() {
   local a=$1 q
   if [[ $a =~ ^[A-Za-z0-9_@+=:,./-]+$ ]]; then

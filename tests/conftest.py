@@ -69,3 +69,45 @@ def tiny_bert(tmp_path_factory, minilm_path) -> Path:
 def tiny_bert_nodropout(tmp_path_factory, minilm_path) -> Path:
     """Like ``tiny_bert`` but without dropout: runs with different rank counts are comparable."""
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert_nodrop"), minilm_path, dropout=0.0)
+
+
+# ---------------------------------------------------------------------- the unit tier
+#: Tests that start no DeepSpeed engine, no Ray, no process group and no subprocess (tests/unit_tier.txt):
+#: marked ``unit``, so ``bash launchers/test.sh -m unit`` runs them alone (well under a minute).
+UNIT_TIER = Path(__file__).parent / "unit_tier.txt"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    listed = {line.strip() for line in UNIT_TIER.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    for item in items:
+        if item.nodeid.split("[")[0] in listed:
+            item.add_marker(pytest.mark.unit)
+
+
+class NotAUnitTest(RuntimeError):
+    """Raised when a test of the unit tier starts what the tier leaves out (tests/unit_tier.txt is then wrong)."""
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a ``unit`` test runs, starting a DeepSpeed engine, Ray, a process group or a subprocess fails it."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import subprocess
+    import sys
+
+    import torch.distributed
+
+    from dist_peakd.engine import engine as engine_module
+
+    def refuse(what: str):
+        def raising(*args: object, **kwargs: object) -> None:
+            raise NotAUnitTest(f"{request.node.nodeid} is in tests/unit_tier.txt but starts {what}: "
+                               "remove it from the list")
+        return raising
+
+    monkeypatch.setattr(engine_module.Engine, "__init__", refuse("a DeepSpeed engine"))
+    monkeypatch.setattr(torch.distributed, "init_process_group", refuse("a process group"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("a subprocess"))
+    if "ray" in sys.modules:
+        monkeypatch.setattr(sys.modules["ray"], "init", refuse("Ray"))

@@ -1,6 +1,6 @@
 """The implementations before the host-overhead work (issue 16), kept verbatim as test references.
 
-tests/test_perf_equivalence.py checks that the optimised collator, cache lookup and loss give the
+tests/engine/test_perf_equivalence.py checks that the optimised collator, cache lookup and loss give the
 same tensors (bit for bit) as these, and that a seeded tiny distillation run logs the same losses
 with these patched in.
 """

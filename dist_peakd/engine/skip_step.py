@@ -16,7 +16,7 @@ collectives), so every rank stays in step. The patch is undone before returning.
 DeepSpeed's engine has read ``optimizer.overflow`` this way since long before 0.17.2, the oldest release
 the project declares (pyproject ``deepspeed>=0.17.2``); Accelerate's ``DeepSpeedOptimizerWrapper.step_was_skipped``
 reads the same flag. :func:`check_supported` refuses a release where that contract is gone (rather than
-silently updating the weights of a skipped step), and ``tests/test_skip_step.py`` checks the installed
+silently updating the weights of a skipped step), and ``tests/engine/test_skip_step.py`` checks the installed
 release against the declared range and the behaviour (weights, optimizer state and schedule unchanged,
 counters advanced; ZeRO 0/1/2, bf16).
 """

@@ -20,7 +20,7 @@ from ..layout import MODEL_CONFIG
 
 #: model_type values a teacher may have (loaded, fine-tuned and run by ``AutoModelForSequenceClassification``;
 #: each gives ``num_hidden_layers + 1`` hidden states with [CLS] at position 0, what the teacher cache stores;
-#: tests/test_teacher_families.py fine-tunes and caches a tiny random model of each).
+#: tests/models/test_teacher_families.py fine-tunes and caches a tiny random model of each).
 TEACHER_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2", "modernbert",
                                   "mpnet", "distilbert")
 #: model_type values the SPS student can be built from: BERT (``sps-bert``, its own layer code) and every

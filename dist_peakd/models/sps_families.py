@@ -3,7 +3,7 @@
 The table itself lives in the self-contained :mod:`.configuration_sps_family` (an exported folder
 carries it), the layer-list helpers in :mod:`.modeling_sps_family`; this module gathers them under
 one name for the package. Adding a family is adding a :class:`FamilySpec` row (and a tiny config in
-``tests/test_sps_families.py``).
+``tests/models/test_sps_families.py``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ which starts the heartbeat thread. The test then stops processes with SIGSTOP fr
 who notices what: a stopped peer is named and ends its survivor with exit 5; long work on one rank, a
 clean early exit, a pause of the whole "machine" (both stopped, then continued) and a destroyed and
 re-created process group (Ray reuses processes) end nobody. The launcher path is in
-``tests/test_reliability_frozen_rank.py``.
+``tests/reliability/test_reliability_frozen_rank.py``.
 """
 
 from __future__ import annotations

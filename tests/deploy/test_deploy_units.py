@@ -22,7 +22,7 @@ from dist_peakd.integrity import verify_export
 from dist_peakd.stages import distill, evaluate, export, predict, ptp, sweep
 from dist_peakd.stages.depth import auto_k, normalise_k, resolve_k
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------- --k auto

@@ -1,7 +1,7 @@
 """distill on labelled + unlabeled rows, end to end on an SST-2 slice with a tiny teacher: the pool reaches the
 batches with its own teacher outputs, CE ignores it while KD / Patient-KD use it (hand-computed on a real mixed
 batch), --unlabeled_ratio 0 is bitwise the labelled-only run, resume equals uninterrupted, 2 ranks equal 1 rank
-(the real deepspeed launcher), PTP ignores the pool. Units: tests/test_unlabeled_mix.py."""
+(the real deepspeed launcher), PTP ignores the pool. Units: tests/data/test_unlabeled_mix.py."""
 
 from __future__ import annotations
 

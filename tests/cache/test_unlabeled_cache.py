@@ -29,7 +29,7 @@ NEW_PAIRS = [("the cat sat on the mat .", "a cat was sitting on a mat ."),
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, tiny_bert) -> Path:
-    """A tiny 'fine-tuned' teacher (random 2-label head on the tiny BERT), as tests/test_cache.py makes it."""
+    """A tiny 'fine-tuned' teacher (random 2-label head on the tiny BERT), as tests/cache/test_cache.py makes it."""
     from transformers import AutoTokenizer
 
     from dist_peakd.models import load_teacher

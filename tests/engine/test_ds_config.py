@@ -20,7 +20,7 @@ EXPECTED = {"fp32_zero0", "fp32_zero1", "fp32_zero2", "bf16_zero0", "bf16_zero1"
 def test_every_shipped_config_loads_and_is_documented():
     stems = {p.stem for p in ds_configs_dir().glob("*.json")}
     assert EXPECTED <= stems
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for stem in stems:
         cfg = load_ds_config(stem)
         assert "zero_optimization" in cfg
@@ -31,7 +31,7 @@ def test_configs_are_package_data_and_the_top_level_folder_points_at_them():
     import dist_peakd
 
     assert ds_configs_dir() == Path(dist_peakd.__file__).parent / "ds_configs"
-    top = Path(__file__).resolve().parents[1] / "ds_configs"
+    top = Path(__file__).resolve().parents[2] / "ds_configs"
     assert top.resolve() == ds_configs_dir().resolve()
     assert load_ds_config(str(top / "bf16_zero1.json")) == load_ds_config("bf16_zero1")  # a user's own path works
 

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 L = REPO / "launchers"
 VENV_BIN = Path(sys.executable).parent
 

@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = [pytest.mark.launcher, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_frozen_rank", REPO / "bench" / "frozen_rank.py")
 frozen = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = frozen

@@ -226,7 +226,7 @@ def test_predict_on_an_own_file_matches_the_split(run, glue_dir):
 
 
 def test_latency_bench_finds_the_pipelines_models(run):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench.latency import find_run_models
 
     out, _ = run

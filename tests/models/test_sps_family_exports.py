@@ -25,7 +25,7 @@ from dist_peakd.export import export_compact, export_plain
 from dist_peakd.models import SPSFamilyForSequenceClassification, load_student
 from dist_peakd.models.sps_family_student import student_from_classifier
 
-#: every family but BERT (whose student stays ``sps-bert``: tests/test_sps.py, test_export_hf.py)
+#: every family but BERT (whose student stays ``sps-bert``: tests/models/test_sps.py, test_export_hf.py)
 NAMES = [name for name in CONFIGS if name != "bert"]
 #: families whose ONNX graph onnxruntime's transformer optimizer fuses (as ``bert``)
 FUSED = {"roberta", "xlm-roberta", "camembert", "electra", "distilbert"}

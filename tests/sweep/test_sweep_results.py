@@ -24,7 +24,7 @@ from dist_peakd.sweep.results import (
     to_markdown,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXED = {"k": 2, "variant": "shuffle", "temperature": 10.0, "alpha": 0.7, "beta": 100.0, "lr": 5e-5}
 
 

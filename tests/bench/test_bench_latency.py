@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_latency", REPO / "bench" / "latency.py")
 latency = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = latency

@@ -24,7 +24,7 @@ import torch
 
 pytestmark = [pytest.mark.launcher, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_TRAIN, N_DEV, MAXLEN = 48, 24, 40
 STAGE = "distill-2node"
 TIMEOUT = 420

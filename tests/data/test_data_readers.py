@@ -170,7 +170,7 @@ def test_default_glue_dir(monkeypatch, tmp_path, glue_dir):
     monkeypatch.chdir(tmp_path / "work")
     assert default_glue_dir().resolve() == (tmp_path / "shared" / "glue").resolve()
     monkeypatch.chdir(tmp_path)  # no ../shared/glue here: falls back to <repo>/../shared/glue
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     assert default_glue_dir() == repo.parent / "shared" / "glue"
 
 

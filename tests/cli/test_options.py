@@ -151,7 +151,7 @@ def test_engine_loop_and_data_options_are_views_of_the_same_sections():
     assert opts.data_options() == DataOptions(task="rte")
 
 
-GOLDEN = Path(__file__).parent / "golden" / "resolved_options.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "resolved_options.json"
 #: What a command no longer takes (it never read them): cache-teacher trains nothing; the teacher and PTP
 #: stages do not read the unlabeled pool.
 DROPPED = {

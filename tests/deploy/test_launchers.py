@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 L = REPO / "launchers"
 SCRIPTS = ["single_node.sh", "multi_node_hostfile.sh", "multi_node_no_ssh.sh", "slurm.sbatch", "ray_cluster.sh"]
 # a stage option with a space and a quote must survive every hop unchanged

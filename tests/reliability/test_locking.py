@@ -17,7 +17,7 @@ import pytest
 from dist_peakd import locking
 from dist_peakd.errors import StageLockedError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 _HOLD = """
 import sys, time

@@ -2,7 +2,7 @@
 one line naming both checkpoints and what to do, exit 2, nothing written: two tokenizers (a RoBERTa teacher
 with a BERT backbone: the issue's "rerun cache-teacher with --rebuild" loop), a family no teacher code
 runs, two widths under Patient-KD, a k beyond the backbone's depth. (Label sets that cannot be matched:
-tests/test_teacher_families.py.)"""
+tests/models/test_teacher_families.py.)"""
 
 from __future__ import annotations
 

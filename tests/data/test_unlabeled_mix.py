@@ -1,5 +1,5 @@
 """distill on labelled + unlabeled rows, unit level: the mixed sampler, mixed batches, the split-aware teacher
-lookup, the masked CE (hand-computed) and the options' refusals. End to end: tests/test_unlabeled_distill.py."""
+lookup, the masked CE (hand-computed) and the options' refusals. End to end: tests/stages/test_unlabeled_distill.py."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from reliab_helpers import args_of, stage_argv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DS_GUESS = "Setting accelerator to CPU"
 END_LINE = re.compile(r"^\[dist-peakd\] (?P<stage>[\w-]+) (?P<how>done|reused): .+ \(final, step \d+/\d+\); best .+ at step "
                       r"\d+(?P<baseline>; baseline .+)?$")

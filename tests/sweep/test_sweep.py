@@ -259,7 +259,7 @@ def test_failing_trial_is_retried_and_reported_on_ray_train_workers(asha_sweep, 
     """temperature=-1 fails DistillOptions.validate in its trial; the other trial runs on 2 DeepSpeed (gloo)
     workers. The shared stages (teacher, its cache, the k=2 PTP encoder) run once, before any trial. (The
     options are built with a valid space and the bad value put in afterwards: build_options refuses it up
-    front, tests/test_refusals_before_work.py; this is the path of a trial that raises anyway.)"""
+    front, tests/cli/test_refusals_before_work.py; this is the path of a trial that raises anyway.)"""
     opts = _opts(sweep_out, tiny_bert, glue_dir, sweep_name="faulty", k=2, space={"temperature": [1, 3]},
                  workers_per_trial=2, cpus_per_worker=0.5, max_failures=1)
     opts = dataclasses.replace(opts, space={"temperature": [-1, 3]})

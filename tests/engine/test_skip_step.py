@@ -14,7 +14,7 @@ from packaging.version import Version
 from dist_peakd.engine import Engine, EngineOptions, LossOutput, init_distributed
 from dist_peakd.engine.skip_step import check_supported, step_without_update
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def test_installed_deepspeed_is_in_the_declared_range_and_keeps_the_contract():

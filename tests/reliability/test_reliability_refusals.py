@@ -98,7 +98,7 @@ def test_a_late_refusal_does_not_block_the_corrected_rerun(tmp_path, capsys, tin
 
 
 # ------------------------------------------------------------------------------------ item 8: folder locks
-# (the lock itself: tests/test_locking.py)
+# (the lock itself: tests/reliability/test_locking.py)
 
 
 @pytest.mark.slow

@@ -18,6 +18,15 @@ from collections.abc import Callable
 from .errors import ConfigError
 
 
+def _read_float(name: str) -> tuple[str, float]:
+    """``name``'s stripped text and its value (NaN when it is not a number; ``""`` when unset or blank)."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return raw, float(raw) if raw else math.nan
+    except ValueError:
+        return raw, math.nan
+
+
 def env_number(name: str, default: float, *, minimum: float | None = None, integer: bool = False,
                allow_zero: bool = False, maximum: float | None = None) -> float:
     """``float(os.environ[name])`` (``default`` when unset or blank), checked.
@@ -25,13 +34,9 @@ def env_number(name: str, default: float, *, minimum: float | None = None, integ
     ``minimum``/``maximum`` bound the value (inclusive); ``allow_zero`` also accepts 0 below the
     minimum (a variable where 0 turns something off); ``integer`` requires a whole number.
     """
-    raw = os.environ.get(name, "").strip()
+    raw, value = _read_float(name)
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
     ok = math.isfinite(value) and (not integer or value.is_integer())
     if ok and not (allow_zero and value == 0):
         ok = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
@@ -52,13 +57,9 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
 def env_seconds(name: str, default: float, ok: Callable[[float], bool], expected: str) -> float:
     """A duration in seconds from ``name`` (``default`` when unset or blank); a value that is not a number
     or that ``ok`` refuses raises :class:`ConfigError` ``NAME='raw': expected <expected>``."""
-    raw = os.environ.get(name, "").strip()
+    raw, value = _read_float(name)
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
     if not ok(value):
         raise ConfigError(f"{name}={raw!r}: expected {expected}")
     return value

@@ -371,3 +371,18 @@ def stage_exporter(engine: Engine, tokenizer: Any, head: dict[str, Any], tail: d
 def quiet_environment() -> None:
     """Defaults that keep CPU runs quiet and offline-friendly (never overrides the user's values)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_tokenizer_or_refuse(option: str, source: str, needs: str, empty: str = "") -> Any:
+    """The tokenizer in ``source``; one line naming ``option`` when it has none or only special tokens."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as e:  # OSError, ValueError, ...: no usable tokenizer files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"option {option}: {source} has no usable tokenizer ({first}); {needs}") from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers builds an empty one without files
+        raise ConfigError(f"option {option}: {source} has no usable tokenizer (no vocabulary beyond its "
+                          f"{len(tokenizer)} special tokens{empty}); {needs}")
+    return tokenizer

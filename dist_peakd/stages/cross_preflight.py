@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..layout import CACHE_MANIFEST, MODEL_CONFIG
+from .common import load_tokenizer_or_refuse
 from .cross_student import OPTION, student_source
 
 
@@ -44,17 +45,8 @@ def check_cross_student(opts: Any, stage: str, task: Any = None) -> None:
 
 def _check_tokenizer(source: str, config: Any) -> None:
     """The student's own tokenizer: present, with a vocabulary, emitting no id beyond its embedding table."""
-    from transformers import AutoTokenizer
-
     needs = "the student tokenizes the text itself: its folder needs its tokenizer files"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception as e:  # OSError, ValueError, ...: no usable tokenizer files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ConfigError(f"option {OPTION}: {source} has no usable tokenizer ({first}); {needs}") from None
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise ConfigError(f"option {OPTION}: {source} has no usable tokenizer (no vocabulary beyond its "
-                          f"{len(tokenizer)} special tokens); {needs}")
+    tokenizer = load_tokenizer_or_refuse(OPTION, source, needs)
     vocab = getattr(config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > int(vocab):
         raise ConfigError(f"option {OPTION}: the tokenizer in {source} has {len(tokenizer)} tokens, its model's "

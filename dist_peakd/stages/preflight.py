@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..layout import CACHE_MANIFEST, EXPORT_RECORD, MODEL_CONFIG
 from ..models.families import family_refusal, has_trained_head, read_config, read_model_type
-from .common import check_model_source
+from .common import check_model_source, load_tokenizer_or_refuse
 
 STUDENT_STAGES = ("ptp", "distill", "pipeline", "sweep")
 
@@ -141,20 +141,11 @@ def _depths(opts: Any, stage: str) -> list[Any]:
 
 def tokenizer_fingerprint_of(option: str, source: str) -> str:
     """The fingerprint of the tokenizer a model option's folder or hub id holds (refused when it has none)."""
-    from transformers import AutoTokenizer
-
     from ..data import tokenizer_fingerprint
 
     needs = "a model folder needs its tokenizer files (tokenizer.json, or vocab.txt + tokenizer_config.json)"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception as e:  # OSError, ValueError, ...: no usable tokenizer files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ConfigError(f"option {option}: {source} has no usable tokenizer ({first}); {needs}") from None
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers builds an empty one without files
-        raise ConfigError(f"option {option}: {source} has no usable tokenizer (no vocabulary beyond its "
-                          f"{len(tokenizer)} special tokens: every word would be [UNK]); {needs}")
-    return tokenizer_fingerprint(tokenizer)
+    return tokenizer_fingerprint(load_tokenizer_or_refuse(option, source, needs,
+                                                          empty=": every word would be [UNK]"))
 
 
 def _run_task(opts: Any) -> Any:

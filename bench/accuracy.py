@@ -13,6 +13,7 @@ beta 100, PTP 2 epochs, median thresholds; metrics of the final checkpoint and t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -44,10 +45,26 @@ VARIANTS: dict[str, tuple[str, bool, float, float, str]] = {
     "plain_pkd_d2": ("plain", False, 0.7, 100.0, "plain 2-layer Patient-KD"),
     "plain_pkd_d2_alt": ("plain", False, 0.7, 100.0, "plain 2-layer Patient-KD, alternate layers"),
     "plain_pkd_d4": ("plain", False, 0.7, 100.0, "plain 4-layer Patient-KD"),
+    "plain_kd_d4": ("plain", False, 0.7, 0.0, "plain 4-layer KD"),
+    "plain_pkd_d6": ("plain", False, 0.7, 100.0, "plain 6-layer Patient-KD"),
+    "plain_kd_d6": ("plain", False, 0.7, 0.0, "plain 6-layer KD"),
+    # SPS entries at a fixed k (the entries above take --k)
+    "sps_shuffle_pkd_k2": ("shuffle", False, 0.7, 100.0, "SPS-shuffle + PKD, k=2"),
+    "peakd_k2": ("shuffle", True, 0.7, 100.0, "Pea-KD, k=2"),
 }
 #: name -> (depth, layer map) of the plain-student entries of VARIANTS.
 PLAIN: dict[str, tuple[int, str]] = {"plain_kd_d2": (2, "bottom"), "plain_pkd_d2": (2, "bottom"),
-                                     "plain_pkd_d2_alt": (2, "alternate"), "plain_pkd_d4": (4, "bottom")}
+                                     "plain_pkd_d2_alt": (2, "alternate"), "plain_pkd_d4": (4, "bottom"),
+                                     "plain_kd_d4": (4, "bottom"), "plain_pkd_d6": (6, "bottom"),
+                                     "plain_kd_d6": (6, "bottom")}
+#: name -> k of the SPS entries whose k is fixed (the other SPS and ``none`` entries take ``--k``).
+SPS_K: dict[str, int] = {"sps_shuffle_pkd_k2": 2, "peakd_k2": 2}
+#: ``--variants matrix``: the compute-matched matrix for a 6-layer teacher (with ``--k 3``), in run order. Teacher
+#: FLOPs (6 effective layers): SPS k=3 with and without PTP, plain 6-layer PKD and KD; 2/3 of them (4 effective
+#: layers, the cheapest SPS level at or above half: k=1 runs 2, k=2 runs 4): SPS k=2 +/- PTP, plain 4-layer PKD and
+#: KD; half (3 effective layers, no SPS schedule has 3): plain 3-layer PKD and KD (``pkd``/``kd`` with --k 3).
+MATRIX: list[str] = ["peakd", "sps_shuffle_pkd", "plain_pkd_d6", "plain_kd_d6",
+                     "peakd_k2", "sps_shuffle_pkd_k2", "plain_pkd_d4", "plain_kd_d4", "pkd", "kd"]
 
 
 def student_options(name: str, k: int) -> dict:
@@ -55,7 +72,15 @@ def student_options(name: str, k: int) -> dict:
     if name in PLAIN:
         depth, layer_map = PLAIN[name]
         return {"student": "plain", "depth": depth, "layer_map": layer_map}
-    return {"k": k, "variant": VARIANTS[name][0]}
+    return {"k": SPS_K.get(name, k), "variant": VARIANTS[name][0]}
+
+
+def variant_names(spec: str) -> list[str]:
+    """``--variants``: comma-separated VARIANTS names; ``matrix`` stands for :data:`MATRIX`."""
+    names: list[str] = []
+    for name in filter(None, spec.split(",")):
+        names += MATRIX if name == "matrix" else [name]
+    return list(dict.fromkeys(names))
 
 
 def main() -> None:
@@ -95,9 +120,9 @@ def main() -> None:
                         "render: redraw --out_md from the reports in docs/bench/")
     p.add_argument("--inputs", default=None, help="with --phase report: comma-separated JSON files to merge")
     args = p.parse_args()
-    unknown = [v for v in filter(None, args.variants.split(",")) if v not in VARIANTS]
+    unknown = [v for v in variant_names(args.variants) if v not in VARIANTS]
     if unknown:
-        p.error(f"--variants: unknown {unknown}; expected names from {list(VARIANTS)}")
+        p.error(f"--variants: unknown {unknown}; expected 'matrix' or names from {list(VARIANTS)}")
     if args.phase == "render":
         render_outputs(load_reports(REPO / "docs" / "bench"), Path(args.out_md))
         return
@@ -139,7 +164,7 @@ def main() -> None:
     def out_of_time() -> bool:
         return args.time_budget_s is not None and time.perf_counter() - t_start > args.time_budget_s
 
-    variants = list(filter(None, args.variants.split(",")))
+    variants = variant_names(args.variants)
     teacher_seeds = [int(t) for t in args.teacher_seeds.split(",")]
     for task in args.tasks.split(","):
         base = work / "base"
@@ -153,10 +178,13 @@ def main() -> None:
                     finetune_teacher.FinetuneTeacherOptions, **common, task=task, output_dir=str(teacher_base),
                     seed=teacher_seed, epochs=args.teacher_epochs, lr=args.teacher_lr))
                 if i == 0 and (args.phase == "teacher" or variants):  # the students' teacher: cache it
-                    cache_teacher.run(build_options(cache_teacher.CacheTeacherOptions, **common, task=task,
-                                                    output_dir=str(base)))
+                    cache_fields = {f.name for f in dataclasses.fields(cache_teacher.CacheTeacherOptions)}
+                    cache_teacher.run(build_options(  # the options of the cache-teacher command only
+                        cache_teacher.CacheTeacherOptions, task=task, output_dir=str(base),
+                        **{k: v for k, v in common.items() if k in cache_fields}))
             runs.append({"task": task, "variant": "teacher", "seed": teacher_seed, "final": teacher["final"],
                          "best": teacher["best"], "model_stats": teacher["model_stats"],
+                         "baseline": (teacher.get("baseline") or {}).get("metrics"),
                          "wall_s": time.perf_counter() - t0})
         teacher_dir = str(base / task / "teacher" / "best")
         cache_dir = str(base / task / "teacher_cache")
@@ -184,6 +212,7 @@ def main() -> None:
                     teacher_dir=teacher_dir, teacher_cache_dir=cache_dir, run_name=f"{name}"))
                 runs.append({"task": task, "variant": name, "seed": seed, "final": summary["final"],
                              "best": summary["best"], "model_stats": summary["model_stats"],
+                             "baseline": (summary.get("baseline") or {}).get("metrics"),
                              "wall_s": time.perf_counter() - t0})
                 print(f"[accuracy] {task} seed {seed} {name}: final {summary['final']} ({runs[-1]['wall_s']:.0f} s)",
                       flush=True)
@@ -353,7 +382,123 @@ def render_report(report: dict) -> list[str]:
             per_seed = ", ".join(f"seed {r['seed']}: {100 * r['final'][main]:.2f}" for r in teachers)
             lines += [f"Teachers by seed ({main} final): {per_seed}; the students learned from the seed "
                       f"{teachers[0]['seed']} teacher.", ""]
+        lines += compute_matched_lines(report, task, task_rows)
     lines += ["Targets (computed from the rows above):", "", *target_lines(rows), ""]
+    return lines
+
+
+def student_kind(variant: str) -> str:
+    """``SPS`` (a schedule that runs layers twice) or ``plain`` (each layer once: ``none`` and ``--student plain``)."""
+    return "SPS" if VARIANTS[variant][0] in ("share", "shuffle") else "plain"
+
+
+def paired(report: dict, task: str, a: str, b: str, metric: str) -> list[float]:
+    """Per-seed differences ``a - b`` (x100, final checkpoint) over the seeds both variants ran."""
+    def by_seed(variant: str) -> dict[int, float]:
+        return {r["seed"]: 100 * r["final"][metric] for r in report["runs"]
+                if r["task"] == task and r["variant"] == variant}
+    sa, sb = by_seed(a), by_seed(b)
+    return [sa[s] - sb[s] for s in sorted(sa.keys() & sb.keys())]
+
+
+def verdict(diffs: list[float], a: str, b: str) -> str:
+    """What per-seed differences ``a - b`` say: a win needs every seed on the same side (and at least 2 seeds)."""
+    if not diffs:
+        return "no common seeds"
+    shown = f"{statistics.mean(diffs):+.2f} points (per seed: {', '.join(f'{d:+.2f}' for d in diffs)})"
+    if len(diffs) >= 2 and all(d > 0 for d in diffs):
+        return f"{shown}: **{a} wins** on every seed"
+    if len(diffs) >= 2 and all(d < 0 for d in diffs):
+        return f"{shown}: **{b} wins** on every seed"
+    return f"{shown}: **as good** (the seeds disagree{'' if len(diffs) >= 2 else '; one seed'})"
+
+
+def compute_matched_lines(report: dict, task: str, task_rows: list[dict]) -> list[str]:
+    """The students grouped by FLOPs per token (x the teacher's) with the teacher and the trivial baseline, the
+    share of the teacher's gain each keeps, and the verdicts at equal compute; empty unless some FLOPs level has
+    both an SPS and a plain student."""
+    from dist_peakd.data import get_task
+    from dist_peakd.metrics import gain_kept
+
+    teacher = next((r for r in task_rows if r["variant"] == "teacher"), None)
+    students = [r for r in task_rows if r["variant"] != "teacher"]
+    if teacher is None:
+        return []
+    level = {r["variant"]: round(r["flops_per_token"] / teacher["flops_per_token"], 2) for r in students}
+    levels = sorted(set(level.values()), reverse=True)
+    kinds = {lv: {student_kind(v) for v, x in level.items() if x == lv} for lv in levels}
+    if not any(k == {"SPS", "plain"} for k in kinds.values()):
+        return []
+    main, metrics = get_task(task).main_metric, teacher["metrics"]
+    base = next((r["baseline"] for r in report["runs"] if r["task"] == task and r.get("baseline")), None)
+    t_main = teacher[f"final_{main}"][0]
+    b_main = None if base is None else 100 * base[main]
+
+    def kept(value: float) -> str:
+        share = None if b_main is None else gain_kept(value, b_main, t_main)
+        return "-" if share is None else f"{100 * share:.0f}%"
+
+    cols = ["FLOPs/token (x teacher)", "model", "kind", "parameters (x teacher)", "seeds",
+            *[f"{m} final" for m in metrics], f"gain kept ({main})"]
+    lines = [f"#### {task}: students at equal compute", "",
+             "Grouped by FLOPs per token as a share of the teacher's; `gain kept` = (student - baseline) / "
+             "(teacher - baseline) on the mean final " + main + ".", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+             "| 1.00 | teacher | plain | 1.00 | " + str(teacher["seeds"]) + " | "
+             + " | ".join(format_stat(teacher[f"final_{m}"], teacher["seeds"]) for m in metrics) + " | 100% |"]
+    if base is not None:
+        lines.append("| - | trivial baseline (majority class / mean, same dev rows) | - | - | - | "
+                     + " | ".join(f"{100 * base[m]:.2f}" for m in metrics) + " | 0% |")
+    for lv in levels:
+        for r in sorted((r for r in students if level[r["variant"]] == lv),
+                        key=lambda r: (student_kind(r["variant"]) != "SPS", r["variant"])):
+            vals = [f"{lv:.2f}", VARIANTS[r["variant"]][4], student_kind(r["variant"]),
+                    f"{r['parameters'] / teacher['parameters']:.2f}", str(r["seeds"]),
+                    *[format_stat(r[f"final_{m}"], r["seeds"]) for m in metrics], kept(r[f"final_{main}"][0])]
+            lines.append("| " + " | ".join(vals) + " |")
+    lines += ["", f"Verdicts ({main}, final checkpoint; a win needs every seed on the same side):", ""]
+
+    def best(lv: float, kind: str) -> dict | None:
+        pool = [r for r in students if level[r["variant"]] == lv and student_kind(r["variant"]) == kind]
+        return max(pool, key=lambda r: r[f"final_{main}"][0], default=None)
+
+    label = {v: VARIANTS[v][4] for v in VARIANTS}
+    sps_levels = [lv for lv in levels if "SPS" in kinds[lv]]
+    for lv in levels:
+        plain = best(lv, "plain")
+        if plain is None:
+            continue
+        if "SPS" in kinds[lv]:
+            for r in sorted((r for r in students if level[r["variant"]] == lv and student_kind(r["variant"]) == "SPS"),
+                            key=lambda r: r["variant"]):
+                a, b = r["variant"], plain["variant"]
+                lines.append(f"- {lv:.2f}x the teacher's FLOPs: {label[a]} - {label[b]} (the best plain student "
+                             f"there): {verdict(paired(report, task, a, b, main), label[a], label[b])}")
+        else:
+            above = [x for x in sps_levels if x > lv]
+            if above:
+                sps = best(min(above), "SPS")
+                a, b = sps["variant"], plain["variant"]
+                lines.append(f"- {lv:.2f}x: no SPS student has this cost; the best SPS student at {min(above):.2f}x, "
+                             f"{label[a]}, - {label[b]} ({lv:.2f}x): "
+                             f"{verdict(paired(report, task, a, b, main), label[a], label[b])}")
+    for r in sorted(students, key=lambda r: r["variant"]):  # PTP's part: the same SPS student without it
+        name, (variant, use_ptp, *_rest) = r["variant"], VARIANTS[r["variant"]]
+        twin = next((x["variant"] for x in students if student_kind(name) == "SPS" and use_ptp
+                     and VARIANTS[x["variant"]][0] == variant and not VARIANTS[x["variant"]][1]
+                     and level[x["variant"]] == level[name] and x["parameters"] == r["parameters"]), None)
+        if twin:
+            lines.append(f"- PTP at {level[name]:.2f}x: {label[name]} - {label[twin]}: "
+                         f"{verdict(paired(report, task, name, twin, main), label[name], label[twin])}")
+    for r in sorted(students, key=lambda r: r["variant"]):  # equal parameters (the paper's comparison)
+        name = r["variant"]
+        same = [x for x in students if student_kind(x["variant"]) == "plain" and x["parameters"] == r["parameters"]
+                and VARIANTS[x["variant"]][3] > 0 and not VARIANTS[x["variant"]][1]]
+        if student_kind(name) == "SPS" and VARIANTS[name][1] and same:
+            b = same[0]["variant"]
+            lines.append(f"- equal parameters, {level[name] / level[b]:.1f}x the FLOPs: {label[name]} - {label[b]}: "
+                         f"{verdict(paired(report, task, name, b, main), label[name], label[b])}")
+    lines.append("")
     return lines
 
 

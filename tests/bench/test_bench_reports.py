@@ -138,3 +138,46 @@ def test_throughput_teacher_folder_passes_the_stages_artifact_check(tmp_path: Pa
     teacher = tmp_path / "runs" / "mrpc" / "teacher" / "best"
     assert verify_export(teacher) is True  # verified against dist_peakd_files.json, not merely tolerated
     assert (backbone / "config.json").is_file()
+
+
+def _matched_run(variant: str, seed: int, f1: float, flops: float, params: int) -> dict:
+    run = _run("mrpc", variant, seed, f1)
+    return run | {"model_stats": {"parameters": params, "flops_per_token": flops},
+                  "baseline": {"f1": 0.80, "accuracy": 0.68}}
+
+
+def test_the_compute_matched_table_groups_by_flops_and_gives_the_verdicts():
+    """Teacher 90 F1 at 6 MFLOPs, majority baseline 80: SPS k=3 (6 MFLOPs) loses to the plain 6-layer student on
+    every seed, PTP helps on every seed, the seeds disagree at 4 MFLOPs, and the half-cost plain student is
+    compared with the cheapest SPS level above it."""
+    runs = [_matched_run("teacher", 0, 0.90, 6e6, 200)]
+    for seed, (peakd, sps, p6, k2, p4, p3) in enumerate([(0.85, 0.84, 0.87, 0.83, 0.82, 0.81),
+                                                         (0.86, 0.85, 0.88, 0.82, 0.83, 0.80)]):
+        runs += [_matched_run("peakd", seed, peakd, 6e6, 100), _matched_run("sps_shuffle_pkd", seed, sps, 6e6, 100),
+                 _matched_run("plain_pkd_d6", seed, p6, 6e6, 200), _matched_run("peakd_k2", seed, k2, 4e6, 70),
+                 _matched_run("plain_pkd_d4", seed, p4, 4e6, 140), _matched_run("pkd", seed, p3, 3e6, 100)]
+    md = accuracy.render_markdown([_report(runs)])
+    assert "| - | trivial baseline (majority class / mean, same dev rows) | - | - | - | 80.00 | 68.00 | 0% |" in md
+    assert "| 1.00 | Pea-KD (SPS-shuffle + PTP + PKD) | SPS | 0.50 | 2 | 85.50 ± 0.71 | 75.50 ± 0.71 | 55% |" in md
+    assert "| 0.50 | Patient-KD | plain | 0.50 | 2 | 80.50 ± 0.71 | 70.50 ± 0.71 | 5% |" in md
+    assert ("- 1.00x the teacher's FLOPs: Pea-KD (SPS-shuffle + PTP + PKD) - plain 6-layer Patient-KD (the best plain "
+            "student there): -2.00 points (per seed: -2.00, -2.00): **plain 6-layer Patient-KD wins** on every seed"
+            ) in md
+    assert "- 0.67x the teacher's FLOPs: Pea-KD, k=2 - plain 4-layer Patient-KD (the best plain student there): " \
+           "+0.00 points (per seed: +1.00, -1.00): **as good** (the seeds disagree)" in md
+    assert "- 0.50x: no SPS student has this cost; the best SPS student at 0.67x, Pea-KD, k=2, - Patient-KD (0.50x): " \
+           "+2.00 points (per seed: +2.00, +2.00): **Pea-KD, k=2 wins** on every seed" in md
+    assert "- PTP at 1.00x: Pea-KD (SPS-shuffle + PTP + PKD) - SPS-shuffle + PKD: +1.00 points" in md
+    assert "- equal parameters, 2.0x the FLOPs: Pea-KD (SPS-shuffle + PTP + PKD) - Patient-KD: +5.00 points" in md
+
+
+def test_no_compute_matched_table_without_sps_and_plain_at_one_cost():
+    runs = [_matched_run("teacher", 0, 0.90, 6e6, 200), _matched_run("peakd", 0, 0.85, 6e6, 100),
+            _matched_run("pkd", 0, 0.80, 3e6, 100)]
+    assert "students at equal compute" not in accuracy.render_markdown([_report(runs)])
+
+
+def test_matrix_expands_to_its_variants_in_run_order():
+    assert accuracy.variant_names("matrix,kd") == accuracy.MATRIX
+    assert accuracy.student_options("peakd_k2", 3) == {"k": 2, "variant": "shuffle"}
+    assert accuracy.student_options("plain_kd_d6", 3) == {"student": "plain", "depth": 6, "layer_map": "bottom"}

@@ -9,6 +9,8 @@
 #   bash bench/gpu_suite.sh                  # throughput before/after + the MRPC matrix (3 seeds)  ~12 min
 #   bash bench/gpu_suite.sh sst2-teacher     # SST-2 teacher + cache into runs/gpu_acc              (not yet run)
 #   bash bench/gpu_suite.sh sst2-students    # SST-2 KD and Pea-KD, 3 seeds, 6 processes at once    (not yet run)
+#   bash bench/gpu_suite.sh matrix           # issue 24: the compute-matched matrix, MRPC + RTE, 3 seeds, paper's
+#                                            # epochs (4, PTP 2), 6 processes at once                 (not yet run)
 #   bash bench/gpu_suite.sh perf             # issue 16: a,b,c,d eager, then b,c with --compile     ~8 min (not yet run)
 #     targets (H100/H200): c/b >= 1.0, c/a >= 8, cache pass (d) >= 15k rows/s; the compiled c vs eager c
 #     and its compile time (results.c.compile_s of throughput-cuda-compile.json) are printed at the end
@@ -46,6 +48,29 @@ if [ "$SUITE" = sst2-students ]; then
     --out_md "$OUT/RESULTS-sst2.md" --out_json "$OUT/accuracy-cuda-sst2.json" > "$OUT/sst2-students.log" 2>&1
   for f in runs/gpu_acc/*.log; do echo "== $f"; grep -h "\[accuracy\]\|Error" "$f" | cut -c1-200; done >> "$OUT/sst2-students.log"
   tail -n 30 "$OUT/sst2-students.log"; el "done"; exit 0
+fi
+if [ "$SUITE" = matrix ]; then
+  A3="--device cuda --ds_config autocast_bf16_zero0 --precision bf16-autocast --k 3 --epochs 4 --ptp_epochs 2"
+  el "matrix: MRPC and RTE teachers + caches"
+  for t in mrpc rte; do
+    python3 bench/accuracy.py $A3 --tasks $t --work_dir runs/gpu_matrix/$t --phase teacher \
+      > "$OUT/matrix-teacher-$t.log" 2>&1 &
+  done
+  wait
+  el "matrix: the students, one process per (task, seed), budget ${MATRIX_BUDGET:-400} s each"
+  parts=()
+  for t in mrpc rte; do for s in 0 1 2; do
+    python3 bench/accuracy.py $A3 --tasks $t --work_dir runs/gpu_matrix/$t --phase students --seeds $s \
+      --variants matrix --time_budget_s "${MATRIX_BUDGET:-400}" --out_json "runs/gpu_matrix/$t-$s.json" \
+      > "runs/gpu_matrix/$t-$s.log" 2>&1 &
+    parts+=("runs/gpu_matrix/$t-$s.json")
+  done; done
+  wait
+  present=$(for f in "${parts[@]}"; do [ -f "$f" ] && printf '%s,' "$f"; done); present=${present%,}
+  python3 bench/accuracy.py $A3 --phase report --inputs "$present" --label "compute-matched matrix, paper's epochs" \
+    --out_md "$OUT/RESULTS-matrix.md" --out_json "$OUT/accuracy-cuda-matrix.json" > "$OUT/matrix.log" 2>&1
+  for f in runs/gpu_matrix/*.log; do echo "== $f"; grep -h "\[accuracy\]\|Error" "$f" | cut -c1-200; done >> "$OUT/matrix.log"
+  tail -n 40 "$OUT/matrix.log"; el "done"; exit 0
 fi
 if [ "$SUITE" = perf ]; then
   el "issue 16: throughput eager (autocast_bf16_zero0: a, b, c, d)"

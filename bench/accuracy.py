@@ -67,6 +67,16 @@ MATRIX: list[str] = ["peakd", "sps_shuffle_pkd", "plain_pkd_d6", "plain_kd_d6",
                      "peakd_k2", "sps_shuffle_pkd_k2", "plain_pkd_d4", "plain_kd_d4", "pkd", "kd"]
 
 
+def missing_runs(parts: list[dict]) -> set[tuple[str, str, int]]:
+    """The (task, variant, seed) students that a part stopped by its time budget asked for and no part ran (a
+    follow-up run of the missing students completes a matrix)."""
+    ran = {(r["task"], r["variant"], r["seed"]) for part in parts for r in part["runs"]}
+    asked = {(task, variant, int(seed)) for part in parts if part["stopped_early"]
+             for task in part["settings"]["tasks"].split(",") for variant in variant_names(part["settings"]["variants"])
+             for seed in part["settings"]["seeds"].split(",")}
+    return asked - ran
+
+
 def student_options(name: str, k: int) -> dict:
     """The student shape options of a VARIANTS entry: ``k``/``variant`` (SPS) or ``student``/``depth``/``layer_map``."""
     if name in PLAIN:
@@ -129,7 +139,7 @@ def main() -> None:
     if args.phase == "report":
         parts = [json.loads(Path(f).read_text()) for f in args.inputs.split(",")]
         report = parts[0] | {"runs": [r for part in parts for r in part["runs"]],
-                             "stopped_early": any(part["stopped_early"] for part in parts),
+                             "stopped_early": bool(missing_runs(parts)),
                              "wall_time_s": max(part["wall_time_s"] for part in parts),
                              "commands": [c for part in parts for c in commands_of(part)],
                              "label": args.label or parts[0].get("label")}
@@ -430,13 +440,15 @@ def compute_matched_lines(report: dict, task: str, task_rows: list[dict]) -> lis
     if not any(k == {"SPS", "plain"} for k in kinds.values()):
         return []
     main, metrics = get_task(task).main_metric, teacher["metrics"]
+    k = report.get("settings", {}).get("k", 3)  # the depth of the ``none`` entries (plain k-layer students)
+    label = {v: VARIANTS[v][4] + (f" (plain {k}-layer)" if VARIANTS[v][0] == "none" else "") for v in VARIANTS}
     base = next((r["baseline"] for r in report["runs"] if r["task"] == task and r.get("baseline")), None)
     t_main = teacher[f"final_{main}"][0]
     b_main = None if base is None else 100 * base[main]
 
     def kept(value: float) -> str:
         share = None if b_main is None else gain_kept(value, b_main, t_main)
-        return "-" if share is None else f"{100 * share:.0f}%"
+        return "-" if share is None else f"{round(100 * share):d}%"  # an int: no "-0%"
 
     cols = ["FLOPs/token (x teacher)", "model", "kind", "parameters (x teacher)", "seeds",
             *[f"{m} final" for m in metrics], f"gain kept ({main})"]
@@ -452,7 +464,7 @@ def compute_matched_lines(report: dict, task: str, task_rows: list[dict]) -> lis
     for lv in levels:
         for r in sorted((r for r in students if level[r["variant"]] == lv),
                         key=lambda r: (student_kind(r["variant"]) != "SPS", r["variant"])):
-            vals = [f"{lv:.2f}", VARIANTS[r["variant"]][4], student_kind(r["variant"]),
+            vals = [f"{lv:.2f}", label[r["variant"]], student_kind(r["variant"]),
                     f"{r['parameters'] / teacher['parameters']:.2f}", str(r["seeds"]),
                     *[format_stat(r[f"final_{m}"], r["seeds"]) for m in metrics], kept(r[f"final_{main}"][0])]
             lines.append("| " + " | ".join(vals) + " |")
@@ -462,7 +474,6 @@ def compute_matched_lines(report: dict, task: str, task_rows: list[dict]) -> lis
         pool = [r for r in students if level[r["variant"]] == lv and student_kind(r["variant"]) == kind]
         return max(pool, key=lambda r: r[f"final_{main}"][0], default=None)
 
-    label = {v: VARIANTS[v][4] for v in VARIANTS}
     sps_levels = [lv for lv in levels if "SPS" in kinds[lv]]
     for lv in levels:
         plain = best(lv, "plain")

@@ -159,16 +159,16 @@ def test_the_compute_matched_table_groups_by_flops_and_gives_the_verdicts():
     md = accuracy.render_markdown([_report(runs)])
     assert "| - | trivial baseline (majority class / mean, same dev rows) | - | - | - | 80.00 | 68.00 | 0% |" in md
     assert "| 1.00 | Pea-KD (SPS-shuffle + PTP + PKD) | SPS | 0.50 | 2 | 85.50 ± 0.71 | 75.50 ± 0.71 | 55% |" in md
-    assert "| 0.50 | Patient-KD | plain | 0.50 | 2 | 80.50 ± 0.71 | 70.50 ± 0.71 | 5% |" in md
+    assert "| 0.50 | Patient-KD (plain 3-layer) | plain | 0.50 | 2 | 80.50 ± 0.71 | 70.50 ± 0.71 | 5% |" in md
     assert ("- 1.00x the teacher's FLOPs: Pea-KD (SPS-shuffle + PTP + PKD) - plain 6-layer Patient-KD (the best plain "
             "student there): -2.00 points (per seed: -2.00, -2.00): **plain 6-layer Patient-KD wins** on every seed"
             ) in md
     assert "- 0.67x the teacher's FLOPs: Pea-KD, k=2 - plain 4-layer Patient-KD (the best plain student there): " \
            "+0.00 points (per seed: +1.00, -1.00): **as good** (the seeds disagree)" in md
-    assert "- 0.50x: no SPS student has this cost; the best SPS student at 0.67x, Pea-KD, k=2, - Patient-KD (0.50x): " \
+    assert "- 0.50x: no SPS student has this cost; the best SPS student at 0.67x, Pea-KD, k=2, - Patient-KD (plain 3-layer) (0.50x): " \
            "+2.00 points (per seed: +2.00, +2.00): **Pea-KD, k=2 wins** on every seed" in md
     assert "- PTP at 1.00x: Pea-KD (SPS-shuffle + PTP + PKD) - SPS-shuffle + PKD: +1.00 points" in md
-    assert "- equal parameters, 2.0x the FLOPs: Pea-KD (SPS-shuffle + PTP + PKD) - Patient-KD: +5.00 points" in md
+    assert "- equal parameters, 2.0x the FLOPs: Pea-KD (SPS-shuffle + PTP + PKD) - Patient-KD (plain 3-layer): +5.00 points" in md
 
 
 def test_no_compute_matched_table_without_sps_and_plain_at_one_cost():
@@ -181,3 +181,12 @@ def test_matrix_expands_to_its_variants_in_run_order():
     assert accuracy.variant_names("matrix,kd") == accuracy.MATRIX
     assert accuracy.student_options("peakd_k2", 3) == {"k": 2, "variant": "shuffle"}
     assert accuracy.student_options("plain_kd_d6", 3) == {"student": "plain", "depth": 6, "layer_map": "bottom"}
+
+
+def test_a_merged_report_is_incomplete_only_while_a_stopped_part_misses_students():
+    settings = {"tasks": "mrpc", "variants": "kd,pkd", "seeds": "0,1"}
+    stopped = _report([_run("mrpc", "kd", 0, 0.8), _run("mrpc", "pkd", 0, 0.8), _run("mrpc", "kd", 1, 0.8)],
+                      settings=settings, stopped_early=True)
+    assert accuracy.missing_runs([stopped]) == {("mrpc", "pkd", 1)}
+    follow_up = _report([_run("mrpc", "pkd", 1, 0.8)], settings=settings | {"seeds": "1", "variants": "pkd"})
+    assert accuracy.missing_runs([stopped, follow_up]) == set()
